@@ -1,0 +1,121 @@
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+/// How long to wait between attempts of a failing compensation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backoff {
+    /// Retry at once.
+    #[default]
+    None,
+    /// Wait the same time before every retry.
+    Fixed(Duration),
+    /// Wait `initial` before the first retry, then double the wait each time, never more
+    /// than `max`.
+    Exponential {
+        /// The wait before the first retry.
+        initial: Duration,
+        /// The longest wait.
+        max: Duration,
+    },
+}
+
+impl Backoff {
+    /// The wait before retry number `retry` (1 for the first retry).
+    pub fn delay(&self, retry: u32) -> Duration {
+        match *self {
+            Backoff::None => Duration::ZERO,
+            Backoff::Fixed(wait) => wait,
+            Backoff::Exponential { initial, max } => {
+                let factor = 1u32
+                    .checked_shl(retry.saturating_sub(1))
+                    .unwrap_or(u32::MAX);
+                initial.saturating_mul(factor).min(max)
+            }
+        }
+    }
+}
+
+/// How a rollback runs each compensation.
+///
+/// Whatever the policy, compensations run one at a time, newest first, and a compensation
+/// that still fails after its last attempt never stops the ones below it: it is recorded in
+/// the [`RollbackReport`](crate::RollbackReport) and the rollback goes on.
+///
+/// The default runs every compensation once, with no backoff and no time limit.
+///
+/// ```
+/// use std::time::Duration;
+/// use result_stream::{Backoff, RollbackPolicy};
+///
+/// let policy = RollbackPolicy::default()
+///     .attempts(5)
+///     .backoff(Backoff::Exponential {
+///         initial: Duration::from_millis(50),
+///         max: Duration::from_secs(2),
+///     })
+///     .attempt_timeout(Duration::from_secs(10));
+/// assert_eq!(policy.max_attempts(), 5);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollbackPolicy {
+    attempts: NonZeroU32,
+    backoff: Backoff,
+    attempt_timeout: Option<Duration>,
+}
+
+impl Default for RollbackPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: NonZeroU32::MIN,
+            backoff: Backoff::None,
+            attempt_timeout: None,
+        }
+    }
+}
+
+impl RollbackPolicy {
+    /// The default policy: every compensation once, newest first.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets how many times a compensation is tried in all (the first attempt included).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `attempts` is zero: a rollback always tries every compensation.
+    #[track_caller]
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = NonZeroU32::new(attempts)
+            .expect("RollbackPolicy::attempts: `attempts` must be at least 1");
+        self
+    }
+
+    /// Sets the wait between attempts.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Bounds each attempt: one that has not finished after `limit` is dropped and counts as
+    /// failed (and is retried if attempts remain).
+    pub fn attempt_timeout(mut self, limit: Duration) -> Self {
+        self.attempt_timeout = Some(limit);
+        self
+    }
+
+    /// How many times a compensation is tried in all.
+    pub fn max_attempts(&self) -> u32 {
+        self.attempts.get()
+    }
+
+    /// The wait between attempts.
+    pub fn backoff_strategy(&self) -> Backoff {
+        self.backoff
+    }
+
+    /// The time limit of each attempt, if any.
+    pub fn attempt_time_limit(&self) -> Option<Duration> {
+        self.attempt_timeout
+    }
+}

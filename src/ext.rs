@@ -1,0 +1,202 @@
+use std::future::Future;
+use std::time::Duration;
+
+use futures_core::stream::Stream;
+
+use crate::{ChunksTimeoutResult, CompensationScope, ForEachCompensated, MapOkStream};
+
+/// Adapters for streams of `Result`s, implemented for every `Stream<Item = Result<T, E>>`.
+///
+/// ```
+/// use result_stream::ResultStreamExt;
+/// ```
+pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
+    /// Replaces each `Ok(t)` with the output of the future `f(t)`.
+    ///
+    /// Rules:
+    /// - `f` is called once per `Ok` value; each upstream `Err(e)` is passed through
+    ///   untouched and `f` is not called for it;
+    /// - one future at a time: the next upstream item is not polled until the current future
+    ///   has finished, so output order is input order;
+    /// - the stream does not stop at an error, whether from upstream or from `f`: stopping is
+    ///   the consumer's decision (see [`for_each_compensated`](Self::for_each_compensated)).
+    ///
+    /// ```
+    /// use futures::{StreamExt, stream};
+    /// use result_stream::ResultStreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lines = stream::iter(vec![Ok("1"), Err("socket reset"), Ok("x"), Ok("3")]);
+    /// let parsed: Vec<Result<u32, &str>> = lines
+    ///     .map_ok_stream(|line| async move { line.parse::<u32>().map_err(|_| "not a number") })
+    ///     .collect()
+    ///     .await;
+    /// assert_eq!(parsed, vec![Ok(1), Err("socket reset"), Err("not a number"), Ok(3)]);
+    /// # }
+    /// ```
+    fn map_ok_stream<U, Fut, F>(self, f: F) -> MapOkStream<Self, Fut, F>
+    where
+        Self: Sized,
+        F: FnMut(T) -> Fut,
+        Fut: Future<Output = Result<U, E>>,
+    {
+        MapOkStream::new(self, f)
+    }
+
+    /// Buffers `Ok` values into batches and yields `Ok(batch)` when the first of these
+    /// happens:
+    /// 1. the batch holds `max_items` values;
+    /// 2. `timeout` has passed since the first value of this batch arrived: a deadline per
+    ///    batch, started by its first value and never extended by later ones, so every value
+    ///    waits at most `timeout` (give or take the poll in progress);
+    /// 3. an `Err(e)` arrives: the partial batch is yielded first, then `Err(e)` on the next
+    ///    poll, then batching goes on with the next value;
+    /// 4. the upstream ends: the partial batch is yielded at once, then `None`.
+    ///
+    /// Rules:
+    /// - never an empty batch, never more than `max_items` values; no value is lost,
+    ///   duplicated or reordered, and errors keep their place relative to the values around
+    ///   them;
+    /// - data wins ties: when the deadline has passed and the upstream has values ready, they
+    ///   are taken into the batch first (up to `max_items`), as tokio-stream's
+    ///   `chunks_timeout` does;
+    /// - `timeout == Duration::ZERO` yields the batch as soon as the upstream has nothing
+    ///   ready;
+    /// - the timer is `tokio::time`, so it needs a Tokio runtime with the time driver when
+    ///   polled (not when constructed), and a paused clock makes it deterministic;
+    /// - buffered values are never lost when the adapter is abandoned:
+    ///   [`ChunksTimeoutResult::take_remainder`] takes them (and a held-back error) out of
+    ///   a pinned adapter.
+    ///
+    /// # Panics
+    ///
+    /// Panics, at the caller's location, if `max_items` is zero.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::{SinkExt, StreamExt};
+    /// use result_stream::ResultStreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (mut tx, rx) = futures::channel::mpsc::unbounded::<Result<u32, String>>();
+    /// let mut batches = std::pin::pin!(rx.chunks_timeout_result(3, Duration::from_secs(2)));
+    ///
+    /// for v in 1..=4 { tx.send(Ok(v)).await.unwrap(); }
+    /// assert_eq!(batches.next().await, Some(Ok(vec![1, 2, 3])));  // full
+    ///
+    /// let started = tokio::time::Instant::now();
+    /// assert_eq!(batches.next().await, Some(Ok(vec![4])));        // deadline of value 4
+    /// assert_eq!(started.elapsed(), Duration::from_secs(2));
+    ///
+    /// tx.send(Ok(5)).await.unwrap();
+    /// tx.send(Err("bad frame".into())).await.unwrap();
+    /// assert_eq!(batches.next().await, Some(Ok(vec![5])));        // partial batch first,
+    /// assert_eq!(batches.next().await, Some(Err("bad frame".into()))); // then the error
+    ///
+    /// tx.send(Ok(6)).await.unwrap();
+    /// drop(tx);
+    /// assert_eq!(batches.next().await, Some(Ok(vec![6])));        // end of stream flush
+    /// assert_eq!(batches.next().await, None);
+    /// # }
+    /// ```
+    #[track_caller]
+    fn chunks_timeout_result(self, max_items: usize, timeout: Duration) -> ChunksTimeoutResult<Self>
+    where
+        Self: Sized,
+    {
+        ChunksTimeoutResult::new(self, max_items, timeout)
+    }
+
+    /// Drives the stream to its end, handing each `Ok` item to `f` with a handle to `scope`,
+    /// and rolls back the pending compensations when anything fails.
+    ///
+    /// `f` registers, on the scope it is given, compensations for the effects it is about to
+    /// cause (register *before* the write, so that a partial write is undone too), then
+    /// returns `Ok(())` or `Err(e)`.
+    ///
+    /// Rules:
+    /// - one item at a time, in stream order;
+    /// - when `f` returns `Ok`, that item's compensations are committed (dropped); with
+    ///   [`all_or_nothing`](ForEachCompensated::all_or_nothing) they are all kept until the
+    ///   stream ends, then committed together;
+    /// - when `f` returns `Err`, the upstream yields `Err`, or the
+    ///   [cancellation token](ForEachCompensated::with_cancellation) fires: pulling stops,
+    ///   every compensation pending in `scope` runs, newest first, under the
+    ///   [rollback policy](ForEachCompensated::rollback_policy), and the future resolves to a
+    ///   [`CompensatedError`](crate::CompensatedError) holding the [`Cause`](crate::Cause)
+    ///   (with your own `E`) and the [`RollbackReport`](crate::RollbackReport);
+    /// - cancellation is prompt: a handler still running when the token fires is dropped at
+    ///   once, and the compensations it had registered run before the future resolves (which
+    ///   is why they are registered before the effect);
+    /// - if this future is dropped, or `f` panics, in the middle of an item, the compensations
+    ///   registered so far stay in `scope`: `scope.rollback(policy).await` runs them later;
+    /// - on success it resolves to a [`Completion`](crate::Completion) with the number of
+    ///   items processed;
+    /// - the rollback itself is not cancelled by the token; it runs to its end.
+    ///
+    /// Every compensation pending in `scope` is rolled back on failure, including any that were
+    /// registered on it before this future started: the scope is the unit of rollback.
+    ///
+    /// Cost: no heap allocation per item; with nothing registered an item costs a clone of the
+    /// scope handle (an `Arc`) and an atomic load.
+    ///
+    /// # Panics
+    ///
+    /// Panics if polled again after it resolved.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use futures::stream;
+    /// use result_stream::{Cause, CompensationScope, ResultStreamExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let table = Arc::new(Mutex::new(Vec::<u32>::new()));
+    /// let items = stream::iter(vec![Ok(vec![1, 2]), Ok(vec![3, 4]), Ok(vec![5, 6])]);
+    ///
+    /// let result = items
+    ///     .for_each_compensated(CompensationScope::new(), |batch: Vec<u32>, scope| {
+    ///         let table = table.clone();
+    ///         async move {
+    ///             let undo = table.clone();
+    ///             let ids = batch.clone();
+    ///             scope.register(move || {
+    ///                 let (undo, ids) = (undo.clone(), ids.clone());
+    ///                 async move {
+    ///                     undo.lock().unwrap().retain(|row| !ids.contains(row));
+    ///                     Ok::<(), std::io::Error>(())
+    ///                 }
+    ///             });
+    ///             table.lock().unwrap().push(batch[0]);          // a partial write...
+    ///             if batch[0] == 5 {
+    ///                 return Err("disk full");                  // ...then a failure
+    ///             }
+    ///             table.lock().unwrap().push(batch[1]);
+    ///             Ok(())
+    ///         }
+    ///     })
+    ///     .await;
+    ///
+    /// let error = result.unwrap_err();
+    /// assert!(matches!(error.cause(), Cause::Handler("disk full")));
+    /// assert!(error.is_rolled_back_cleanly());
+    /// assert_eq!(*table.lock().unwrap(), vec![1, 2, 3, 4]); // the partial batch is undone
+    /// # }
+    /// ```
+    fn for_each_compensated<F, Fut>(
+        self,
+        scope: CompensationScope,
+        f: F,
+    ) -> ForEachCompensated<Self, F, Fut>
+    where
+        Self: Sized,
+        F: FnMut(T, CompensationScope) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        ForEachCompensated::new(self, scope, f)
+    }
+}
+
+impl<S, T, E> ResultStreamExt<T, E> for S where S: Stream<Item = Result<T, E>> + ?Sized {}
