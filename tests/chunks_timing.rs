@@ -106,7 +106,7 @@ async fn armed_deadline_is_first_value_plus_timeout() {
     assert!(poll!(s.next()).is_pending());
     // Not extended by value 2.
     assert_eq!(s.armed_deadline(), Some(start + secs(2)));
-    assert_eq!(ChunksTimeoutResult::buffered(&s), &[1, 2]);
+    assert_eq!(s.buffered_values(), &[1, 2]);
 
     advance(ms(499)).await;
     assert!(poll!(s.next()).is_pending());
@@ -209,7 +209,7 @@ async fn data_wins_when_full_batch_and_expired_deadline_are_ready_together() {
 
     // Value 7 starts a new batch with a deadline of its own.
     assert!(poll!(s.next()).is_pending());
-    assert_eq!(ChunksTimeoutResult::buffered(&s), &[7]);
+    assert_eq!(s.buffered_values(), &[7]);
     assert_eq!(s.armed_deadline(), Some(start + secs(5)));
     advance(ms(1_999)).await;
     assert!(poll!(s.next()).is_pending());
@@ -233,7 +233,7 @@ async fn expired_deadline_takes_every_available_value_into_the_batch() {
     assert_eq!(poll!(s.next()), Poll::Ready(Some(Ok(vec![1, 2, 3]))));
     assert_eq!(s.last_flush_reason(), Some(FlushReason::Deadline));
     assert!(poll!(s.next()).is_pending());
-    assert_eq!(ChunksTimeoutResult::buffered(&s), &[] as &[u32]);
+    assert_eq!(s.buffered_values(), &[] as &[u32]);
     assert_eq!(s.armed_deadline(), None);
 }
 
@@ -325,10 +325,10 @@ async fn error_is_held_back_until_the_next_poll() {
     assert_eq!(poll!(s.next()), Poll::Ready(Some(Ok(vec![1]))));
     assert_eq!(s.last_flush_reason(), Some(FlushReason::Error));
     // Value 2 is not pulled before the error has been yielded.
-    assert_eq!(ChunksTimeoutResult::buffered(&s), &[] as &[u32]);
+    assert_eq!(s.buffered_values(), &[] as &[u32]);
     assert_eq!(poll!(s.next()), Poll::Ready(Some(Err("e1"))));
     assert!(poll!(s.next()).is_pending());
-    assert_eq!(ChunksTimeoutResult::buffered(&s), &[2]);
+    assert_eq!(s.buffered_values(), &[2]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -504,13 +504,13 @@ async fn take_remainder_after_losing_a_select_race_loses_nothing() {
         _ = tokio::time::sleep(secs(1)) => None,
     };
     assert_eq!(won, None, "the sleep wins: the batch deadline is 5 s");
-    assert_eq!(ChunksTimeoutResult::buffered(&s), &[1, 2]);
+    assert_eq!(s.buffered_values(), &[1, 2]);
 
     let (values, held) = s.as_mut().take_remainder();
     assert_eq!(values, vec![1, 2]);
     assert_eq!(held, None);
     seen.extend(values);
-    assert_eq!(ChunksTimeoutResult::buffered(&s), &[] as &[u32]);
+    assert_eq!(s.buffered_values(), &[] as &[u32]);
 
     // A held-back error is handed back as well.
     tx.unbounded_send(Ok(3)).unwrap();
@@ -552,7 +552,7 @@ fn into_parts_and_into_inner_return_the_stream_with_its_items() {
     let items: Vec<Item> = vec![Ok(1), Err("x"), Ok(2)];
     let adapter = stream::iter(items.clone()).chunks_timeout_result(3, secs(1));
     assert_eq!(adapter.get_ref().size_hint(), (3, Some(3)));
-    assert_eq!(ChunksTimeoutResult::buffered(&adapter), &[] as &[u32]);
+    assert_eq!(adapter.buffered_values(), &[] as &[u32]);
     let (inner, buffered, held) = adapter.into_parts();
     assert!(buffered.is_empty());
     assert!(held.is_none());

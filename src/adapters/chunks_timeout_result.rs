@@ -12,6 +12,9 @@ use tokio::time::{Instant, Sleep};
 /// The most values a batch's buffer reserves up front (see [`ChunksTimeoutResult`]).
 const PREALLOCATE_MAX: usize = 1 << 16;
 
+/// Stands in for a deadline that overflows `Instant`: about thirty years.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// Why [`ChunksTimeoutResult`] yielded its most recent batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FlushReason {
@@ -114,20 +117,25 @@ impl<St: TryStream> ChunksTimeoutResult<St> {
 
     /// Consumes the adapter and returns the underlying stream.
     ///
-    /// Buffered values and a held-back error are dropped: use [`into_parts`](Self::into_parts)
-    /// or [`take_remainder`](Self::take_remainder) to keep them.
+    /// The adapter holds its timer inline, so it is `!Unpin`: once pinned (polled) it can no
+    /// longer be moved, and this is only for an adapter that was never pinned. Buffered
+    /// values and a held-back error are dropped: use [`into_parts`](Self::into_parts), or
+    /// [`take_remainder`](Self::take_remainder) on a pinned adapter, to keep them.
     pub fn into_inner(self) -> St {
         self.stream
     }
 
     /// Consumes the adapter and returns the underlying stream, the buffered values (oldest
     /// first) and the error held back behind an already-yielded partial batch, if any.
+    ///
+    /// Like [`into_inner`](Self::into_inner), only for an adapter that is not pinned; a
+    /// pinned one gives its values back through [`take_remainder`](Self::take_remainder).
     pub fn into_parts(self) -> (St, Vec<St::Ok>, Option<St::Error>) {
         (self.stream, self.items, self.pending_error)
     }
 
     /// The values buffered for the next batch, oldest first.
-    pub fn buffered(&self) -> &[St::Ok] {
+    pub fn buffered_values(&self) -> &[St::Ok] {
         &self.items
     }
 
@@ -237,7 +245,11 @@ impl<St: TryStream> Stream for ChunksTimeoutResult<St> {
                     FlushReason::Deadline,
                 ))));
             }
-            let at = Instant::now() + *this.timeout;
+            let now = Instant::now();
+            // A timeout past the clock's range means "never", as in `tokio::time::sleep`.
+            let at = now
+                .checked_add(*this.timeout)
+                .unwrap_or_else(|| now + FAR_FUTURE);
             match this.deadline.as_mut().as_pin_mut() {
                 Some(sleep) => sleep.reset(at),
                 None => this.deadline.set(Some(tokio::time::sleep_until(at))),

@@ -158,8 +158,12 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
         self.project().stream
     }
 
-    /// Consumes the future and returns the underlying stream. A handler in progress is
-    /// dropped; its compensations stay in the [`scope`](Self::scope).
+    /// Consumes the future and returns the underlying stream.
+    ///
+    /// The future holds its handler and cancellation state inline, so it is `!Unpin`: this is
+    /// only for a future that was never pinned (polled). Once polled, drop it instead: a
+    /// handler in progress is dropped with it, and its compensations stay in the
+    /// [`scope`](Self::scope).
     pub fn into_inner(self) -> St {
         self.stream
     }
