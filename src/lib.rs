@@ -99,3 +99,7 @@ pub use compensation::{
     RollbackReport, UnitOfWork,
 };
 pub use ext::ResultStreamExt;
+
+/// Re-exported so that implementing [`Compensation`] for a type of your own needs no extra
+/// dependency: `#[result_stream::async_trait]`.
+pub use async_trait::async_trait;

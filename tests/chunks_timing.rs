@@ -12,7 +12,7 @@ use common::{Out, batch, collect_tagged, error, ms, scheduled, secs};
 use futures::channel::mpsc;
 use futures::stream::{self, FusedStream, Stream};
 use futures::{StreamExt, poll};
-use result_stream::{ChunksTimeoutResult, FlushReason, ResultStreamExt};
+use result_stream::{FlushReason, ResultStreamExt};
 use tokio::time::{Instant, advance};
 
 type Item = Result<u32, &'static str>;

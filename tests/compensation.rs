@@ -16,9 +16,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::{ms, secs};
-use futures::FutureExt;
 use futures::future::FusedFuture;
 use futures::stream::{self, Stream};
+use futures::{FutureExt, StreamExt as _};
 use result_stream::{
     Backoff, Cause, CompensatedError, Compensation, CompensationScope, FailureKind,
     ResultStreamExt, RollbackPolicy, UnitOfWork,
@@ -1102,9 +1102,13 @@ async fn compensated_error_display_and_source() {
         })
         .await
         .unwrap_err();
+    // Display names the kind of cause and the rollback; the cause's text is the source's, so
+    // an error-chain printer shows it once.
     let text = error.to_string();
-    assert!(text.contains("handler error: write failed"), "{text}");
+    assert!(text.contains("stopped by a handler error"), "{text}");
+    assert!(!text.contains("write failed"), "{text}");
     assert!(text.contains("rolled back cleanly"), "{text}");
+    assert_eq!(error.cause().to_string(), "handler error: write failed");
     let source = error.source().expect("the cause is the source");
     let io = source
         .downcast_ref::<io::Error>()
@@ -1122,7 +1126,11 @@ async fn compensated_error_display_and_source() {
     assert!(
         upstream
             .to_string()
-            .contains("upstream error: upstream: gone")
+            .contains("stopped by an upstream error")
+    );
+    assert_eq!(
+        upstream.cause().to_string(),
+        "upstream error: upstream: gone"
     );
     assert_eq!(
         upstream.source().and_then(|s| s.downcast_ref::<AppError>()),
@@ -1182,4 +1190,205 @@ fn construction_needs_no_runtime() {
     let report = futures::executor::block_on(rollback);
     assert_eq!(report.ran(), 1);
     assert_eq!(log.entries(), vec!["undo"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Review findings: panics, retrying failures, cancellation from inside, shared scopes
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_compensation_is_reported_and_the_others_still_run() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    scope.register(undo(&log, "oldest"));
+    scope.register_labeled("bomb", || async {
+        if true {
+            panic!("compensation exploded");
+        }
+        Ok::<(), io::Error>(())
+    });
+    scope.register(undo(&log, "newest"));
+
+    let report = scope.rollback(RollbackPolicy::default().attempts(2)).await;
+
+    assert_eq!(log.entries(), vec!["newest", "oldest"]);
+    assert_eq!(report.ran(), 3);
+    assert_eq!(report.failures().len(), 1);
+    let failure = &report.failures()[0];
+    assert_eq!(failure.label(), Some("bomb"));
+    assert_eq!(failure.attempts(), 2);
+    assert!(
+        matches!(failure.kind(), FailureKind::Panicked(m) if m == "compensation exploded"),
+        "{:?}",
+        failure.kind()
+    );
+    assert!(scope.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_compensation_can_be_retried_from_the_report() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let scope = CompensationScope::new();
+    let counter = calls.clone();
+    scope.register_labeled("flaky", move || {
+        let counter = counter.clone();
+        async move {
+            match counter.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(io::Error::other("database down")),
+                _ => Ok(()),
+            }
+        }
+    });
+
+    let report = scope.rollback(RollbackPolicy::default()).await;
+    let failure = &report.failures()[0];
+    assert_eq!(
+        failure.source().map(|e| e.to_string()).as_deref(),
+        Some("database down")
+    );
+    failure.retry().await.expect("the second run succeeds");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // Or put it back in a scope to run under a policy later.
+    let again = CompensationScope::new();
+    again.register(failure.action().clone());
+    assert_eq!(again.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_cancels_the_token_pulls_no_further_item() {
+    let token = CancellationToken::new();
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let items = stream::iter(1..=10u32).map(move |item| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok::<u32, AppError>(item)
+    });
+    let (handler_token, handler_count) = (token.clone(), handled.clone());
+    let error = items
+        .for_each_compensated(CompensationScope::new(), move |item, _| {
+            handler_count.fetch_add(1, Ordering::SeqCst);
+            let token = handler_token.clone();
+            async move {
+                if item == 2 {
+                    token.cancel();
+                }
+                Ok(())
+            }
+        })
+        .with_cancellation(token)
+        .await
+        .unwrap_err();
+    assert!(error.cause().is_cancelled());
+    assert_eq!(pulled.load(Ordering::SeqCst), 2);
+    assert_eq!(handled.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_pipelines_sharing_a_scope_commit_and_roll_back_only_their_own_work() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    scope.register(undo(&log, "setup"));
+
+    // A's item registers, then succeeds at 100 ms; B's registers, then fails at 500 ms.
+    let log_a = log.clone();
+    let a = stream::iter(vec![Ok::<u32, AppError>(1)]).for_each_compensated(
+        scope.clone(),
+        move |_, scope| {
+            scope.register(undo(&log_a, "a"));
+            async {
+                sleep(ms(100)).await;
+                Ok(())
+            }
+        },
+    );
+    let log_b = log.clone();
+    let b = stream::iter(vec![Ok::<u32, AppError>(2)]).for_each_compensated(
+        scope.clone(),
+        move |_, scope| {
+            scope.register(undo(&log_b, "b"));
+            async {
+                sleep(ms(500)).await;
+                Err(AppError::Write(2))
+            }
+        },
+    );
+    let (a, b) = tokio::join!(a, b);
+
+    assert_eq!(a.unwrap().items(), 1);
+    let b = b.unwrap_err();
+    // A's commit did not drop B's compensation; B's rollback undid B's item and the
+    // scope's own registration, not A's (already committed) work.
+    assert_eq!(log.entries(), vec!["b", "setup"]);
+    assert_eq!(b.report().ran(), 2);
+    assert!(scope.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_leaves_a_concurrent_pipelines_pending_work_alone() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    let log_a = log.clone();
+    // A's item is still in flight (registered, not yet done) when B fails.
+    let a = stream::iter(vec![Ok::<u32, AppError>(1)]).for_each_compensated(
+        scope.clone(),
+        move |_, scope| {
+            scope.register(undo(&log_a, "a"));
+            async {
+                sleep(ms(500)).await;
+                Ok(())
+            }
+        },
+    );
+    let log_b = log.clone();
+    let b = stream::iter(vec![Ok::<u32, AppError>(2)]).for_each_compensated(
+        scope.clone(),
+        move |_, scope| {
+            scope.register(undo(&log_b, "b"));
+            async {
+                sleep(ms(100)).await;
+                Err(AppError::Write(2))
+            }
+        },
+    );
+    let (a, b) = tokio::join!(a, b);
+    assert_eq!(b.unwrap_err().report().ran(), 1);
+    assert_eq!(a.unwrap().items(), 1);
+    assert_eq!(log.entries(), vec!["b"]);
+    assert!(scope.is_empty(), "A committed its own entry");
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_rollbacks_of_one_scope_run_each_compensation_once_newest_first() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    for name in ["old", "mid", "new"] {
+        let log = log.clone();
+        scope.register(move || {
+            let log = log.clone();
+            async move {
+                log.push(format!("{name} start"));
+                sleep(ms(10)).await;
+                log.push(format!("{name} end"));
+                Ok::<(), io::Error>(())
+            }
+        });
+    }
+    let (first, second) = tokio::join!(
+        scope.rollback(RollbackPolicy::default()),
+        scope.rollback(RollbackPolicy::default())
+    );
+    assert_eq!(first.ran() + second.ran(), 3);
+    assert_eq!(
+        log.entries(),
+        vec![
+            "new start",
+            "new end",
+            "mid start",
+            "mid end",
+            "old start",
+            "old end"
+        ]
+    );
 }

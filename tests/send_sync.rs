@@ -176,7 +176,7 @@ fn a_failing_pipeline_rolls_back_inside_a_spawned_task() {
     assert_eq!(undone.load(Ordering::SeqCst), 1);
 
     // The error itself crosses threads.
-    let text = std::thread::spawn(move || error.to_string())
+    let text = std::thread::spawn(move || error.cause().to_string())
         .join()
         .unwrap();
     assert!(text.contains("write failed"));

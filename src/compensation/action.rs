@@ -13,15 +13,20 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// Implemented for every closure `Fn() -> impl Future<Output = Result<(), Er>>` whose error
 /// converts into [`BoxError`] (that includes `std::io::Error`, `String` and `&'static str`),
-/// so most code registers closures; implement it for a type of your own when the undo needs
-/// state of its own.
+/// so most code registers closures; implement it for a type of your own (with the re-exported
+/// [`#[result_stream::async_trait]`](crate::async_trait)) when the undo needs state of its own.
+///
+/// A closure must be `Fn` (it may run more than once), `Send + Sync + 'static`, and return a
+/// `Send` future: write `move || { let ids = ids.clone(); async move { .. } }` and clone what
+/// each run consumes. When the closure's body is only `Ok(())`, name the error type
+/// (`Ok::<(), std::io::Error>(())`) so that it can be inferred.
 ///
 /// ```
 /// use result_stream::{BoxError, Compensation, CompensationScope};
 ///
 /// struct DropTable(&'static str);
 ///
-/// #[async_trait::async_trait]
+/// #[result_stream::async_trait]
 /// impl Compensation for DropTable {
 ///     async fn compensate(&self) -> Result<(), BoxError> {
 ///         println!("DROP TABLE {}", self.0);
@@ -49,5 +54,14 @@ where
 {
     async fn compensate(&self) -> Result<(), BoxError> {
         (self)().await.map_err(Into::into)
+    }
+}
+
+/// A shared compensation, such as [`CompensationFailure::action`](crate::CompensationFailure::action),
+/// can be registered again.
+#[async_trait]
+impl<C: Compensation + ?Sized> Compensation for std::sync::Arc<C> {
+    async fn compensate(&self) -> Result<(), BoxError> {
+        (**self).compensate().await
     }
 }

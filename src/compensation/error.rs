@@ -1,14 +1,15 @@
 use std::borrow::Cow;
 use std::error::Error;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::BoxError;
+use super::{BoxError, Compensation};
 
 /// Why a [`ForEachCompensated`](crate::ForEachCompensated) stopped and rolled back.
 ///
 /// It keeps the user's own error type `E`, so callers can match on it.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause<E> {
     /// The upstream stream yielded `Err`.
     Upstream(E),
@@ -53,11 +54,15 @@ impl<E: fmt::Display> fmt::Display for Cause<E> {
 
 /// How the last attempt of a compensation failed.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum FailureKind {
     /// The compensation returned an error.
     Error(BoxError),
     /// The attempt ran past the policy's time limit and was dropped.
     TimedOut(Duration),
+    /// The compensation panicked; the panic was caught (with its message, when it had one)
+    /// so that the rollback could go on.
+    Panicked(String),
 }
 
 impl fmt::Display for FailureKind {
@@ -65,17 +70,33 @@ impl fmt::Display for FailureKind {
         match self {
             FailureKind::Error(error) => error.fmt(f),
             FailureKind::TimedOut(limit) => write!(f, "timed out after {limit:?}"),
+            FailureKind::Panicked(message) => write!(f, "panicked: {message}"),
         }
     }
 }
 
 /// A compensation that still failed after its last attempt.
-#[derive(Debug)]
+///
+/// It has left the scope, but not the program: [`retry`](Self::retry) runs it again (say,
+/// once the database is back), and [`action`](Self::action) hands it out to be registered
+/// again or run elsewhere.
 pub struct CompensationFailure {
     pub(crate) order: usize,
     pub(crate) label: Option<Cow<'static, str>>,
     pub(crate) attempts: u32,
     pub(crate) kind: FailureKind,
+    pub(crate) action: Arc<dyn Compensation>,
+}
+
+impl fmt::Debug for CompensationFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompensationFailure")
+            .field("order", &self.order)
+            .field("label", &self.label)
+            .field("attempts", &self.attempts)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CompensationFailure {
@@ -97,6 +118,25 @@ impl CompensationFailure {
     /// How the last attempt failed.
     pub fn kind(&self) -> &FailureKind {
         &self.kind
+    }
+
+    /// The compensation itself.
+    pub fn action(&self) -> &Arc<dyn Compensation> {
+        &self.action
+    }
+
+    /// Runs the compensation once more (no policy: one attempt, no time limit).
+    pub async fn retry(&self) -> Result<(), BoxError> {
+        self.action.compensate().await
+    }
+}
+
+impl Error for CompensationFailure {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match &self.kind {
+            FailureKind::Error(error) => Some(error.as_ref()),
+            _ => None,
+        }
     }
 }
 
@@ -211,9 +251,16 @@ impl<E> CompensatedError<E> {
     }
 }
 
-impl<E: fmt::Display> fmt::Display for CompensatedError<E> {
+/// Names the cause's kind and the rollback's outcome; the cause's own error is the
+/// [`source`](Error::source), so error-chain printers (`anyhow`'s `{:#}`, say) show it once.
+impl<E> fmt::Display for CompensatedError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}; {}", self.cause, self.report)
+        let stopped_by = match self.cause {
+            Cause::Upstream(_) => "stopped by an upstream error",
+            Cause::Handler(_) => "stopped by a handler error",
+            Cause::Cancelled => "cancelled",
+        };
+        write!(f, "{stopped_by}; {}", self.report)
     }
 }
 

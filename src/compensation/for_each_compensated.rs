@@ -58,8 +58,8 @@ pin_project! {
         cancelled: Option<WaitForCancellationFutureOwned>,
         rollback: Option<Rollback>,
         cause: Option<Cause<St::Error>>,
-        run_mark: Option<usize>,
-        item_mark: usize,
+        run_mark: Option<u64>,
+        item_mark: u64,
         items: u64,
         done: bool,
     }
@@ -93,7 +93,7 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
             stream,
             f,
             handler: None,
-            scope,
+            scope: scope.for_new_run(),
             policy: RollbackPolicy::default(),
             unit: UnitOfWork::default(),
             token: None,
@@ -127,13 +127,18 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
 
     /// Stops the run, dropping the handler in progress at once, and rolls back when `token`
     /// is cancelled. The error's cause is then [`Cause::Cancelled`].
+    ///
+    /// The run watches a [child](CancellationToken::child_token) of `token`, so checking it
+    /// (once per item) never contends with other runs sharing the same token.
     pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
+        let token = token.child_token();
         self.cancelled = Some(token.clone().cancelled_owned());
         self.token = Some(token);
         self
     }
 
-    /// The scope the compensations are registered in.
+    /// This run's handle to the scope: what is registered through it belongs to this run,
+    /// like what the handler registers.
     pub fn scope(&self) -> &CompensationScope {
         &self.scope
     }
@@ -209,6 +214,8 @@ where
                             if *this.unit == UnitOfWork::Item {
                                 this.scope.commit_to(*this.item_mark);
                             }
+                            // Back to the top: the token is checked before the next pull.
+                            continue 'poll;
                         }
                         Poll::Ready(Err(error)) => break 'work Cause::Handler(error),
                         Poll::Pending => {

@@ -1,7 +1,10 @@
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+
+use futures_util::FutureExt as _;
 
 use super::RollbackPolicy;
 use super::error::{CompensationFailure, FailureKind, RollbackReport};
@@ -16,6 +19,7 @@ use super::scope::{CompensationScope, Entry};
 ///   time limit on each attempt (timed by `tokio::time`);
 /// - a compensation that still fails is recorded in the report and the rollback goes on with
 ///   the next one: one failure never stops the others;
+/// - rollbacks of one scope take turns: a second one waits, then runs what the first left;
 /// - a compensation leaves the scope only once it has finished (succeeded, or failed for the
 ///   last time). If this future is dropped midway, the compensation in progress and those
 ///   below it are still in the scope, and a later rollback runs them (the interrupted one
@@ -51,8 +55,9 @@ impl Future for Rollback {
 }
 
 async fn run(scope: CompensationScope, policy: RollbackPolicy) -> RollbackReport {
+    let _turn = scope.rollback_turn().await;
     let mut report = RollbackReport::default();
-    while let Some(entry) = scope.top() {
+    while let Some(entry) = scope.newest_to_roll_back() {
         let order = report.ran;
         report.ran += 1;
         let outcome = run_with_retries(&entry, &policy).await;
@@ -63,6 +68,7 @@ async fn run(scope: CompensationScope, policy: RollbackPolicy) -> RollbackReport
                 label: entry.label.clone(),
                 attempts,
                 kind,
+                action: entry.action.clone(),
             });
         }
     }
@@ -76,12 +82,19 @@ async fn run_with_retries(
 ) -> Result<(), (u32, FailureKind)> {
     let mut attempt = 1;
     loop {
-        let result = match policy.attempt_time_limit() {
-            None => entry.action.compensate().await.map_err(FailureKind::Error),
-            Some(limit) => match tokio::time::timeout(limit, entry.action.compensate()).await {
-                Ok(result) => result.map_err(FailureKind::Error),
-                Err(_elapsed) => Err(FailureKind::TimedOut(limit)),
-            },
+        // A panicking compensation is one failed attempt, not the end of the rollback.
+        let compensate = AssertUnwindSafe(entry.action.compensate()).catch_unwind();
+        let outcome = match policy.attempt_time_limit() {
+            None => Ok(compensate.await),
+            Some(limit) => tokio::time::timeout(limit, compensate)
+                .await
+                .map_err(|_elapsed| FailureKind::TimedOut(limit)),
+        };
+        let result = match outcome {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(FailureKind::Error(error)),
+            Ok(Err(panic)) => Err(FailureKind::Panicked(panic_message(panic.as_ref()))),
+            Err(timed_out) => Err(timed_out),
         };
         match result {
             Ok(()) => return Ok(()),
@@ -94,5 +107,16 @@ async fn run_with_retries(
                 attempt += 1;
             }
         }
+    }
+}
+
+/// The message of a caught panic, when it was a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
     }
 }

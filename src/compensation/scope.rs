@@ -1,21 +1,34 @@
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Compensation, Rollback, RollbackPolicy};
 
-/// A registered compensation and its optional label.
+/// The owner id of the handles that [`CompensationScope::new`] and its clones hand out.
+const SCOPE_OWNER: u64 = 0;
+
+/// A registered compensation.
 #[derive(Clone)]
 pub(crate) struct Entry {
+    /// Registration number, unique in the scope and increasing up the stack.
+    pub(crate) seq: u64,
+    /// The run (or the scope itself, [`SCOPE_OWNER`]) whose handle registered it.
+    pub(crate) owner: u64,
     pub(crate) label: Option<Cow<'static, str>>,
     pub(crate) action: Arc<dyn Compensation>,
 }
 
 struct Inner {
     stack: Mutex<Vec<Entry>>,
-    /// Mirrors `stack.len()`, written under the lock, so checkpoints are one atomic load.
+    /// Mirrors `stack.len()`, written under the lock.
     len: AtomicUsize,
+    /// The next registration number, advanced under the lock, so "was anything registered
+    /// since mark?" is one atomic load.
+    next_seq: AtomicU64,
+    next_owner: AtomicU64,
+    /// Rollbacks of one scope take turns, so each compensation runs once, newest first.
+    rollback_turn: tokio::sync::Mutex<()>,
 }
 
 /// A cheap, cloneable, `Send + Sync` handle to one LIFO stack of compensations.
@@ -27,6 +40,14 @@ struct Inner {
 /// per item by [`ForEachCompensated`](crate::ForEachCompensated)) or run by a
 /// [`rollback`](Self::rollback). Nothing else removes them: when the future that drove a
 /// pipeline is dropped, or a handler panics, what was registered is still here to roll back.
+///
+/// # Sharing a scope between runs
+///
+/// Each [`for_each_compensated`](crate::ResultStreamExt::for_each_compensated) run hands its
+/// handler a handle of its own: what is registered through it belongs to that run. A run
+/// commits only its own compensations, and its rollback runs its own plus those registered
+/// through the scope's own handles (the one from [`new`](Self::new) and its clones), never
+/// another run's. So several runs may share one scope safely.
 ///
 /// ```
 /// use result_stream::{CompensationScope, RollbackPolicy};
@@ -47,6 +68,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct CompensationScope {
     inner: Arc<Inner>,
+    owner: u64,
 }
 
 impl Default for CompensationScope {
@@ -70,17 +92,21 @@ impl CompensationScope {
             inner: Arc::new(Inner {
                 stack: Mutex::new(Vec::new()),
                 len: AtomicUsize::new(0),
+                next_seq: AtomicU64::new(0),
+                next_owner: AtomicU64::new(SCOPE_OWNER + 1),
+                rollback_turn: tokio::sync::Mutex::new(()),
             }),
+            owner: SCOPE_OWNER,
         }
     }
 
-    /// Pushes a compensation on top of the stack. Costs one heap allocation (none for a
-    /// zero-sized closure) plus the stack's amortised growth.
+    /// Pushes a compensation on top of the stack.
+    ///
+    /// Costs one heap allocation (the `Arc` holding the action) plus the stack's amortised
+    /// growth; the stack keeps its capacity when compensations are committed, so a steady
+    /// register-then-commit loop allocates only the `Arc`.
     pub fn register<C: Compensation + 'static>(&self, action: C) {
-        self.push(Entry {
-            label: None,
-            action: Arc::new(action),
-        });
+        self.push(None, Arc::new(action));
     }
 
     /// Like [`register`](Self::register), with a label that a
@@ -90,13 +116,10 @@ impl CompensationScope {
         label: impl Into<Cow<'static, str>>,
         action: C,
     ) {
-        self.push(Entry {
-            label: Some(label.into()),
-            action: Arc::new(action),
-        });
+        self.push(Some(label.into()), Arc::new(action));
     }
 
-    /// How many compensations are pending.
+    /// How many compensations are pending in the scope (all runs included).
     pub fn len(&self) -> usize {
         self.inner.len.load(Ordering::Acquire)
     }
@@ -106,67 +129,113 @@ impl CompensationScope {
         self.len() == 0
     }
 
-    /// Drops every pending compensation without running it (the effects are kept) and
-    /// returns how many there were.
+    /// Drops, without running them (the effects are kept), the pending compensations this
+    /// handle may [`rollback`](Self::rollback), and returns how many there were.
     pub fn commit(&self) -> usize {
-        let before = self.len();
-        self.commit_to(0);
-        before
+        let mut committed = 0;
+        while let Some(entry) = self.take_newest(0, |entry| self.may_roll_back(entry)) {
+            committed += 1;
+            drop(entry);
+        }
+        committed
     }
 
-    /// Runs every pending compensation, newest first, under `policy`, and resolves to what
-    /// happened. See [`Rollback`].
+    /// Runs the pending compensations newest first under `policy`, and resolves to what
+    /// happened. See [`Rollback`] for the rules.
+    ///
+    /// From the scope's own handles ([`new`](Self::new) and its clones) this runs every
+    /// pending compensation; from the handle a `for_each_compensated` handler receives, that
+    /// run's compensations and those registered through the scope's own handles.
+    ///
+    /// Rollbacks of one scope take turns. A compensation must therefore not await a rollback
+    /// of its own scope (it would wait for itself); a compensation it registers runs in the
+    /// same rollback.
     pub fn rollback(&self, policy: RollbackPolicy) -> Rollback {
         Rollback::new(self.clone(), policy)
     }
 
-    /// The current stack height, to commit back to later.
-    pub(crate) fn checkpoint(&self) -> usize {
-        self.len()
+    /// A handle to the same stack whose registrations belong to a new run.
+    pub(crate) fn for_new_run(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            owner: self.inner.next_owner.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
-    /// Drops the compensations registered above `mark`.
-    pub(crate) fn commit_to(&self, mark: usize) {
-        if self.len() <= mark {
+    /// A mark to commit back to: the next registration number.
+    pub(crate) fn checkpoint(&self) -> u64 {
+        self.inner.next_seq.load(Ordering::Acquire)
+    }
+
+    /// Drops this handle's compensations registered since `mark`.
+    ///
+    /// One atomic load when nothing was registered since `mark`. Otherwise one at a time,
+    /// each dropped with the stack unlocked (dropping a user's closure runs its destructor,
+    /// which may use the scope), and no allocation.
+    #[inline]
+    pub(crate) fn commit_to(&self, mark: u64) {
+        if self.checkpoint() <= mark {
             return;
         }
-        let mut stack = self.lock();
-        if stack.len() > mark {
-            let committed: Vec<Entry> = stack.drain(mark..).collect();
-            self.inner.len.store(stack.len(), Ordering::Release);
-            drop(stack);
-            // Dropping users' closures can run their destructors: do it unlocked.
-            drop(committed);
+        while let Some(entry) = self.take_newest(mark, |entry| entry.owner == self.owner) {
+            drop(entry);
         }
     }
 
-    /// The newest pending compensation, left in place.
-    pub(crate) fn top(&self) -> Option<Entry> {
-        self.lock().last().cloned()
+    /// Whether a rollback through this handle runs `entry`.
+    pub(crate) fn may_roll_back(&self, entry: &Entry) -> bool {
+        self.owner == SCOPE_OWNER || entry.owner == SCOPE_OWNER || entry.owner == self.owner
     }
 
-    /// Removes `entry` (searching from the top) once it has run.
-    pub(crate) fn remove(&self, entry: &Entry) {
-        let mut stack = self.lock();
-        if let Some(at) = stack
+    /// Waits for this scope's turn to roll back.
+    pub(crate) async fn rollback_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.rollback_turn.lock().await
+    }
+
+    /// The newest pending compensation this handle may roll back, left in place.
+    pub(crate) fn newest_to_roll_back(&self) -> Option<Entry> {
+        self.lock()
             .iter()
-            .rposition(|e| Arc::ptr_eq(&e.action, &entry.action))
-        {
-            let removed = stack.remove(at);
-            self.inner.len.store(stack.len(), Ordering::Release);
-            drop(stack);
-            drop(removed);
-        }
+            .rev()
+            .find(|entry| self.may_roll_back(entry))
+            .cloned()
     }
 
-    fn push(&self, entry: Entry) {
+    /// Removes `entry` once it has run.
+    pub(crate) fn remove(&self, entry: &Entry) {
+        let removed = self.take_newest(entry.seq, |e| e.seq == entry.seq);
+        drop(removed);
+    }
+
+    /// Removes and returns the newest entry registered at or after `mark` that matches.
+    fn take_newest(&self, mark: u64, matches: impl Fn(&Entry) -> bool) -> Option<Entry> {
         let mut stack = self.lock();
-        stack.push(entry);
+        let at = stack
+            .iter()
+            .rposition(|entry| entry.seq < mark || matches(entry))?;
+        if stack[at].seq < mark {
+            return None;
+        }
+        let entry = stack.remove(at);
+        self.inner.len.store(stack.len(), Ordering::Release);
+        Some(entry)
+    }
+
+    fn push(&self, label: Option<Cow<'static, str>>, action: Arc<dyn Compensation>) {
+        let mut stack = self.lock();
+        let seq = self.inner.next_seq.load(Ordering::Relaxed);
+        stack.push(Entry {
+            seq,
+            owner: self.owner,
+            label,
+            action,
+        });
+        self.inner.next_seq.store(seq + 1, Ordering::Release);
         self.inner.len.store(stack.len(), Ordering::Release);
     }
 
-    /// Locks the stack. A panic elsewhere never leaves it inconsistent (every critical
-    /// section is a single `Vec` operation), so a poisoned lock is used as is.
+    /// Locks the stack. No critical section can panic midway through a change (each is a
+    /// single `Vec` operation), so a poisoned lock is used as is.
     fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
         self.inner
             .stack
