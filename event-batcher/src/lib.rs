@@ -1,0 +1,97 @@
+//! `event-batcher`: the seed scenario of `result-stream` as a runnable pipeline on a real
+//! database. Events in, batches of up to 500 or every 2 s, each batch persisted to SQLite or
+//! PostgreSQL, partial writes rolled back when persistence fails.
+//!
+//! It uses only the public API of `result-stream`:
+//!
+//! ```text
+//! source (synthetic | NDJSON file | stdin)          Stream<Item = Result<Record, PipelineError>>
+//!   .map_ok_stream(validate)                        parse + validate; invalid → Err(Invalid)
+//!   .filter_map(divert invalid)                     count, report line number, --rejects;
+//!                                                   dropped, or passed on with --strict
+//!   .chunks_timeout_result(--max-batch, --flush-every)
+//!   poll_fn(tag with last_flush_reason())           (batch, size | deadline | end | error)
+//!   .for_each_compensated(scope, write_batch)       register undo, write, commit, ack
+//!       .rollback_policy(--rollback-*)
+//!       .with_cancellation(Ctrl-C)
+//! ```
+//!
+//! # Partial writes and their compensation
+//!
+//! A batch is deliberately **not** written as one database transaction: a transaction that
+//! aborts leaves nothing to undo, and would prove nothing about the library. Instead, as a
+//! real sink without transactions would (an HTTP API, a queue, several databases), a batch is
+//! written in two parts, its first half and then the rest, each part its own autocommitted
+//! multi-row `INSERT … ON CONFLICT (id) DO NOTHING` (split further into statements of at
+//! most [`store::MAX_ROWS_PER_STATEMENT`] rows to stay under the bind-parameter limits).
+//! Between the two parts the first half is committed and visible: a failure there — an
+//! injected one (`--fail-every N`, `--fail-rate P`), or a real one such as a lost connection
+//! — is a genuine partial write.
+//!
+//! What makes the batch atomic is the compensation, registered with the library *before*
+//! the first statement: `DELETE FROM events WHERE run_id = ? AND batch_seq = ?`. If the
+//! batch fails, the library runs it (with retries under the rollback policy) and the partial
+//! write disappears; if the batch succeeds, it is committed (dropped) and the batch's events
+//! count as acknowledged.
+//!
+//! # Idempotency, and why the compensation does not delete by id alone
+//!
+//! Writes are idempotent by event id (`id` is the primary key, `ON CONFLICT (id) DO
+//! NOTHING`): a re-run of the same input, or a redelivered message, never duplicates a row.
+//! That interacts with rollback: if a batch of a re-run holds ids that an earlier run
+//! already committed, a compensation `DELETE … WHERE id IN (batch ids)` would delete those
+//! earlier, committed rows, which this batch never wrote. So every row records who inserted
+//! it, `run_id` (random per run) and `batch_seq` (the batch number within the run), and the
+//! compensation deletes `WHERE run_id = ? AND batch_seq = ?`: exactly the rows this batch
+//! inserted, never a row that was already there. It is indexed, needs no list of ids (no
+//! bind-parameter limit), and is idempotent, so the library may retry it safely.
+//!
+//! The same columns give the consistency check its meaning (see [`summary`]): the rows of
+//! this run must be exactly those inserted by committed batches, and no row may carry the
+//! number of a rolled-back batch.
+//!
+//! # Failure policy
+//!
+//! - `--on-failure stop` (default): the handler registers its compensations on the
+//!   pipeline's scope and returns the error; `for_each_compensated` stops pulling, rolls the
+//!   batch back and resolves to a `CompensatedError`; the summary is printed with the cause
+//!   and the rollback report, and the exit code is 1. Batches committed before stay (each
+//!   batch is its own unit of work).
+//! - `--on-failure skip-batch`: the handler registers its compensations on a per-batch
+//!   `CompensationScope`, and on failure runs `inner.rollback(policy)` itself, records the
+//!   batch as failed (and writes its events to `--dead-letter`), and returns `Ok`: the run
+//!   goes on. The pipeline's scope holds a guard that rolls the inner scope back if the run
+//!   is cancelled while the batch is being written. If a rollback cannot complete, the run
+//!   stops: rows it could not delete are still there, and the check will say so.
+//! - Ctrl-C cancels the run: the batch being written is dropped at once and rolled back.
+//!
+//! # Sources and acknowledgements
+//!
+//! The pipeline is generic over its source: a [`source::RecordStream`] of records carrying
+//! an optional [`source::AckHandle`], acked after the record's batch commits, nak'ed after
+//! it is rolled back (the nak is a compensation registered before the delete, so it runs
+//! after it), rejected when invalid. The built-in sources have nothing to acknowledge.
+//! [`pipeline::Pipeline::source`] runs any other stream.
+//!
+//! # Known limits
+//!
+//! - Two runs writing the same ids *at the same time* can interleave badly: if run B finds
+//!   an id already inserted by run A's batch (and skips it as present) and A's batch is then
+//!   rolled back, the row is gone although B acknowledged it. Sequential runs, re-runs and
+//!   redeliveries to a single writer are safe.
+//! - One batch is written at a time; throughput is bound by the database's statement
+//!   latency.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+pub mod cli;
+pub mod event;
+pub mod pipeline;
+pub mod progress;
+pub mod source;
+pub mod store;
+pub mod summary;
+
+pub use pipeline::{Config, Pipeline, PipelineError, SetupError, run};
+pub use summary::Summary;

@@ -1,0 +1,143 @@
+//! Where events come from.
+//!
+//! A source is any `Stream<Item = Result<Record, PipelineError>>` ([`RecordStream`]): the
+//! pipeline does not know which kind it reads. A record is not yet an event: it is parsed
+//! and validated by the pipeline (in `map_ok_stream`), so every source gets the same rules
+//! and the same reporting of invalid input.
+//!
+//! A record may carry an acknowledgement hook ([`AckHandle`]) for sources that redeliver
+//! (a message broker). The pipeline calls it exactly once per record:
+//! - [`ack`](AckHandle::ack) after the record's batch is durably written (its
+//!   compensations committed);
+//! - [`nak`](AckHandle::nak) after the record's batch was rolled back (the rows deleted
+//!   first, then the nak: a redelivery never races the deletion);
+//! - [`reject`](AckHandle::reject) when the record is invalid (redelivering it cannot help).
+//!
+//! The built-in sources ([`synthetic`], [`ndjson`]) have nothing to acknowledge and carry
+//! `None`.
+
+pub mod ndjson;
+pub mod synthetic;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use result_stream::BoxError;
+
+use crate::event::Event;
+use crate::pipeline::{PipelineError, SetupError};
+
+pub use synthetic::SyntheticSpec;
+
+/// Acknowledges one record to the source it came from. See the [module documentation](self)
+/// for when each method is called. Each consumes the handle: a record is settled once.
+pub trait AckHandle: Send + fmt::Debug + 'static {
+    /// The record's batch was written and committed.
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>>;
+    /// The record's batch was rolled back: deliver it again later.
+    fn nak(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>>;
+    /// The record is invalid: do not deliver it again.
+    fn reject(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>>;
+}
+
+/// A boxed acknowledgement hook.
+pub type Ack = Box<dyn AckHandle>;
+
+/// Where a record came from, for messages and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Position {
+    /// A 1-based line number in NDJSON input.
+    Line(u64),
+    /// A 1-based sequence number (synthetic events, or a broker's message sequence).
+    Sequence(u64),
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Line(n) => write!(f, "line {n}"),
+            Position::Sequence(n) => write!(f, "event {n}"),
+        }
+    }
+}
+
+/// What a source read, before validation.
+#[derive(Debug)]
+pub enum RecordBody {
+    /// One JSON document (an NDJSON line, a message payload), to be parsed.
+    Json(Vec<u8>),
+    /// An event built by the source itself; it is still checked.
+    Event(Event),
+}
+
+/// One record read from a source.
+#[derive(Debug)]
+pub struct Record {
+    /// Where it came from.
+    pub position: Position,
+    /// What was read.
+    pub body: RecordBody,
+    /// The acknowledgement hook, if the source has one.
+    pub ack: Option<Ack>,
+}
+
+/// The stream a source produces. An `Err` is a failure of the source itself (an I/O error),
+/// which stops the run; invalid records are `Ok` here and become errors at validation.
+pub type RecordStream = BoxStream<'static, Result<Record, PipelineError>>;
+
+/// Where the NDJSON input is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Standard input (`--input -`).
+    Stdin,
+    /// A file.
+    File(PathBuf),
+}
+
+impl fmt::Display for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Input::Stdin => f.write_str("stdin"),
+            Input::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Which source a run reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceSpec {
+    /// Generated events.
+    Synthetic(SyntheticSpec),
+    /// NDJSON from a file or standard input.
+    Ndjson(Input),
+}
+
+impl SourceSpec {
+    /// How many records the source will produce, when known in advance (for the progress
+    /// bar).
+    pub fn expected_len(&self) -> Option<u64> {
+        match self {
+            SourceSpec::Synthetic(spec) => Some(spec.events),
+            SourceSpec::Ndjson(_) => None,
+        }
+    }
+
+    /// Opens the source. Fails, before anything is written, when the input cannot be read.
+    pub async fn open(&self) -> Result<RecordStream, SetupError> {
+        match self {
+            SourceSpec::Synthetic(spec) => Ok(synthetic::stream(spec.clone())),
+            SourceSpec::Ndjson(input) => ndjson::open(input).await,
+        }
+    }
+}
+
+impl fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceSpec::Synthetic(spec) => write!(f, "{spec}"),
+            SourceSpec::Ndjson(input) => write!(f, "NDJSON from {input}"),
+        }
+    }
+}

@@ -1,0 +1,591 @@
+//! What a run did: live counters, the final [`Summary`], and the consistency check.
+//!
+//! # The consistency check
+//!
+//! Every row records the run and the batch that inserted it (`run_id`, `batch_seq`), and
+//! every committed batch records how many rows its `INSERT … ON CONFLICT DO NOTHING`
+//! statements actually inserted. At the end of the run the database is asked, and the check
+//! holds when both of these are true:
+//! 1. the rows carrying this run's id number exactly the rows inserted by committed
+//!    batches: nothing acknowledged is missing, and nothing else of this run is there;
+//! 2. no row carries the number of a rolled-back batch: every compensation undid its
+//!    partial write.
+//!
+//! Then the events acknowledged (written in committed batches) are exactly the rows inserted
+//! by this run plus the events whose id was already stored (by an earlier run, an earlier
+//! batch, or a redelivery): rows for the acknowledged events == events acknowledged. It costs
+//! two indexed `COUNT(*)` queries, whatever the length of the run, and keeps no list of ids in
+//! memory (so it also works for an unbounded source).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use result_stream::{FlushReason, RollbackReport};
+
+use crate::event::{Event, Rejected};
+use crate::source::Position;
+
+/// How many invalid records and failed batches are listed in the summary (all are counted).
+pub const LISTED: usize = 10;
+
+/// Batches written, by the reason `chunks_timeout_result` flushed them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushCounts {
+    /// Full: `--max-batch` events.
+    pub size: u64,
+    /// The `--flush-every` deadline of the batch's first event passed.
+    pub deadline: u64,
+    /// The input ended.
+    pub end: u64,
+    /// Flushed ahead of an error of the input (with `--strict`, the invalid line that
+    /// stopped the run; or a read error).
+    pub before_error: u64,
+}
+
+impl FlushCounts {
+    /// All batches.
+    pub fn total(&self) -> u64 {
+        self.size + self.deadline + self.end + self.before_error
+    }
+
+    fn add(&mut self, reason: FlushReason) {
+        match reason {
+            FlushReason::Full => self.size += 1,
+            FlushReason::Deadline => self.deadline += 1,
+            FlushReason::End => self.end += 1,
+            FlushReason::Error => self.before_error += 1,
+        }
+    }
+}
+
+/// An invalid record, as listed in the summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectNote {
+    /// Where it was (for NDJSON, the line number).
+    pub position: Position,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// A batch that was rolled back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedBatch {
+    /// The batch number (1-based, in the order batches were formed).
+    pub seq: u64,
+    /// How many events it held.
+    pub events: usize,
+    /// The id of its first event.
+    pub first_id: String,
+    /// The id of its last event.
+    pub last_id: String,
+    /// Why its write failed, starting with `batch N: ` (`batch N: cancelled` for Ctrl-C).
+    pub error: String,
+    /// Rows its compensation deleted.
+    pub rows_deleted: u64,
+    /// What the rollback did, in one line.
+    pub rollback: String,
+    /// Whether every compensation of the batch succeeded.
+    pub rolled_back_cleanly: bool,
+}
+
+/// The batch being written, kept so that a batch rolled back by `for_each_compensated`
+/// itself (stop mode, cancellation) can still be reported.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub seq: u64,
+    pub events: Arc<[Event]>,
+    pub rows_deleted: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+struct Detail {
+    inserted: u64,
+    already_present: u64,
+    flush: FlushCounts,
+    rejects: Vec<RejectNote>,
+    failed: Vec<FailedBatch>,
+    events_rolled_back: u64,
+    in_flight: Option<InFlight>,
+    ack_failures: u64,
+    warnings: Vec<String>,
+}
+
+/// Live counters of a run, shared by the pipeline and the progress display.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Records read from the source (valid or not).
+    pub read: AtomicU64,
+    /// Records rejected by validation.
+    pub invalid: AtomicU64,
+    /// Events in committed batches.
+    pub acknowledged: AtomicU64,
+    /// Committed batches.
+    pub committed: AtomicU64,
+    /// Rolled-back batches.
+    pub rolled_back: AtomicU64,
+    detail: Mutex<Detail>,
+}
+
+impl Stats {
+    fn detail(&self) -> MutexGuard<'_, Detail> {
+        // Every critical section is a few field updates: a poisoned lock is consistent.
+        self.detail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record_reject(&self, rejected: &Rejected) {
+        self.invalid.fetch_add(1, Ordering::Relaxed);
+        let mut detail = self.detail();
+        if detail.rejects.len() < LISTED {
+            detail.rejects.push(RejectNote {
+                position: rejected.position,
+                reason: rejected.reason.clone(),
+            });
+        }
+    }
+
+    pub fn begin_batch(&self, in_flight: InFlight) {
+        self.detail().in_flight = Some(in_flight);
+    }
+
+    pub fn take_in_flight(&self) -> Option<InFlight> {
+        self.detail().in_flight.take()
+    }
+
+    /// A batch's writes are committed: `inserted` of its `events` rows were new.
+    pub fn batch_committed(&self, reason: FlushReason, events: usize, inserted: u64) {
+        let events = events as u64;
+        let mut detail = self.detail();
+        detail.in_flight = None;
+        detail.inserted += inserted;
+        detail.already_present += events.saturating_sub(inserted);
+        detail.flush.add(reason);
+        drop(detail);
+        self.acknowledged.fetch_add(events, Ordering::Relaxed);
+        self.committed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A batch was rolled back after `error`; `report` is what its rollback did.
+    pub fn batch_rolled_back(&self, batch: &InFlight, error: String, report: &RollbackReport) {
+        let failed = FailedBatch {
+            seq: batch.seq,
+            events: batch.events.len(),
+            first_id: batch
+                .events
+                .first()
+                .map(|e| e.id.clone())
+                .unwrap_or_default(),
+            last_id: batch
+                .events
+                .last()
+                .map(|e| e.id.clone())
+                .unwrap_or_default(),
+            error,
+            rows_deleted: batch.rows_deleted.load(Ordering::Relaxed),
+            rollback: report.to_string(),
+            rolled_back_cleanly: report.is_complete(),
+        };
+        let mut detail = self.detail();
+        if detail
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.seq == batch.seq)
+        {
+            detail.in_flight = None;
+        }
+        detail.events_rolled_back += batch.events.len() as u64;
+        detail.failed.push(failed);
+        drop(detail);
+        self.rolled_back.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The numbers of the batches rolled back so far.
+    pub fn failed_batch_numbers(&self) -> Vec<u64> {
+        self.detail().failed.iter().map(|b| b.seq).collect()
+    }
+
+    pub fn ack_failed(&self, what: &str, error: &dyn fmt::Display) {
+        let mut detail = self.detail();
+        detail.ack_failures += 1;
+        if detail.ack_failures == 1 {
+            detail.warnings.push(format!(
+                "{what} failed (first of possibly several): {error}"
+            ));
+        }
+    }
+
+    pub fn warn(&self, warning: String) {
+        self.detail().warnings.push(warning);
+    }
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The input was read to its end.
+    Finished,
+    /// A failure stopped the run (stop mode, `--strict`, a read error, or a rollback that
+    /// could not complete).
+    Stopped {
+        /// What failed, in one line.
+        cause: String,
+        /// What the final rollback did, in one line.
+        rollback: String,
+        /// Whether it undid everything.
+        rolled_back_cleanly: bool,
+    },
+    /// Interrupted (Ctrl-C); the batch in progress was rolled back.
+    Cancelled {
+        /// What the rollback did, in one line.
+        rollback: String,
+        /// Whether it undid everything.
+        rolled_back_cleanly: bool,
+    },
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Finished => f.write_str("finished"),
+            Outcome::Stopped {
+                cause, rollback, ..
+            } => write!(f, "stopped: {cause}; {rollback}"),
+            Outcome::Cancelled { rollback, .. } => write!(f, "interrupted; {rollback}"),
+        }
+    }
+}
+
+/// Row counts read from the database at the end of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatabaseRows {
+    /// Rows in the table.
+    pub total: u64,
+    /// Rows inserted by this run.
+    pub of_run: u64,
+    /// Rows still carrying the number of a batch of this run that was rolled back.
+    pub left_by_rolled_back: u64,
+}
+
+/// The result of the consistency check (see the [module documentation](self)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Whether it holds.
+    pub holds: bool,
+    /// The numbers behind it, in one line.
+    pub detail: String,
+}
+
+impl Check {
+    /// Compares the counters of a run with the database.
+    pub fn new(
+        acknowledged: u64,
+        inserted: u64,
+        already_present: u64,
+        rolled_back_batches: u64,
+        rows: Result<DatabaseRows, String>,
+    ) -> Check {
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => {
+                return Check {
+                    holds: false,
+                    detail: format!("could not count the rows: {error}"),
+                };
+            }
+        };
+        let holds = rows.of_run == inserted && rows.left_by_rolled_back == 0;
+        let detail = if holds {
+            format!(
+                "OK: rows for the acknowledged events ({} inserted by this run + {already_present} \
+                 already present) == events acknowledged ({acknowledged}); \
+                 {rolled_back_batches} rolled-back batch(es) left 0 rows",
+                rows.of_run
+            )
+        } else {
+            format!(
+                "FAILED: the database holds {} row(s) inserted by this run, committed batches \
+                 inserted {inserted}; rolled-back batches left {} row(s)",
+                rows.of_run, rows.left_by_rolled_back
+            )
+        };
+        Check { holds, detail }
+    }
+}
+
+/// Everything a run reports, printed as the final summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// This run's id, stored in `run_id` with every row it inserted.
+    pub run_id: i64,
+    /// The source, described.
+    pub source: String,
+    /// The database URL (password redacted) and backend.
+    pub database: String,
+    /// The table.
+    pub table: String,
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// Wall-clock time of the pipeline (connecting and the final check excluded).
+    pub elapsed: Duration,
+    /// Records read from the source, valid or not.
+    pub events_read: u64,
+    /// Records rejected by validation.
+    pub invalid: u64,
+    /// The first [`LISTED`] rejected records.
+    pub rejects: Vec<RejectNote>,
+    /// Events in committed batches.
+    pub acknowledged: u64,
+    /// Rows inserted by committed batches.
+    pub inserted: u64,
+    /// Events of committed batches whose id was already stored.
+    pub already_present: u64,
+    /// Committed batches by flush reason.
+    pub batches: FlushCounts,
+    /// Batches rolled back.
+    pub batches_rolled_back: u64,
+    /// Events in rolled-back batches.
+    pub events_rolled_back: u64,
+    /// Every rolled-back batch.
+    pub failed_batches: Vec<FailedBatch>,
+    /// Valid events read but neither committed nor rolled back: the run stopped (Ctrl-C, a
+    /// failure) while they waited for their batch. Not acknowledged; a re-run writes them.
+    pub events_not_written: u64,
+    /// Acknowledgements (`ack`/`nak`/`reject`) the source refused.
+    pub ack_failures: u64,
+    /// Problems that did not stop the run (an unwritable rejects file, …).
+    pub warnings: Vec<String>,
+    /// Row counts from the database, or why they could not be read.
+    pub rows: Result<DatabaseRows, String>,
+    /// The consistency check.
+    pub check: Check,
+}
+
+/// What the pipeline hands over to build a [`Summary`].
+pub(crate) struct Ending {
+    pub run_id: i64,
+    pub source: String,
+    pub database: String,
+    pub table: String,
+    pub outcome: Outcome,
+    pub elapsed: Duration,
+    pub rows: Result<DatabaseRows, String>,
+}
+
+impl Summary {
+    pub(crate) fn new(stats: &Stats, ending: Ending) -> Summary {
+        let detail = stats.detail();
+        let acknowledged = stats.acknowledged.load(Ordering::Relaxed);
+        let read = stats.read.load(Ordering::Relaxed);
+        let invalid = stats.invalid.load(Ordering::Relaxed);
+        let check = Check::new(
+            acknowledged,
+            detail.inserted,
+            detail.already_present,
+            detail.failed.len() as u64,
+            ending.rows.clone(),
+        );
+        Summary {
+            run_id: ending.run_id,
+            source: ending.source,
+            database: ending.database,
+            table: ending.table,
+            outcome: ending.outcome,
+            elapsed: ending.elapsed,
+            events_read: read,
+            invalid,
+            rejects: detail.rejects.clone(),
+            acknowledged,
+            inserted: detail.inserted,
+            already_present: detail.already_present,
+            batches: detail.flush,
+            batches_rolled_back: detail.failed.len() as u64,
+            events_rolled_back: detail.events_rolled_back,
+            failed_batches: detail.failed.clone(),
+            events_not_written: read
+                .saturating_sub(invalid)
+                .saturating_sub(acknowledged)
+                .saturating_sub(detail.events_rolled_back),
+            ack_failures: detail.ack_failures,
+            warnings: detail.warnings.clone(),
+            rows: ending.rows,
+            check,
+        }
+    }
+
+    /// `true` when the run finished and the consistency check holds.
+    pub fn is_success(&self) -> bool {
+        self.outcome == Outcome::Finished && self.check.holds
+    }
+
+    /// The process exit code: 0 when [`is_success`](Self::is_success), else 1.
+    pub fn exit_code(&self) -> u8 {
+        if self.is_success() { 0 } else { 1 }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        writeln!(f, "event-batcher summary")?;
+        writeln!(f, "  run id               {}", self.run_id)?;
+        writeln!(f, "  source               {}", self.source)?;
+        writeln!(
+            f,
+            "  database             {}, table {}",
+            self.database, self.table
+        )?;
+        writeln!(f, "  outcome              {}", self.outcome)?;
+        write!(f, "  elapsed              {secs:.2} s")?;
+        if secs > 0.0 {
+            write!(f, " ({:.0} events/s read)", self.events_read as f64 / secs)?;
+        }
+        writeln!(f)?;
+        writeln!(f, "  events read          {}", self.events_read)?;
+        writeln!(f, "  invalid lines        {}", self.invalid)?;
+        for note in &self.rejects {
+            writeln!(f, "    {}: {}", note.position, note.reason)?;
+        }
+        if self.invalid > self.rejects.len() as u64 {
+            writeln!(
+                f,
+                "    … and {} more",
+                self.invalid - self.rejects.len() as u64
+            )?;
+        }
+        writeln!(
+            f,
+            "  events acknowledged  {} ({} new rows, {} already present)",
+            self.acknowledged, self.inserted, self.already_present
+        )?;
+        write!(
+            f,
+            "  batches written      {} (size {}, deadline {}, end {}",
+            self.batches.total(),
+            self.batches.size,
+            self.batches.deadline,
+            self.batches.end
+        )?;
+        if self.batches.before_error > 0 {
+            write!(f, ", before an input error {}", self.batches.before_error)?;
+        }
+        writeln!(f, ")")?;
+        writeln!(
+            f,
+            "  batches rolled back  {} ({} events)",
+            self.batches_rolled_back, self.events_rolled_back
+        )?;
+        for batch in self.failed_batches.iter().take(LISTED) {
+            writeln!(
+                f,
+                "    {} [{} events, {} … {}; {} row(s) deleted; {}]",
+                batch.error,
+                batch.events,
+                batch.first_id,
+                batch.last_id,
+                batch.rows_deleted,
+                batch.rollback
+            )?;
+        }
+        if self.failed_batches.len() > LISTED {
+            writeln!(f, "    … and {} more", self.failed_batches.len() - LISTED)?;
+        }
+        if self.events_not_written > 0 {
+            writeln!(
+                f,
+                "  events not written   {} (read, but the run stopped before their batch was written)",
+                self.events_not_written
+            )?;
+        }
+        match &self.rows {
+            Ok(rows) => writeln!(
+                f,
+                "  rows in database     {} in table {}, {} inserted by this run",
+                rows.total, self.table, rows.of_run
+            )?,
+            Err(error) => writeln!(f, "  rows in database     unknown: {error}")?,
+        }
+        if self.ack_failures > 0 {
+            writeln!(f, "  acks refused         {}", self.ack_failures)?;
+        }
+        for warning in &self.warnings {
+            writeln!(f, "  warning              {warning}")?;
+        }
+        writeln!(f, "  consistency check    {}", self.check.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(of_run: u64, left: u64) -> Result<DatabaseRows, String> {
+        Ok(DatabaseRows {
+            total: of_run,
+            of_run,
+            left_by_rolled_back: left,
+        })
+    }
+
+    #[test]
+    fn check_holds_only_when_the_database_matches() {
+        assert!(Check::new(10, 8, 2, 0, rows(8, 0)).holds);
+        assert!(Check::new(10, 8, 2, 1, rows(8, 0)).detail.starts_with("OK"));
+        // A committed row is missing.
+        assert!(!Check::new(10, 8, 2, 0, rows(7, 0)).holds);
+        // A rolled-back batch left rows behind.
+        let check = Check::new(10, 8, 2, 1, rows(8, 3));
+        assert!(!check.holds);
+        assert!(check.detail.contains("left 3 row(s)"), "{}", check.detail);
+        // The database could not be read.
+        assert!(!Check::new(0, 0, 0, 0, Err("down".into())).holds);
+    }
+
+    #[test]
+    fn counts_committed_and_rolled_back_batches() {
+        let stats = Stats::default();
+        stats.batch_committed(FlushReason::Full, 4, 3);
+        stats.batch_committed(FlushReason::End, 2, 2);
+        let events: Arc<[Event]> = vec![Event {
+            id: "e1".into(),
+            tenant: "t".into(),
+            ts: 0,
+            payload: serde_json::Value::Null,
+        }]
+        .into();
+        let batch = InFlight {
+            seq: 3,
+            events,
+            rows_deleted: Arc::new(AtomicU64::new(1)),
+        };
+        stats.begin_batch(InFlight {
+            seq: 3,
+            events: batch.events.clone(),
+            rows_deleted: batch.rows_deleted.clone(),
+        });
+        stats.batch_rolled_back(&batch, "boom".into(), &RollbackReport::default());
+        assert!(stats.take_in_flight().is_none());
+        let summary = Summary::new(
+            &stats,
+            Ending {
+                run_id: 1,
+                source: "s".into(),
+                database: "d".into(),
+                table: "t".into(),
+                outcome: Outcome::Finished,
+                elapsed: Duration::from_secs(1),
+                rows: rows(5, 0),
+            },
+        );
+        assert_eq!(summary.acknowledged, 6);
+        assert_eq!(summary.already_present, 1);
+        assert_eq!(summary.batches.size, 1);
+        assert_eq!(summary.batches.end, 1);
+        assert_eq!(summary.batches_rolled_back, 1);
+        assert_eq!(summary.failed_batches[0].first_id, "e1");
+        assert!(summary.is_success());
+        let text = summary.to_string();
+        assert!(text.contains("batches rolled back  1 (1 events)"), "{text}");
+        assert!(text.contains("consistency check    OK"), "{text}");
+    }
+}

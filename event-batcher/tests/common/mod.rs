@@ -1,0 +1,212 @@
+//! Helpers shared by the integration tests: configurations, the binary, and direct reads of
+//! the database (with sqlx, independently of the crate's own store).
+
+#![allow(dead_code)] // Each test file uses a different subset.
+
+pub mod scenarios;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+use std::str::FromStr;
+use std::time::Duration;
+
+use event_batcher::Config;
+use event_batcher::pipeline::{Faults, OnFailure, RollbackSettings};
+use event_batcher::progress::ProgressMode;
+use event_batcher::source::synthetic::event_id;
+use event_batcher::source::{SourceSpec, SyntheticSpec};
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use sqlx::{AssertSqlSafe, Row};
+
+/// The environment variable that selects the PostgreSQL tests.
+pub const POSTGRES_ENV: &str = "EVENT_BATCHER_POSTGRES_URL";
+
+/// A synthetic run of `events` events in batches of `max_batch` into `database`/`table`,
+/// without progress output and with immediate compensation retries.
+pub fn synthetic(database: &str, table: &str, events: u64, max_batch: usize, seed: u64) -> Config {
+    Config {
+        source: SourceSpec::Synthetic(SyntheticSpec {
+            events,
+            rate: 0.0,
+            seed,
+        }),
+        database: database.to_owned(),
+        table: table.to_owned(),
+        max_batch,
+        rollback: RollbackSettings {
+            backoff: Duration::ZERO,
+            ..RollbackSettings::default()
+        },
+        faults: Faults {
+            seed,
+            ..Faults::default()
+        },
+        progress: ProgressMode::None,
+        ..Config::default()
+    }
+}
+
+/// `config` with every `n`th batch failing and the given policy.
+pub fn failing(mut config: Config, n: u64, policy: OnFailure) -> Config {
+    config.faults.fail_every = Some(n);
+    config.on_failure = policy;
+    config
+}
+
+/// The ids of synthetic events `from..=to` for `seed`.
+pub fn ids(seed: u64, from: u64, to: u64) -> BTreeSet<String> {
+    (from..=to).map(|n| event_id(seed, n)).collect()
+}
+
+/// The ids of the synthetic events of the batches (1-based, `max_batch` events each) that
+/// are not multiples of `fail_every`, out of `events` events.
+pub fn ids_of_surviving_batches(
+    seed: u64,
+    events: u64,
+    max_batch: u64,
+    fail_every: u64,
+) -> BTreeSet<String> {
+    (1..=events)
+        .filter(|n| !((n - 1) / max_batch + 1).is_multiple_of(fail_every))
+        .map(|n| event_id(seed, n))
+        .collect()
+}
+
+/// A temporary SQLite database; the directory is removed on drop.
+pub struct TempSqlite {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl TempSqlite {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("events.db").display());
+        Self { dir, url }
+    }
+}
+
+/// Read access to a test database, independent of the crate's store.
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Db {
+    pub async fn open(url: &str) -> Db {
+        Db::try_open(url).await.expect("open the test database")
+    }
+
+    pub async fn try_open(url: &str) -> Result<Db, sqlx::Error> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?;
+            Ok(Db::Sqlite(SqlitePool::connect_with(options).await?))
+        } else {
+            Ok(Db::Postgres(PgPool::connect(url).await?))
+        }
+    }
+
+    /// Every id in `table`.
+    pub async fn ids(&self, table: &str) -> BTreeSet<String> {
+        let sql = format!("SELECT id FROM {table}");
+        match self {
+            Db::Sqlite(pool) => sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await
+                .expect("select ids")
+                .into_iter()
+                .map(|row| row.get::<String, _>(0))
+                .collect(),
+            Db::Postgres(pool) => sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await
+                .expect("select ids")
+                .into_iter()
+                .map(|row| row.get::<String, _>(0))
+                .collect(),
+        }
+    }
+
+    /// Rows of `table` that run `run_id` inserted.
+    pub async fn rows_of_run(&self, table: &str, run_id: i64) -> u64 {
+        let count: i64 = match self {
+            Db::Sqlite(pool) => sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM {table} WHERE run_id = ?"
+            )))
+            .bind(run_id)
+            .fetch_one(pool)
+            .await
+            .expect("count"),
+            Db::Postgres(pool) => sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM {table} WHERE run_id = $1"
+            )))
+            .bind(run_id)
+            .fetch_one(pool)
+            .await
+            .expect("count"),
+        };
+        u64::try_from(count).expect("a count is not negative")
+    }
+
+    pub async fn execute(&self, sql: String) {
+        match self {
+            Db::Sqlite(pool) => sqlx::query(AssertSqlSafe(sql))
+                .execute(pool)
+                .await
+                .map(drop),
+            Db::Postgres(pool) => sqlx::query(AssertSqlSafe(sql))
+                .execute(pool)
+                .await
+                .map(drop),
+        }
+        .expect("execute");
+    }
+
+    pub async fn close(self) {
+        match self {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Runs the `event-batcher` binary with `args` in `dir`, stdin from `stdin`.
+pub fn run_binary(dir: &std::path::Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_event-batcher"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn event-batcher");
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        pipe.write_all(bytes).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait for event-batcher")
+}
+
+/// stdout and stderr of `output`, as text, for assertions and failure messages.
+pub fn texts(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The value of the summary line starting with `label` (e.g. `"events read"`).
+pub fn summary_value<'a>(stdout: &'a str, label: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|line| line.trim_start().strip_prefix(label))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {label:?} line in the summary:\n{stdout}"))
+}
