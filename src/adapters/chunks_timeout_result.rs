@@ -177,42 +177,57 @@ impl<St: TryStream> Stream for ChunksTimeoutResult<St> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
 
-        if let Some(error) = this.pending_error.take() {
-            return Poll::Ready(Some(Err(error)));
+        if this.pending_error.is_some() {
+            if let Some(error) = this.pending_error.take() {
+                return Poll::Ready(Some(Err(error)));
+            }
         }
 
         // Data first: drain what the upstream has ready before looking at the deadline.
-        while !*this.upstream_done {
-            match this.stream.as_mut().try_poll_next(cx) {
-                Poll::Ready(Some(Ok(value))) => {
-                    if this.items.capacity() == 0 {
-                        this.items
-                            .reserve_exact((*this.max_items).min(PREALLOCATE_MAX));
+        // The per-value path is: poll, one capacity check (which also makes `push`'s own
+        // check redundant), push, one length check. Nothing here touches the timer.
+        if !*this.upstream_done {
+            let max_items = *this.max_items;
+            loop {
+                match this.stream.as_mut().try_poll_next(cx) {
+                    Poll::Ready(Some(Ok(value))) => {
+                        if this.items.len() == this.items.capacity() {
+                            if this.items.capacity() == 0 {
+                                // A new batch (no capacity means no values): one allocation,
+                                // for the whole batch.
+                                *this.items = Vec::with_capacity(max_items.min(PREALLOCATE_MAX));
+                            } else {
+                                grow(this.items);
+                            }
+                        }
+                        this.items.push(value);
+                        if this.items.len() >= max_items {
+                            return Poll::Ready(Some(Ok(take_batch(
+                                this.items,
+                                this.deadline_armed,
+                                this.last_flush,
+                                FlushReason::Full,
+                            ))));
+                        }
                     }
-                    this.items.push(value);
-                    if this.items.len() >= *this.max_items {
+                    Poll::Ready(Some(Err(error))) => {
+                        if this.items.is_empty() {
+                            return Poll::Ready(Some(Err(error)));
+                        }
+                        *this.pending_error = Some(error);
                         return Poll::Ready(Some(Ok(take_batch(
                             this.items,
                             this.deadline_armed,
                             this.last_flush,
-                            FlushReason::Full,
+                            FlushReason::Error,
                         ))));
                     }
-                }
-                Poll::Ready(Some(Err(error))) => {
-                    if this.items.is_empty() {
-                        return Poll::Ready(Some(Err(error)));
+                    Poll::Ready(None) => {
+                        *this.upstream_done = true;
+                        break;
                     }
-                    *this.pending_error = Some(error);
-                    return Poll::Ready(Some(Ok(take_batch(
-                        this.items,
-                        this.deadline_armed,
-                        this.last_flush,
-                        FlushReason::Error,
-                    ))));
+                    Poll::Pending => break,
                 }
-                Poll::Ready(None) => *this.upstream_done = true,
-                Poll::Pending => break,
             }
         }
 
@@ -300,7 +315,16 @@ impl<St: TryStream> FusedStream for ChunksTimeoutResult<St> {
     }
 }
 
+/// Makes room for one more value in a batch of more than `PREALLOCATE_MAX` values: the
+/// buffer then grows as a `Vec` does.
+#[cold]
+#[inline(never)]
+fn grow<T>(items: &mut Vec<T>) {
+    items.reserve(1);
+}
+
 /// Takes the buffered batch out, disarms its deadline and records why it was yielded.
+#[inline]
 fn take_batch<T>(
     items: &mut Vec<T>,
     deadline_armed: &mut bool,

@@ -163,6 +163,7 @@ impl CompensationScope {
     }
 
     /// A mark to commit back to: the next registration number.
+    #[inline]
     pub(crate) fn checkpoint(&self) -> u64 {
         self.inner.next_seq.load(Ordering::Acquire)
     }
@@ -171,14 +172,50 @@ impl CompensationScope {
     ///
     /// One atomic load when nothing was registered since `mark`. Otherwise one at a time,
     /// each dropped with the stack unlocked (dropping a user's closure runs its destructor,
-    /// which may use the scope), and no allocation.
+    /// which may use the scope), and no allocation. The lock is taken once per compensation
+    /// committed: each removal also tells whether another one is left to commit.
     #[inline]
     pub(crate) fn commit_to(&self, mark: u64) {
         if self.checkpoint() <= mark {
             return;
         }
-        while let Some(entry) = self.take_newest(mark, |entry| entry.owner == self.owner) {
+        self.commit_since(mark);
+    }
+
+    /// [`commit_to`](Self::commit_to) once something was registered since `mark`.
+    fn commit_since(&self, mark: u64) {
+        let ours = |entry: &Entry| entry.owner == self.owner;
+        loop {
+            let (entry, more) = {
+                let mut stack = self.lock();
+                // Entries are in registration order, so those since `mark` are the top ones.
+                let Some(at) = stack
+                    .iter()
+                    .rposition(|entry| entry.seq < mark || ours(entry))
+                else {
+                    return;
+                };
+                if stack[at].seq < mark {
+                    return;
+                }
+                // Usually the top one: `pop` it, with no shifting to do.
+                let entry = if at + 1 == stack.len() {
+                    stack.pop().expect("`at` is in the stack")
+                } else {
+                    stack.remove(at)
+                };
+                self.inner.len.store(stack.len(), Ordering::Release);
+                let more = stack[..at]
+                    .iter()
+                    .rev()
+                    .take_while(|entry| entry.seq >= mark)
+                    .any(ours);
+                (entry, more)
+            };
             drop(entry);
+            if !more {
+                return;
+            }
         }
     }
 
