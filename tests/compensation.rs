@@ -1285,6 +1285,29 @@ async fn a_handler_that_cancels_the_token_pulls_no_further_item() {
     assert_eq!(handled.load(Ordering::SeqCst), 2);
 }
 
+/// A one-item run on `scope` whose handler registers `undo(name)`, then after `after`
+/// resolves to `outcome`.
+fn one_item_run(
+    scope: &CompensationScope,
+    log: &Log,
+    name: &'static str,
+    after: Duration,
+    outcome: Result<(), AppError>,
+) -> impl Future<Output = Result<result_stream::Completion, CompensatedError<AppError>>> {
+    let log = log.clone();
+    stream::iter(vec![Ok::<u32, AppError>(1)]).for_each_compensated(
+        scope.clone(),
+        move |_, scope| {
+            scope.register(undo(&log, name));
+            let outcome = outcome.clone();
+            async move {
+                sleep(after).await;
+                outcome
+            }
+        },
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn two_pipelines_sharing_a_scope_commit_and_roll_back_only_their_own_work() {
     let log = Log::default();
@@ -1292,29 +1315,10 @@ async fn two_pipelines_sharing_a_scope_commit_and_roll_back_only_their_own_work(
     scope.register(undo(&log, "setup"));
 
     // A's item registers, then succeeds at 100 ms; B's registers, then fails at 500 ms.
-    let log_a = log.clone();
-    let a = stream::iter(vec![Ok::<u32, AppError>(1)]).for_each_compensated(
-        scope.clone(),
-        move |_, scope| {
-            scope.register(undo(&log_a, "a"));
-            async {
-                sleep(ms(100)).await;
-                Ok(())
-            }
-        },
+    let (a, b) = tokio::join!(
+        one_item_run(&scope, &log, "a", ms(100), Ok(())),
+        one_item_run(&scope, &log, "b", ms(500), Err(AppError::Write(2))),
     );
-    let log_b = log.clone();
-    let b = stream::iter(vec![Ok::<u32, AppError>(2)]).for_each_compensated(
-        scope.clone(),
-        move |_, scope| {
-            scope.register(undo(&log_b, "b"));
-            async {
-                sleep(ms(500)).await;
-                Err(AppError::Write(2))
-            }
-        },
-    );
-    let (a, b) = tokio::join!(a, b);
 
     assert_eq!(a.unwrap().items(), 1);
     let b = b.unwrap_err();
@@ -1329,30 +1333,11 @@ async fn two_pipelines_sharing_a_scope_commit_and_roll_back_only_their_own_work(
 async fn a_failure_leaves_a_concurrent_pipelines_pending_work_alone() {
     let log = Log::default();
     let scope = CompensationScope::new();
-    let log_a = log.clone();
     // A's item is still in flight (registered, not yet done) when B fails.
-    let a = stream::iter(vec![Ok::<u32, AppError>(1)]).for_each_compensated(
-        scope.clone(),
-        move |_, scope| {
-            scope.register(undo(&log_a, "a"));
-            async {
-                sleep(ms(500)).await;
-                Ok(())
-            }
-        },
+    let (a, b) = tokio::join!(
+        one_item_run(&scope, &log, "a", ms(500), Ok(())),
+        one_item_run(&scope, &log, "b", ms(100), Err(AppError::Write(2))),
     );
-    let log_b = log.clone();
-    let b = stream::iter(vec![Ok::<u32, AppError>(2)]).for_each_compensated(
-        scope.clone(),
-        move |_, scope| {
-            scope.register(undo(&log_b, "b"));
-            async {
-                sleep(ms(100)).await;
-                Err(AppError::Write(2))
-            }
-        },
-    );
-    let (a, b) = tokio::join!(a, b);
     assert_eq!(b.unwrap_err().report().ran(), 1);
     assert_eq!(a.unwrap().items(), 1);
     assert_eq!(log.entries(), vec!["b"]);
