@@ -189,6 +189,9 @@ where
             *this.run_mark = Some(this.scope.checkpoint());
         }
 
+        // The token is checked once before each pull, and before polling a handler that was
+        // left pending by an earlier call (it may have been woken by the cancellation).
+        let mut check_before_handler = true;
         'poll: loop {
             if let Some(rollback) = this.rollback.as_mut() {
                 let report = ready!(Pin::new(rollback).poll(cx));
@@ -199,14 +202,15 @@ where
             }
 
             let cause = 'work: {
-                if this
-                    .token
-                    .as_ref()
-                    .is_some_and(CancellationToken::is_cancelled)
-                {
-                    break 'work Cause::Cancelled;
-                }
+                let token_fired = || {
+                    this.token
+                        .as_ref()
+                        .is_some_and(CancellationToken::is_cancelled)
+                };
                 if let Some(handler) = this.handler.as_mut().as_pin_mut() {
+                    if check_before_handler && token_fired() {
+                        break 'work Cause::Cancelled;
+                    }
                     match handler.poll(cx) {
                         Poll::Ready(Ok(())) => {
                             this.handler.set(None);
@@ -214,8 +218,6 @@ where
                             if *this.unit == UnitOfWork::Item {
                                 this.scope.commit_to(*this.item_mark);
                             }
-                            // Back to the top: the token is checked before the next pull.
-                            continue 'poll;
                         }
                         Poll::Ready(Err(error)) => break 'work Cause::Handler(error),
                         Poll::Pending => {
@@ -226,11 +228,15 @@ where
                         }
                     }
                 }
+                if token_fired() {
+                    break 'work Cause::Cancelled;
+                }
                 match this.stream.as_mut().try_poll_next(cx) {
                     Poll::Ready(Some(Ok(item))) => {
                         *this.item_mark = this.scope.checkpoint();
                         let handler = (this.f)(item, this.scope.clone());
                         this.handler.set(Some(handler));
+                        check_before_handler = false;
                         continue 'poll;
                     }
                     Poll::Ready(Some(Err(error))) => break 'work Cause::Upstream(error),
