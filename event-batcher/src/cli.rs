@@ -1,7 +1,16 @@
 //! The command line.
 //!
 //! `event-batcher [run] [OPTIONS]`: `run` is the default subcommand, so `event-batcher` with
-//! no arguments runs the default pipeline, and other subcommands can be added beside it.
+//! no arguments runs the default pipeline. `event-batcher publish` loads synthetic events into
+//! a NATS JetStream stream, for `run --source nats://…` instances to consume.
+//!
+//! Signals (SIGINT = Ctrl-C, SIGTERM):
+//! - NATS source: the first stops the source gracefully: no more pulls, the events already
+//!   read are batched and written, committed and acked (or rolled back and nak'ed), the
+//!   summary is printed, exit code 0 if the check holds; the second cancels (the batch in
+//!   flight is rolled back and nak'ed, exit code 1); the third exits at once (130);
+//! - other sources: the first cancels (the batch in progress is rolled back, exit code 1),
+//!   the second exits at once (130).
 //!
 //! Exit codes:
 //! - `0`: the run finished (the whole input was read) and the consistency check holds;
@@ -24,15 +33,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{Config, Faults, OnFailure, Pipeline, RollbackSettings};
 use crate::progress::ProgressMode;
-use crate::source::{Input, SourceSpec, SyntheticSpec};
+use crate::source::nats::{self, NatsError, NatsOptions, PublishReport};
+use crate::source::{Input, SourceSpec, SyntheticSpec, synthetic};
 use crate::summary::Outcome;
+
+/// Instances `--max-ack-pending` is sized for by default (see
+/// [`NatsOptions::for_pipeline`]).
+pub const DEFAULT_INSTANCES: usize = 4;
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  the run finished and the consistency check holds
   1  the run stopped (failed batch with --on-failure stop, invalid line with --strict,
      read error, incomplete rollback, Ctrl-C) or the consistency check failed
-  2  the run could not start (bad option or URL, unreachable database, unreadable input)";
+  2  the run could not start (bad option or URL, unreachable database or NATS server,
+     unreadable input)
+
+Signals: with --source nats://…, the first SIGINT/SIGTERM stops pulling and finishes the
+batch in flight (commit + ack, or roll back + nak), then prints the summary; the second
+rolls the batch in flight back. Other sources: the first rolls back and stops.";
 
 /// Events in, batches of up to 500 (or every 2 s) out, each persisted with rollback.
 #[derive(Debug, Parser)]
@@ -53,10 +72,43 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run the pipeline (the default when no subcommand is given).
     #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
+    /// Publish synthetic events (the ids and fields of `run --events N --seed S`) to a NATS
+    /// JetStream subject, creating the stream if missing. Each message carries its event id
+    /// as `Nats-Msg-Id`, so publishing again within the stream's duplicate window (2 min by
+    /// default) stores nothing twice.
+    Publish(PublishArgs),
+}
+
+/// Options of the `publish` command.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// NATS server URL.
+    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+    pub source: String,
+    /// JetStream stream (created with file storage, capturing --subject, if missing).
+    #[arg(long, value_name = "NAME", default_value = "EVENTS")]
+    pub stream: String,
+    /// Subject to publish to.
+    #[arg(long, value_name = "SUBJECT", default_value = "events.ingest")]
+    pub subject: String,
+    /// Events to publish.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub events: u64,
+    /// Seed of the events (ids evt-SEED-N).
+    #[arg(long, value_name = "S", default_value_t = 42)]
+    pub seed: u64,
+    /// Also publish N malformed messages (not JSON events), after the events: consumers
+    /// count them as invalid and terminate them (never redelivered).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub malformed: u64,
+    /// Most publish acknowledgements awaited at a time.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub in_flight: u64,
 }
 
 /// Options of the `run` command.
@@ -92,6 +144,55 @@ pub struct RunArgs {
     /// Write every invalid line (position, error, raw text) to PATH as NDJSON.
     #[arg(long, value_name = "PATH", help_heading = "Source")]
     pub rejects: Option<PathBuf>,
+
+    /// Consume a NATS JetStream durable pull consumer at URL (nats://HOST:PORT) instead of
+    /// generating events; any number of instances may share the consumer. Each message is
+    /// acked after its batch commits and nak'ed after its batch is rolled back.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["input", "events", "rate"], help_heading = "NATS source")]
+    pub source: Option<String>,
+    /// JetStream stream (created with file storage, capturing --subject, if missing).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "EVENTS",
+        help_heading = "NATS source"
+    )]
+    pub stream: String,
+    /// Subject the consumer filters on.
+    #[arg(
+        long,
+        value_name = "SUBJECT",
+        default_value = "events.ingest",
+        help_heading = "NATS source"
+    )]
+    pub subject: String,
+    /// Durable consumer, shared by the instances that split the work (created if missing;
+    /// an existing one keeps its settings).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "event-batcher",
+        help_heading = "NATS source"
+    )]
+    pub consumer: String,
+    /// How long the broker waits for a verdict before redelivering a message to another
+    /// instance (consumer creation only). Held messages are kept alive (+WPI) every third of
+    /// it, so only a dead or frozen instance loses its messages.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, help_heading = "NATS source")]
+    pub ack_wait: Duration,
+    /// Delay before the messages of a rolled-back batch are redelivered.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, help_heading = "NATS source")]
+    pub nak_delay: Duration,
+    /// Messages delivered but not yet acknowledged, across all instances (consumer creation
+    /// only); must exceed --max-batch [default: 8 × --max-batch × 4 instances].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..), help_heading = "NATS source")]
+    pub max_ack_pending: Option<i64>,
+    /// Stop gracefully (as on SIGTERM) once no message has arrived for DURATION.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "source", help_heading = "NATS source")]
+    pub idle_exit: Option<Duration>,
+    /// Stop gracefully after N messages.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "source", help_heading = "NATS source")]
+    pub max_events: Option<u64>,
 
     /// Most events per batch.
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batching")]
@@ -157,6 +258,10 @@ pub struct RunArgs {
         help_heading = "Fault injection"
     )]
     pub fail_rollback_attempts: u32,
+    /// Write batch N, then hang before committing and acknowledging it (a stuck instance;
+    /// kill it to see its messages redelivered to the others).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Fault injection")]
+    pub hang_at_batch: Option<u64>,
 
     /// Progress display on stderr: a bar on a terminal, plain lines otherwise (auto).
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto, help_heading = "Output")]
@@ -189,10 +294,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 impl RunArgs {
     /// The pipeline configuration these options describe.
     pub fn into_config(self) -> Config {
-        let source = match self.input {
-            Some(input) if input == "-" => SourceSpec::Ndjson(Input::Stdin),
-            Some(path) => SourceSpec::Ndjson(Input::File(path.into())),
-            None => SourceSpec::Synthetic(SyntheticSpec {
+        let max_batch = usize::try_from(self.max_batch).unwrap_or(usize::MAX);
+        let source = match (self.source, self.input) {
+            (Some(url), _) => {
+                let mut options = NatsOptions::new(url, self.stream, self.subject, self.consumer)
+                    .for_pipeline(max_batch, DEFAULT_INSTANCES);
+                options.ack_wait = self.ack_wait;
+                options.nak_delay = self.nak_delay;
+                if let Some(max_ack_pending) = self.max_ack_pending {
+                    options.max_ack_pending = max_ack_pending;
+                }
+                options.idle_exit = self.idle_exit;
+                options.max_messages = self.max_events;
+                SourceSpec::Nats(Box::new(options))
+            }
+            (None, Some(input)) if input == "-" => SourceSpec::Ndjson(Input::Stdin),
+            (None, Some(path)) => SourceSpec::Ndjson(Input::File(path.into())),
+            (None, None) => SourceSpec::Synthetic(SyntheticSpec {
                 events: self.events,
                 rate: self.rate,
                 seed: self.seed,
@@ -202,7 +320,7 @@ impl RunArgs {
             source,
             database: self.database,
             table: self.table,
-            max_batch: usize::try_from(self.max_batch).unwrap_or(usize::MAX),
+            max_batch,
             flush_every: self.flush_every,
             on_failure: self.on_failure,
             rollback: RollbackSettings {
@@ -216,6 +334,7 @@ impl RunArgs {
                 fail_rate: self.fail_rate,
                 fail_rollback_attempts: self.fail_rollback_attempts,
                 seed: self.seed,
+                hang_at_batch: self.hang_at_batch,
             },
             strict: self.strict,
             rejects: self.rejects,
@@ -234,19 +353,77 @@ impl RunArgs {
 pub async fn execute(cli: Cli) -> ExitCode {
     match cli.command {
         Some(Command::Run(args)) => run(args).await,
+        Some(Command::Publish(args)) => publish(args).await,
         None => run(cli.run).await,
     }
 }
 
+/// The `publish` command: a one-line report on stdout, or a one-line error (exit code 2).
+async fn publish(args: PublishArgs) -> ExitCode {
+    match publish_events(&args).await {
+        Ok(report) => {
+            println!(
+                "event-batcher publish: {report} to subject {} of stream {} at {} \
+                 ({} events evt-{}-…, {} malformed)",
+                args.subject, args.stream, args.source, args.events, args.seed, args.malformed
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("event-batcher: error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn publish_events(args: &PublishArgs) -> Result<PublishReport, NatsError> {
+    let options = NatsOptions::new(&args.source, &args.stream, &args.subject, "publish");
+    let client = nats::connect(&options).await?;
+    let js = nats::jetstream_context(client.clone(), &options);
+    nats::ensure_stream(&js, &options).await?;
+    let events = synthetic::events(args.seed, args.events).map(|event| {
+        let payload = serde_json::to_vec(&event).expect("an event serialises to JSON");
+        (event.id, payload)
+    });
+    let malformed = (1..=args.malformed).map(|n| {
+        (
+            format!("malformed-{}-{n}", args.seed),
+            format!("not an event: malformed message {n}").into_bytes(),
+        )
+    });
+    let in_flight = usize::try_from(args.in_flight).unwrap_or(usize::MAX);
+    let report = nats::publish(&js, &args.subject, events.chain(malformed), in_flight).await?;
+    // Every publish was acknowledged by the server; nothing is left to flush but be tidy.
+    let _ = client.flush().await;
+    Ok(report)
+}
+
 /// The `run` command: the pipeline, its summary on stdout, a one-line error on stderr.
 async fn run(args: RunArgs) -> ExitCode {
+    let config = args.into_config();
     let cancel = CancellationToken::new();
-    let signals = tokio::spawn(watch_interrupts(cancel.clone()));
-    let result = Pipeline::new(args.into_config())
+    let stop = CancellationToken::new();
+    let graceful = matches!(config.source, SourceSpec::Nats(_));
+    // Installed before the run starts, so that no signal takes the default action.
+    let signals = match Signals::new() {
+        Ok(signals) => Some(tokio::spawn(signals.watch(
+            stop.clone(),
+            cancel.clone(),
+            graceful,
+        ))),
+        Err(error) => {
+            eprintln!("event-batcher: warning: cannot watch signals: {error}");
+            None
+        }
+    };
+    let result = Pipeline::new(config)
         .cancellation(cancel)
+        .stop(stop)
         .run()
         .await;
-    signals.abort();
+    if let Some(signals) = signals {
+        signals.abort();
+    }
     let summary = match result {
         Ok(summary) => summary,
         Err(error) => {
@@ -274,17 +451,67 @@ async fn run(args: RunArgs) -> ExitCode {
     ExitCode::from(summary.exit_code())
 }
 
-/// First Ctrl-C: cancel the run (the batch in progress is rolled back). Second: exit at once.
-async fn watch_interrupts(cancel: CancellationToken) {
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
+/// SIGINT and SIGTERM.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
-    eprintln!(
-        "event-batcher: interrupted: rolling back the batch in progress (Ctrl-C again to quit now)"
-    );
-    cancel.cancel();
-    if tokio::signal::ctrl_c().await.is_ok() {
-        std::process::exit(130);
+
+    #[cfg(not(unix))]
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {})
+    }
+
+    /// The next signal's name; `None` when signals can no longer be received.
+    #[cfg(unix)]
+    async fn next(&mut self) -> Option<&'static str> {
+        tokio::select! {
+            received = self.interrupt.recv() => received.map(|()| "SIGINT"),
+            received = self.terminate.recv() => received.map(|()| "SIGTERM"),
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn next(&mut self) -> Option<&'static str> {
+        tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C")
+    }
+
+    /// With `graceful`, the first signal stops the source (the batch in flight is finished);
+    /// the next cancels the run (the batch in flight is rolled back); the next exits at once.
+    async fn watch(mut self, stop: CancellationToken, cancel: CancellationToken, graceful: bool) {
+        if graceful {
+            let Some(name) = self.next().await else {
+                return;
+            };
+            eprintln!(
+                "event-batcher: {name}: stopping: no more messages are pulled, the batch in flight \
+                 is finished ({name} again to roll it back instead)"
+            );
+            stop.cancel();
+        }
+        let Some(name) = self.next().await else {
+            return;
+        };
+        eprintln!(
+            "event-batcher: {name}: interrupted: rolling back the batch in progress ({name} again \
+             to quit now)"
+        );
+        cancel.cancel();
+        if self.next().await.is_some() {
+            std::process::exit(130);
+        }
     }
 }
 
@@ -334,6 +561,46 @@ mod tests {
         assert!(Cli::try_parse_from(["event-batcher", "--input", "x", "--events", "3"]).is_err());
         assert!(Cli::try_parse_from(["event-batcher", "--max-batch", "0"]).is_err());
         assert!(Cli::try_parse_from(["event-batcher", "--on-failure", "retry"]).is_err());
+    }
+
+    #[test]
+    fn source_selects_nats_with_its_options() {
+        let cli = Cli::try_parse_from([
+            "event-batcher",
+            "--source",
+            "nats://h:1",
+            "--stream",
+            "S",
+            "--ack-wait",
+            "5s",
+            "--idle-exit",
+            "2s",
+            "--max-events",
+            "10",
+            "--max-batch",
+            "100",
+        ])
+        .unwrap();
+        let SourceSpec::Nats(options) = cli.run.into_config().source else {
+            panic!("expected a NATS source");
+        };
+        assert_eq!(options.stream, "S");
+        assert_eq!(options.subject, "events.ingest");
+        assert_eq!(options.ack_wait, Duration::from_secs(5));
+        assert_eq!(options.idle_exit, Some(Duration::from_secs(2)));
+        assert_eq!(options.max_messages, Some(10));
+        assert_eq!(options.pull_batch, 100);
+        assert!(options.max_ack_pending > 100);
+        assert!(
+            Cli::try_parse_from(["event-batcher", "--source", "nats://h:1", "--input", "x"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["event-batcher", "--max-events", "3"]).is_err());
+        let cli = Cli::try_parse_from(["event-batcher", "publish", "--events", "5"]).unwrap();
+        let Some(Command::Publish(args)) = cli.command else {
+            panic!("expected the publish subcommand");
+        };
+        assert_eq!((args.events, args.malformed), (5, 0));
     }
 
     #[test]

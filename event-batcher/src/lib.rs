@@ -5,7 +5,7 @@
 //! It uses only the public API of `result-stream`:
 //!
 //! ```text
-//! source (synthetic | NDJSON file | stdin)          Stream<Item = Result<Record, PipelineError>>
+//! source (synthetic | NDJSON | stdin | NATS)       Stream<Item = Result<Record, PipelineError>>
 //!   .map_ok_stream(validate)                        parse + validate; invalid → Err(Invalid)
 //!   .filter_map(divert invalid)                     count, report line number, --rejects;
 //!                                                   dropped, or passed on with --strict
@@ -70,7 +70,11 @@
 //! The pipeline is generic over its source: a [`source::RecordStream`] of records carrying
 //! an optional [`source::AckHandle`], acked after the record's batch commits, nak'ed after
 //! it is rolled back (the nak is a compensation registered before the delete, so it runs
-//! after it), rejected when invalid. The built-in sources have nothing to acknowledge.
+//! after it), rejected when invalid. The file sources have nothing to acknowledge; the NATS
+//! JetStream source ([`source::nats`], `--source nats://…`) is a durable pull consumer that
+//! any number of instances share: ack after commit, nak (with a delay) after rollback, `+TERM`
+//! for an invalid message, keep-alives for held messages, and a graceful stop
+//! ([`pipeline::Pipeline::stop`]: SIGINT/SIGTERM, `--idle-exit`, `--max-events`).
 //! [`pipeline::Pipeline::source`] runs any other stream.
 //!
 //! # Known limits
@@ -78,7 +82,11 @@
 //! - Two runs writing the same ids *at the same time* can interleave badly: if run B finds
 //!   an id already inserted by run A's batch (and skips it as present) and A's batch is then
 //!   rolled back, the row is gone although B acknowledged it. Sequential runs, re-runs and
-//!   redeliveries to a single writer are safe.
+//!   redeliveries to a single writer are safe, and so are instances sharing a NATS consumer:
+//!   a message is with one instance at a time (its keep-alive holds it), and goes to another
+//!   only when its holder is dead (and never rolls back) or frozen for longer than the ack
+//!   wait — a frozen instance that resumes and rolls that batch back is the one remaining
+//!   case.
 //! - One batch is written at a time; throughput is bound by the database's statement
 //!   latency.
 

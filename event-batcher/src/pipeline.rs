@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::{self, Event, Incoming, Rejected};
 use crate::progress::{Progress, ProgressMode, Reporter};
-use crate::source::{Ack, Position, RecordStream, SourceSpec, SyntheticSpec};
+use crate::source::nats::NatsError;
+use crate::source::{Ack, OpenedSource, Position, RecordStream, SourceSpec, SyntheticSpec};
 use crate::store::{self, Store};
 use crate::summary::{DatabaseRows, Ending, InFlight, Outcome, Stats, Summary};
 
@@ -101,6 +102,10 @@ pub struct Faults {
     pub fail_rollback_attempts: u32,
     /// Seed of the `fail_rate` draws.
     pub seed: u64,
+    /// Batch `n` is written and then the run hangs, before the batch is committed and
+    /// acknowledged, until it is cancelled or killed (`--hang-at-batch`): a stuck or crashed
+    /// instance holding a written but unacknowledged batch.
+    pub hang_at_batch: Option<u64>,
 }
 
 /// Everything a run needs. [`Config::default`] is the default command line.
@@ -187,6 +192,28 @@ impl Config {
         {
             return invalid(format!("--rate must be a number >= 0, got {}", spec.rate));
         }
+        if let SourceSpec::Nats(nats) = &self.source {
+            // Below a batch, the broker stops delivering before a batch is full and every
+            // batch waits for the --flush-every deadline.
+            if usize::try_from(nats.max_ack_pending).is_ok_and(|n| n <= self.max_batch) {
+                return invalid(format!(
+                    "--max-ack-pending ({}) must be larger than --max-batch ({})",
+                    nats.max_ack_pending, self.max_batch
+                ));
+            }
+            if let Some(idle) = nats.idle_exit
+                && idle <= nats.nak_delay
+            {
+                return invalid(format!(
+                    "--idle-exit ({idle:?}) must be longer than --nak-delay ({:?}): the messages \
+                     of a rolled-back batch come back after the nak delay",
+                    nats.nak_delay
+                ));
+            }
+            if nats.ack_wait < Duration::from_millis(300) {
+                return invalid("--ack-wait must be at least 300ms".into());
+            }
+        }
         store::check_table_name(&self.table).map_err(SetupError::Config)
     }
 }
@@ -270,6 +297,9 @@ pub enum SetupError {
         #[source]
         source: std::io::Error,
     },
+    /// The NATS server cannot be reached, or its stream or consumer cannot be used.
+    #[error("{0}")]
+    Nats(#[from] NatsError),
     /// An output file (`--rejects`, `--dead-letter`) cannot be created.
     #[error("cannot create {path}: {source}")]
     Output {
@@ -288,6 +318,7 @@ pub struct Pipeline {
     config: Config,
     source: Option<(RecordStream, String, Option<u64>)>,
     cancel: CancellationToken,
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -331,6 +362,7 @@ impl Pipeline {
             config,
             source: None,
             cancel: CancellationToken::new(),
+            stop: CancellationToken::new(),
         }
     }
 
@@ -352,6 +384,17 @@ impl Pipeline {
         self
     }
 
+    /// Stops the source gracefully when `token` is cancelled: nothing more is read (a NATS
+    /// source stops pulling and gives back what its open pull request still delivers), the
+    /// events already read are batched and written (committed and acknowledged, or rolled
+    /// back and nak'ed), and the run ends as if the input had ended. Cancelling the
+    /// [`cancellation`](Self::cancellation) token after this one rolls the batch in flight
+    /// back instead.
+    pub fn stop(mut self, token: CancellationToken) -> Self {
+        self.stop = token;
+        self
+    }
+
     /// Runs the pipeline to the end of the source (or to the failure that stops it) and
     /// returns the summary; fails only when the run cannot start.
     ///
@@ -365,6 +408,8 @@ impl Pipeline {
     ///   after the batch formed before it is written;
     /// - valid events are batched by `chunks_timeout_result(max_batch, flush_every)` and each
     ///   batch is tagged with why it was flushed;
+    /// - the stop token ends the source (see [`Pipeline::stop`]); a NATS source also ends by
+    ///   itself after `--idle-exit` without a message or `--max-events` messages;
     /// - each batch is written by `for_each_compensated` as described in the crate
     ///   documentation, under the `--on-failure` policy; a batch that commits is counted as
     ///   acknowledged and its events are acknowledged to the source;
@@ -376,21 +421,45 @@ impl Pipeline {
             config,
             source,
             cancel,
+            stop,
         } = self;
         config.check()?;
         let rejects = create_output(config.rejects.as_deref())?;
         let dead_letter = create_output(config.dead_letter.as_deref())?;
-        let (source, label, expected) = match source {
-            Some(custom) => custom,
+        let (opened, label, expected) = match source {
+            Some((records, label, expected)) => {
+                let records = records.take_until(stop.cancelled_owned()).boxed();
+                (
+                    OpenedSource {
+                        records,
+                        nats: None,
+                    },
+                    label,
+                    expected,
+                )
+            }
             None => (
-                config.source.open().await?,
+                config.source.open(stop).await?,
                 config.source.to_string(),
                 config.source.expected_len(),
             ),
         };
+        let OpenedSource {
+            records: source,
+            nats,
+        } = opened;
         let store = Store::connect(&config.database, &config.table, config.connect_timeout).await?;
 
         let stats = Arc::new(Stats::default());
+        if let Some(nats) = &nats {
+            for warning in nats.warnings() {
+                stats.warn(warning);
+            }
+        }
+        let label = match &nats {
+            Some(nats) => format!("{label} (ack wait {:?})", nats.ack_wait()),
+            None => label,
+        };
         let progress = Progress::start(config.progress, expected, stats.clone());
         let ctx = Arc::new(Ctx {
             run_id: fastrand::i64(1..i64::MAX),
@@ -410,6 +479,12 @@ impl Pipeline {
         let result = drive(ctx.clone(), source, &config, cancel).await;
         let elapsed = started.elapsed();
         progress.finish().await;
+        // Every hook has been settled (or dropped, which gives its message back): wait until
+        // the verdicts are sent, before they are counted.
+        let nats = match nats {
+            Some(nats) => Some(nats.close().await),
+            None => None,
+        };
 
         let outcome = ctx.outcome(result);
         ctx.flush_outputs();
@@ -425,6 +500,7 @@ impl Pipeline {
                 outcome,
                 elapsed,
                 rows,
+                nats,
             },
         ))
     }
@@ -509,6 +585,7 @@ async fn write_batch(
     let acks = Arc::new(Mutex::new(acks));
     let rows_deleted = Arc::new(AtomicU64::new(0));
     let fail = ctx.should_fail(seq);
+    let hang = ctx.faults.hang_at_batch == Some(seq);
     ctx.stats.begin_batch(InFlight {
         seq,
         events: events.clone(),
@@ -520,6 +597,9 @@ async fn write_batch(
             // An error propagates: `for_each_compensated` stops and rolls this batch back.
             ctx.register_undo(&scope, seq, &acks, &rows_deleted);
             let inserted = ctx.write(seq, &events, fail).await?;
+            if hang {
+                ctx.hang(seq).await;
+            }
             scope.commit();
             inserted
         }
@@ -544,6 +624,9 @@ async fn write_batch(
             ctx.register_undo(&inner, seq, &acks, &rows_deleted);
             match ctx.write(seq, &events, fail).await {
                 Ok(inserted) => {
+                    if hang {
+                        ctx.hang(seq).await;
+                    }
                     inner.commit();
                     scope.commit();
                     inserted
@@ -584,6 +667,15 @@ async fn write_batch(
 }
 
 impl Ctx {
+    /// `--hang-at-batch`: never returns; the run can only be cancelled (the batch is then
+    /// rolled back) or the process killed (the batch stays written, unacknowledged).
+    async fn hang(&self, seq: u64) {
+        self.reporter.println(format!(
+            "event-batcher: batch {seq} written; hanging before acknowledging it (--hang-at-batch)"
+        ));
+        std::future::pending::<()>().await;
+    }
+
     /// Whether batch `seq` gets an injected failure.
     fn should_fail(&self, seq: u64) -> bool {
         self.faults

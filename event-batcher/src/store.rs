@@ -264,10 +264,29 @@ impl Store {
             // Fails when an existing table lacks one of the columns.
             format!("SELECT id, tenant, ts, payload, run_id, batch_seq FROM {table} WHERE 1 = 0"),
         ];
-        for sql in statements {
-            self.execute(sql, &[]).await?;
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                // Instances started together (several consumers of one broker) run this at
+                // the same time, and concurrent `CREATE TABLE IF NOT EXISTS` can fail in
+                // PostgreSQL (a unique violation in its catalog): serialise them on an
+                // advisory lock held until the transaction ends.
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(table)
+                    .execute(&mut *tx)
+                    .await?;
+                for sql in statements {
+                    sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+                }
+                tx.commit().await
+            }
+            Pool::Sqlite(_) => {
+                for sql in statements {
+                    self.execute(sql, &[]).await?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Runs one statement with `i64` binds and returns the rows it affected.

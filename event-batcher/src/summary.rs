@@ -16,6 +16,17 @@
 //! batch, or a redelivery): rows for the acknowledged events == events acknowledged. It costs
 //! two indexed `COUNT(*)` queries, whatever the length of the run, and keeps no list of ids in
 //! memory (so it also works for an unbounded source).
+//!
+//! For a NATS source the check also holds the broker to account, from the verdicts actually
+//! sent (counted by the source's acknowledgement task after `NatsSource::close` waited for
+//! them):
+//! 3. acks sent == events acknowledged (written in committed batches), naks sent == events
+//!    in rolled-back batches, rejects (`+TERM`) sent == invalid records;
+//! 4. every message received got exactly one verdict: received == acked + nak'ed + rejected
+//!    + given back unsettled (+ verdicts that could not be sent, which fail 3).
+//!
+//! With several instances sharing a consumer, each checks its own run (its `run_id`); the
+//! table as a whole is what the instances wrote together.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +36,7 @@ use std::time::Duration;
 use result_stream::{FlushReason, RollbackReport};
 
 use crate::event::{Event, Rejected};
-use crate::source::Position;
+use crate::source::{NatsStats, Position};
 
 /// How many invalid records and failed batches are listed in the summary (all are counted).
 pub const LISTED: usize = 10;
@@ -311,6 +322,53 @@ impl Check {
         };
         Check { holds, detail }
     }
+
+    /// Adds the broker's side (rules 3 and 4 of the [module documentation](self)).
+    pub fn with_broker(
+        mut self,
+        nats: &NatsStats,
+        acknowledged: u64,
+        events_rolled_back: u64,
+        invalid: u64,
+    ) -> Check {
+        let settled = nats.settled();
+        let holds = nats.acked == acknowledged
+            && nats.nacked == events_rolled_back
+            && nats.rejected == invalid
+            && nats.received == settled
+            && nats.send_failures == 0;
+        let compare = |sent: u64, events: u64| if sent == events { "==" } else { "!=" };
+        let mut detail = format!(
+            "NATS verdicts {}: acks {} {} events acknowledged {acknowledged}, naks {} {} events \
+             rolled back {events_rolled_back}, rejects {} {} invalid {invalid}, {} received {} \
+             {settled} settled ({} given back unsettled)",
+            if holds { "OK" } else { "FAILED" },
+            nats.acked,
+            compare(nats.acked, acknowledged),
+            nats.nacked,
+            compare(nats.nacked, events_rolled_back),
+            nats.rejected,
+            compare(nats.rejected, invalid),
+            nats.received,
+            compare(nats.received, settled),
+            nats.dropped_nacked,
+        );
+        if nats.send_failures > 0 {
+            detail.push_str(&format!(
+                ", {} verdict(s) could not be sent (those messages will be redelivered)",
+                nats.send_failures
+            ));
+        }
+        if !holds && self.holds {
+            self.detail = format!(
+                "FAILED (broker): {}",
+                self.detail.trim_start_matches("OK: ")
+            );
+        }
+        self.holds &= holds;
+        self.detail = format!("{}; {detail}", self.detail);
+        self
+    }
 }
 
 /// Everything a run reports, printed as the final summary.
@@ -357,6 +415,8 @@ pub struct Summary {
     pub warnings: Vec<String>,
     /// Row counts from the database, or why they could not be read.
     pub rows: Result<DatabaseRows, String>,
+    /// What the NATS source did (a NATS run only).
+    pub nats: Option<NatsStats>,
     /// The consistency check.
     pub check: Check,
 }
@@ -370,6 +430,7 @@ pub(crate) struct Ending {
     pub outcome: Outcome,
     pub elapsed: Duration,
     pub rows: Result<DatabaseRows, String>,
+    pub nats: Option<NatsStats>,
 }
 
 impl Summary {
@@ -378,13 +439,16 @@ impl Summary {
         let acknowledged = stats.acknowledged.load(Ordering::Relaxed);
         let read = stats.read.load(Ordering::Relaxed);
         let invalid = stats.invalid.load(Ordering::Relaxed);
-        let check = Check::new(
+        let mut check = Check::new(
             acknowledged,
             detail.inserted,
             detail.already_present,
             detail.failed.len() as u64,
             ending.rows.clone(),
         );
+        if let Some(nats) = &ending.nats {
+            check = check.with_broker(nats, acknowledged, detail.events_rolled_back, invalid);
+        }
         Summary {
             run_id: ending.run_id,
             source: ending.source,
@@ -409,6 +473,7 @@ impl Summary {
             ack_failures: detail.ack_failures,
             warnings: detail.warnings.clone(),
             rows: ending.rows,
+            nats: ending.nats,
             check,
         }
     }
@@ -505,6 +570,12 @@ impl fmt::Display for Summary {
             )?,
             Err(error) => writeln!(f, "  rows in database     unknown: {error}")?,
         }
+        if let Some(nats) = &self.nats {
+            writeln!(f, "  NATS messages        {nats}")?;
+            if let Some(ended) = &nats.ended {
+                writeln!(f, "  source ended         {ended}")?;
+            }
+        }
         if self.ack_failures > 0 {
             writeln!(f, "  acks refused         {}", self.ack_failures)?;
         }
@@ -542,6 +613,53 @@ mod tests {
     }
 
     #[test]
+    fn broker_check_compares_verdicts_with_events() {
+        let nats = NatsStats {
+            received: 12,
+            redelivered: 2,
+            acked: 8,
+            nacked: 2,
+            rejected: 1,
+            dropped_nacked: 1,
+            ..NatsStats::default()
+        };
+        let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&nats, 8, 2, 1);
+        assert!(check.holds, "{}", check.detail);
+        assert!(
+            check.detail.contains("NATS verdicts OK"),
+            "{}",
+            check.detail
+        );
+        // An ack missing (a hook dropped, or never sent).
+        let short = NatsStats { acked: 7, ..nats };
+        let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&short, 8, 2, 1);
+        assert!(!check.holds);
+        assert!(
+            check.detail.starts_with("FAILED (broker)"),
+            "{}",
+            check.detail
+        );
+        assert!(check.detail.contains("acks 7 != events acknowledged 8"));
+        // A verdict that could not be sent.
+        let lost = NatsStats {
+            acked: 7,
+            send_failures: 1,
+            ..nats
+        };
+        assert!(
+            !Check::new(8, 8, 0, 1, rows(8, 0))
+                .with_broker(&lost, 8, 2, 1)
+                .holds
+        );
+        // The database part still counts.
+        assert!(
+            !Check::new(8, 8, 0, 1, rows(7, 0))
+                .with_broker(&nats, 8, 2, 1)
+                .holds
+        );
+    }
+
+    #[test]
     fn counts_committed_and_rolled_back_batches() {
         let stats = Stats::default();
         stats.batch_committed(FlushReason::Full, 4, 3);
@@ -575,6 +693,7 @@ mod tests {
                 outcome: Outcome::Finished,
                 elapsed: Duration::from_secs(1),
                 rows: rows(5, 0),
+                nats: None,
             },
         );
         assert_eq!(summary.acknowledged, 6);

@@ -13,22 +13,27 @@
 //!   first, then the nak: a redelivery never races the deletion);
 //! - [`reject`](AckHandle::reject) when the record is invalid (redelivering it cannot help).
 //!
-//! The built-in sources ([`synthetic`], [`ndjson`]) have nothing to acknowledge and carry
-//! `None`.
+//! The file sources ([`synthetic`], [`ndjson`]) have nothing to acknowledge and carry
+//! `None`; the [`nats`] source (a JetStream durable pull consumer shared by any number of
+//! instances) acks after commit, naks after rollback and terminates invalid messages.
 
+pub mod nats;
 pub mod ndjson;
 pub mod synthetic;
 
 use std::fmt;
 use std::path::PathBuf;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use result_stream::BoxError;
+use tokio_util::sync::CancellationToken;
 
 use crate::event::Event;
 use crate::pipeline::{PipelineError, SetupError};
 
+pub use nats::{NatsOptions, NatsSource, NatsStats};
 pub use synthetic::SyntheticSpec;
 
 /// Acknowledges one record to the source it came from. See the [module documentation](self)
@@ -112,6 +117,25 @@ pub enum SourceSpec {
     Synthetic(SyntheticSpec),
     /// NDJSON from a file or standard input.
     Ndjson(Input),
+    /// A NATS JetStream durable pull consumer (`--source nats://…`).
+    Nats(Box<NatsOptions>),
+}
+
+/// An opened source: its records, and for NATS the connection that settles them.
+pub struct OpenedSource {
+    /// The records.
+    pub records: RecordStream,
+    /// The NATS source whose hooks the records carry: [`NatsSource::close`] it after the
+    /// pipeline has finished (it waits until every verdict has been sent).
+    pub nats: Option<NatsSource>,
+}
+
+impl fmt::Debug for OpenedSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenedSource")
+            .field("nats", &self.nats)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SourceSpec {
@@ -121,14 +145,31 @@ impl SourceSpec {
         match self {
             SourceSpec::Synthetic(spec) => Some(spec.events),
             SourceSpec::Ndjson(_) => None,
+            SourceSpec::Nats(options) => options.max_messages,
         }
     }
 
-    /// Opens the source. Fails, before anything is written, when the input cannot be read.
-    pub async fn open(&self) -> Result<RecordStream, SetupError> {
+    /// Opens the source. Fails, before anything is written, when the input cannot be read
+    /// (or the broker reached, or its stream and consumer created).
+    ///
+    /// When `stop` is cancelled the source stops reading and its stream ends, so the batches
+    /// already formed are written: a NATS source stops pulling and gives back (`-NAK`) what
+    /// its open pull request still delivers; the file sources simply end.
+    pub async fn open(&self, stop: CancellationToken) -> Result<OpenedSource, SetupError> {
+        let file = |records: RecordStream| OpenedSource {
+            records: records.take_until(stop.clone().cancelled_owned()).boxed(),
+            nats: None,
+        };
         match self {
-            SourceSpec::Synthetic(spec) => Ok(synthetic::stream(spec.clone())),
-            SourceSpec::Ndjson(input) => ndjson::open(input).await,
+            SourceSpec::Synthetic(spec) => Ok(file(synthetic::stream(spec.clone()))),
+            SourceSpec::Ndjson(input) => Ok(file(ndjson::open(input).await?)),
+            SourceSpec::Nats(options) => {
+                let source = NatsSource::connect((**options).clone()).await?;
+                Ok(OpenedSource {
+                    records: source.records(stop),
+                    nats: Some(source),
+                })
+            }
         }
     }
 }
@@ -138,6 +179,11 @@ impl fmt::Display for SourceSpec {
         match self {
             SourceSpec::Synthetic(spec) => write!(f, "{spec}"),
             SourceSpec::Ndjson(input) => write!(f, "NDJSON from {input}"),
+            SourceSpec::Nats(o) => write!(
+                f,
+                "NATS {}, stream {}, subject {}, consumer {}",
+                o.url, o.stream, o.subject, o.consumer
+            ),
         }
     }
 }

@@ -94,6 +94,13 @@ pub fn stream(spec: SyntheticSpec) -> RecordStream {
     .boxed()
 }
 
+/// The events [`stream`] generates for `seed` (at rate 0), `count` of them, as an iterator
+/// (the `publish` command loads them into a broker).
+pub fn events(seed: u64, count: u64) -> impl Iterator<Item = Event> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (1..=count).map(move |n| generate(&mut rng, seed, n))
+}
+
 fn generate(rng: &mut fastrand::Rng, seed: u64, n: u64) -> Event {
     let ts = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -135,6 +142,8 @@ mod tests {
             ids,
             ["evt-9-0000000001", "evt-9-0000000002", "evt-9-0000000003"]
         );
+        let from_iterator: Vec<String> = events(9, 3).map(|e| e.id).collect();
+        assert_eq!(from_iterator, ids);
     }
 
     #[tokio::test(start_paused = true)]

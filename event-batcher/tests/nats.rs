@@ -1,0 +1,841 @@
+//! Scaling out: several `event-batcher` processes share one NATS JetStream durable consumer and
+//! write to one PostgreSQL table, with ack after commit and nak after rollback.
+//!
+//! Selected by `EVENT_BATCHER_NATS_URL` (e.g. `nats://127.0.0.1:4222`, a server with JetStream)
+//! together with `EVENT_BATCHER_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`):
+//! - unset: each such test prints `skipped: set EVENT_BATCHER_NATS_URL …` on stderr and passes;
+//! - set: the tests run and FAIL if a server cannot be reached or NATS has no JetStream.
+//!
+//! Every test uses a stream, subject, consumer and table of its own, deleted at the end even
+//! when the test fails, and kills (by PID) any instance it started that is still running.
+//! The tests drive the real binary; the database and the broker are read directly.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use common::{POSTGRES_ENV, TempSqlite, ids, summary_value};
+use event_batcher::source::nats::{self, NatsOptions};
+use sqlx::postgres::PgPool;
+use sqlx::{AssertSqlSafe, Row};
+
+/// The environment variable that selects the NATS tests.
+const NATS_ENV: &str = "EVENT_BATCHER_NATS_URL";
+const BIN: &str = env!("CARGO_BIN_EXE_event-batcher");
+/// Longest wait for an instance to exit by itself.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Both server URLs, or `None` after printing why the test is skipped.
+fn services() -> Option<(String, String)> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    match (var(NATS_ENV), var(POSTGRES_ENV)) {
+        (Some(nats), Some(postgres)) => Some((nats, postgres)),
+        (nats, _) => {
+            let missing = if nats.is_none() {
+                NATS_ENV
+            } else {
+                POSTGRES_ENV
+            };
+            eprintln!(
+                "skipped: set {NATS_ENV} (e.g. nats://127.0.0.1:4222) and {POSTGRES_ENV} (e.g. \
+                 postgres://postgres@127.0.0.1:5432/test) to run the NATS tests ({missing} is unset)"
+            );
+            None
+        }
+    }
+}
+
+/// A stream, subject, consumer and table unique to one test; the stream is deleted and the
+/// table dropped on drop. Creating it fails the test when a server is unusable.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    nats_url: String,
+    pg_url: String,
+    stream: String,
+    subject: String,
+    consumer: String,
+    table: String,
+    js: jetstream::Context,
+    pg: PgPool,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Option<Setup> {
+        let (nats_url, pg_url) = services()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test runtime");
+        let unique = format!("{tag}_{}_{:08x}", std::process::id(), fastrand::u32(..));
+        let stream = format!("EB_TEST_{unique}");
+        let subject = format!("eb.test.{unique}");
+        let options = NatsOptions::new(&nats_url, &stream, &subject, "unused");
+        let js = rt.block_on(async {
+            let client = nats::connect(&options)
+                .await
+                .unwrap_or_else(|e| panic!("{NATS_ENV}={nats_url} is set but: {e}"));
+            let js = nats::jetstream_context(client, &options);
+            // (async-nats' query_account() cannot decode nats-server 2.9's reply.)
+            let info: serde_json::Value = js
+                .request("INFO", &())
+                .await
+                .unwrap_or_else(|e| panic!("NATS at {nats_url}: JetStream API unreachable: {e}"));
+            assert!(
+                info.get("error").is_none(),
+                "NATS at {nats_url} has no JetStream: {info}"
+            );
+            js
+        });
+        let pg = rt.block_on(async {
+            PgPool::connect(&pg_url)
+                .await
+                .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={pg_url} is set but: {e}"))
+        });
+        Some(Setup {
+            rt,
+            nats_url,
+            pg_url,
+            stream,
+            subject,
+            consumer: format!("eb-{tag}"),
+            table: format!("eb_nats_{unique}"),
+            js,
+            pg,
+        })
+    }
+
+    /// `--source … --stream … --subject … --consumer … --database … --table … -q`.
+    fn run_args(&self) -> Vec<String> {
+        [
+            "--source",
+            &self.nats_url,
+            "--stream",
+            &self.stream,
+            "--subject",
+            &self.subject,
+            "--consumer",
+            &self.consumer,
+            "--database",
+            &self.pg_url,
+            "--table",
+            &self.table,
+            "-q",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// `event-batcher publish` of `events` synthetic events (seed `seed`) and `malformed`
+    /// malformed messages.
+    fn publish(&self, events: u64, seed: u64, malformed: u64) {
+        let output = Command::new(BIN)
+            .args([
+                "publish",
+                "--source",
+                &self.nats_url,
+                "--stream",
+                &self.stream,
+            ])
+            .args(["--subject", &self.subject, "--events", &events.to_string()])
+            .args(["--seed", &seed.to_string()])
+            .args(["--malformed", &malformed.to_string()])
+            .output()
+            .expect("run event-batcher publish");
+        let (stdout, stderr) = common::texts(&output);
+        assert!(
+            output.status.success(),
+            "publish failed: {stdout}\n{stderr}"
+        );
+        let expected = format!("published {} new + 0 duplicate", events + malformed);
+        assert!(stdout.contains(&expected), "{stdout}");
+        eprintln!("{}", stdout.trim());
+    }
+
+    /// Starts one consuming instance with the common arguments and `extra`.
+    fn instance(&self, name: &str, extra: &[&str]) -> Instance {
+        let mut args = self.run_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Instance::spawn(name, &args)
+    }
+
+    /// (rows, distinct ids) in the table.
+    fn counts(&self) -> (u64, u64) {
+        let sql = format!("SELECT COUNT(*), COUNT(DISTINCT id) FROM {}", self.table);
+        let row = self.rt.block_on(async {
+            sqlx::query(AssertSqlSafe(sql))
+                .fetch_one(&self.pg)
+                .await
+                .expect("count rows")
+        });
+        let get = |i| u64::try_from(row.get::<i64, _>(i)).expect("a count");
+        (get(0), get(1))
+    }
+
+    /// Rows in the table, 0 if it does not exist yet.
+    fn rows_so_far(&self) -> u64 {
+        let sql = format!("SELECT COUNT(*) FROM {}", self.table);
+        self.rt.block_on(async {
+            sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+                .fetch_one(&self.pg)
+                .await
+                .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn stored_ids(&self) -> BTreeSet<String> {
+        let sql = format!("SELECT id FROM {}", self.table);
+        self.rt.block_on(async {
+            sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
+                .fetch_all(&self.pg)
+                .await
+                .expect("select ids")
+                .into_iter()
+                .collect()
+        })
+    }
+
+    fn rows_of_run(&self, run_id: i64) -> u64 {
+        let sql = format!("SELECT COUNT(*) FROM {} WHERE run_id = $1", self.table);
+        self.rt.block_on(async {
+            let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                .bind(run_id)
+                .fetch_one(&self.pg)
+                .await
+                .expect("count rows of a run");
+            u64::try_from(n).expect("a count")
+        })
+    }
+
+    /// The durable consumer as the server has it.
+    fn consumer_info(&self) -> jetstream::consumer::Info {
+        self.rt.block_on(async {
+            let stream = self.js.get_stream(&self.stream).await.expect("the stream");
+            stream
+                .consumer_info(&self.consumer)
+                .await
+                .expect("the consumer")
+        })
+    }
+
+    /// Asserts the consumer has nothing left: no message pending or awaiting an ack.
+    fn assert_drained(&self) {
+        let info = self.consumer_info();
+        assert_eq!(
+            (info.num_pending, info.num_ack_pending),
+            (0, 0),
+            "messages left in the consumer: {info:?}"
+        );
+    }
+
+    /// Asserts the table holds exactly the synthetic events 1..=n of `seed`, once each.
+    fn assert_exact(&self, seed: u64, n: u64) {
+        let (rows, distinct) = self.counts();
+        assert_eq!((rows, distinct), (n, n), "count(*), count(distinct id)");
+        let stored = self.stored_ids();
+        let expected = ids(seed, 1, n);
+        let missing: Vec<_> = expected.difference(&stored).take(5).collect();
+        let unexpected: Vec<_> = stored.difference(&expected).take(5).collect();
+        assert!(
+            missing.is_empty() && unexpected.is_empty(),
+            "missing {missing:?}, unexpected {unexpected:?}"
+        );
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let cleanup = self.rt.block_on(async {
+            let stream = self.js.delete_stream(&self.stream).await.map(drop);
+            let table = sqlx::query(AssertSqlSafe(format!(
+                "DROP TABLE IF EXISTS {}",
+                self.table
+            )))
+            .execute(&self.pg)
+            .await
+            .map(drop);
+            self.pg.close().await;
+            (stream, table)
+        });
+        if !std::thread::panicking() {
+            // The stream exists once publish ran (every test publishes).
+            cleanup.0.expect("delete the test stream");
+            cleanup.1.expect("drop the test table");
+        }
+    }
+}
+
+/// A running instance; killed (SIGKILL, by PID) on drop if still running.
+struct Instance {
+    name: String,
+    child: Option<Child>,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<JoinHandle<()>>,
+}
+
+/// How an instance ended.
+struct Exited {
+    name: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Instance {
+    fn spawn(name: &str, args: &[String]) -> Instance {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn event-batcher");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let stderr_pipe = child.stderr.take().expect("stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let collected = stderr.clone();
+        let stderr_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut all = collected.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        Instance {
+            name: name.to_owned(),
+            child: Some(child),
+            stdout: Some(stdout),
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn stderr_contains(&self, needle: &str) -> bool {
+        self.stderr.lock().unwrap().contains(needle)
+    }
+
+    fn has_exited(&mut self) -> bool {
+        let child = self.child.as_mut().expect("running");
+        child.try_wait().expect("try_wait").is_some()
+    }
+
+    /// Sends `signal` (e.g. `TERM`) to this instance, by PID.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self) {
+        let child = self.child.as_mut().expect("running");
+        child.kill().expect("SIGKILL");
+    }
+
+    /// Waits (at most `timeout`, then kills it and fails) for the instance to exit.
+    fn wait(mut self, timeout: Duration) -> Exited {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{} did not exit within {timeout:?}; stderr:\n{}",
+                    self.name,
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        let stdout = self.stdout.take().unwrap().join().unwrap_or_default();
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        let stderr = self.stderr.lock().unwrap().clone();
+        Exited {
+            name: self.name.clone(),
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Exited {
+    /// Asserts exit code 0 and a consistency check that holds (database and broker).
+    fn assert_ok(&self) -> &Self {
+        assert_eq!(self.status.code(), Some(0), "{}", self.describe());
+        let check = summary_value(&self.stdout, "consistency check");
+        assert!(
+            check.starts_with("OK") && check.contains("NATS verdicts OK"),
+            "{}",
+            self.describe()
+        );
+        self
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "--- {} ({}) stdout:\n{}\n--- stderr:\n{}",
+            self.name, self.status, self.stdout, self.stderr
+        )
+    }
+
+    fn value(&self, label: &str) -> &str {
+        summary_value(&self.stdout, label)
+    }
+
+    /// The first number of the summary line `label`.
+    fn number(&self, label: &str) -> u64 {
+        leading_number(self.value(label))
+    }
+
+    /// A count on the `NATS messages` line, e.g. `nats("acked")`.
+    fn nats(&self, what: &str) -> u64 {
+        let line = self.value("NATS messages");
+        let at = line
+            .find(&format!(" {what}"))
+            .unwrap_or_else(|| panic!("no {what:?} in {line:?}"));
+        let before = line[..at].trim_end();
+        let start = before
+            .rfind(|c: char| !c.is_ascii_digit())
+            .map_or(0, |i| i + 1);
+        before[start..].parse().expect("a count")
+    }
+
+    fn run_id(&self) -> i64 {
+        self.value("run id").parse().expect("a run id")
+    }
+
+    /// `(new rows, already present)` of `events acknowledged`.
+    fn inserted_and_present(&self) -> (u64, u64) {
+        let value = self.value("events acknowledged");
+        let inside = value
+            .split_once('(')
+            .map(|(_, rest)| rest)
+            .expect("(… new rows, … already present)");
+        let mut numbers = inside
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<u64>().unwrap());
+        (numbers.next().unwrap(), numbers.next().unwrap())
+    }
+}
+
+fn leading_number(text: &str) -> u64 {
+    let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number in {text:?}"))
+}
+
+/// Waits until `ready` holds, failing after `timeout` with `what`.
+fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const EVENTS: u64 = 20_000;
+
+/// The issue's first test: 20,000 events, three concurrent instances, one of them failing
+/// every third batch (skip-batch: rolled back, nak'ed, redelivered): the table ends with
+/// exactly the 20,000 events, none missing, none twice, and each message was acked once.
+#[test]
+fn nats_three_instances_one_failing_store_every_event_exactly_once() {
+    let Some(setup) = Setup::new("three") else {
+        return;
+    };
+    let seed = 11;
+    setup.publish(EVENTS, seed, 0);
+    let common = [
+        "--max-batch",
+        "250",
+        "--flush-every",
+        "500ms",
+        "--nak-delay",
+        "300ms",
+        "--idle-exit",
+        "3s",
+    ];
+    let started = Instant::now();
+    let instances = [
+        setup.instance("a", &common),
+        setup.instance("b", &common),
+        setup.instance(
+            "c (fails every 3rd batch)",
+            &[
+                &common[..],
+                &["--fail-every", "3", "--on-failure", "skip-batch"],
+            ]
+            .concat(),
+        ),
+    ];
+    let exited: Vec<Exited> = instances
+        .into_iter()
+        .map(|instance| instance.wait(EXIT_TIMEOUT))
+        .collect();
+    eprintln!("three instances done in {:?}", started.elapsed());
+    let mut acknowledged = 0;
+    let mut inserted = 0;
+    for instance in &exited {
+        instance.assert_ok();
+        eprintln!("{}: {}", instance.name, instance.value("NATS messages"));
+        let (new_rows, present) = instance.inserted_and_present();
+        // Each instance's own rows are in the table, under its run id.
+        assert_eq!(setup.rows_of_run(instance.run_id()), new_rows);
+        assert_eq!(present, 0, "no event was written twice");
+        assert!(
+            instance.number("events acknowledged") > 0,
+            "{} got no work",
+            instance.name
+        );
+        assert_eq!(
+            instance.nats("acked"),
+            instance.number("events acknowledged")
+        );
+        acknowledged += instance.number("events acknowledged");
+        inserted += new_rows;
+    }
+    let failing = &exited[2];
+    let rolled_back = leading_number(
+        failing
+            .value("batches rolled back")
+            .split_once('(')
+            .expect("(N events)")
+            .1,
+    );
+    assert!(rolled_back > 0, "{}", failing.describe());
+    assert_eq!(failing.nats("nak'ed after rollback"), rolled_back);
+    let redelivered: u64 = exited.iter().map(|i| i.nats("redelivered")).sum();
+    assert!(
+        redelivered >= rolled_back,
+        "{redelivered} redelivered < {rolled_back} nak'ed"
+    );
+    assert_eq!(
+        acknowledged, EVENTS,
+        "every event acknowledged exactly once"
+    );
+    assert_eq!(inserted, EVENTS);
+    setup.assert_exact(seed, EVENTS);
+    setup.assert_drained();
+}
+
+/// The issue's second test: one of three instances hangs after writing its second batch
+/// (written, committed to the table, not acknowledged). While it hangs its messages are kept
+/// alive (no redelivery even after 1.5 × ack wait). The two others start, and the victim is
+/// SIGKILLed while they are mid-run: its messages are redelivered to them once the ack wait
+/// (2 s here) has passed; the batch it had written is found already present, and the table is
+/// still exact.
+#[test]
+fn nats_sigkilled_instance_messages_are_redelivered_to_the_others() {
+    let Some(setup) = Setup::new("kill") else {
+        return;
+    };
+    let seed = 12;
+    setup.publish(EVENTS, seed, 0);
+    let ack_wait = Duration::from_secs(2);
+    let common = [
+        "--max-batch",
+        "250",
+        "--flush-every",
+        "500ms",
+        "--ack-wait",
+        "2s",
+        "--idle-exit",
+        "5s",
+    ];
+    let mut victim = setup.instance("victim", &[&common[..], &["--hang-at-batch", "2"]].concat());
+    wait_until(Duration::from_secs(30), "the victim to hang", || {
+        assert!(!victim.has_exited(), "the victim exited early");
+        victim.stderr_contains("hanging before acknowledging it")
+    });
+    // Keep-alive: a live (even stuck) instance keeps its messages past the ack wait.
+    std::thread::sleep(ack_wait * 3 / 2);
+    let before = setup.consumer_info();
+    assert_eq!(
+        before.num_redelivered, 0,
+        "a live instance's messages were redelivered: {before:?}"
+    );
+    // The others start, and the victim is killed while they are mid-run.
+    let others = [setup.instance("a", &common), setup.instance("b", &common)];
+    wait_until(Duration::from_secs(30), "the others' first rows", || {
+        setup.rows_so_far() >= 1_500
+    });
+    let at_kill = setup.consumer_info();
+    assert!(
+        at_kill.num_pending > 0,
+        "the others finished before the kill: not mid-run ({at_kill:?})"
+    );
+    victim.kill();
+    let killed_at = Instant::now();
+    let victim = victim.wait(Duration::from_secs(10));
+    assert_eq!(victim.status.code(), None, "killed by a signal");
+    let exited: Vec<Exited> = others.into_iter().map(|i| i.wait(EXIT_TIMEOUT)).collect();
+    eprintln!(
+        "the others finished {:?} after the kill",
+        killed_at.elapsed()
+    );
+    let mut acknowledged = 0;
+    let mut already_present = 0;
+    let mut redelivered = 0;
+    for instance in &exited {
+        instance.assert_ok();
+        eprintln!("{}: {}", instance.name, instance.value("NATS messages"));
+        acknowledged += instance.number("events acknowledged");
+        already_present += instance.inserted_and_present().1;
+        redelivered += instance.nats("redelivered");
+    }
+    // The victim's hung batch (250 events) was written and never acked: redelivered, and found
+    // already present by whoever got it; its unwritten prefetch (if any) is written normally.
+    assert_eq!(already_present, 250, "exactly the victim's hung batch");
+    assert!(redelivered >= 250, "{redelivered} redelivered");
+    // The victim's committed batch 1 was acked; everything else was acked by the others.
+    assert_eq!(acknowledged, EVENTS - 250);
+    setup.assert_exact(seed, EVENTS);
+    setup.assert_drained();
+}
+
+/// The issue's third test: a rolled-back batch's messages come back (nak with delay) and are
+/// eventually written. One instance, every 4th batch failing after writing its first half.
+#[test]
+fn nats_rolled_back_batch_messages_come_back_and_are_written() {
+    let Some(setup) = Setup::new("rollback") else {
+        return;
+    };
+    let seed = 13;
+    let events = 1_000;
+    setup.publish(events, seed, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let dead_letter = dir.path().join("rolled-back.ndjson");
+    let exited = setup
+        .instance(
+            "single",
+            &[
+                "--max-batch",
+                "100",
+                "--flush-every",
+                "300ms",
+                "--fail-every",
+                "4",
+                "--on-failure",
+                "skip-batch",
+                "--nak-delay",
+                "500ms",
+                "--idle-exit",
+                "2s",
+                "--dead-letter",
+                dead_letter.to_str().unwrap(),
+            ],
+        )
+        .wait(EXIT_TIMEOUT);
+    exited.assert_ok();
+    eprintln!("{}", exited.stdout);
+    let rolled_back_batches = exited.number("batches rolled back");
+    assert!(rolled_back_batches >= 2, "{}", exited.describe());
+    // The events of the rolled-back batches, from the dead-letter file.
+    let rolled_back: Vec<String> = std::fs::read_to_string(&dead_letter)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            event["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(rolled_back.len() >= 200, "{}", rolled_back.len());
+    assert_eq!(
+        exited.nats("nak'ed after rollback"),
+        rolled_back.len() as u64
+    );
+    // Alone on the consumer, this instance got every nak'ed message back, once per nak.
+    assert_eq!(exited.nats("redelivered"), rolled_back.len() as u64);
+    assert_eq!(exited.nats("acked"), events);
+    assert_eq!(exited.number("events acknowledged"), events);
+    let stored = setup.stored_ids();
+    let missing: Vec<_> = rolled_back
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "rolled back and never written: {missing:?}"
+    );
+    setup.assert_exact(seed, events);
+    setup.assert_drained();
+}
+
+/// A malformed payload is an invalid record: counted, reported, and terminated (`+TERM`), so
+/// it is never redelivered, even with an ack wait shorter than the run.
+#[test]
+fn nats_malformed_payload_is_rejected_not_redelivered() {
+    let Some(setup) = Setup::new("malformed") else {
+        return;
+    };
+    let seed = 14;
+    setup.publish(100, seed, 3);
+    let exited = setup
+        .instance(
+            "single",
+            &[
+                "--ack-wait",
+                "1s",
+                "--nak-delay",
+                "200ms",
+                "--flush-every",
+                "200ms",
+                "--idle-exit",
+                "3s",
+            ],
+        )
+        .wait(EXIT_TIMEOUT);
+    exited.assert_ok();
+    assert_eq!(exited.number("invalid lines"), 3, "{}", exited.stdout);
+    assert!(
+        exited.stderr.contains("invalid event 101: invalid event"),
+        "{}",
+        exited.stderr
+    );
+    assert_eq!(exited.nats("rejected"), 3);
+    // 103 messages, each delivered once although the run lasted longer than the ack wait.
+    assert_eq!(exited.nats("received"), 103);
+    assert_eq!(exited.nats("redelivered"), 0);
+    assert_eq!(exited.number("events acknowledged"), 100);
+    setup.assert_exact(seed, 100);
+    setup.assert_drained();
+}
+
+/// SIGTERM: the instance stops pulling, finishes the batch in flight (commit + ack), gives
+/// back what it had prefetched, prints its summary and exits 0; the next instance takes the
+/// rest at once (not after the 30 s ack wait), and the table is exact.
+#[test]
+fn nats_sigterm_finishes_the_batch_in_flight_and_gives_the_rest_back() {
+    let Some(setup) = Setup::new("sigterm") else {
+        return;
+    };
+    let seed = 15;
+    setup.publish(EVENTS, seed, 0);
+    let first = setup.instance("first", &["--max-batch", "50", "--flush-every", "5s"]);
+    wait_until(Duration::from_secs(30), "the first rows", || {
+        setup.rows_so_far() >= 500
+    });
+    first.signal("TERM");
+    let first = first.wait(Duration::from_secs(20));
+    first.assert_ok();
+    eprintln!("{}", first.stdout);
+    assert!(
+        first.stderr.contains("SIGTERM: stopping"),
+        "{}",
+        first.stderr
+    );
+    assert!(
+        first.value("source ended").starts_with("stop requested"),
+        "{}",
+        first.stdout
+    );
+    let acknowledged = first.number("events acknowledged");
+    assert!(
+        acknowledged < EVENTS,
+        "the first instance read everything before SIGTERM"
+    );
+    assert_eq!(first.number("batches rolled back"), 0);
+    assert_eq!(setup.rows_of_run(first.run_id()), acknowledged);
+    // Nothing is left awaiting an ack: what was not written was given back.
+    assert_eq!(setup.consumer_info().num_ack_pending, 0);
+
+    let started = Instant::now();
+    let second = setup
+        .instance("second", &["--flush-every", "300ms", "--idle-exit", "2s"])
+        .wait(EXIT_TIMEOUT);
+    second.assert_ok();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the rest waited for the ack wait: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        second.number("events acknowledged"),
+        EVENTS - acknowledged,
+        "{}",
+        second.stdout
+    );
+    setup.assert_exact(seed, EVENTS);
+    setup.assert_drained();
+}
+
+/// Needs no server: an unreachable NATS server, or bad NATS options, stop the run before
+/// anything is written (exit code 2, one line on stderr).
+#[test]
+fn nats_setup_errors_exit_2_with_one_line() {
+    let db = TempSqlite::new();
+    let cases: [&[&str]; 4] = [
+        &["--source", "nats://127.0.0.1:1", "--database", &db.url],
+        &["publish", "--source", "nats://127.0.0.1:1"],
+        &["--source", "http://127.0.0.1:4222", "--database", &db.url],
+        &[
+            "--source",
+            "nats://127.0.0.1:1",
+            "--idle-exit",
+            "500ms",
+            "--nak-delay",
+            "1s",
+        ],
+    ];
+    let expected = [
+        "cannot connect to NATS at nats://127.0.0.1:1",
+        "cannot connect to NATS at nats://127.0.0.1:1",
+        "invalid NATS URL",
+        "--idle-exit (500ms) must be longer than --nak-delay (1s)",
+    ];
+    for (args, expected) in cases.iter().zip(expected) {
+        let started = Instant::now();
+        let output = common::run_binary(db.dir.path(), args, None);
+        let (stdout, stderr) = common::texts(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {stdout}\n{stderr}"
+        );
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    // Nothing was written: the database was never created.
+    assert!(!db.dir.path().join("events.db").exists());
+    // NATS-only options need --source.
+    let output = common::run_binary(db.dir.path(), &["--idle-exit", "2s"], None);
+    assert_eq!(output.status.code(), Some(2));
+}
