@@ -59,7 +59,7 @@
 //!   [`NatsSource::close`] before printing the summary and exiting.
 //! * Alternatively give the token to [`NatsSource::records`] and not to the pipeline: the stream
 //!   then stops pulling, naks the rest of its open pull request (waiting until the request
-//!   completes, or is quiet for 150 ms, or [`NatsOptions::drain_timeout`]) and ends, so the
+//!   completes or expires, at most [`NatsOptions::drain_timeout`]) and ends, so the
 //!   pipeline flushes, commits and acks its last batch ("finish the batch in flight").
 //! * Only messages on the wire at the moment of a hard stop wait for `ack_wait`.
 //!
@@ -130,7 +130,11 @@ pub struct NatsOptions {
     /// Pull request expiry: an idle instance re-pulls this often; a request lost in a broker
     /// restart is noticed after this + 5 s.
     pub pull_expires: Duration,
-    /// Longest wait, at a graceful stop of [`NatsSource::records`], for the open pull request.
+    /// Longest wait, at a graceful stop of [`NatsSource::records`], for the open pull request
+    /// to complete or expire (never less than `pull_expires` + 1 s is used). The request is
+    /// waited for, not abandoned at a lull: the broker may still be holding part of it back
+    /// (`max_ack_pending`) until the batch in flight is acknowledged, and what it delivers to
+    /// an abandoned request waits for `ack_wait`.
     pub drain_timeout: Duration,
     /// Delay of the `-NAK` sent for the messages of a rolled-back batch.
     pub nak_delay: Duration,
@@ -169,7 +173,7 @@ impl NatsOptions {
             max_deliver: -1,
             pull_batch: 500,
             pull_expires: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(7),
             nak_delay: Duration::from_secs(1),
             progress_every: None,
             request_timeout: Duration::from_secs(10),
@@ -781,7 +785,6 @@ impl NatsSource {
             state: PullState::Idle,
             stop: Box::pin(stop.cancelled_owned()),
             draining: None,
-            quiet: None,
             backoff: None,
             done: false,
             idle_exit: self.opts.idle_exit.filter(|idle| !idle.is_zero()),
@@ -793,11 +796,13 @@ impl NatsSource {
     }
 
     /// Stops the keep-alive, waits (up to `request_timeout`) until every hook has been settled
-    /// or dropped and every verdict sent, and flushes the connection. Call it after the
-    /// pipeline has finished, before printing the summary.
+    /// or dropped and every verdict sent, flushes the connection, and makes one request to
+    /// the consumer so that the server has read every verdict before the process may exit.
+    /// Call it after the pipeline has finished, before printing the summary.
     pub async fn close(self) -> NatsStats {
         let NatsSource {
             client,
+            mut consumer,
             shared,
             ack_task,
             opts,
@@ -810,6 +815,10 @@ impl NatsSource {
         // On timeout (hooks still alive somewhere) what is queued is still sent by the task.
         let _ = tokio::time::timeout(opts.request_timeout, ack_task).await;
         let _ = tokio::time::timeout(opts.request_timeout, client.flush()).await;
+        // `flush` only empties the socket. The server handles one connection's messages in
+        // order, so the reply to a request sent after the verdicts means it has read them
+        // all: an exit right after cannot reset the connection under unread verdicts.
+        let _ = tokio::time::timeout(opts.request_timeout, consumer.info()).await;
         stats.snapshot()
     }
 }
@@ -831,7 +840,6 @@ const PULL_RETRY: Duration = Duration::from_secs(1);
 /// A draining pull request that delivered nothing for this long is abandoned. Measured on
 /// nats-server 2.9: once the request's inbox is unsubscribed the server delivers nothing more
 /// to it, so only messages already on the wire could be stranded (they arrive within ms).
-const DRAIN_QUIET: Duration = Duration::from_millis(150);
 
 struct Records {
     consumer: PullConsumer,
@@ -842,7 +850,6 @@ struct Records {
     state: PullState,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
     draining: Option<Pin<Box<tokio::time::Sleep>>>,
-    quiet: Option<Pin<Box<tokio::time::Sleep>>>,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
     /// `--idle-exit`, and its timer (armed while the stream waits for a message).
@@ -891,8 +898,10 @@ impl Records {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert(reason);
-        self.draining = Some(Box::pin(tokio::time::sleep(self.drain_timeout)));
-        self.quiet = Some(Box::pin(tokio::time::sleep(DRAIN_QUIET)));
+        let longest = self
+            .drain_timeout
+            .max(self.pull_expires + Duration::from_secs(1));
+        self.draining = Some(Box::pin(tokio::time::sleep(longest)));
         self.backoff = None;
         self.idle = None;
     }
@@ -1034,13 +1043,6 @@ impl Records {
                 this.finish();
                 continue;
             }
-            if matches!(this.state, PullState::Receiving(_))
-                && let Some(quiet) = this.quiet.as_mut()
-                && quiet.as_mut().poll(cx).is_ready()
-            {
-                this.finish();
-                continue;
-            }
             match &mut this.state {
                 PullState::Idle => {
                     if this.draining.is_some() {
@@ -1076,7 +1078,6 @@ impl Records {
                         if this.draining.is_some() {
                             this.shared.stats.received.fetch_add(1, Ordering::Relaxed);
                             this.give_back(&msg);
-                            this.quiet = Some(Box::pin(tokio::time::sleep(DRAIN_QUIET)));
                             continue;
                         }
                         if let Some(record) = this.record(msg) {
