@@ -837,9 +837,6 @@ enum PullState {
 
 /// Pause before the next pull request after a failed one.
 const PULL_RETRY: Duration = Duration::from_secs(1);
-/// A draining pull request that delivered nothing for this long is abandoned. Measured on
-/// nats-server 2.9: once the request's inbox is unsubscribed the server delivers nothing more
-/// to it, so only messages already on the wire could be stranded (they arrive within ms).
 
 struct Records {
     consumer: PullConsumer,
