@@ -146,6 +146,7 @@ impl<St: TryStream> ChunksTimeoutResult<St> {
     /// `tokio::select!` race: nothing already pulled from the upstream is lost. The error, if
     /// present, came after every returned value. The adapter stays usable: the next value
     /// starts a new batch.
+    #[doc(alias = "into_remainder")]
     pub fn take_remainder(self: Pin<&mut Self>) -> (Vec<St::Ok>, Option<St::Error>) {
         let this = self.project();
         *this.deadline_armed = false;
