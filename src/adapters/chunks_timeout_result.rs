@@ -178,10 +178,8 @@ impl<St: TryStream> Stream for ChunksTimeoutResult<St> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
 
-        if this.pending_error.is_some() {
-            if let Some(error) = this.pending_error.take() {
-                return Poll::Ready(Some(Err(error)));
-            }
+        if let Some(error) = this.pending_error.take() {
+            return Poll::Ready(Some(Err(error)));
         }
 
         // Data first: drain what the upstream has ready before looking at the deadline.
