@@ -187,7 +187,8 @@ pub struct RunArgs {
     /// only); must exceed --max-batch [default: 8 × --max-batch × 4 instances].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..), help_heading = "NATS source")]
     pub max_ack_pending: Option<i64>,
-    /// Stop gracefully (as on SIGTERM) once no message has arrived for DURATION.
+    /// Stop once no message has arrived for DURATION while none is held (at once: the open
+    /// pull request is dropped, not waited for).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "source", help_heading = "NATS source")]
     pub idle_exit: Option<Duration>,
     /// Stop gracefully after N messages.

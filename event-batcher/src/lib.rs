@@ -57,12 +57,16 @@
 //!   batch back and resolves to a `CompensatedError`; the summary is printed with the cause
 //!   and the rollback report, and the exit code is 1. Batches committed before stay (each
 //!   batch is its own unit of work).
-//! - `--on-failure skip-batch`: the handler registers its compensations on a per-batch
-//!   `CompensationScope`, and on failure runs `inner.rollback(policy)` itself, records the
-//!   batch as failed (and writes its events to `--dead-letter`), and returns `Ok`: the run
-//!   goes on. The pipeline's scope holds a guard that rolls the inner scope back if the run
-//!   is cancelled while the batch is being written. If a rollback cannot complete, the run
-//!   stops: rows it could not delete are still there, and the check will say so.
+//! - `--on-failure skip-batch`: the handler registers its compensations on the same scope,
+//!   and on failure runs `scope.rollback(policy)` itself (the scope holds only this batch's
+//!   compensations: `UnitOfWork::Item` commits each successful batch), records the batch as
+//!   failed (and writes its events to `--dead-letter`), and returns `Ok`: the run goes on. A
+//!   cancellation while the batch is being written rolls it back as in stop mode. If a
+//!   rollback cannot complete, the run stops, reported as not rolled back cleanly: rows it
+//!   could not delete are still there, and the check will say so.
+//! - A record's source is nak'ed only after its batch's rows were deleted; when the delete
+//!   failed or timed out, the record is abandoned instead (no verdict: redelivered after
+//!   the source's own timeout, by when a late delete has finished).
 //! - Ctrl-C cancels the run: the batch being written is dropped at once and rolled back.
 //!
 //! # Sources and acknowledgements

@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -186,6 +186,13 @@ impl Config {
         }
         if self.rollback.attempts == 0 {
             return invalid("--rollback-attempts must be at least 1".into());
+        }
+        if self.rollback.attempt_timeout.is_zero() {
+            return invalid(
+                "--rollback-timeout must be longer than 0 (a compensation attempt would time out \
+                 before it starts)"
+                    .into(),
+            );
         }
         if let SourceSpec::Synthetic(spec) = &self.source
             && !(spec.rate.is_finite() && spec.rate >= 0.0)
@@ -399,9 +406,10 @@ impl Pipeline {
     /// returns the summary; fails only when the run cannot start.
     ///
     /// Rules:
-    /// - before anything is read, the options are checked, the output files created, the
-    ///   input opened, the database connected and the table created: a problem there is a
-    ///   [`SetupError`] (exit code 2), and nothing has been written;
+    /// - before anything is read, the options are checked, the input opened, the database
+    ///   connected, the table created and then the output files created: a problem there is
+    ///   a [`SetupError`] (exit code 2), and nothing has been written (an output file that is
+    ///   the input, or both outputs the same file, is refused before anything is opened);
     /// - every record is validated in `map_ok_stream`; an invalid one is counted, reported
     ///   on standard error with its position (the first [`REPORTED_REJECTS`]), written to
     ///   `--rejects`, and dropped from the stream, unless `--strict`, where it stops the run
@@ -424,8 +432,7 @@ impl Pipeline {
             stop,
         } = self;
         config.check()?;
-        let rejects = create_output(config.rejects.as_deref())?;
-        let dead_letter = create_output(config.dead_letter.as_deref())?;
+        check_outputs(&config)?;
         let (opened, label, expected) = match source {
             Some((records, label, expected)) => {
                 let records = records.take_until(stop.cancelled_owned()).boxed();
@@ -448,7 +455,22 @@ impl Pipeline {
             records: source,
             nats,
         } = opened;
-        let store = Store::connect(&config.database, &config.table, config.connect_timeout).await?;
+        // The server gives a rollback's DELETE up a little before the compensation attempt
+        // times out, so a DELETE reported as timed out cannot commit later.
+        let store = Store::connect(&config.database, &config.table, config.connect_timeout)
+            .await?
+            .with_delete_timeout(config.rollback.attempt_timeout.mul_f64(0.9));
+        // Created (truncated) only now that the run can start: a setup error leaves existing
+        // files as they were.
+        let outputs = create_output(config.rejects.as_deref())
+            .and_then(|rejects| Ok((rejects, create_output(config.dead_letter.as_deref())?)));
+        let (rejects, dead_letter) = match outputs {
+            Ok(outputs) => outputs,
+            Err(error) => {
+                store.close().await;
+                return Err(error);
+            }
+        };
 
         let stats = Arc::new(Stats::default());
         if let Some(nats) = &nats {
@@ -504,6 +526,48 @@ impl Pipeline {
             },
         ))
     }
+}
+
+/// Refuses an output file (`--rejects`, `--dead-letter`) that is the `--input` file or the
+/// other output file: creating it would truncate it.
+fn check_outputs(config: &Config) -> Result<(), SetupError> {
+    // The same file, also under another name, when both exist.
+    let same = |a: &Path, b: &Path| {
+        a == b
+            || matches!(
+                (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+                (Ok(a), Ok(b)) if a == b
+            )
+    };
+    let input = match &config.source {
+        SourceSpec::Ndjson(crate::source::Input::File(path)) => Some(path.as_path()),
+        _ => None,
+    };
+    let outputs = [
+        ("--rejects", config.rejects.as_deref()),
+        ("--dead-letter", config.dead_letter.as_deref()),
+    ];
+    for (option, path) in outputs {
+        let Some(path) = path else { continue };
+        if let Some(input) = input
+            && same(path, input)
+        {
+            return Err(SetupError::Config(format!(
+                "{option} {} is the --input file: it would be overwritten",
+                path.display()
+            )));
+        }
+    }
+    if let (Some(rejects), Some(dead_letter)) =
+        (config.rejects.as_deref(), config.dead_letter.as_deref())
+        && same(rejects, dead_letter)
+    {
+        return Err(SetupError::Config(format!(
+            "--rejects and --dead-letter must be different files, both are {}",
+            rejects.display()
+        )));
+    }
+    Ok(())
 }
 
 fn create_output(path: Option<&Path>) -> Result<Option<Mutex<BufWriter<File>>>, SetupError> {
@@ -592,71 +656,45 @@ async fn write_batch(
         rows_deleted: rows_deleted.clone(),
     });
 
-    let inserted = match ctx.on_failure {
-        OnFailure::Stop => {
-            // An error propagates: `for_each_compensated` stops and rolls this batch back.
-            ctx.register_undo(&scope, seq, &acks, &rows_deleted);
-            let inserted = ctx.write(seq, &events, fail).await?;
-            if hang {
-                ctx.hang(seq).await;
+    // The batch's compensations go to the pipeline's scope: when this runs it holds nothing
+    // else (`UnitOfWork::Item` commits each successful batch), so `scope.rollback` undoes
+    // exactly this batch and `scope.commit` commits exactly this batch. A cancellation
+    // while the batch is being written makes `for_each_compensated` roll it back.
+    ctx.register_undo(&scope, seq, &acks, &rows_deleted);
+    let inserted = match ctx.write(seq, &events, fail).await {
+        Ok(inserted) => inserted,
+        // Stop mode: the error propagates, `for_each_compensated` stops and rolls this batch
+        // back.
+        Err(error) if ctx.on_failure == OnFailure::Stop => return Err(error),
+        Err(error) => {
+            // Skip-batch mode: roll this batch back here, record it and go on.
+            let report = scope.rollback(ctx.policy).await;
+            let batch = InFlight {
+                seq,
+                events,
+                rows_deleted,
+            };
+            ctx.rolled_back(&batch, error.to_string(), &report, true);
+            if !report.is_complete() {
+                // Rows this batch wrote are still there: going on would build on an
+                // inconsistent table.
+                return Err(PipelineError::RollbackIncomplete {
+                    batch: seq,
+                    report: report.to_string(),
+                });
             }
-            scope.commit();
-            inserted
-        }
-        OnFailure::SkipBatch => {
-            // The batch's compensations go to a scope of its own, rolled back here on
-            // failure; the pipeline's scope only holds a guard that rolls that scope back if
-            // the run is cancelled while the batch is being written.
-            let inner = CompensationScope::new();
-            let guarded = inner.clone();
-            let policy = ctx.policy;
-            scope.register_labeled(format!("batch {seq}: roll back"), move || {
-                let inner = guarded.clone();
-                async move {
-                    let report = inner.rollback(policy).await;
-                    if report.is_complete() {
-                        Ok(())
-                    } else {
-                        Err(report.to_string())
-                    }
-                }
-            });
-            ctx.register_undo(&inner, seq, &acks, &rows_deleted);
-            match ctx.write(seq, &events, fail).await {
-                Ok(inserted) => {
-                    if hang {
-                        ctx.hang(seq).await;
-                    }
-                    inner.commit();
-                    scope.commit();
-                    inserted
-                }
-                Err(error) => {
-                    let report = inner.rollback(ctx.policy).await;
-                    scope.commit();
-                    let batch = InFlight {
-                        seq,
-                        events,
-                        rows_deleted,
-                    };
-                    ctx.rolled_back(&batch, error.to_string(), &report, true);
-                    if !report.is_complete() {
-                        // Rows this batch wrote are still there: going on would build on
-                        // an inconsistent table.
-                        return Err(PipelineError::RollbackIncomplete {
-                            batch: seq,
-                            report: report.to_string(),
-                        });
-                    }
-                    return Ok(());
-                }
-            }
+            return Ok(());
         }
     };
+    if hang {
+        ctx.hang(seq).await;
+    }
+    scope.commit();
 
     // Committed: count it, then acknowledge its events to the source. A failed ack only
     // means a redelivery, which the idempotent insert absorbs.
-    ctx.stats.batch_committed(reason, events.len(), inserted);
+    ctx.stats
+        .batch_committed(reason, events.len(), inserted.rows, inserted.skipped);
     let pending = std::mem::take(&mut *lock(&acks));
     for ack in pending {
         if let Err(error) = ack.ack().await {
@@ -687,6 +725,13 @@ impl Ctx {
     /// Registers, before anything is written, what undoes batch `seq`: a nak of its events
     /// (registered first, so it runs last, after the rows are gone) and the deletion of the
     /// rows it inserts.
+    ///
+    /// The events are nak'ed only if the deletion succeeded. If it failed or timed out (its
+    /// statement may still commit later), a nak would let another instance get the events
+    /// at once, find the rows present and acknowledge them just before the late deletion
+    /// removes them: acknowledged events missing. They are abandoned instead
+    /// ([`AckHandle::abandon`](crate::source::AckHandle::abandon)): no verdict, the broker
+    /// redelivers them after its ack wait.
     fn register_undo(
         &self,
         scope: &CompensationScope,
@@ -694,17 +739,22 @@ impl Ctx {
         acks: &Arc<Mutex<Vec<Ack>>>,
         rows_deleted: &Arc<AtomicU64>,
     ) {
+        let rows_gone = Arc::new(AtomicBool::new(false));
         if !lock(acks).is_empty() {
             let acks = acks.clone();
             let stats = self.stats.clone();
+            let rows_gone = rows_gone.clone();
             scope.register_labeled(format!("batch {seq}: nak its events"), move || {
                 let acks = acks.clone();
                 let stats = stats.clone();
+                let rows_gone = rows_gone.load(Ordering::Acquire);
                 async move {
                     // Taken once: a retry has nothing left to nak.
                     let pending = std::mem::take(&mut *lock(&acks));
                     for ack in pending {
-                        if let Err(error) = ack.nak().await {
+                        if !rows_gone {
+                            ack.abandon();
+                        } else if let Err(error) = ack.nak().await {
                             // The source redelivers an unacknowledged record anyway.
                             stats.ack_failed("nak", &error);
                         }
@@ -722,6 +772,7 @@ impl Ctx {
             let store = store.clone();
             let failing = failing.clone();
             let deleted = deleted.clone();
+            let rows_gone = rows_gone.clone();
             async move {
                 let injected = failing
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -733,14 +784,20 @@ impl Ctx {
                 }
                 let rows = store.delete_batch(run, batch).await?;
                 deleted.fetch_add(rows, Ordering::Relaxed);
+                rows_gone.store(true, Ordering::Release);
                 Ok(())
             }
         });
     }
 
     /// Writes `events` as batch `seq` in two parts, each its own autocommitted statement(s),
-    /// failing in between when `fail` is set; returns the rows inserted.
-    async fn write(&self, seq: u64, events: &[Event], fail: bool) -> Result<u64, PipelineError> {
+    /// failing in between when `fail` is set; returns the rows inserted and the ids skipped.
+    async fn write(
+        &self,
+        seq: u64,
+        events: &[Event],
+        fail: bool,
+    ) -> Result<store::Inserted, PipelineError> {
         let batch = batch_number(seq);
         let write_error = |source| PipelineError::Write { batch: seq, source };
         let (first, second) = events.split_at(events.len().div_ceil(2));
@@ -757,11 +814,13 @@ impl Ctx {
             });
         }
         if !second.is_empty() {
-            inserted += self
+            let rest = self
                 .store
                 .insert(self.run_id, batch, second)
                 .await
                 .map_err(write_error)?;
+            inserted.rows += rest.rows;
+            inserted.skipped.extend(rest.skipped);
         }
         Ok(inserted)
     }
@@ -864,12 +923,16 @@ impl Ctx {
             };
             self.rolled_back(&batch, error, &report, false);
         }
-        let rollback = if report.ran() == 0 {
-            "nothing to roll back".to_owned()
-        } else {
-            report.to_string()
+        let (rollback, rolled_back_cleanly) = match &cause {
+            // Skip-batch mode rolled the batch back itself, incompletely, and stopped: that
+            // rollback is the one to report (the scope was empty when the run stopped).
+            // (The cause already quotes its report.)
+            Cause::Handler(PipelineError::RollbackIncomplete { batch, .. }) => {
+                (format!("batch {batch} was not rolled back cleanly"), false)
+            }
+            _ if report.ran() == 0 => ("nothing to roll back".to_owned(), report.is_complete()),
+            _ => (report.to_string(), report.is_complete()),
         };
-        let rolled_back_cleanly = report.is_complete();
         match cause {
             Cause::Cancelled => Outcome::Cancelled {
                 rollback,
@@ -904,11 +967,14 @@ impl Ctx {
     /// The row counts of the consistency check.
     async fn count_rows(&self) -> Result<DatabaseRows, String> {
         let rolled_back: Vec<i64> = self.stats_failed_batches();
+        let skipped = self.stats.skipped_ids();
         let counting = async {
             Ok::<_, sqlx::Error>(DatabaseRows {
                 total: self.store.count_all().await?,
                 of_run: self.store.count_run(self.run_id).await?,
                 left_by_rolled_back: self.store.count_batches(self.run_id, &rolled_back).await?,
+                skipped_ids: skipped.len() as u64,
+                skipped_found: self.store.count_ids(&skipped).await?,
             })
         };
         counting.await.map_err(|error| store::describe(&error))

@@ -21,7 +21,7 @@
 //! - Inserts are `INSERT … ON CONFLICT (id) DO NOTHING`: an event whose id is already stored
 //!   (by an earlier run, an earlier batch, or a redelivery) is skipped, never duplicated, and
 //!   the existing row is left as it is. [`Store::insert`] returns how many rows it actually
-//!   inserted.
+//!   inserted and, from `RETURNING id`, the ids it skipped.
 //! - Each call to [`Store::insert`] is one or more autocommitted multi-row statements of at
 //!   most [`MAX_ROWS_PER_STATEMENT`] rows (6 bind parameters per row: well under SQLite's
 //!   32766 and PostgreSQL's 65535 parameter limits). It is deliberately *not* one
@@ -36,6 +36,7 @@
 //!   power failure), a busy timeout, and a pool of [`SQLITE_POOL_SIZE`] connections.
 //!   PostgreSQL: a pool of [`POSTGRES_POOL_SIZE`] connections.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -108,6 +109,18 @@ pub struct Store {
     pool: Pool,
     table: String,
     url: String,
+    /// Server-side time limit of a `DELETE` (PostgreSQL), see
+    /// [`with_delete_timeout`](Self::with_delete_timeout).
+    delete_timeout: Option<Duration>,
+}
+
+/// What [`Store::insert`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inserted {
+    /// Rows inserted.
+    pub rows: u64,
+    /// Ids of the events skipped because a row with the id was already there.
+    pub skipped: Vec<String>,
 }
 
 /// Checks a `--table` name: a letter or `_`, then letters, digits or `_`, at most
@@ -222,6 +235,7 @@ impl Store {
             pool,
             table: table.to_owned(),
             url: shown.clone(),
+            delete_timeout: None,
         };
         store
             .create_schema()
@@ -232,6 +246,18 @@ impl Store {
                 reason: describe(&error),
             })?;
         Ok(store)
+    }
+
+    /// Makes PostgreSQL give up a [`delete_batch`](Self::delete_batch) after `limit`: the
+    /// `DELETE` runs in a transaction with `SET LOCAL statement_timeout`, so one that the
+    /// caller stopped waiting for (a compensation attempt timing out after a little longer)
+    /// cannot commit later, when the caller already treats it as failed. Use less than the
+    /// caller's own timeout. SQLite has no equivalent: its statement runs on a worker thread
+    /// that finishes it even when the caller stopped waiting (it is local and short, but a
+    /// busy database can delay it by up to the busy timeout).
+    pub fn with_delete_timeout(mut self, limit: Duration) -> Self {
+        self.delete_timeout = Some(limit);
+        self
     }
 
     /// The backend in use.
@@ -331,32 +357,84 @@ impl Store {
     }
 
     /// Inserts `events` as rows of batch `batch` of run `run`, skipping every id already
-    /// stored, in autocommitted statements of at most [`MAX_ROWS_PER_STATEMENT`] rows.
-    /// Returns how many rows were inserted.
+    /// stored, in autocommitted statements of at most [`MAX_ROWS_PER_STATEMENT`] rows
+    /// (`… ON CONFLICT (id) DO NOTHING RETURNING id`). Returns how many rows were inserted
+    /// and the ids of the events that were skipped (the ids the database did not return).
     ///
     /// If a statement fails, the statements before it stay committed: undoing them is the
     /// job of [`delete_batch`](Self::delete_batch), registered as a compensation before the
     /// first call.
-    pub async fn insert(&self, run: i64, batch: i64, events: &[Event]) -> Result<u64, sqlx::Error> {
-        let mut inserted = 0;
+    pub async fn insert(
+        &self,
+        run: i64,
+        batch: i64,
+        events: &[Event],
+    ) -> Result<Inserted, sqlx::Error> {
+        let mut inserted = Inserted::default();
         for chunk in events.chunks(MAX_ROWS_PER_STATEMENT) {
             let payloads: Vec<String> = chunk.iter().map(|e| e.payload.to_string()).collect();
             let prefix = format!(
                 "INSERT INTO {} (id, tenant, ts, payload, run_id, batch_seq) ",
                 self.table
             );
-            inserted += match &self.pool {
+            let returned: Vec<String> = match &self.pool {
                 Pool::Sqlite(pool) => {
                     let mut builder = insert_statement(prefix, run, batch, chunk, &payloads);
-                    builder.build().execute(pool).await?.rows_affected()
+                    builder.build_query_scalar().fetch_all(pool).await?
                 }
                 Pool::Postgres(pool) => {
                     let mut builder = insert_statement(prefix, run, batch, chunk, &payloads);
-                    builder.build().execute(pool).await?.rows_affected()
+                    builder.build_query_scalar().fetch_all(pool).await?
                 }
             };
+            inserted.rows += returned.len() as u64;
+            // Each returned id stands for one event of the chunk (an id twice in the chunk
+            // is inserted once and skipped once).
+            let mut returned: HashMap<String, usize> =
+                returned.into_iter().fold(HashMap::new(), |mut counts, id| {
+                    *counts.entry(id).or_default() += 1;
+                    counts
+                });
+            for event in chunk {
+                match returned.get_mut(&event.id) {
+                    Some(n) if *n > 0 => *n -= 1,
+                    _ => inserted.skipped.push(event.id.clone()),
+                }
+            }
         }
         Ok(inserted)
+    }
+
+    /// How many of `ids` (distinct) have a row in the table, in queries of at most
+    /// 1,000 ids.
+    pub async fn count_ids(&self, ids: &[String]) -> Result<u64, sqlx::Error> {
+        let mut total = 0;
+        for chunk in ids.chunks(MAX_IDS_PER_QUERY) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| self.placeholder(i + 1)).collect();
+            let sql = format!(
+                "SELECT COUNT(*) FROM {} WHERE id IN ({})",
+                self.table,
+                list.join(", ")
+            );
+            let count: i64 = match &self.pool {
+                Pool::Sqlite(pool) => {
+                    let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
+                    for id in chunk {
+                        query = query.bind(id.as_str());
+                    }
+                    query.fetch_one(pool).await?
+                }
+                Pool::Postgres(pool) => {
+                    let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
+                    for id in chunk {
+                        query = query.bind(id.as_str());
+                    }
+                    query.fetch_one(pool).await?
+                }
+            };
+            total += u64::try_from(count).unwrap_or(0);
+        }
+        Ok(total)
     }
 
     /// Deletes the rows that batch `batch` of run `run` inserted; returns how many.
@@ -367,7 +445,28 @@ impl Store {
             self.placeholder(1),
             self.placeholder(2)
         );
-        self.execute(sql, &[run, batch]).await
+        match (&self.pool, self.delete_timeout) {
+            (Pool::Postgres(pool), Some(limit)) => {
+                // Dropped before `COMMIT` (the caller timed out), the transaction is rolled
+                // back; the server cancels a `DELETE` running longer than `limit`.
+                let mut tx = pool.begin().await?;
+                let millis = limit.as_millis().clamp(1, i32::MAX as u128);
+                sqlx::query(AssertSqlSafe(format!(
+                    "SET LOCAL statement_timeout = {millis}"
+                )))
+                .execute(&mut *tx)
+                .await?;
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .bind(run)
+                    .bind(batch)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(rows)
+            }
+            _ => self.execute(sql, &[run, batch]).await,
+        }
     }
 
     /// Rows in the table.
@@ -422,7 +521,8 @@ impl Store {
     }
 }
 
-/// `prefix VALUES (…), (…) ON CONFLICT (id) DO NOTHING` for `rows`, for either backend.
+/// `prefix VALUES (…), (…) ON CONFLICT (id) DO NOTHING RETURNING id` for `rows`, for either
+/// backend (SQLite has `RETURNING` since 3.35; sqlx bundles a newer one).
 fn insert_statement<DB>(
     prefix: String,
     run: i64,
@@ -445,7 +545,7 @@ where
             .push_bind(run)
             .push_bind(batch);
     });
-    builder.push(" ON CONFLICT (id) DO NOTHING");
+    builder.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
     builder
 }
 
@@ -512,10 +612,16 @@ mod tests {
         let many: Vec<Event> = (0..MAX_ROWS_PER_STATEMENT + 5)
             .map(|i| event(&format!("a{i}")))
             .collect();
-        assert_eq!(store.insert(1, 1, &many).await.unwrap(), many.len() as u64);
-        // Batch 2 repeats two ids of batch 1 and adds one.
-        let again = [event("a0"), event("a1"), event("b")];
-        assert_eq!(store.insert(1, 2, &again).await.unwrap(), 1);
+        let first = store.insert(1, 1, &many).await.unwrap();
+        assert_eq!(first.rows, many.len() as u64);
+        assert!(first.skipped.is_empty());
+        // Batch 2 repeats two ids of batch 1, adds one, and holds it twice.
+        let again = [event("a0"), event("b"), event("a1"), event("b")];
+        let second = store.insert(1, 2, &again).await.unwrap();
+        assert_eq!(second.rows, 1);
+        assert_eq!(second.skipped, ["a0", "a1", "b"]);
+        let ids = ["a0", "b", "zz"].map(String::from);
+        assert_eq!(store.count_ids(&ids).await.unwrap(), 2);
         assert_eq!(store.count_all().await.unwrap(), many.len() as u64 + 1);
         // Deleting batch 2 removes only the row it inserted, twice over.
         assert_eq!(store.delete_batch(1, 2).await.unwrap(), 1);

@@ -3,31 +3,36 @@
 //! # The consistency check
 //!
 //! Every row records the run and the batch that inserted it (`run_id`, `batch_seq`), and
-//! every committed batch records how many rows its `INSERT … ON CONFLICT DO NOTHING`
-//! statements actually inserted. At the end of the run the database is asked, and the check
-//! holds when both of these are true:
+//! every committed batch records which of its events its `INSERT … ON CONFLICT DO NOTHING
+//! RETURNING id` statements actually inserted (the returned ids) and which they skipped as
+//! already present (the others). At the end of the run the database is asked, and the check
+//! holds when all of these are true:
 //! 1. the rows carrying this run's id number exactly the rows inserted by committed
 //!    batches: nothing acknowledged is missing, and nothing else of this run is there;
 //! 2. no row carries the number of a rolled-back batch: every compensation undid its
-//!    partial write.
+//!    partial write;
+//! 3. every id skipped as already present has a row (`SELECT COUNT(*) … WHERE id IN (…)`,
+//!    in chunks): an acknowledged event that was not inserted by this run is really stored;
+//! 4. inserted + already present == events acknowledged.
 //!
-//! Then the events acknowledged (written in committed batches) are exactly the rows inserted
-//! by this run plus the events whose id was already stored (by an earlier run, an earlier
-//! batch, or a redelivery): rows for the acknowledged events == events acknowledged. It costs
-//! two indexed `COUNT(*)` queries, whatever the length of the run, and keeps no list of ids in
-//! memory (so it also works for an unbounded source).
+//! Together: a row exists for every acknowledged event. It costs two indexed `COUNT(*)`
+//! queries plus one per 1,000 skipped ids, and keeps in memory only the ids of the events
+//! found already present (none in a first run; every id in a re-run of the same input).
 //!
 //! For a NATS source the check also holds the broker to account, from the verdicts actually
 //! sent (counted by the source's acknowledgement task after `NatsSource::close` waited for
 //! them):
-//! 3. acks sent == events acknowledged (written in committed batches), naks sent == events
-//!    in rolled-back batches, rejects (`+TERM`) sent == invalid records;
-//! 4. every message received got exactly one verdict: received == acked + nak'ed + rejected
-//!    + given back unsettled (+ verdicts that could not be sent, which fail 3).
+//! 5. acks sent == events acknowledged (written in committed batches), naks sent (+ messages
+//!    deliberately left for redelivery after `ack_wait`, when a rollback could not delete the
+//!    rows) == events in rolled-back batches, rejects (`+TERM`) sent == invalid records;
+//! 6. every message received got exactly one verdict: received == acked + nak'ed +
+//!    rejected + given back unsettled + left for redelivery (+ verdicts that could not be
+//!    sent, which fail 5).
 //!
 //! With several instances sharing a consumer, each checks its own run (its `run_id`); the
 //! table as a whole is what the instances wrote together.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -114,6 +119,8 @@ pub(crate) struct InFlight {
 struct Detail {
     inserted: u64,
     already_present: u64,
+    /// The distinct ids behind `already_present`, checked against the table at the end.
+    skipped_ids: HashSet<String>,
     flush: FlushCounts,
     rejects: Vec<RejectNote>,
     failed: Vec<FailedBatch>,
@@ -164,13 +171,21 @@ impl Stats {
         self.detail().in_flight.take()
     }
 
-    /// A batch's writes are committed: `inserted` of its `events` rows were new.
-    pub fn batch_committed(&self, reason: FlushReason, events: usize, inserted: u64) {
+    /// A batch's writes are committed: `inserted` of its `events` rows were new, the events
+    /// with the `skipped` ids were already present (as the database reported).
+    pub fn batch_committed(
+        &self,
+        reason: FlushReason,
+        events: usize,
+        inserted: u64,
+        skipped: Vec<String>,
+    ) {
         let events = events as u64;
         let mut detail = self.detail();
         detail.in_flight = None;
         detail.inserted += inserted;
-        detail.already_present += events.saturating_sub(inserted);
+        detail.already_present += skipped.len() as u64;
+        detail.skipped_ids.extend(skipped);
         detail.flush.add(reason);
         drop(detail);
         self.acknowledged.fetch_add(events, Ordering::Relaxed);
@@ -229,6 +244,11 @@ impl Stats {
     pub fn warn(&self, warning: String) {
         self.detail().warnings.push(warning);
     }
+
+    /// The distinct ids of the acknowledged events that were already present.
+    pub fn skipped_ids(&self) -> Vec<String> {
+        self.detail().skipped_ids.iter().cloned().collect()
+    }
 }
 
 /// How the run ended.
@@ -276,6 +296,10 @@ pub struct DatabaseRows {
     pub of_run: u64,
     /// Rows still carrying the number of a batch of this run that was rolled back.
     pub left_by_rolled_back: u64,
+    /// Distinct ids of the acknowledged events that were skipped as already present.
+    pub skipped_ids: u64,
+    /// Of those, the ids that have a row in the table.
+    pub skipped_found: u64,
 }
 
 /// The result of the consistency check (see the [module documentation](self)).
@@ -305,25 +329,30 @@ impl Check {
                 };
             }
         };
-        let holds = rows.of_run == inserted && rows.left_by_rolled_back == 0;
+        let holds = rows.of_run == inserted
+            && rows.left_by_rolled_back == 0
+            && rows.skipped_found == rows.skipped_ids
+            && inserted + already_present == acknowledged;
         let detail = if holds {
             format!(
                 "OK: rows for the acknowledged events ({} inserted by this run + {already_present} \
-                 already present) == events acknowledged ({acknowledged}); \
+                 already present, all {} id(s) found) == events acknowledged ({acknowledged}); \
                  {rolled_back_batches} rolled-back batch(es) left 0 rows",
-                rows.of_run
+                rows.of_run, rows.skipped_ids
             )
         } else {
             format!(
                 "FAILED: the database holds {} row(s) inserted by this run, committed batches \
-                 inserted {inserted}; rolled-back batches left {} row(s)",
-                rows.of_run, rows.left_by_rolled_back
+                 inserted {inserted}; {} of {} id(s) skipped as already present found; \
+                 {inserted} inserted + {already_present} already present vs {acknowledged} \
+                 acknowledged; rolled-back batches left {} row(s)",
+                rows.of_run, rows.skipped_found, rows.skipped_ids, rows.left_by_rolled_back
             )
         };
         Check { holds, detail }
     }
 
-    /// Adds the broker's side (rules 3 and 4 of the [module documentation](self)).
+    /// Adds the broker's side (rules 5 and 6 of the [module documentation](self)).
     pub fn with_broker(
         mut self,
         nats: &NatsStats,
@@ -333,20 +362,27 @@ impl Check {
     ) -> Check {
         let settled = nats.settled();
         let holds = nats.acked == acknowledged
-            && nats.nacked == events_rolled_back
+            && nats.nacked + nats.abandoned == events_rolled_back
             && nats.rejected == invalid
             && nats.received == settled
             && nats.send_failures == 0;
         let compare = |sent: u64, events: u64| if sent == events { "==" } else { "!=" };
+        let naks = if nats.abandoned > 0 {
+            format!(
+                "naks {} + {} left for redelivery (rows not deleted)",
+                nats.nacked, nats.abandoned
+            )
+        } else {
+            format!("naks {}", nats.nacked)
+        };
         let mut detail = format!(
-            "NATS verdicts {}: acks {} {} events acknowledged {acknowledged}, naks {} {} events \
+            "NATS verdicts {}: acks {} {} events acknowledged {acknowledged}, {naks} {} events \
              rolled back {events_rolled_back}, rejects {} {} invalid {invalid}, {} received {} \
              {settled} settled ({} given back unsettled)",
             if holds { "OK" } else { "FAILED" },
             nats.acked,
             compare(nats.acked, acknowledged),
-            nats.nacked,
-            compare(nats.nacked, events_rolled_back),
+            compare(nats.nacked + nats.abandoned, events_rolled_back),
             nats.rejected,
             compare(nats.rejected, invalid),
             nats.received,
@@ -595,6 +631,8 @@ mod tests {
             total: of_run,
             of_run,
             left_by_rolled_back: left,
+            skipped_ids: 2,
+            skipped_found: 2,
         })
     }
 
@@ -608,6 +646,14 @@ mod tests {
         let check = Check::new(10, 8, 2, 1, rows(8, 3));
         assert!(!check.holds);
         assert!(check.detail.contains("left 3 row(s)"), "{}", check.detail);
+        // An id skipped as already present has no row.
+        let missing = rows(8, 0).map(|rows| DatabaseRows {
+            skipped_found: 1,
+            ..rows
+        });
+        let check = Check::new(10, 8, 2, 0, missing);
+        assert!(!check.holds);
+        assert!(check.detail.contains("1 of 2 id(s)"), "{}", check.detail);
         // The database could not be read.
         assert!(!Check::new(0, 0, 0, 0, Err("down".into())).holds);
     }
@@ -662,8 +708,8 @@ mod tests {
     #[test]
     fn counts_committed_and_rolled_back_batches() {
         let stats = Stats::default();
-        stats.batch_committed(FlushReason::Full, 4, 3);
-        stats.batch_committed(FlushReason::End, 2, 2);
+        stats.batch_committed(FlushReason::Full, 4, 3, vec!["x".into()]);
+        stats.batch_committed(FlushReason::End, 2, 2, Vec::new());
         let events: Arc<[Event]> = vec![Event {
             id: "e1".into(),
             tenant: "t".into(),

@@ -51,6 +51,11 @@ fn services() -> Option<(String, String)> {
     }
 }
 
+/// Taken by [`Setup::new`] for the whole test: the NATS tests run one at a time. Each starts
+/// up to three instances with short ack waits and idle exits; on a loaded 2-core CI machine
+/// several of them at once starve each other past those timings.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// A stream, subject, consumer and table unique to one test; the stream is deleted and the
 /// table dropped on drop. Creating it fails the test when a server is unusable.
 struct Setup {
@@ -63,11 +68,15 @@ struct Setup {
     table: String,
     js: jetstream::Context,
     pg: PgPool,
+    /// Held until the test's cleanup is done (see [`SERIAL`]).
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Setup {
     fn new(tag: &str) -> Option<Setup> {
         let (nats_url, pg_url) = services()?;
+        // Poison-tolerant: a failed test must not fail the ones after it.
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -107,6 +116,7 @@ impl Setup {
             table: format!("eb_nats_{unique}"),
             js,
             pg,
+            _serial: serial,
         })
     }
 
@@ -134,7 +144,8 @@ impl Setup {
     /// `event-batcher publish` of `events` synthetic events (seed `seed`) and `malformed`
     /// malformed messages.
     fn publish(&self, events: u64, seed: u64, malformed: u64) {
-        let output = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args([
                 "publish",
                 "--source",
@@ -144,9 +155,8 @@ impl Setup {
             ])
             .args(["--subject", &self.subject, "--events", &events.to_string()])
             .args(["--seed", &seed.to_string()])
-            .args(["--malformed", &malformed.to_string()])
-            .output()
-            .expect("run event-batcher publish");
+            .args(["--malformed", &malformed.to_string()]);
+        let output = common::output_within(&mut command, None, common::TEST_TIMEOUT);
         let (stdout, stderr) = common::texts(&output);
         assert!(
             output.status.success(),
@@ -558,7 +568,7 @@ fn nats_three_instances_one_failing_store_every_event_exactly_once() {
 /// (written, committed to the table, not acknowledged). While it hangs its messages are kept
 /// alive (no redelivery even after 1.5 × ack wait). The two others start, and the victim is
 /// SIGKILLed while they are mid-run: its messages are redelivered to them once the ack wait
-/// (2 s here) has passed; the batch it had written is found already present, and the table is
+/// (4 s here) has passed; the batch it had written is found already present, and the table is
 /// still exact.
 #[test]
 fn nats_sigkilled_instance_messages_are_redelivered_to_the_others() {
@@ -567,16 +577,19 @@ fn nats_sigkilled_instance_messages_are_redelivered_to_the_others() {
     };
     let seed = 12;
     setup.publish(EVENTS, seed, 0);
-    let ack_wait = Duration::from_secs(2);
+    // Long enough for a loaded CI machine to send the keep-alives in time (every 1/3 of
+    // it); the idle exit leaves the others time to get the victim's messages once its ack
+    // wait has passed.
+    let ack_wait = Duration::from_secs(4);
     let common = [
         "--max-batch",
         "250",
         "--flush-every",
         "500ms",
         "--ack-wait",
-        "2s",
+        "4s",
         "--idle-exit",
-        "5s",
+        "8s",
     ];
     let mut victim = setup.instance("victim", &[&common[..], &["--hang-at-batch", "2"]].concat());
     wait_until(Duration::from_secs(30), "the victim to hang", || {
@@ -711,13 +724,14 @@ fn nats_malformed_payload_is_rejected_not_redelivered() {
             "single",
             &[
                 "--ack-wait",
-                "1s",
+                "3s",
                 "--nak-delay",
                 "200ms",
                 "--flush-every",
                 "200ms",
+                // Longer than the ack wait, so that the run outlasts it.
                 "--idle-exit",
-                "3s",
+                "5s",
             ],
         )
         .wait(EXIT_TIMEOUT);
@@ -779,16 +793,11 @@ fn nats_sigterm_finishes_the_batch_in_flight_and_gives_the_rest_back() {
         setup.consumer_info().num_ack_pending == 0
     });
 
-    let started = Instant::now();
+    // (The wait above already proves nothing waits for the 30 s ack wait.)
     let second = setup
         .instance("second", &["--flush-every", "300ms", "--idle-exit", "2s"])
         .wait(EXIT_TIMEOUT);
     second.assert_ok();
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "the rest waited for the ack wait: {:?}",
-        started.elapsed()
-    );
     assert_eq!(
         second.number("events acknowledged"),
         EVENTS - acknowledged,

@@ -73,30 +73,42 @@ impl Drop for TestTable {
 
 #[tokio::test]
 async fn postgres_clean_run() {
-    let Some(url) = postgres_url() else { return };
-    let table = TestTable::new(&url, "clean");
-    scenarios::clean_run(&url, &table.name).await;
+    common::within(async {
+        let Some(url) = postgres_url() else { return };
+        let table = TestTable::new(&url, "clean");
+        scenarios::clean_run(&url, &table.name).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn postgres_fail_every_with_skip_batch_leaves_no_row_of_a_failed_batch() {
-    let Some(url) = postgres_url() else { return };
-    let table = TestTable::new(&url, "skip");
-    scenarios::rollback_skip_batch(&url, &table.name).await;
+    common::within(async {
+        let Some(url) = postgres_url() else { return };
+        let table = TestTable::new(&url, "skip");
+        scenarios::rollback_skip_batch(&url, &table.name).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn postgres_fail_every_with_stop_rolls_back_and_stops() {
-    let Some(url) = postgres_url() else { return };
-    let table = TestTable::new(&url, "stop");
-    scenarios::rollback_stop(&url, &table.name).await;
+    common::within(async {
+        let Some(url) = postgres_url() else { return };
+        let table = TestTable::new(&url, "stop");
+        scenarios::rollback_stop(&url, &table.name).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn postgres_rerun_is_idempotent_and_rollback_spares_earlier_rows() {
-    let Some(url) = postgres_url() else { return };
-    let table = TestTable::new(&url, "rerun");
-    scenarios::rerun_idempotent(&url, &table.name).await;
+    common::within(async {
+        let Some(url) = postgres_url() else { return };
+        let table = TestTable::new(&url, "rerun");
+        scenarios::rerun_idempotent(&url, &table.name).await;
+    })
+    .await;
 }
 
 #[test]

@@ -11,7 +11,10 @@
 //!   compensations committed);
 //! - [`nak`](AckHandle::nak) after the record's batch was rolled back (the rows deleted
 //!   first, then the nak: a redelivery never races the deletion);
-//! - [`reject`](AckHandle::reject) when the record is invalid (redelivering it cannot help).
+//! - [`reject`](AckHandle::reject) when the record is invalid (redelivering it cannot help);
+//! - [`abandon`](AckHandle::abandon) instead of `nak` when the record's batch was rolled
+//!   back but the deletion of its rows failed or timed out: no verdict, the source
+//!   redelivers after its own timeout (a NATS message after `ack_wait`).
 //!
 //! The file sources ([`synthetic`], [`ndjson`]) have nothing to acknowledge and carry
 //! `None`; the [`nats`] source (a JetStream durable pull consumer shared by any number of
@@ -45,6 +48,12 @@ pub trait AckHandle: Send + fmt::Debug + 'static {
     fn nak(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>>;
     /// The record is invalid: do not deliver it again.
     fn reject(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>>;
+    /// The record's batch was rolled back but its rows may still be (or become) present
+    /// (the deletion failed or timed out): settle nothing and let the source redeliver it
+    /// only after its own timeout, by when a late deletion has committed. Unlike dropping
+    /// the handle, this must not give the record back at once. The default just drops it,
+    /// for sources whose drop settles nothing.
+    fn abandon(self: Box<Self>) {}
 }
 
 /// A boxed acknowledgement hook.

@@ -61,6 +61,13 @@
 //!   then stops pulling, naks the rest of its open pull request (waiting until the request
 //!   completes or expires, at most [`NatsOptions::drain_timeout`]) and ends, so the
 //!   pipeline flushes, commits and acks its last batch ("finish the batch in flight").
+//!   [`NatsOptions::max_messages`] ends the stream the same way.
+//! * [`NatsOptions::idle_exit`] ends the stream at once instead: the open request has
+//!   delivered nothing for the whole idle period and nothing is held, so what already arrived
+//!   (normally nothing) is given back and the request dropped. Waiting for it would add up
+//!   to `pull_expires` + 1 s and make the idle instance catch, and hand back, other
+//!   instances' nak'ed redeliveries. A message the broker sends in the instant the request
+//!   is dropped waits for `ack_wait`.
 //! * Only messages on the wire at the moment of a hard stop wait for `ack_wait`.
 //!
 //! # Errors
@@ -130,8 +137,9 @@ pub struct NatsOptions {
     /// Pull request expiry: an idle instance re-pulls this often; a request lost in a broker
     /// restart is noticed after this + 5 s.
     pub pull_expires: Duration,
-    /// Longest wait, at a graceful stop of [`NatsSource::records`], for the open pull request
-    /// to complete or expire (never less than `pull_expires` + 1 s is used). The request is
+    /// Longest wait, at a graceful stop of [`NatsSource::records`] (the stop token or
+    /// [`max_messages`](Self::max_messages); not [`idle_exit`](Self::idle_exit), which ends at
+    /// once), for the open pull request to complete or expire (never less than `pull_expires` + 1 s is used). The request is
     /// waited for, not abandoned at a lull: the broker may still be holding part of it back
     /// (`max_ack_pending`) until the batch in flight is acknowledged, and what it delivers to
     /// an abandoned request waits for `ack_wait`.
@@ -148,6 +156,8 @@ pub struct NatsOptions {
     /// message without receiving one while holding none (`--idle-exit`): time spent filling
     /// or writing a batch does not count. Make it longer than [`nak_delay`](Self::nak_delay),
     /// so that the messages of a batch rolled back last come back before the stream ends.
+    /// The stream then ends at once (the open request, idle all that time, is dropped, not
+    /// waited for).
     pub idle_exit: Option<Duration>,
     /// End the record stream gracefully after this many messages (`--max-events`); pull
     /// requests never ask for more than what is left.
@@ -408,6 +418,7 @@ struct SourceStats {
     nacked: AtomicU64,
     rejected: AtomicU64,
     dropped_nacked: AtomicU64,
+    abandoned: AtomicU64,
     progress_sent: AtomicU64,
     send_failures: AtomicU64,
     progress_failures: AtomicU64,
@@ -430,6 +441,9 @@ pub struct NatsStats {
     pub rejected: u64,
     /// `-NAK` without delay for messages given back unsettled (cancellation, shutdown).
     pub dropped_nacked: u64,
+    /// Messages left without a verdict on purpose (a rolled-back batch whose rows could not
+    /// be deleted): the broker redelivers them after `ack_wait`.
+    pub abandoned: u64,
     /// `+WPI` keep-alives sent.
     pub progress_sent: u64,
     /// Acks/naks/terms that could not be sent (the broker redelivers those messages).
@@ -445,7 +459,12 @@ pub struct NatsStats {
 impl NatsStats {
     /// Verdicts sent: every message received got exactly one when this equals `received`.
     pub fn settled(&self) -> u64 {
-        self.acked + self.nacked + self.rejected + self.dropped_nacked + self.send_failures
+        self.acked
+            + self.nacked
+            + self.rejected
+            + self.dropped_nacked
+            + self.abandoned
+            + self.send_failures
     }
 }
 
@@ -482,6 +501,7 @@ impl SourceStats {
             nacked: g(&self.nacked),
             rejected: g(&self.rejected),
             dropped_nacked: g(&self.dropped_nacked),
+            abandoned: g(&self.abandoned),
             progress_sent: g(&self.progress_sent),
             send_failures: g(&self.send_failures),
             progress_failures: g(&self.progress_failures),
@@ -496,14 +516,15 @@ impl fmt::Display for NatsStats {
         write!(
             f,
             "{} received ({} redelivered); verdicts: {} acked, {} nak'ed after rollback, \
-             {} rejected, {} given back unsettled, {} not sent; {} keep-alives ({} not sent), \
-             {} failed pulls",
+             {} rejected, {} given back unsettled, {} left for redelivery, {} not sent; \
+             {} keep-alives ({} not sent), {} failed pulls",
             self.received,
             self.redelivered,
             self.acked,
             self.nacked,
             self.rejected,
             self.dropped_nacked,
+            self.abandoned,
             self.send_failures,
             self.progress_sent,
             self.progress_failures,
@@ -586,8 +607,12 @@ impl NatsAck {
     fn settle(&mut self, verdict: Verdict) -> BoxFuture<'static, Result<(), BoxError>> {
         let result = match self.reply.take() {
             Some(reply) => {
-                self.shared.held.lock().unwrap().remove(&self.token);
-                self.shared.send(reply, verdict)
+                // Removed and queued under the lock: see `keep_alive`.
+                let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+                held.remove(&self.token);
+                let sent = self.shared.send(reply, verdict);
+                drop(held);
+                sent
             }
             None => Ok(()),
         };
@@ -605,12 +630,23 @@ impl AckHandle for NatsAck {
     fn reject(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
         self.settle(Verdict::Reject)
     }
+    fn abandon(mut self: Box<Self>) {
+        if self.reply.take().is_some() {
+            // No verdict and no more keep-alives: the broker redelivers after `ack_wait`.
+            let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.remove(&self.token);
+            drop(held);
+            self.shared.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for NatsAck {
     fn drop(&mut self) {
         if let Some(reply) = self.reply.take() {
-            self.shared.held.lock().unwrap().remove(&self.token);
+            // Removed and queued under the lock: see `keep_alive`.
+            let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.remove(&self.token);
             let _ = self.shared.send(reply, Verdict::GiveBack);
         }
     }
@@ -652,9 +688,12 @@ async fn keep_alive(shared: Arc<Shared>, every: Duration, stop: CancellationToke
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let held: Vec<Subject> = shared.held.lock().unwrap().values().cloned().collect();
-        for reply in held {
-            let _ = shared.send(reply, Verdict::Progress);
+        // Queued while holding the lock: a verdict (settle, drop) removes its message under
+        // the same lock before queueing, so a `+WPI` can never be queued after the verdict of
+        // its message (a `+WPI` after `-NAK {delay}` would cancel the delay).
+        let held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
+        for reply in held.values() {
+            let _ = shared.send(reply.clone(), Verdict::Progress);
         }
     }
 }
@@ -987,34 +1026,38 @@ impl Stream for Records {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        loop {
-            match this.poll_inner(cx) {
-                Poll::Ready(Some(Ok(record))) => {
-                    this.idle = None;
-                    return Poll::Ready(Some(Ok(record)));
-                }
-                Poll::Pending if this.draining.is_none() => {
-                    // Waiting for the broker with nothing held (every message received is
-                    // settled): the idle timer runs, from the first such wait, and ends the
-                    // stream gracefully when it fires. While messages are held (a batch
-                    // filling up or being written) it does not run: their batch may still be
-                    // rolled back, and its messages come back after the nak delay.
-                    let holding = !this.shared.held.lock().unwrap().is_empty();
-                    if holding {
-                        this.idle = None;
-                    } else if let Some(idle) = this.idle_exit {
-                        let timer = this
-                            .idle
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                        if timer.as_mut().poll(cx).is_ready() {
-                            this.begin_drain(SourceEnd::Idle(idle));
-                            continue;
-                        }
-                    }
-                    return Poll::Pending;
-                }
-                other => return other,
+        match this.poll_inner(cx) {
+            Poll::Ready(Some(Ok(record))) => {
+                this.idle = None;
+                Poll::Ready(Some(Ok(record)))
             }
+            Poll::Pending if this.draining.is_none() => {
+                // Waiting for the broker with nothing held (every message received is
+                // settled): the idle timer runs, from the first such wait, and ends the
+                // stream gracefully when it fires. While messages are held (a batch
+                // filling up or being written) it does not run: their batch may still be
+                // rolled back, and its messages come back after the nak delay.
+                let holding = !this.shared.held.lock().unwrap().is_empty();
+                if holding {
+                    this.idle = None;
+                } else if let Some(idle) = this.idle_exit {
+                    let timer = this
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        // Unlike a stop or the message limit, an idle exit does not wait
+                        // for the open request: it has delivered nothing for the whole
+                        // idle period, and waiting would only catch (and hand back)
+                        // other instances' nak'ed redeliveries. What already arrived is
+                        // given back and the request dropped.
+                        this.begin_drain(SourceEnd::Idle(idle));
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                }
+                Poll::Pending
+            }
+            other => other,
         }
     }
 }

@@ -171,13 +171,32 @@ impl Db {
     }
 }
 
-/// Runs the `event-batcher` binary with `args` in `dir`, stdin from `stdin`.
+/// Longest run of one test (async test bodies, binary runs): generous, so that only a hang
+/// trips it, never a slow CI machine.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `test` and fails if it takes longer than [`TEST_TIMEOUT`] (a hang would otherwise
+/// block CI forever).
+pub async fn within<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {TEST_TIMEOUT:?}"));
+}
+
+/// Runs the `event-batcher` binary with `args` in `dir`, stdin from `stdin`; killed (by PID)
+/// and failed after [`TEST_TIMEOUT`].
 pub fn run_binary(dir: &std::path::Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    use std::io::Write;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_event-batcher"));
+    command.args(args).current_dir(dir);
+    output_within(&mut command, stdin, TEST_TIMEOUT)
+}
+
+/// Runs `command` to its end, like `Command::output` but with `stdin` and a deadline: after
+/// `timeout` the child is killed (by PID) and the test fails with what it printed so far.
+pub fn output_within(command: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    use std::io::{Read, Write};
     use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_event-batcher"))
-        .args(args)
-        .current_dir(dir)
+    let mut child = command
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -186,12 +205,49 @@ pub fn run_binary(dir: &std::path::Path, args: &[&str], stdin: Option<&[u8]>) ->
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn event-batcher");
-    if let Some(bytes) = stdin {
+        .expect("spawn the command");
+    // Pipes are written and read by threads of their own: a child blocked on a full pipe
+    // cannot block the deadline.
+    let writer = stdin.map(|bytes| {
         let mut pipe = child.stdin.take().expect("stdin pipe");
-        pipe.write_all(bytes).expect("write stdin");
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout pipe")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr pipe")));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = stderr.join().unwrap_or_default();
+            panic!(
+                "{command:?} did not exit within {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(writer) = writer {
+        let _ = writer.join();
     }
-    child.wait_with_output().expect("wait for event-batcher")
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
 }
 
 /// stdout and stderr of `output`, as text, for assertions and failure messages.
