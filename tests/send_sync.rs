@@ -99,15 +99,16 @@ fn the_full_pipeline_future_is_send_and_runs_on_a_multi_thread_runtime() {
     let scope = CompensationScope::new();
 
     let (table2, undone2, scope2) = (table.clone(), undone.clone(), scope.clone());
-    // An upstream that never returns Pending, so no timer fires and the result does not
-    // depend on the wall clock: 1 200 events in batches of 500, 500 and 200.
+    // The handler yields (so the chunker sees `Pending` and arms its deadline) on a real
+    // clock: a deadline no test run reaches keeps the batches at 500, 500 and 200 however
+    // slow the machine.
     let events = stream::iter((0..1_200u32).map(Ok::<u32, io::Error>)).boxed();
     let pipeline = events
         .map_ok_stream(|e| async move {
             tokio::task::yield_now().await;
             Ok(u64::from(e) * 2)
         })
-        .chunks_timeout_result(500, Duration::from_secs(2))
+        .chunks_timeout_result(500, Duration::from_secs(3600))
         .for_each_compensated(scope2, move |batch: Vec<u64>, scope| {
             let (table, undone) = (table2.clone(), undone2.clone());
             async move {

@@ -77,6 +77,16 @@ impl Setup {
         let (nats_url, pg_url) = services()?;
         // Poison-tolerant: a failed test must not fail the ones after it.
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        Some(Setup::on(tag, nats_url, pg_url, serial))
+    }
+
+    /// A setup on the NATS server at `nats_url` (e.g. a [`PrivateNats`]).
+    fn on(
+        tag: &str,
+        nats_url: String,
+        pg_url: String,
+        serial: std::sync::MutexGuard<'static, ()>,
+    ) -> Setup {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -106,7 +116,7 @@ impl Setup {
                 .await
                 .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={pg_url} is set but: {e}"))
         });
-        Some(Setup {
+        Setup {
             rt,
             nats_url,
             pg_url,
@@ -117,7 +127,7 @@ impl Setup {
             js,
             pg,
             _serial: serial,
-        })
+        }
     }
 
     /// `--source … --stream … --subject … --consumer … --database … --table … -q`.
@@ -235,14 +245,22 @@ impl Setup {
             .expect("the consumer")
     }
 
-    /// Asserts the consumer has nothing left: no message pending or awaiting an ack.
+    /// Asserts the consumer has nothing left: no message pending or awaiting an ack. The
+    /// server applies acks asynchronously (a queue per consumer, not ordered with the info
+    /// request), so the last acks of an instance may land a moment after it exited: poll.
     fn assert_drained(&self) {
-        let info = self.consumer_info();
-        assert_eq!(
-            (info.num_pending, info.num_ack_pending),
-            (0, 0),
-            "messages left in the consumer: {info:?}"
-        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = self.consumer_info();
+            if (info.num_pending, info.num_ack_pending) == (0, 0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "messages left in the consumer: {info:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Asserts the table holds exactly the synthetic events 1..=n of `seed`, once each.
@@ -465,6 +483,97 @@ impl Exited {
     }
 }
 
+/// A nats-server with JetStream of the test's own (a free port, a temporary store), so that
+/// it can be killed and restarted without disturbing anything else. Killed on drop.
+struct PrivateNats {
+    binary: String,
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    /// `$EVENT_BATCHER_NATS_SERVER`, else `nats-server` on the `PATH`, else
+    /// `/usr/sbin/nats-server` (Debian's package); fails the test if none runs.
+    fn start() -> PrivateNats {
+        let binary = std::env::var("EVENT_BATCHER_NATS_SERVER")
+            .ok()
+            .filter(|b| !b.trim().is_empty())
+            .or_else(|| {
+                ["nats-server", "/usr/sbin/nats-server"]
+                    .into_iter()
+                    .find(|b| {
+                        Command::new(b)
+                            .arg("--version")
+                            .output()
+                            .is_ok_and(|o| o.status.success())
+                    })
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{NATS_ENV} is set, and the broker-restart test needs a nats-server binary \
+                     of its own: put nats-server on the PATH or set EVENT_BATCHER_NATS_SERVER"
+                )
+            });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = PrivateNats {
+            binary,
+            port,
+            store: tempfile::tempdir().expect("a store directory"),
+            child: None,
+        };
+        server.run();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server on the same port and store, and waits until it accepts connections.
+    fn run(&mut self) {
+        let child = Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary));
+        self.child = Some(child);
+        wait_until(Duration::from_secs(20), "the private nats-server", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    /// SIGKILL: a crash, nothing flushed or shut down cleanly.
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL the nats-server");
+        child.wait().expect("reap the nats-server");
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn leading_number(text: &str) -> u64 {
     let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
     digits
@@ -501,7 +610,7 @@ fn nats_three_instances_one_failing_store_every_event_exactly_once() {
         "--nak-delay",
         "300ms",
         "--idle-exit",
-        "3s",
+        "5s",
     ];
     let started = Instant::now();
     let instances = [
@@ -582,16 +691,16 @@ fn nats_sigkilled_instance_messages_are_redelivered_to_the_others() {
     // Long enough for a loaded CI machine to send the keep-alives in time (every 1/3 of
     // it); the idle exit leaves the others time to get the victim's messages once its ack
     // wait has passed.
-    let ack_wait = Duration::from_secs(4);
+    let ack_wait = Duration::from_secs(6);
     let common = [
         "--max-batch",
         "250",
         "--flush-every",
         "500ms",
         "--ack-wait",
-        "4s",
+        "6s",
         "--idle-exit",
-        "8s",
+        "10s",
     ];
     let mut victim = setup.instance("victim", &[&common[..], &["--hang-at-batch", "2"]].concat());
     wait_until(Duration::from_secs(30), "the victim to hang", || {
@@ -625,21 +734,28 @@ fn nats_sigkilled_instance_messages_are_redelivered_to_the_others() {
         killed_at.elapsed()
     );
     let mut acknowledged = 0;
+    let mut inserted = 0;
     let mut already_present = 0;
     let mut redelivered = 0;
     for instance in &exited {
         instance.assert_ok();
         eprintln!("{}: {}", instance.name, instance.value("NATS messages"));
         acknowledged += instance.number("events acknowledged");
-        already_present += instance.inserted_and_present().1;
+        let (new_rows, present) = instance.inserted_and_present();
+        inserted += new_rows;
+        already_present += present;
         redelivered += instance.nats("redelivered");
     }
     // The victim's hung batch (250 events) was written and never acked: redelivered, and found
     // already present by whoever got it; its unwritten prefetch (if any) is written normally.
-    assert_eq!(already_present, 250, "exactly the victim's hung batch");
+    // (More than 250 only if a or b stalled past the ack wait themselves: at-least-once
+    // delivery, absorbed by the idempotent insert.)
+    assert!(already_present >= 250, "{already_present} already present");
     assert!(redelivered >= 250, "{redelivered} redelivered");
-    // The victim's committed batch 1 was acked; everything else was acked by the others.
-    assert_eq!(acknowledged, EVENTS - 250);
+    // The victim wrote batch 1 (committed and acked) and the hung batch 2; the others wrote
+    // every other event, and acknowledged it once plus each duplicate they found present.
+    assert_eq!(inserted, EVENTS - 500);
+    assert_eq!(acknowledged, inserted + already_present);
     setup.assert_exact(seed, EVENTS);
     setup.assert_drained();
 }
@@ -671,7 +787,7 @@ fn nats_rolled_back_batch_messages_come_back_and_are_written() {
                 "--nak-delay",
                 "500ms",
                 "--idle-exit",
-                "2s",
+                "5s",
                 "--dead-letter",
                 dead_letter.to_str().unwrap(),
             ],
@@ -726,14 +842,14 @@ fn nats_malformed_payload_is_rejected_not_redelivered() {
             "single",
             &[
                 "--ack-wait",
-                "3s",
+                "6s",
                 "--nak-delay",
                 "200ms",
                 "--flush-every",
                 "200ms",
                 // Longer than the ack wait, so that the run outlasts it.
                 "--idle-exit",
-                "5s",
+                "8s",
             ],
         )
         .wait(EXIT_TIMEOUT);
@@ -803,7 +919,7 @@ fn nats_sigterm_finishes_the_batch_in_flight_and_gives_the_rest_back() {
     // with -NAK stays in `num_ack_pending` until it is redelivered (nats-server keeps it
     // pending, queued for redelivery), so exactly the given-back messages remain there.
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         "the first instance's acks to be applied",
         || setup.consumer_info().num_ack_pending as u64 == given_back,
     );
@@ -823,6 +939,74 @@ fn nats_sigterm_finishes_the_batch_in_flight_and_gives_the_rest_back() {
     assert_eq!(second.nats("redelivered"), given_back, "{}", second.stdout);
     setup.assert_exact(seed, EVENTS);
     setup.assert_drained();
+}
+
+/// The broker crashes (SIGKILL) mid-run and comes back on the same port and store: the
+/// instance keeps its batch in flight, reconnects by itself, pulls again, and the table ends
+/// exact. Acks the server had not yet stored when it died are replayed as redeliveries of
+/// rows already present (absorbed by the idempotent insert), never as duplicates.
+#[test]
+fn nats_broker_crash_and_restart_loses_and_duplicates_nothing() {
+    let Some((_, pg_url)) = services() else {
+        return;
+    };
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Declared first, dropped last: the setup deletes its stream through it.
+    let mut server = PrivateNats::start();
+    let setup = Setup::on("restart", server.url(), pg_url, serial);
+    let seed = 16;
+    setup.publish(EVENTS, seed, 0);
+    let instance = setup.instance(
+        "survivor",
+        &[
+            "--max-batch",
+            "250",
+            "--flush-every",
+            "500ms",
+            "--ack-wait",
+            "5s",
+            // Longer than the 10 s (pull expiry + 5 s) after which a pull request lost in
+            // the restart is noticed and made again.
+            "--idle-exit",
+            "15s",
+        ],
+    );
+    wait_until(Duration::from_secs(30), "the first rows", || {
+        setup.rows_so_far() >= 2_000
+    });
+    let mut instance = instance;
+    assert!(
+        !instance.has_exited(),
+        "the instance exited before the crash"
+    );
+    server.kill();
+    let rows_at_crash = setup.rows_so_far();
+    assert!(rows_at_crash < EVENTS, "the run ended before the crash");
+    std::thread::sleep(Duration::from_secs(2));
+    server.run();
+    let exited = instance.wait(EXIT_TIMEOUT);
+    exited.assert_ok();
+    eprintln!(
+        "rows at the crash: {rows_at_crash}; {}",
+        exited.value("NATS messages")
+    );
+    // The acks of the last moments before the crash may not have been stored: those
+    // messages come back, their rows are found present, and they are acked again. (After a
+    // crash the broker may even deliver them as first deliveries, so the "redelivered" count
+    // can be lower than the rows found present.)
+    let (inserted, present) = exited.inserted_and_present();
+    assert_eq!(inserted, EVENTS, "{}", exited.stdout);
+    assert_eq!(exited.number("events acknowledged"), EVENTS + present);
+    setup.assert_exact(seed, EVENTS);
+    // Everything the instance acknowledged after the restart reached the server.
+    wait_until(
+        Duration::from_secs(10),
+        "the consumer to be drained",
+        || {
+            let info = setup.consumer_info();
+            (info.num_pending, info.num_ack_pending) == (0, 0)
+        },
+    );
 }
 
 /// The give-back path of a graceful stop, made deterministic through the library: the source
@@ -879,7 +1063,7 @@ fn nats_source_stop_gives_back_the_open_request_at_once() {
 
         // A -NAK'ed message stays in num_ack_pending until it is redelivered. (The server may
         // apply the acks a moment after its reply to `close`'s request.)
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let info = setup.consumer_info_async().await;
             if (info.num_ack_pending, info.num_pending) == (90, 0) {
