@@ -235,9 +235,15 @@ pub struct RunArgs {
     /// Time limit of one attempt of a compensation.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, help_heading = "Failures")]
     pub rollback_timeout: Duration,
-    /// Write the events of rolled-back batches to PATH as NDJSON (replay with --input).
+    /// Write dead letters to PATH as NDJSON (replay with --input): the events of
+    /// rolled-back batches, or with --source the events given up after --max-deliveries.
     #[arg(long, value_name = "PATH", help_heading = "Failures")]
     pub dead_letter: Option<PathBuf>,
+    /// NATS: give up on a message of a rolled-back batch once it has been delivered N times:
+    /// its event goes to --dead-letter (required), the message is terminated. Default: it is
+    /// redelivered until its batch commits.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "source", help_heading = "Failures")]
+    pub max_deliveries: Option<u64>,
 
     /// Inject a failure into every Nth batch, after its first half is written.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Fault injection")]
@@ -340,6 +346,7 @@ impl RunArgs {
             strict: self.strict,
             rejects: self.rejects,
             dead_letter: self.dead_letter,
+            max_deliveries: self.max_deliveries,
             progress: if self.quiet {
                 ProgressMode::None
             } else {

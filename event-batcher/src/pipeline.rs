@@ -132,9 +132,16 @@ pub struct Config {
     /// Where to write invalid records, one JSON object per line: `line` (or `sequence` for
     /// a source without lines), `error`, `raw`.
     pub rejects: Option<PathBuf>,
-    /// Where to write the events of rolled-back batches (NDJSON events, replayable with
-    /// `--input`).
+    /// Where to write dead letters (NDJSON events, replayable with `--input`): for a source
+    /// that does not redeliver (synthetic, NDJSON), the events of every rolled-back batch;
+    /// for NATS, the events given up after [`max_deliveries`](Self::max_deliveries) (the
+    /// others of a rolled-back batch are redelivered, not dead).
     pub dead_letter: Option<PathBuf>,
+    /// NATS: a message of a rolled-back batch that has been delivered this many times is not
+    /// given back again: its event is appended to [`dead_letter`](Self::dead_letter) (written
+    /// and synced first) and the message is terminated (`+TERM`). `None`: redelivered until
+    /// its batch commits.
+    pub max_deliveries: Option<u64>,
     /// How progress is shown.
     pub progress: ProgressMode,
     /// Longest wait for the database connection.
@@ -162,6 +169,7 @@ impl Default for Config {
             strict: false,
             rejects: None,
             dead_letter: None,
+            max_deliveries: None,
             progress: ProgressMode::Auto,
             connect_timeout: Duration::from_secs(5),
         }
@@ -220,6 +228,27 @@ impl Config {
             if nats.ack_wait < Duration::from_millis(300) {
                 return invalid("--ack-wait must be at least 300ms".into());
             }
+            match (self.max_deliveries, &self.dead_letter) {
+                (Some(0), _) => return invalid("--max-deliveries must be at least 1".into()),
+                (Some(_), None) => {
+                    return invalid(
+                        "--max-deliveries needs --dead-letter PATH: the events it gives up on \
+                         are written there"
+                            .into(),
+                    );
+                }
+                (None, Some(_)) => {
+                    return invalid(
+                        "--dead-letter with a NATS source receives the events given up after \
+                         --max-deliveries (the other events of a rolled-back batch are \
+                         redelivered): set --max-deliveries"
+                            .into(),
+                    );
+                }
+                _ => {}
+            }
+        } else if self.max_deliveries.is_some() {
+            return invalid("--max-deliveries needs --source (a NATS source)".into());
         }
         store::check_table_name(&self.table).map_err(SetupError::Config)
     }
@@ -355,6 +384,10 @@ struct Ctx {
     strict: bool,
     rejects: Option<Mutex<BufWriter<File>>>,
     dead_letter: Option<Mutex<BufWriter<File>>>,
+    /// The source redelivers the events of a rolled-back batch (NATS): they are not dead
+    /// letters, unless given up after `max_deliveries`.
+    redelivers: bool,
+    max_deliveries: Option<u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -495,6 +528,8 @@ impl Pipeline {
             strict: config.strict,
             rejects,
             dead_letter,
+            redelivers: nats.is_some(),
+            max_deliveries: config.max_deliveries,
         });
 
         let started = Instant::now();
@@ -640,10 +675,11 @@ async fn write_batch(
     scope: CompensationScope,
 ) -> Result<(), PipelineError> {
     let mut events = Vec::with_capacity(batch.len());
+    // Each hook with the index of its event.
     let mut acks = Vec::new();
-    for incoming in batch {
+    for (index, incoming) in batch.into_iter().enumerate() {
         events.push(incoming.event);
-        acks.extend(incoming.ack);
+        acks.extend(incoming.ack.map(|ack| (index, ack)));
     }
     let events: Arc<[Event]> = events.into();
     let acks = Arc::new(Mutex::new(acks));
@@ -660,7 +696,7 @@ async fn write_batch(
     // else (`UnitOfWork::Item` commits each successful batch), so `scope.rollback` undoes
     // exactly this batch and `scope.commit` commits exactly this batch. A cancellation
     // while the batch is being written makes `for_each_compensated` roll it back.
-    ctx.register_undo(&scope, seq, &acks, &rows_deleted);
+    ctx.register_undo(&scope, seq, &events, &acks, &rows_deleted);
     let inserted = match ctx.write(seq, &events, fail).await {
         Ok(inserted) => inserted,
         // Stop mode: the error propagates, `for_each_compensated` stops and rolls this batch
@@ -696,7 +732,7 @@ async fn write_batch(
     ctx.stats
         .batch_committed(reason, events.len(), inserted.rows, inserted.skipped);
     let pending = std::mem::take(&mut *lock(&acks));
-    for ack in pending {
+    for (_, ack) in pending {
         if let Err(error) = ack.ack().await {
             ctx.stats.ack_failed("ack", &error);
         }
@@ -723,8 +759,9 @@ impl Ctx {
     }
 
     /// Registers, before anything is written, what undoes batch `seq`: a nak of its events
-    /// (registered first, so it runs last, after the rows are gone) and the deletion of the
-    /// rows it inserts.
+    /// (registered first, so it runs last, after the rows are gone; see
+    /// [`settle_rolled_back`](Self::settle_rolled_back)) and the deletion of the rows it
+    /// inserts.
     ///
     /// The events are nak'ed only if the deletion succeeded. If it failed or timed out (its
     /// statement may still commit later), a nak would let another instance get the events
@@ -733,32 +770,28 @@ impl Ctx {
     /// ([`AckHandle::abandon`](crate::source::AckHandle::abandon)): no verdict, the broker
     /// redelivers them after its ack wait.
     fn register_undo(
-        &self,
+        self: &Arc<Self>,
         scope: &CompensationScope,
         seq: u64,
-        acks: &Arc<Mutex<Vec<Ack>>>,
+        events: &Arc<[Event]>,
+        acks: &Arc<Mutex<Vec<(usize, Ack)>>>,
         rows_deleted: &Arc<AtomicU64>,
     ) {
         let rows_gone = Arc::new(AtomicBool::new(false));
         if !lock(acks).is_empty() {
+            let ctx = self.clone();
+            let events = events.clone();
             let acks = acks.clone();
-            let stats = self.stats.clone();
             let rows_gone = rows_gone.clone();
             scope.register_labeled(format!("batch {seq}: nak its events"), move || {
+                let ctx = ctx.clone();
+                let events = events.clone();
                 let acks = acks.clone();
-                let stats = stats.clone();
                 let rows_gone = rows_gone.load(Ordering::Acquire);
                 async move {
                     // Taken once: a retry has nothing left to nak.
                     let pending = std::mem::take(&mut *lock(&acks));
-                    for ack in pending {
-                        if !rows_gone {
-                            ack.abandon();
-                        } else if let Err(error) = ack.nak().await {
-                            // The source redelivers an unacknowledged record anyway.
-                            stats.ack_failed("nak", &error);
-                        }
-                    }
+                    ctx.settle_rolled_back(pending, &events, rows_gone).await;
                     Ok::<(), BoxError>(())
                 }
             });
@@ -848,17 +881,85 @@ impl Ctx {
             );
         }
         self.stats.batch_rolled_back(batch, error, report);
-        if let Some(file) = &self.dead_letter {
-            let mut file = lock(file);
-            let written = batch.events.iter().try_for_each(|event| {
-                serde_json::to_writer(&mut *file, event)?;
-                file.write_all(b"\n").map_err(serde_json::Error::io)
-            });
-            if let Err(error) = written {
-                self.stats
-                    .warn(format!("cannot write to the dead-letter file: {error}"));
+        if !self.redelivers
+            && let Some(file) = &self.dead_letter
+            && let Err(error) = write_events(&mut lock(file), batch.events.iter())
+        {
+            self.stats
+                .warn(format!("cannot write to the dead-letter file: {error}"));
+        }
+    }
+
+    /// Settles the hooks of a rolled-back batch, once its compensation deleted its rows
+    /// (`rows_gone`) or failed to:
+    /// - rows not (surely) deleted: every hook is abandoned, the source redelivers after its
+    ///   own timeout (see [`register_undo`](Self::register_undo));
+    /// - otherwise, with `--max-deliveries N`, the events whose record has been delivered N
+    ///   times are appended to the dead-letter file, which is flushed and synced, and only
+    ///   then given up (`+TERM`); if the file cannot be written they are nak'ed instead, so
+    ///   no event is ever dropped;
+    /// - every other hook is nak'ed (redelivered after `--nak-delay`).
+    async fn settle_rolled_back(
+        &self,
+        pending: Vec<(usize, Ack)>,
+        events: &[Event],
+        rows_gone: bool,
+    ) {
+        if !rows_gone {
+            for (_, ack) in pending {
+                ack.abandon();
+            }
+            return;
+        }
+        let exhausted = |ack: &Ack| {
+            self.max_deliveries
+                .is_some_and(|max| ack.deliveries().is_some_and(|n| n >= max))
+        };
+        let (given_up, mut retried): (Vec<_>, Vec<_>) =
+            pending.into_iter().partition(|(_, ack)| exhausted(ack));
+        if !given_up.is_empty() {
+            match self.dead_letter_durably(given_up.iter().map(|(index, _)| &events[*index])) {
+                Ok(()) => {
+                    self.stats
+                        .dead_lettered
+                        .fetch_add(given_up.len() as u64, Ordering::Relaxed);
+                    for (_, ack) in given_up {
+                        if let Err(error) = ack.give_up().await {
+                            self.stats.ack_failed("term", &error);
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.stats.warn(format!(
+                        "cannot write to the dead-letter file ({error}): {} event(s) given back \
+                         for redelivery instead of given up",
+                        given_up.len()
+                    ));
+                    retried.extend(given_up);
+                }
             }
         }
+        for (_, ack) in retried {
+            if let Err(error) = ack.nak().await {
+                // The source redelivers an unacknowledged record anyway.
+                self.stats.ack_failed("nak", &error);
+            }
+        }
+    }
+
+    /// Appends `events` to the dead-letter file and makes them durable (flush + fsync)
+    /// before their records are given up.
+    fn dead_letter_durably<'a>(
+        &self,
+        events: impl Iterator<Item = &'a Event>,
+    ) -> std::io::Result<()> {
+        let Some(file) = &self.dead_letter else {
+            return Err(std::io::Error::other("no --dead-letter file"));
+        };
+        let mut file = lock(file);
+        write_events(&mut file, events)?;
+        file.flush()?;
+        file.get_ref().sync_data()
     }
 
     /// Counts, reports and (unless `--strict`) drops an invalid record.
@@ -987,6 +1088,18 @@ impl Ctx {
             .map(batch_number)
             .collect()
     }
+}
+
+/// Writes `events` as NDJSON (replayable with `--input`).
+fn write_events<'a>(
+    file: &mut BufWriter<File>,
+    events: impl Iterator<Item = &'a Event>,
+) -> std::io::Result<()> {
+    for event in events {
+        serde_json::to_writer(&mut *file, event)?;
+        file.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// A batch number as stored in `batch_seq`.

@@ -24,10 +24,12 @@
 //! them):
 //! 5. acks sent == events acknowledged (written in committed batches), naks sent (+ messages
 //!    deliberately left for redelivery after `ack_wait`, when a rollback could not delete the
-//!    rows) == events in rolled-back batches, rejects (`+TERM`) sent == invalid records;
+//!    rows, + messages given up after `--max-deliveries`) == events in rolled-back batches,
+//!    `+TERM`s sent for given-up messages == events written to the dead-letter file for
+//!    them, rejects (`+TERM`) sent == invalid records;
 //! 6. every message received got exactly one verdict: received == acked + nak'ed +
-//!    rejected + given back unsettled + left for redelivery (+ verdicts that could not be
-//!    sent, which fail 5).
+//!    rejected + dead-lettered + given back unsettled + left for redelivery (+ verdicts that
+//!    could not be sent, which fail 5).
 //!
 //! With several instances sharing a consumer, each checks its own run (its `run_id`); the
 //! table as a whole is what the instances wrote together.
@@ -143,6 +145,9 @@ pub(crate) struct Stats {
     pub committed: AtomicU64,
     /// Rolled-back batches.
     pub rolled_back: AtomicU64,
+    /// Events of rolled-back batches given up after `--max-deliveries` (NATS) and written to
+    /// the dead-letter file.
+    pub dead_lettered: AtomicU64,
     detail: Mutex<Detail>,
 }
 
@@ -358,23 +363,33 @@ impl Check {
         nats: &NatsStats,
         acknowledged: u64,
         events_rolled_back: u64,
+        dead_lettered: u64,
         invalid: u64,
     ) -> Check {
         let settled = nats.settled();
+        let returned = nats.nacked + nats.abandoned + nats.dead_lettered;
         let holds = nats.acked == acknowledged
-            && nats.nacked + nats.abandoned == events_rolled_back
+            && returned == events_rolled_back
+            && nats.dead_lettered == dead_lettered
             && nats.rejected == invalid
             && nats.received == settled
             && nats.send_failures == 0;
         let compare = |sent: u64, events: u64| if sent == events { "==" } else { "!=" };
-        let naks = if nats.abandoned > 0 {
-            format!(
-                "naks {} + {} left for redelivery (rows not deleted)",
-                nats.nacked, nats.abandoned
-            )
-        } else {
-            format!("naks {}", nats.nacked)
-        };
+        let mut naks = format!("naks {}", nats.nacked);
+        if nats.abandoned > 0 {
+            naks.push_str(&format!(
+                " + {} left for redelivery (rows not deleted)",
+                nats.abandoned
+            ));
+        }
+        if nats.dead_lettered > 0 || dead_lettered > 0 {
+            naks.push_str(&format!(
+                " + {} given up ({} {} dead letters written)",
+                nats.dead_lettered,
+                compare(nats.dead_lettered, dead_lettered),
+                dead_lettered
+            ));
+        }
         let mut detail = format!(
             "NATS verdicts {}: acks {} {} events acknowledged {acknowledged}, {naks} {} events \
              rolled back {events_rolled_back}, rejects {} {} invalid {invalid}, {} received {} \
@@ -382,7 +397,7 @@ impl Check {
             if holds { "OK" } else { "FAILED" },
             nats.acked,
             compare(nats.acked, acknowledged),
-            compare(nats.nacked + nats.abandoned, events_rolled_back),
+            compare(returned, events_rolled_back),
             nats.rejected,
             compare(nats.rejected, invalid),
             nats.received,
@@ -440,6 +455,9 @@ pub struct Summary {
     pub batches_rolled_back: u64,
     /// Events in rolled-back batches.
     pub events_rolled_back: u64,
+    /// Of those, events given up after `--max-deliveries` (NATS) and written to the
+    /// dead-letter file.
+    pub events_dead_lettered: u64,
     /// Every rolled-back batch.
     pub failed_batches: Vec<FailedBatch>,
     /// Valid events read but neither committed nor rolled back: the run stopped (Ctrl-C, a
@@ -475,6 +493,7 @@ impl Summary {
         let acknowledged = stats.acknowledged.load(Ordering::Relaxed);
         let read = stats.read.load(Ordering::Relaxed);
         let invalid = stats.invalid.load(Ordering::Relaxed);
+        let dead_lettered = stats.dead_lettered.load(Ordering::Relaxed);
         let mut check = Check::new(
             acknowledged,
             detail.inserted,
@@ -483,7 +502,13 @@ impl Summary {
             ending.rows.clone(),
         );
         if let Some(nats) = &ending.nats {
-            check = check.with_broker(nats, acknowledged, detail.events_rolled_back, invalid);
+            check = check.with_broker(
+                nats,
+                acknowledged,
+                detail.events_rolled_back,
+                dead_lettered,
+                invalid,
+            );
         }
         Summary {
             run_id: ending.run_id,
@@ -501,6 +526,7 @@ impl Summary {
             batches: detail.flush,
             batches_rolled_back: detail.failed.len() as u64,
             events_rolled_back: detail.events_rolled_back,
+            events_dead_lettered: dead_lettered,
             failed_batches: detail.failed.clone(),
             events_not_written: read
                 .saturating_sub(invalid)
@@ -571,11 +597,19 @@ impl fmt::Display for Summary {
             write!(f, ", before an input error {}", self.batches.before_error)?;
         }
         writeln!(f, ")")?;
-        writeln!(
+        write!(
             f,
-            "  batches rolled back  {} ({} events)",
+            "  batches rolled back  {} ({} events",
             self.batches_rolled_back, self.events_rolled_back
         )?;
+        if self.events_dead_lettered > 0 {
+            write!(
+                f,
+                "; {} given up after --max-deliveries, in the dead-letter file",
+                self.events_dead_lettered
+            )?;
+        }
+        writeln!(f, ")")?;
         for batch in self.failed_batches.iter().take(LISTED) {
             writeln!(
                 f,
@@ -669,7 +703,7 @@ mod tests {
             dropped_nacked: 1,
             ..NatsStats::default()
         };
-        let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&nats, 8, 2, 1);
+        let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&nats, 8, 2, 0, 1);
         assert!(check.holds, "{}", check.detail);
         assert!(
             check.detail.contains("NATS verdicts OK"),
@@ -678,7 +712,7 @@ mod tests {
         );
         // An ack missing (a hook dropped, or never sent).
         let short = NatsStats { acked: 7, ..nats };
-        let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&short, 8, 2, 1);
+        let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&short, 8, 2, 0, 1);
         assert!(!check.holds);
         assert!(
             check.detail.starts_with("FAILED (broker)"),
@@ -694,14 +728,37 @@ mod tests {
         };
         assert!(
             !Check::new(8, 8, 0, 1, rows(8, 0))
-                .with_broker(&lost, 8, 2, 1)
+                .with_broker(&lost, 8, 2, 0, 1)
                 .holds
         );
         // The database part still counts.
         assert!(
             !Check::new(8, 8, 0, 1, rows(7, 0))
-                .with_broker(&nats, 8, 2, 1)
+                .with_broker(&nats, 8, 2, 0, 1)
                 .holds
+        );
+        // Of the 2 events rolled back, one nak'ed and one given up (+TERM) after its dead
+        // letter was written: holds; a +TERM without its dead letter does not.
+        let given_up = NatsStats {
+            nacked: 1,
+            dead_lettered: 1,
+            ..nats
+        };
+        let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&given_up, 8, 2, 1, 1);
+        assert!(check.holds, "{}", check.detail);
+        assert!(
+            check.detail.contains(
+                "naks 1 + 1 given up (== 1 dead letters written) == events rolled back 2"
+            ),
+            "{}",
+            check.detail
+        );
+        let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&given_up, 8, 2, 0, 1);
+        assert!(!check.holds, "{}", check.detail);
+        assert!(
+            check
+                .detail
+                .contains("1 given up (!= 0 dead letters written)")
         );
     }
 

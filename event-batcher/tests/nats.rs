@@ -464,6 +464,13 @@ impl Exited {
         before[start..].parse().expect("a count")
     }
 
+    /// The events of the rolled-back batches: `batches rolled back  N (M events…)`.
+    fn events_rolled_back(&self) -> u64 {
+        let value = self.value("batches rolled back");
+        let (_, inside) = value.split_once('(').expect("(M events)");
+        leading_number(inside)
+    }
+
     fn run_id(&self) -> i64 {
         self.value("run id").parse().expect("a run id")
     }
@@ -770,8 +777,6 @@ fn nats_rolled_back_batch_messages_come_back_and_are_written() {
     let seed = 13;
     let events = 1_000;
     setup.publish(events, seed, 0);
-    let dir = tempfile::tempdir().unwrap();
-    let dead_letter = dir.path().join("rolled-back.ndjson");
     let exited = setup
         .instance(
             "single",
@@ -788,8 +793,6 @@ fn nats_rolled_back_batch_messages_come_back_and_are_written() {
                 "500ms",
                 "--idle-exit",
                 "5s",
-                "--dead-letter",
-                dead_letter.to_str().unwrap(),
             ],
         )
         .wait(EXIT_TIMEOUT);
@@ -797,33 +800,14 @@ fn nats_rolled_back_batch_messages_come_back_and_are_written() {
     eprintln!("{}", exited.stdout);
     let rolled_back_batches = exited.number("batches rolled back");
     assert!(rolled_back_batches >= 2, "{}", exited.describe());
-    // The events of the rolled-back batches, from the dead-letter file.
-    let rolled_back: Vec<String> = std::fs::read_to_string(&dead_letter)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let event: serde_json::Value = serde_json::from_str(line).unwrap();
-            event["id"].as_str().unwrap().to_owned()
-        })
-        .collect();
-    assert!(rolled_back.len() >= 200, "{}", rolled_back.len());
-    assert_eq!(
-        exited.nats("nak'ed after rollback"),
-        rolled_back.len() as u64
-    );
+    let rolled_back = exited.events_rolled_back();
+    assert!(rolled_back >= 200, "{}", exited.describe());
+    assert_eq!(exited.nats("nak'ed after rollback"), rolled_back);
     // Alone on the consumer, this instance got every nak'ed message back, once per nak.
-    assert_eq!(exited.nats("redelivered"), rolled_back.len() as u64);
+    assert_eq!(exited.nats("redelivered"), rolled_back);
     assert_eq!(exited.nats("acked"), events);
     assert_eq!(exited.number("events acknowledged"), events);
-    let stored = setup.stored_ids();
-    let missing: Vec<_> = rolled_back
-        .iter()
-        .filter(|id| !stored.contains(*id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "rolled back and never written: {missing:?}"
-    );
+    // Every event, those of the rolled-back batches included, is in the table once.
     setup.assert_exact(seed, events);
     setup.assert_drained();
 }
@@ -867,6 +851,93 @@ fn nats_malformed_payload_is_rejected_not_redelivered() {
     assert_eq!(exited.number("events acknowledged"), 100);
     setup.assert_exact(seed, 100);
     setup.assert_drained();
+}
+
+/// A batch the database never accepts is not redelivered forever: with `--max-deliveries 2`
+/// every message is nak'ed after its first failed batch and, failing again, written to the
+/// dead-letter file (synced) and terminated. Nothing is lost: the file, replayed with
+/// `--input`, stores every event.
+#[test]
+fn nats_messages_given_up_after_max_deliveries_go_to_the_dead_letter_file() {
+    let Some(setup) = Setup::new("poison") else {
+        return;
+    };
+    let seed = 17;
+    let events = 300;
+    setup.publish(events, seed, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let dead_letter = dir.path().join("given-up.ndjson");
+    let exited = setup
+        .instance(
+            "always failing",
+            &[
+                "--max-batch",
+                "100",
+                "--flush-every",
+                "300ms",
+                "--fail-every",
+                "1",
+                "--on-failure",
+                "skip-batch",
+                "--max-deliveries",
+                "2",
+                "--dead-letter",
+                dead_letter.to_str().unwrap(),
+                "--nak-delay",
+                "200ms",
+                "--idle-exit",
+                "4s",
+            ],
+        )
+        .wait(EXIT_TIMEOUT);
+    exited.assert_ok();
+    eprintln!("{}", exited.stdout);
+    assert_eq!(exited.number("events acknowledged"), 0);
+    // Each message: delivered, rolled back, nak'ed; redelivered, rolled back, given up.
+    assert_eq!(exited.nats("received"), 2 * events, "{}", exited.stdout);
+    assert_eq!(exited.nats("redelivered"), events);
+    assert_eq!(exited.nats("nak'ed after rollback"), events);
+    assert_eq!(exited.nats("dead-lettered"), events);
+    assert_eq!(exited.events_rolled_back(), 2 * events);
+    assert!(
+        exited
+            .value("batches rolled back")
+            .contains(&format!("{events} given up after --max-deliveries")),
+        "{}",
+        exited.stdout
+    );
+    assert_eq!(setup.rows_so_far(), 0);
+    setup.assert_drained();
+
+    // The dead letters: every event once, replayable.
+    let lines: Vec<String> = std::fs::read_to_string(&dead_letter)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            event["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(lines.len() as u64, events);
+    let distinct: BTreeSet<String> = lines.into_iter().collect();
+    assert_eq!(distinct, ids(seed, 1, events));
+    let replay = Instance::spawn(
+        "replay",
+        &[
+            "--input",
+            dead_letter.to_str().unwrap(),
+            "--database",
+            &setup.pg_url,
+            "--table",
+            &setup.table,
+            "-q",
+        ]
+        .map(String::from),
+    )
+    .wait(EXIT_TIMEOUT);
+    assert_eq!(replay.status.code(), Some(0), "{}", replay.describe());
+    assert_eq!(replay.number("events acknowledged"), events);
+    setup.assert_exact(seed, events);
 }
 
 /// SIGTERM: the instance stops pulling, finishes the batch in flight (commit + ack), gives
@@ -1097,7 +1168,7 @@ fn nats_source_stop_gives_back_the_open_request_at_once() {
 #[test]
 fn nats_setup_errors_exit_2_with_one_line() {
     let db = TempSqlite::new();
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 6] = [
         &["--source", "nats://127.0.0.1:1", "--database", &db.url],
         &["publish", "--source", "nats://127.0.0.1:1"],
         &["--source", "http://127.0.0.1:4222", "--database", &db.url],
@@ -1109,12 +1180,21 @@ fn nats_setup_errors_exit_2_with_one_line() {
             "--nak-delay",
             "1s",
         ],
+        &["--source", "nats://127.0.0.1:1", "--max-deliveries", "3"],
+        &[
+            "--source",
+            "nats://127.0.0.1:1",
+            "--dead-letter",
+            "dead.ndjson",
+        ],
     ];
     let expected = [
         "cannot connect to NATS at nats://127.0.0.1:1",
         "cannot connect to NATS at nats://127.0.0.1:1",
         "invalid NATS URL",
         "--idle-exit (500ms) must be longer than --nak-delay (1s)",
+        "--max-deliveries needs --dead-letter PATH",
+        "receives the events given up after --max-deliveries",
     ];
     for (args, expected) in cases.iter().zip(expected) {
         let started = Instant::now();
@@ -1132,6 +1212,7 @@ fn nats_setup_errors_exit_2_with_one_line() {
     }
     // Nothing was written: the database was never created.
     assert!(!db.dir.path().join("events.db").exists());
+    assert!(!db.dir.path().join("dead.ndjson").exists());
     // NATS-only options need --source.
     let output = common::run_binary(db.dir.path(), &["--idle-exit", "2s"], None);
     assert_eq!(output.status.code(), Some(2));

@@ -48,6 +48,17 @@ pub trait AckHandle: Send + fmt::Debug + 'static {
     fn nak(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>>;
     /// The record is invalid: do not deliver it again.
     fn reject(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>>;
+    /// How many times the source has delivered this record, this delivery included (1 the
+    /// first time), for sources that redeliver; `None` otherwise.
+    fn deliveries(&self) -> Option<u64> {
+        None
+    }
+    /// The record's batch was rolled back and the record has been delivered too often
+    /// (`--max-deliveries`): its event is in the dead-letter file, do not deliver it again.
+    /// The default rejects it.
+    fn give_up(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
+        self.reject()
+    }
     /// The record's batch was rolled back but its rows may still be (or become) present
     /// (the deletion failed or timed out): settle nothing and let the source redeliver it
     /// only after its own timeout, by when a late deletion has committed. Unlike dropping

@@ -417,6 +417,7 @@ struct SourceStats {
     acked: AtomicU64,
     nacked: AtomicU64,
     rejected: AtomicU64,
+    dead_lettered: AtomicU64,
     dropped_nacked: AtomicU64,
     abandoned: AtomicU64,
     progress_sent: AtomicU64,
@@ -439,6 +440,9 @@ pub struct NatsStats {
     pub nacked: u64,
     /// `+TERM` sent (invalid payload).
     pub rejected: u64,
+    /// `+TERM` sent for messages of a rolled-back batch delivered `--max-deliveries` times
+    /// (their events went to the dead-letter file first).
+    pub dead_lettered: u64,
     /// `-NAK` without delay for messages given back unsettled (cancellation, shutdown).
     pub dropped_nacked: u64,
     /// Messages left without a verdict on purpose (a rolled-back batch whose rows could not
@@ -462,6 +466,7 @@ impl NatsStats {
         self.acked
             + self.nacked
             + self.rejected
+            + self.dead_lettered
             + self.dropped_nacked
             + self.abandoned
             + self.send_failures
@@ -500,6 +505,7 @@ impl SourceStats {
             acked: g(&self.acked),
             nacked: g(&self.nacked),
             rejected: g(&self.rejected),
+            dead_lettered: g(&self.dead_lettered),
             dropped_nacked: g(&self.dropped_nacked),
             abandoned: g(&self.abandoned),
             progress_sent: g(&self.progress_sent),
@@ -516,13 +522,14 @@ impl fmt::Display for NatsStats {
         write!(
             f,
             "{} received ({} redelivered); verdicts: {} acked, {} nak'ed after rollback, \
-             {} rejected, {} given back unsettled, {} left for redelivery, {} not sent; \
-             {} keep-alives ({} not sent), {} failed pulls",
+             {} rejected, {} dead-lettered, {} given back unsettled, {} left for redelivery, \
+             {} not sent; {} keep-alives ({} not sent), {} failed pulls",
             self.received,
             self.redelivered,
             self.acked,
             self.nacked,
             self.rejected,
+            self.dead_lettered,
             self.dropped_nacked,
             self.abandoned,
             self.send_failures,
@@ -542,6 +549,7 @@ enum Verdict {
     Ack,
     Nak,
     Reject,
+    GiveUp,
     GiveBack,
     Progress,
 }
@@ -630,6 +638,12 @@ impl AckHandle for NatsAck {
     fn reject(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
         self.settle(Verdict::Reject)
     }
+    fn deliveries(&self) -> Option<u64> {
+        u64::try_from(self.delivered).ok()
+    }
+    fn give_up(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
+        self.settle(Verdict::GiveUp)
+    }
     fn abandon(mut self: Box<Self>) {
         if self.reply.take().is_some() {
             // No verdict and no more keep-alives: the broker redelivers after `ack_wait`.
@@ -666,6 +680,7 @@ async fn ack_task(
             Verdict::Nak if nak_delay.is_zero() => (AckKind::Nak(None), &stats.nacked),
             Verdict::Nak => (AckKind::Nak(Some(nak_delay)), &stats.nacked),
             Verdict::Reject => (AckKind::Term, &stats.rejected),
+            Verdict::GiveUp => (AckKind::Term, &stats.dead_lettered),
             Verdict::GiveBack => (AckKind::Nak(None), &stats.dropped_nacked),
             Verdict::Progress => (AckKind::Progress, &stats.progress_sent),
         };
