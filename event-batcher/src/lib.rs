@@ -60,13 +60,16 @@
 //! - `--on-failure skip-batch`: the handler registers its compensations on the same scope,
 //!   and on failure runs `scope.rollback(policy)` itself (the scope holds only this batch's
 //!   compensations: `UnitOfWork::Item` commits each successful batch), records the batch as
-//!   failed (and writes its events to `--dead-letter`), and returns `Ok`: the run goes on. A
+//!   failed (and writes its events to `--dead-letter`, unless the source redelivers them:
+//!   NATS, see `--max-deliveries`), and returns `Ok`: the run goes on. A
 //!   cancellation while the batch is being written rolls it back as in stop mode. If a
 //!   rollback cannot complete, the run stops, reported as not rolled back cleanly: rows it
 //!   could not delete are still there, and the check will say so.
 //! - A record's source is nak'ed only after its batch's rows were deleted; when the delete
 //!   failed or timed out, the record is abandoned instead (no verdict: redelivered after
-//!   the source's own timeout, by when a late delete has finished).
+//!   the source's own timeout, by when a late delete has finished). With
+//!   `--max-deliveries N`, a record delivered N times is not nak'ed but given up: its event
+//!   is appended to `--dead-letter` and synced first (nak'ed after all if that fails).
 //! - Ctrl-C cancels the run: the batch being written is dropped at once and rolled back.
 //!
 //! # Sources and acknowledgements

@@ -130,7 +130,8 @@ pub struct NatsOptions {
     /// docs.
     pub max_ack_pending: i64,
     /// Max delivery attempts per message, `-1` = unlimited (creation only). With a finite value
-    /// the broker silently drops a message after that many failed batches.
+    /// the broker silently drops a message after that many failed batches: bound deliveries
+    /// with the pipeline's `--max-deliveries` instead, which dead-letters the event first.
     pub max_deliver: i64,
     /// Messages per pull request = the most this instance prefetches. Best: the batch size.
     pub pull_batch: usize,
