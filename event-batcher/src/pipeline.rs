@@ -8,7 +8,7 @@
 //! The crate documentation explains the design; the rules each step follows are on
 //! [`Pipeline::run`].
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -137,10 +137,13 @@ pub struct Config {
     /// for NATS, the events given up after [`max_deliveries`](Self::max_deliveries) (the
     /// others of a rolled-back batch are redelivered, not dead).
     pub dead_letter: Option<PathBuf>,
-    /// NATS: a message of a rolled-back batch that has been delivered this many times is not
-    /// given back again: its event is appended to [`dead_letter`](Self::dead_letter) (written
-    /// and synced first) and the message is terminated (`+TERM`). `None`: redelivered until
-    /// its batch commits.
+    /// NATS: a message of a rolled-back batch that has been delivered this many times (every
+    /// delivery counts, including those after a graceful stop gave it back or its ack wait
+    /// expired; the count restarts after a broker crash) is not given back again: its event
+    /// is appended to [`dead_letter`](Self::dead_letter) (which is then opened for appending,
+    /// never truncated; written and synced first) and the message is terminated (`+TERM`).
+    /// A batch rolled back because the run was cancelled gives nothing up. `None`:
+    /// redelivered until its batch commits.
     pub max_deliveries: Option<u64>,
     /// How progress is shown.
     pub progress: ProgressMode,
@@ -388,6 +391,64 @@ struct Ctx {
     /// letters, unless given up after `max_deliveries`.
     redelivers: bool,
     max_deliveries: Option<u64>,
+    /// The dead-letter file of given-up events (`--max-deliveries`).
+    given_up: Option<Mutex<GivenUpFile>>,
+    /// The run's cancellation: a batch rolled back because of it gives nothing up.
+    cancel: CancellationToken,
+}
+
+/// The dead-letter file of a NATS run with `--max-deliveries`: opened for appending, so a
+/// restart (or another instance given the same path) never truncates it, and written
+/// unbuffered, one `write` of whole lines per batch, synced before the messages are given up.
+struct GivenUpFile {
+    file: File,
+    /// Cleared by a failed write (a partial line may be left): later events are nak'ed
+    /// instead of given up.
+    usable: bool,
+}
+
+impl GivenUpFile {
+    /// Opens (creates) `path` for appending and syncs its directory, so that the file itself
+    /// survives a crash once a message has been given up.
+    fn open(path: &Path) -> Result<Self, SetupError> {
+        let error = |source| SetupError::Output {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(error)?;
+        let dir = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(error)?;
+        Ok(Self { file, usable: true })
+    }
+
+    /// Appends `events` as NDJSON lines and syncs them to disk.
+    fn append<'a>(&mut self, events: impl Iterator<Item = &'a Event>) -> std::io::Result<()> {
+        if !self.usable {
+            return Err(std::io::Error::other("an earlier write to it failed"));
+        }
+        let mut lines = Vec::new();
+        for event in events {
+            serde_json::to_writer(&mut lines, event)?;
+            lines.push(b'\n');
+        }
+        let written = self
+            .file
+            .write_all(&lines)
+            .and_then(|()| self.file.sync_data());
+        if written.is_err() {
+            self.usable = false;
+        }
+        written
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -466,6 +527,13 @@ impl Pipeline {
         } = self;
         config.check()?;
         check_outputs(&config)?;
+        if source.is_some() && config.max_deliveries.is_some() {
+            return Err(SetupError::Config(
+                "--max-deliveries applies to the NATS source of the configuration, not to a \
+                 source given to Pipeline::source"
+                    .into(),
+            ));
+        }
         let (opened, label, expected) = match source {
             Some((records, label, expected)) => {
                 let records = records.take_until(stop.cancelled_owned()).boxed();
@@ -488,6 +556,17 @@ impl Pipeline {
             records: source,
             nats,
         } = opened;
+        if let (Some(nats), Some(max)) = (&nats, config.max_deliveries)
+            && let Ok(limit @ 1..) = u64::try_from(nats.max_deliver())
+            && limit <= max
+        {
+            // The broker would drop the message silently before it is dead-lettered.
+            return Err(SetupError::Config(format!(
+                "the NATS consumer drops a message after {limit} deliveries (its max_deliver), \
+                 before --max-deliveries {max} could dead-letter it: use --max-deliveries below \
+                 {limit}, or a consumer with unlimited deliveries"
+            )));
+        }
         // The server gives a rollback's DELETE up a little before the compensation attempt
         // times out, so a DELETE reported as timed out cannot commit later.
         let store = Store::connect(&config.database, &config.table, config.connect_timeout)
@@ -495,9 +574,15 @@ impl Pipeline {
             .with_delete_timeout(config.rollback.attempt_timeout.mul_f64(0.9));
         // Created (truncated) only now that the run can start: a setup error leaves existing
         // files as they were.
-        let outputs = create_output(config.rejects.as_deref())
-            .and_then(|rejects| Ok((rejects, create_output(config.dead_letter.as_deref())?)));
-        let (rejects, dead_letter) = match outputs {
+        let outputs = create_output(config.rejects.as_deref()).and_then(|rejects| {
+            Ok(
+                match (config.max_deliveries, config.dead_letter.as_deref()) {
+                    (Some(_), Some(path)) => (rejects, None, Some(GivenUpFile::open(path)?)),
+                    (_, path) => (rejects, create_output(path)?, None),
+                },
+            )
+        });
+        let (rejects, dead_letter, given_up) = match outputs {
             Ok(outputs) => outputs,
             Err(error) => {
                 store.close().await;
@@ -530,6 +615,8 @@ impl Pipeline {
             dead_letter,
             redelivers: nats.is_some(),
             max_deliveries: config.max_deliveries,
+            given_up: given_up.map(Mutex::new),
+            cancel: cancel.clone(),
         });
 
         let started = Instant::now();
@@ -911,9 +998,13 @@ impl Ctx {
             }
             return;
         }
+        // A cancelled run says nothing about whether the database accepts these events.
+        let may_give_up = !self.cancel.is_cancelled();
         let exhausted = |ack: &Ack| {
-            self.max_deliveries
-                .is_some_and(|max| ack.deliveries().is_some_and(|n| n >= max))
+            may_give_up
+                && self
+                    .max_deliveries
+                    .is_some_and(|max| ack.deliveries().is_some_and(|n| n >= max))
         };
         let (given_up, mut retried): (Vec<_>, Vec<_>) =
             pending.into_iter().partition(|(_, ack)| exhausted(ack));
@@ -947,19 +1038,16 @@ impl Ctx {
         }
     }
 
-    /// Appends `events` to the dead-letter file and makes them durable (flush + fsync)
-    /// before their records are given up.
+    /// Appends `events` to the dead-letter file and makes them durable (fsync) before their
+    /// records are given up.
     fn dead_letter_durably<'a>(
         &self,
         events: impl Iterator<Item = &'a Event>,
     ) -> std::io::Result<()> {
-        let Some(file) = &self.dead_letter else {
-            return Err(std::io::Error::other("no --dead-letter file"));
-        };
-        let mut file = lock(file);
-        write_events(&mut file, events)?;
-        file.flush()?;
-        file.get_ref().sync_data()
+        match &self.given_up {
+            Some(file) => lock(file).append(events),
+            None => Err(std::io::Error::other("no --dead-letter file")),
+        }
     }
 
     /// Counts, reports and (unless `--strict`) drops an invalid record.

@@ -799,6 +799,11 @@ impl NatsSource {
         self.consumer.cached_info().config.ack_wait
     }
 
+    /// The consumer's `max_deliver` as the server has it (`-1` or `0`: unlimited).
+    pub fn max_deliver(&self) -> i64 {
+        self.consumer.cached_info().config.max_deliver
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> NatsStats {
         self.shared.stats.snapshot()
