@@ -386,10 +386,9 @@ struct Ctx {
     fault_rng: Mutex<fastrand::Rng>,
     strict: bool,
     rejects: Option<Mutex<BufWriter<File>>>,
+    /// The dead-letter file of a source that does not redeliver (every event of a
+    /// rolled-back batch). A NATS source redelivers those: its file is `given_up`.
     dead_letter: Option<Mutex<BufWriter<File>>>,
-    /// The source redelivers the events of a rolled-back batch (NATS): they are not dead
-    /// letters, unless given up after `max_deliveries`.
-    redelivers: bool,
     max_deliveries: Option<u64>,
     /// The dead-letter file of given-up events (`--max-deliveries`).
     given_up: Option<Mutex<GivenUpFile>>,
@@ -436,10 +435,7 @@ impl GivenUpFile {
             return Err(std::io::Error::other("an earlier write to it failed"));
         }
         let mut lines = Vec::new();
-        for event in events {
-            serde_json::to_writer(&mut lines, event)?;
-            lines.push(b'\n');
-        }
+        write_events(&mut lines, events)?;
         let written = self
             .file
             .write_all(&lines)
@@ -613,7 +609,6 @@ impl Pipeline {
             strict: config.strict,
             rejects,
             dead_letter,
-            redelivers: nats.is_some(),
             max_deliveries: config.max_deliveries,
             given_up: given_up.map(Mutex::new),
             cancel: cancel.clone(),
@@ -968,9 +963,8 @@ impl Ctx {
             );
         }
         self.stats.batch_rolled_back(batch, error, report);
-        if !self.redelivers
-            && let Some(file) = &self.dead_letter
-            && let Err(error) = write_events(&mut lock(file), batch.events.iter())
+        if let Some(file) = &self.dead_letter
+            && let Err(error) = write_events(&mut *lock(file), batch.events.iter())
         {
             self.stats
                 .warn(format!("cannot write to the dead-letter file: {error}"));
@@ -982,8 +976,7 @@ impl Ctx {
     /// - rows not (surely) deleted: every hook is abandoned, the source redelivers after its
     ///   own timeout (see [`register_undo`](Self::register_undo));
     /// - otherwise, with `--max-deliveries N`, the events whose record has been delivered N
-    ///   times are appended to the dead-letter file, which is flushed and synced, and only
-    ///   then given up (`+TERM`); if the file cannot be written they are nak'ed instead, so
+    ///   times are appended to the dead-letter file, which is synced, and only then given up (`+TERM`); if the file cannot be written they are nak'ed instead, so
     ///   no event is ever dropped;
     /// - every other hook is nak'ed (redelivered after `--nak-delay`).
     async fn settle_rolled_back(
@@ -1180,12 +1173,12 @@ impl Ctx {
 
 /// Writes `events` as NDJSON (replayable with `--input`).
 fn write_events<'a>(
-    file: &mut BufWriter<File>,
+    out: &mut impl Write,
     events: impl Iterator<Item = &'a Event>,
 ) -> std::io::Result<()> {
     for event in events {
-        serde_json::to_writer(&mut *file, event)?;
-        file.write_all(b"\n")?;
+        serde_json::to_writer(&mut *out, event)?;
+        out.write_all(b"\n")?;
     }
     Ok(())
 }
