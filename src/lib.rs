@@ -42,7 +42,7 @@
 //!     Ok(Event { payload: event.payload.to_uppercase(), ..event })
 //! }
 //!
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let store = Store::default();
 //! let events = stream::iter((0..1_200u64).map(|id| Ok::<_, Error>(Event {
