@@ -1,10 +1,12 @@
 //! Scaling out: several `event-batcher` processes share one NATS JetStream durable consumer and
 //! write to one PostgreSQL table, with ack after commit and nak after rollback.
 //!
-//! Selected by `EVENT_BATCHER_NATS_URL` (e.g. `nats://127.0.0.1:4222`, a server with JetStream)
-//! together with `EVENT_BATCHER_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`):
-//! - unset: each such test prints `skipped: set EVENT_BATCHER_NATS_URL …` on stderr and passes;
-//! - set: the tests run and FAIL if a server cannot be reached or NATS has no JetStream.
+//! The tests that need servers are `#[ignore]`d: `cargo test` on a machine without them reports
+//! them as ignored, never as passed. Run them with `cargo test -p event-batcher -- --ignored`
+//! and both `EVENT_BATCHER_NATS_URL` (e.g. `nats://127.0.0.1:4222`, a server with JetStream)
+//! and `EVENT_BATCHER_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`) set; run
+//! that way, a test FAILS when a variable is unset, a server cannot be reached or NATS has no
+//! JetStream.
 //!
 //! Every test uses a stream, subject, consumer and table of its own, deleted at the end even
 //! when the test fails, and kills (by PID) any instance it started that is still running.
@@ -31,24 +33,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_event-batcher");
 /// Longest wait for an instance to exit by itself.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Both server URLs, or `None` after printing why the test is skipped.
-fn services() -> Option<(String, String)> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    match (var(NATS_ENV), var(POSTGRES_ENV)) {
-        (Some(nats), Some(postgres)) => Some((nats, postgres)),
-        (nats, _) => {
-            let missing = if nats.is_none() {
-                NATS_ENV
-            } else {
-                POSTGRES_ENV
-            };
-            eprintln!(
-                "skipped: set {NATS_ENV} (e.g. nats://127.0.0.1:4222) and {POSTGRES_ENV} (e.g. \
-                 postgres://postgres@127.0.0.1:5432/test) to run the NATS tests ({missing} is unset)"
-            );
-            None
-        }
-    }
+/// Both server URLs; fails the test when one is not set.
+fn services() -> (String, String) {
+    (
+        common::required_env(NATS_ENV, "nats://127.0.0.1:4222"),
+        common::required_env(POSTGRES_ENV, "postgres://postgres@127.0.0.1:5432/test"),
+    )
 }
 
 /// Taken by [`Setup::new`] for the whole test: the NATS tests run one at a time. Each starts
@@ -73,11 +63,11 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(tag: &str) -> Option<Setup> {
-        let (nats_url, pg_url) = services()?;
+    fn new(tag: &str) -> Setup {
+        let (nats_url, pg_url) = services();
         // Poison-tolerant: a failed test must not fail the ones after it.
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        Some(Setup::on(tag, nats_url, pg_url, serial))
+        Setup::on(tag, nats_url, pg_url, serial)
     }
 
     /// A setup on the NATS server at `nats_url` (e.g. a [`PrivateNats`]).
@@ -531,8 +521,8 @@ impl PrivateNats {
             })
             .unwrap_or_else(|| {
                 panic!(
-                    "{NATS_ENV} is set, and the broker-restart test needs a nats-server binary \
-                     of its own: put nats-server on the PATH or set EVENT_BATCHER_NATS_SERVER"
+                    "the broker-restart test needs a nats-server binary of its own: put \
+                     nats-server on the PATH or set EVENT_BATCHER_NATS_SERVER"
                 )
             });
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -615,10 +605,9 @@ const EVENTS: u64 = 20_000;
 /// every third batch (skip-batch: rolled back, nak'ed, redelivered): the table ends with
 /// exactly the 20,000 events, none missing, none twice, and each message was acked once.
 #[test]
+#[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
 fn nats_three_instances_one_failing_store_every_event_exactly_once() {
-    let Some(setup) = Setup::new("three") else {
-        return;
-    };
+    let setup = Setup::new("three");
     let seed = 11;
     setup.publish(EVENTS, seed, 0);
     let common = [
@@ -701,10 +690,9 @@ fn nats_three_instances_one_failing_store_every_event_exactly_once() {
 /// (4 s here) has passed; the batch it had written is found already present, and the table is
 /// still exact.
 #[test]
+#[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
 fn nats_sigkilled_instance_messages_are_redelivered_to_the_others() {
-    let Some(setup) = Setup::new("kill") else {
-        return;
-    };
+    let setup = Setup::new("kill");
     let seed = 12;
     setup.publish(EVENTS, seed, 0);
     // Long enough for a loaded CI machine to send the keep-alives in time (every 1/3 of
@@ -780,10 +768,9 @@ fn nats_sigkilled_instance_messages_are_redelivered_to_the_others() {
 /// The issue's third test: a rolled-back batch's messages come back (nak with delay) and are
 /// eventually written. One instance, every 4th batch failing after writing its first half.
 #[test]
+#[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
 fn nats_rolled_back_batch_messages_come_back_and_are_written() {
-    let Some(setup) = Setup::new("rollback") else {
-        return;
-    };
+    let setup = Setup::new("rollback");
     let seed = 13;
     let events = 1_000;
     setup.publish(events, seed, 0);
@@ -825,10 +812,9 @@ fn nats_rolled_back_batch_messages_come_back_and_are_written() {
 /// A malformed payload is an invalid record: counted, reported, and terminated (`+TERM`), so
 /// it is never redelivered, even with an ack wait shorter than the run.
 #[test]
+#[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
 fn nats_malformed_payload_is_rejected_not_redelivered() {
-    let Some(setup) = Setup::new("malformed") else {
-        return;
-    };
+    let setup = Setup::new("malformed");
     let seed = 14;
     setup.publish(100, seed, 3);
     let exited = setup
@@ -868,10 +854,9 @@ fn nats_malformed_payload_is_rejected_not_redelivered() {
 /// dead-letter file (synced) and terminated. Nothing is lost: the file, replayed with
 /// `--input`, stores every event.
 #[test]
+#[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
 fn nats_messages_given_up_after_max_deliveries_go_to_the_dead_letter_file() {
-    let Some(setup) = Setup::new("poison") else {
-        return;
-    };
+    let setup = Setup::new("poison");
     let seed = 17;
     let events = 300;
     setup.publish(events, seed, 0);
@@ -961,10 +946,9 @@ fn nats_messages_given_up_after_max_deliveries_go_to_the_dead_letter_file() {
 /// back what it had prefetched, prints its summary and exits 0; the next instance takes the
 /// rest at once (not after the 30 s ack wait), and the table is exact.
 #[test]
+#[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
 fn nats_sigterm_finishes_the_batch_in_flight_and_gives_the_rest_back() {
-    let Some(setup) = Setup::new("sigterm") else {
-        return;
-    };
+    let setup = Setup::new("sigterm");
     let seed = 15;
     setup.publish(EVENTS, seed, 0);
     let first = setup.instance("first", &["--max-batch", "50", "--flush-every", "5s"]);
@@ -1034,10 +1018,9 @@ fn nats_sigterm_finishes_the_batch_in_flight_and_gives_the_rest_back() {
 /// exact. Acks the server had not yet stored when it died are replayed as redeliveries of
 /// rows already present (absorbed by the idempotent insert), never as duplicates.
 #[test]
+#[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
 fn nats_broker_crash_and_restart_loses_and_duplicates_nothing() {
-    let Some((_, pg_url)) = services() else {
-        return;
-    };
+    let (_, pg_url) = services();
     let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     // Declared first, dropped last: the setup deletes its stream through it.
     let mut server = PrivateNats::start();
@@ -1095,13 +1078,12 @@ fn nats_broker_crash_and_restart_loses_and_duplicates_nothing() {
 /// an immediate `-NAK`, the stream ends, and a new reader gets exactly those 90 at once as
 /// redeliveries, far inside the 30 s ack wait.
 #[test]
+#[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
 fn nats_source_stop_gives_back_the_open_request_at_once() {
     use futures::StreamExt;
     use tokio_util::sync::CancellationToken;
 
-    let Some(setup) = Setup::new("giveback") else {
-        return;
-    };
+    let setup = Setup::new("giveback");
     let seed = 21;
     setup.publish(100, seed, 0);
     let mut options = NatsOptions::new(

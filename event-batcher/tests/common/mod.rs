@@ -19,8 +19,19 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use sqlx::{AssertSqlSafe, Row};
 
-/// The environment variable that selects the PostgreSQL tests.
+/// The environment variable that names the PostgreSQL server of the `#[ignore]`d tests.
 pub const POSTGRES_ENV: &str = "EVENT_BATCHER_POSTGRES_URL";
+
+/// The value of `name`, for a test that needs a server; the test fails (never skips) when it
+/// is unset or empty: such tests are `#[ignore]`d, so they run only when asked for.
+pub fn required_env(name: &str, example: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value,
+        _ => panic!(
+            "this test needs a server: set {name} (e.g. {example}); see event-batcher/README.md, Tests"
+        ),
+    }
+}
 
 /// A synthetic run of `events` events in batches of `max_batch` into `database`/`table`,
 /// without progress output and with immediate compensation retries.

@@ -1,5 +1,5 @@
 //! The end-to-end scenarios, written once and run against SQLite (always) and PostgreSQL
-//! (when `EVENT_BATCHER_POSTGRES_URL` is set). Each checks the summary *and* reads the
+//! (`--ignored`, with `EVENT_BATCHER_POSTGRES_URL` set). Each checks the summary *and* reads the
 //! database directly.
 
 use event_batcher::pipeline::OnFailure;
