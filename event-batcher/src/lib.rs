@@ -46,7 +46,7 @@
 //! inserted, never a row that was already there. It is indexed, needs no list of ids (no
 //! bind-parameter limit), and is idempotent, so the library may retry it safely.
 //!
-//! The same columns give the consistency check its meaning (see [`summary`]): the rows of
+//! The same columns give the consistency check its meaning (see [`report::check`]): the rows of
 //! this run must be exactly those inserted by committed batches, and no row may carry the
 //! number of a rolled-back batch.
 //!
@@ -72,10 +72,19 @@
 //!   is appended to `--dead-letter` and synced first (nak'ed after all if that fails).
 //! - Ctrl-C cancels the run: the batch being written is dropped at once and rolled back.
 //!
+//! # Layers
+//!
+//! Imports flow one way, bottom to top: [`console`] (the one writer to standard error) and
+//! the lock helper; [`event`] (the event and its rules), [`record`] (what a source hands
+//! over), [`validate`]; the [`source`]s and the [`store`], each with its own typed errors;
+//! [`report`] (counters, the consistency check, the summary, the progress display); the
+//! [`pipeline`], which wraps the errors below it; and the [`cli`] on top, the only place
+//! that knows about flags.
+//!
 //! # Sources and acknowledgements
 //!
 //! The pipeline is generic over its source: a [`source::RecordStream`] of records carrying
-//! an optional [`source::AckHandle`], acked after the record's batch commits, nak'ed after
+//! an optional [`record::AckHandle`], acked after the record's batch commits, nak'ed after
 //! it is rolled back (the nak is a compensation registered before the delete, so it runs
 //! after it), rejected when invalid. The file sources have nothing to acknowledge; the NATS
 //! JetStream source ([`source::nats`], `--source nats://…`) is a durable pull consumer that
@@ -100,13 +109,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+// Layers, bottom to top: a module imports only modules listed before it (one way; checked
+// by `module-cycles`).
 pub mod cli;
+pub mod console;
 pub mod event;
 pub mod pipeline;
-pub mod progress;
+pub mod record;
+pub mod report;
 pub mod source;
 pub mod store;
-pub mod summary;
+mod sync;
+pub mod validate;
 
 pub use pipeline::{Config, Pipeline, PipelineError, SetupError, run};
-pub use summary::Summary;
+pub use report::Summary;

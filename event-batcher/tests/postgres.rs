@@ -105,6 +105,17 @@ async fn postgres_rerun_is_idempotent_and_rollback_spares_earlier_rows() {
     .await;
 }
 
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
+async fn postgres_duplicate_id_inside_one_batch_is_stored_once() {
+    common::within(async {
+        let url = postgres_url();
+        let table = TestTable::new(&url, "dup");
+        scenarios::duplicate_id_in_one_batch(&url, &table.name).await;
+    })
+    .await;
+}
+
 #[test]
 #[ignore = "needs PostgreSQL: set EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
 fn postgres_binary_rollback_run() {

@@ -135,7 +135,7 @@ mod tests {
             .into_iter()
             .map(|r| match r.unwrap().body {
                 RecordBody::Event(e) => e.id,
-                RecordBody::Json(_) => unreachable!("synthetic records are events"),
+                other => panic!("synthetic records are events, got {other:?}"),
             })
             .collect();
         assert_eq!(

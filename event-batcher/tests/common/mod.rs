@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use event_batcher::Config;
 use event_batcher::pipeline::{Faults, OnFailure, RollbackSettings};
-use event_batcher::progress::ProgressMode;
+use event_batcher::report::ProgressMode;
 use event_batcher::source::synthetic::event_id;
 use event_batcher::source::{SourceSpec, SyntheticSpec};
 use sqlx::postgres::PgPool;
@@ -136,6 +136,23 @@ impl Db {
                 .into_iter()
                 .map(|row| row.get::<String, _>(0))
                 .collect(),
+        }
+    }
+
+    /// The stored payload of event `id`.
+    pub async fn payload(&self, table: &str, id: &str) -> String {
+        let sql = format!("SELECT payload FROM {table} WHERE id = ");
+        match self {
+            Db::Sqlite(pool) => sqlx::query_scalar(AssertSqlSafe(format!("{sql}?")))
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .expect("select payload"),
+            Db::Postgres(pool) => sqlx::query_scalar(AssertSqlSafe(format!("{sql}$1")))
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .expect("select payload"),
         }
     }
 

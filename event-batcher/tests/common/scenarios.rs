@@ -3,7 +3,7 @@
 //! database directly.
 
 use event_batcher::pipeline::OnFailure;
-use event_batcher::summary::Outcome;
+use event_batcher::report::Outcome;
 
 use super::{Db, failing, ids, ids_of_surviving_batches, synthetic};
 
@@ -136,5 +136,44 @@ pub async fn rerun_idempotent(url: &str, table: &str) {
     assert_eq!(third.rows.as_ref().map(|r| r.total), Ok(1000));
     assert_eq!(db.ids(table).await, ids(seed, 1, 1000));
     assert_eq!(db.rows_of_run(table, third.run_id).await, 0);
+    db.close().await;
+}
+
+/// The same id twice in one batch (with different payloads), and once more in the next
+/// batch: stored once (the first occurrence), every occurrence acknowledged, the check holds.
+pub async fn duplicate_id_in_one_batch(url: &str, table: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dup.ndjson");
+    let line =
+        |id: &str, n: u32| format!(r#"{{"id":"{id}","tenant":"t","ts":1,"payload":{{"n":{n}}}}}"#);
+    let lines = [
+        line("dup", 1),
+        line("x", 2),
+        line("dup", 3),
+        line("y", 4),
+        line("dup", 5),
+    ];
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let config = event_batcher::Config {
+        source: event_batcher::source::SourceSpec::Ndjson(event_batcher::source::Input::File(path)),
+        ..synthetic(url, table, 0, 4, 9)
+    };
+    let summary = event_batcher::run(config).await.expect("the run starts");
+    assert_eq!(summary.outcome, Outcome::Finished, "{summary}");
+    assert_eq!(summary.invalid, 0);
+    assert_eq!(summary.acknowledged, 5, "{summary}");
+    assert_eq!(
+        (summary.inserted, summary.already_present),
+        (3, 2),
+        "{summary}"
+    );
+    assert!(summary.check.holds, "{summary}");
+
+    let db = Db::open(url).await;
+    assert_eq!(
+        db.ids(table).await,
+        ["dup", "x", "y"].map(String::from).into()
+    );
+    assert_eq!(db.payload(table, "dup").await, r#"{"n":1}"#);
     db.close().await;
 }

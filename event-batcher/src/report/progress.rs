@@ -6,8 +6,9 @@
 //!   lines, not control sequences);
 //! - the display reads the pipeline's atomic counters from its own task: the pipeline never
 //!   waits for it, and nothing is done per event;
-//! - messages (an invalid line, a rolled-back batch) go through [`Reporter::println`], above
-//!   the bar when there is one, so they do not tear it;
+//! - messages (an invalid line, a rolled-back batch) and the plain lines go through the
+//!   run's [`Console`], which prints them above the bar when there is one, so they do not
+//!   tear it;
 //! - the summary goes to standard output, after the bar is cleared.
 
 use std::io::IsTerminal;
@@ -20,7 +21,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::summary::Stats;
+use super::stats::Stats;
+use crate::console::Console;
 
 /// How often a plain progress line is printed.
 pub const PLAIN_EVERY: Duration = Duration::from_secs(2);
@@ -28,7 +30,7 @@ pub const PLAIN_EVERY: Duration = Duration::from_secs(2);
 const BAR_EVERY: Duration = Duration::from_millis(100);
 
 /// How progress is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProgressMode {
     /// A bar on a terminal, plain lines otherwise.
     #[default]
@@ -41,61 +43,46 @@ pub enum ProgressMode {
     None,
 }
 
-/// Prints messages on standard error, above the progress bar if there is one. Cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub struct Reporter {
-    bar: Option<ProgressBar>,
-}
-
-impl Reporter {
-    /// Prints one line on standard error.
-    pub fn println(&self, line: impl AsRef<str>) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{}", line.as_ref()),
-        }
-    }
-}
-
 /// The running progress display.
 #[derive(Debug)]
 pub(crate) struct Progress {
-    reporter: Reporter,
+    console: Console,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
 
 impl Progress {
-    /// Starts the display; `total` is the number of records expected, if known.
-    pub fn start(mode: ProgressMode, total: Option<u64>, stats: Arc<Stats>) -> Progress {
+    /// Starts the display on `console`; `total` is the number of records expected, if known.
+    pub fn start(
+        mode: ProgressMode,
+        total: Option<u64>,
+        stats: Arc<Stats>,
+        console: Console,
+    ) -> Progress {
         let mode = match mode {
             ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
             ProgressMode::Auto => ProgressMode::Plain,
             other => other,
         };
         let stop = CancellationToken::new();
-        let (reporter, task) = match mode {
+        let task = match mode {
             ProgressMode::Bar => {
                 let bar = new_bar(total);
-                let task = tokio::spawn(refresh_bar(bar.clone(), stats, stop.clone()));
-                (Reporter { bar: Some(bar) }, Some(task))
+                console.attach(bar.clone());
+                Some(tokio::spawn(refresh_bar(bar, stats, stop.clone())))
             }
-            ProgressMode::Plain => {
-                let task = tokio::spawn(print_lines(stats, stop.clone()));
-                (Reporter::default(), Some(task))
-            }
-            ProgressMode::None | ProgressMode::Auto => (Reporter::default(), None),
+            ProgressMode::Plain => Some(tokio::spawn(print_lines(
+                stats,
+                console.clone(),
+                stop.clone(),
+            ))),
+            ProgressMode::None | ProgressMode::Auto => None,
         };
         Progress {
-            reporter,
+            console,
             stop,
             task,
         }
-    }
-
-    /// A handle for messages.
-    pub fn reporter(&self) -> Reporter {
-        self.reporter.clone()
     }
 
     /// Stops the display and clears the bar.
@@ -105,7 +92,7 @@ impl Progress {
             // The task only ends by the token; a panic in it is not the run's failure.
             let _ = task.await;
         }
-        if let Some(bar) = &self.reporter.bar {
+        if let Some(bar) = self.console.detach() {
             bar.finish_and_clear();
         }
     }
@@ -150,7 +137,7 @@ async fn refresh_bar(bar: ProgressBar, stats: Arc<Stats>, stop: CancellationToke
     }
 }
 
-async fn print_lines(stats: Arc<Stats>, stop: CancellationToken) {
+async fn print_lines(stats: Arc<Stats>, console: Console, stop: CancellationToken) {
     let started = Instant::now();
     let mut ticks = tokio::time::interval_at(started + PLAIN_EVERY, PLAIN_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -161,9 +148,9 @@ async fn print_lines(stats: Arc<Stats>, stop: CancellationToken) {
         }
         let elapsed = started.elapsed();
         let (read, message) = counts(&stats, elapsed);
-        eprintln!(
+        console.println(format!(
             "progress: {:.0} s, {read} events read, {message}",
             elapsed.as_secs_f64()
-        );
+        ));
     }
 }

@@ -1,0 +1,69 @@
+//! The pipeline's errors: a failure during the run ([`PipelineError`]) and one that keeps
+//! the run from starting ([`SetupError`]). Each wraps the typed error of the layer it came
+//! from (source, store, configuration) as its `#[source]`.
+
+use super::config::ConfigError;
+use crate::source::{OpenError, SourceError};
+use crate::store::{ConnectError, QueryError};
+use crate::validate::Rejected;
+
+/// A failure during the run: the error type of every stream in the chain.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A record failed validation.
+    #[error("invalid input at {0}")]
+    Invalid(Box<Rejected>),
+    /// The source could not be read.
+    #[error("cannot read the input: {0}")]
+    Source(#[from] SourceError),
+    /// A write to the database failed.
+    #[error("batch {batch}: database write failed: {source}")]
+    Write {
+        /// The batch number.
+        batch: u64,
+        /// The database error.
+        #[source]
+        source: QueryError,
+    },
+    /// An injected failure (`--fail-every`, `--fail-rate`).
+    #[error("batch {batch}: injected failure after writing the first {written} of {len} events")]
+    Injected {
+        /// The batch number.
+        batch: u64,
+        /// Events written before the failure.
+        written: usize,
+        /// Events in the batch.
+        len: usize,
+    },
+    /// A failed batch could not be undone (skip-batch mode stops then).
+    #[error("batch {batch} could not be rolled back: {report}")]
+    RollbackIncomplete {
+        /// The batch number.
+        batch: u64,
+        /// The rollback report.
+        report: String,
+    },
+}
+
+/// An error that prevents the run from starting: exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A bad option value.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database cannot be used (a bad URL, unreachable, an unusable table).
+    #[error(transparent)]
+    Database(#[from] ConnectError),
+    /// The source cannot be opened (an unreadable input, an unusable NATS server).
+    #[error(transparent)]
+    Source(#[from] OpenError),
+    /// An output file (`--rejects`, `--dead-letter`) cannot be created.
+    #[error("cannot create {path}: {source}")]
+    Output {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}

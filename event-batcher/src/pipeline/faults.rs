@@ -1,0 +1,51 @@
+//! Failures injected on purpose (`--fail-every`, `--fail-rate`, `--fail-rollback-attempts`,
+//! `--hang-at-batch`), for demonstrations and tests.
+
+use std::sync::Mutex;
+
+use super::config::Faults;
+use crate::console::Console;
+use crate::sync::lock;
+
+/// Decides which batches fail, from [`Faults`] and a generator seeded with its seed.
+#[derive(Debug)]
+pub(super) struct FaultInjector {
+    faults: Faults,
+    rng: Mutex<fastrand::Rng>,
+}
+
+impl FaultInjector {
+    pub(super) fn new(faults: Faults) -> Self {
+        Self {
+            faults,
+            rng: Mutex::new(fastrand::Rng::with_seed(faults.seed)),
+        }
+    }
+
+    /// Whether batch `seq` gets an injected failure.
+    pub(super) fn should_fail(&self, seq: u64) -> bool {
+        self.faults
+            .fail_every
+            .is_some_and(|n| seq.is_multiple_of(n))
+            || (self.faults.fail_rate > 0.0 && lock(&self.rng).f64() < self.faults.fail_rate)
+    }
+
+    /// How many attempts of every row-deleting compensation fail first.
+    pub(super) fn failing_rollback_attempts(&self) -> u32 {
+        self.faults.fail_rollback_attempts
+    }
+
+    /// Whether the run hangs after writing batch `seq`.
+    pub(super) fn hangs_at(&self, seq: u64) -> bool {
+        self.faults.hang_at_batch == Some(seq)
+    }
+
+    /// `--hang-at-batch`: never returns; the run can only be cancelled (the batch is then
+    /// rolled back) or the process killed (the batch stays written, unacknowledged).
+    pub(super) async fn hang(&self, seq: u64, console: &Console) {
+        console.println(format!(
+            "event-batcher: batch {seq} written; hanging before acknowledging it (--hang-at-batch)"
+        ));
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,79 @@
+//! The end of a run: how it ended, and the row counts of the consistency check.
+
+use result_stream::{Cause, CompensatedError, Completion};
+
+use super::batch::{Ctx, batch_number};
+use super::error::PipelineError;
+use crate::report::{DatabaseRows, Outcome};
+
+impl Ctx {
+    /// How the run ended; records the batch that `for_each_compensated` rolled back itself.
+    pub(super) fn outcome(
+        &self,
+        result: Result<Completion, CompensatedError<PipelineError>>,
+    ) -> Outcome {
+        let error = match result {
+            Ok(_) => return Outcome::Finished,
+            Err(error) => error,
+        };
+        let (cause, report) = error.into_parts();
+        if let Some(batch) = self.stats.take_in_flight() {
+            let error = match &cause {
+                Cause::Upstream(error) | Cause::Handler(error) => error.to_string(),
+                Cause::Cancelled => format!("batch {}: cancelled", batch.seq),
+            };
+            self.rolled_back(&batch, error, &report, false);
+        }
+        let (rollback, rolled_back_cleanly) = match &cause {
+            // Skip-batch mode rolled the batch back itself, incompletely, and stopped: that
+            // rollback is the one to report (the scope was empty when the run stopped).
+            // (The cause already quotes its report.)
+            Cause::Handler(PipelineError::RollbackIncomplete { batch, .. }) => {
+                (format!("batch {batch} was not rolled back cleanly"), false)
+            }
+            _ if report.ran() == 0 => ("nothing to roll back".to_owned(), report.is_complete()),
+            _ => (report.to_string(), report.is_complete()),
+        };
+        match cause {
+            Cause::Cancelled => Outcome::Cancelled {
+                rollback,
+                rolled_back_cleanly,
+            },
+            Cause::Upstream(error) | Cause::Handler(error) => {
+                let cause = match (&error, self.failure.strict) {
+                    (PipelineError::Invalid(_), true) => format!("{error} (--strict)"),
+                    _ => error.to_string(),
+                };
+                Outcome::Stopped {
+                    cause,
+                    rollback,
+                    rolled_back_cleanly,
+                }
+            }
+        }
+    }
+
+    /// The row counts of the consistency check.
+    pub(super) async fn count_rows(&self) -> Result<DatabaseRows, String> {
+        let rolled_back: Vec<i64> = self.stats_failed_batches();
+        let skipped = self.stats.skipped_ids();
+        let counting = async {
+            Ok::<_, crate::store::QueryError>(DatabaseRows {
+                total: self.store.count_all().await?,
+                of_run: self.store.count_run(self.run_id).await?,
+                left_by_rolled_back: self.store.count_batches(self.run_id, &rolled_back).await?,
+                skipped_ids: skipped.len() as u64,
+                skipped_found: self.store.count_ids(&skipped).await?,
+            })
+        };
+        counting.await.map_err(|error| error.to_string())
+    }
+
+    fn stats_failed_batches(&self) -> Vec<i64> {
+        self.stats
+            .failed_batch_numbers()
+            .into_iter()
+            .map(batch_number)
+            .collect()
+    }
+}

@@ -1,0 +1,274 @@
+//! The consistency check: what the database and the broker must say after a run.
+//!
+//! # The consistency check
+//!
+//! Every row records the run and the batch that inserted it (`run_id`, `batch_seq`), and
+//! every committed batch records which of its events its `INSERT … ON CONFLICT DO NOTHING
+//! RETURNING id` statements actually inserted (the returned ids) and which they skipped as
+//! already present (the others). At the end of the run the database is asked, and the check
+//! holds when all of these are true:
+//! 1. the rows carrying this run's id number exactly the rows inserted by committed
+//!    batches: nothing acknowledged is missing, and nothing else of this run is there;
+//! 2. no row carries the number of a rolled-back batch: every compensation undid its
+//!    partial write;
+//! 3. every id skipped as already present has a row (`SELECT COUNT(*) … WHERE id IN (…)`,
+//!    in chunks): an acknowledged event that was not inserted by this run is really stored;
+//! 4. inserted + already present == events acknowledged.
+//!
+//! Together: a row exists for every acknowledged event. It costs two indexed `COUNT(*)`
+//! queries plus one per 1,000 skipped ids, and keeps in memory only the ids of the events
+//! found already present (none in a first run; every id in a re-run of the same input).
+//!
+//! For a NATS source the check also holds the broker to account, from the verdicts actually
+//! sent (counted by the source's acknowledgement task after `NatsSource::close` waited for
+//! them):
+//! 5. acks sent == events acknowledged (written in committed batches), naks sent (+ messages
+//!    deliberately left for redelivery after `ack_wait`, when a rollback could not delete the
+//!    rows, + messages given up after `--max-deliveries`) == events in rolled-back batches,
+//!    `+TERM`s sent for given-up messages == events written to the dead-letter file for
+//!    them, rejects (`+TERM`) sent == invalid records;
+//! 6. every message received got exactly one verdict: received == acked + nak'ed +
+//!    rejected + dead-lettered + given back unsettled + left for redelivery (+ verdicts that
+//!    could not be sent, which fail 5).
+//!
+//! With several instances sharing a consumer, each checks its own run (its `run_id`); the
+//! table as a whole is what the instances wrote together.
+
+use crate::source::NatsStats;
+
+/// Row counts read from the database at the end of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatabaseRows {
+    /// Rows in the table.
+    pub total: u64,
+    /// Rows inserted by this run.
+    pub of_run: u64,
+    /// Rows still carrying the number of a batch of this run that was rolled back.
+    pub left_by_rolled_back: u64,
+    /// Distinct ids of the acknowledged events that were skipped as already present.
+    pub skipped_ids: u64,
+    /// Of those, the ids that have a row in the table.
+    pub skipped_found: u64,
+}
+
+/// The result of the consistency check (see the [module documentation](self)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Whether it holds.
+    pub holds: bool,
+    /// The numbers behind it, in one line.
+    pub detail: String,
+}
+
+impl Check {
+    /// Compares the counters of a run with the database.
+    pub fn new(
+        acknowledged: u64,
+        inserted: u64,
+        already_present: u64,
+        rolled_back_batches: u64,
+        rows: Result<DatabaseRows, String>,
+    ) -> Check {
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => {
+                return Check {
+                    holds: false,
+                    detail: format!("could not count the rows: {error}"),
+                };
+            }
+        };
+        let holds = rows.of_run == inserted
+            && rows.left_by_rolled_back == 0
+            && rows.skipped_found == rows.skipped_ids
+            && inserted + already_present == acknowledged;
+        let detail = if holds {
+            format!(
+                "OK: rows for the acknowledged events ({} inserted by this run + {already_present} \
+                 already present, all {} id(s) found) == events acknowledged ({acknowledged}); \
+                 {rolled_back_batches} rolled-back batch(es) left 0 rows",
+                rows.of_run, rows.skipped_ids
+            )
+        } else {
+            format!(
+                "FAILED: the database holds {} row(s) inserted by this run, committed batches \
+                 inserted {inserted}; {} of {} id(s) skipped as already present found; \
+                 {inserted} inserted + {already_present} already present vs {acknowledged} \
+                 acknowledged; rolled-back batches left {} row(s)",
+                rows.of_run, rows.skipped_found, rows.skipped_ids, rows.left_by_rolled_back
+            )
+        };
+        Check { holds, detail }
+    }
+
+    /// Adds the broker's side (rules 5 and 6 of the [module documentation](self)).
+    pub fn with_broker(
+        mut self,
+        nats: &NatsStats,
+        acknowledged: u64,
+        events_rolled_back: u64,
+        dead_lettered: u64,
+        invalid: u64,
+    ) -> Check {
+        let settled = nats.settled();
+        let returned = nats.nacked + nats.abandoned + nats.dead_lettered;
+        let holds = nats.acked == acknowledged
+            && returned == events_rolled_back
+            && nats.dead_lettered == dead_lettered
+            && nats.rejected == invalid
+            && nats.received == settled
+            && nats.send_failures == 0;
+        let compare = |sent: u64, events: u64| if sent == events { "==" } else { "!=" };
+        let mut naks = format!("naks {}", nats.nacked);
+        if nats.abandoned > 0 {
+            naks.push_str(&format!(
+                " + {} left for redelivery (rows not deleted)",
+                nats.abandoned
+            ));
+        }
+        if nats.dead_lettered > 0 || dead_lettered > 0 {
+            naks.push_str(&format!(
+                " + {} given up ({} {} dead letters written)",
+                nats.dead_lettered,
+                compare(nats.dead_lettered, dead_lettered),
+                dead_lettered
+            ));
+        }
+        let mut detail = format!(
+            "NATS verdicts {}: acks {} {} events acknowledged {acknowledged}, {naks} {} events \
+             rolled back {events_rolled_back}, rejects {} {} invalid {invalid}, {} received {} \
+             {settled} settled ({} given back unsettled)",
+            if holds { "OK" } else { "FAILED" },
+            nats.acked,
+            compare(nats.acked, acknowledged),
+            compare(returned, events_rolled_back),
+            nats.rejected,
+            compare(nats.rejected, invalid),
+            nats.received,
+            compare(nats.received, settled),
+            nats.dropped_nacked,
+        );
+        if nats.send_failures > 0 {
+            detail.push_str(&format!(
+                ", {} verdict(s) could not be sent (those messages will be redelivered)",
+                nats.send_failures
+            ));
+        }
+        if !holds && self.holds {
+            self.detail = format!(
+                "FAILED (broker): {}",
+                self.detail.trim_start_matches("OK: ")
+            );
+        }
+        self.holds &= holds;
+        self.detail = format!("{}; {detail}", self.detail);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(of_run: u64, left: u64) -> Result<DatabaseRows, String> {
+        Ok(DatabaseRows {
+            total: of_run,
+            of_run,
+            left_by_rolled_back: left,
+            skipped_ids: 2,
+            skipped_found: 2,
+        })
+    }
+
+    #[test]
+    fn check_holds_only_when_the_database_matches() {
+        assert!(Check::new(10, 8, 2, 0, rows(8, 0)).holds);
+        assert!(Check::new(10, 8, 2, 1, rows(8, 0)).detail.starts_with("OK"));
+        // A committed row is missing.
+        assert!(!Check::new(10, 8, 2, 0, rows(7, 0)).holds);
+        // A rolled-back batch left rows behind.
+        let check = Check::new(10, 8, 2, 1, rows(8, 3));
+        assert!(!check.holds);
+        assert!(check.detail.contains("left 3 row(s)"), "{}", check.detail);
+        // An id skipped as already present has no row.
+        let missing = rows(8, 0).map(|rows| DatabaseRows {
+            skipped_found: 1,
+            ..rows
+        });
+        let check = Check::new(10, 8, 2, 0, missing);
+        assert!(!check.holds);
+        assert!(check.detail.contains("1 of 2 id(s)"), "{}", check.detail);
+        // The database could not be read.
+        assert!(!Check::new(0, 0, 0, 0, Err("down".into())).holds);
+    }
+
+    #[test]
+    fn broker_check_compares_verdicts_with_events() {
+        let nats = NatsStats {
+            received: 12,
+            redelivered: 2,
+            acked: 8,
+            nacked: 2,
+            rejected: 1,
+            dropped_nacked: 1,
+            ..NatsStats::default()
+        };
+        let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&nats, 8, 2, 0, 1);
+        assert!(check.holds, "{}", check.detail);
+        assert!(
+            check.detail.contains("NATS verdicts OK"),
+            "{}",
+            check.detail
+        );
+        // An ack missing (a hook dropped, or never sent).
+        let short = NatsStats { acked: 7, ..nats };
+        let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&short, 8, 2, 0, 1);
+        assert!(!check.holds);
+        assert!(
+            check.detail.starts_with("FAILED (broker)"),
+            "{}",
+            check.detail
+        );
+        assert!(check.detail.contains("acks 7 != events acknowledged 8"));
+        // A verdict that could not be sent.
+        let lost = NatsStats {
+            acked: 7,
+            send_failures: 1,
+            ..nats
+        };
+        assert!(
+            !Check::new(8, 8, 0, 1, rows(8, 0))
+                .with_broker(&lost, 8, 2, 0, 1)
+                .holds
+        );
+        // The database part still counts.
+        assert!(
+            !Check::new(8, 8, 0, 1, rows(7, 0))
+                .with_broker(&nats, 8, 2, 0, 1)
+                .holds
+        );
+        // Of the 2 events rolled back, one nak'ed and one given up (+TERM) after its dead
+        // letter was written: holds; a +TERM without its dead letter does not.
+        let given_up = NatsStats {
+            nacked: 1,
+            dead_lettered: 1,
+            ..nats
+        };
+        let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&given_up, 8, 2, 1, 1);
+        assert!(check.holds, "{}", check.detail);
+        assert!(
+            check.detail.contains(
+                "naks 1 + 1 given up (== 1 dead letters written) == events rolled back 2"
+            ),
+            "{}",
+            check.detail
+        );
+        let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&given_up, 8, 2, 0, 1);
+        assert!(!check.holds, "{}", check.detail);
+        assert!(
+            check
+                .detail
+                .contains("1 given up (!= 0 dead letters written)")
+        );
+    }
+}

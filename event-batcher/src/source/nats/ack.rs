@@ -1,0 +1,195 @@
+//! Acknowledgements: the hook of each message, the keep-alive of held messages, and the one
+//! task per source that sends every verdict, in order.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::{Client, Subject};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use result_stream::BoxError;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::stats::SourceStats;
+use crate::record::AckHandle;
+use crate::sync::lock;
+
+/// What is sent for a message.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Verdict {
+    Ack,
+    Nak,
+    Reject,
+    GiveUp,
+    GiveBack,
+    Progress,
+}
+
+pub(super) struct Op {
+    reply: Subject,
+    verdict: Verdict,
+}
+
+/// State shared by the stream, the hooks, the keep-alive and the ack task of one source.
+pub(super) struct Shared {
+    pub(super) tx: mpsc::UnboundedSender<Op>,
+    /// Messages delivered and not yet settled: token → reply subject (for the keep-alive).
+    pub(super) held: Mutex<HashMap<u64, Subject>>,
+    pub(super) next_token: AtomicU64,
+    /// Separate `Arc`: the ack task must not keep a sender (it ends when all senders are gone).
+    pub(super) stats: Arc<SourceStats>,
+}
+
+impl Shared {
+    pub(super) fn hold(
+        self: &Arc<Self>,
+        reply: Subject,
+        stream_seq: u64,
+        delivered: i64,
+    ) -> NatsAck {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        lock(&self.held).insert(token, reply.clone());
+        NatsAck {
+            shared: self.clone(),
+            token,
+            reply: Some(reply),
+            stream_seq,
+            delivered,
+        }
+    }
+
+    pub(super) fn send(&self, reply: Subject, verdict: Verdict) -> Result<(), BoxError> {
+        self.tx
+            .send(Op { reply, verdict })
+            .map_err(|_| BoxError::from("the NATS acknowledgement task has stopped"))
+    }
+}
+
+/// The acknowledgement hook of one message. Settled once; dropping it unsettled gives the
+/// message back to the broker (`-NAK`, no delay).
+pub struct NatsAck {
+    shared: Arc<Shared>,
+    token: u64,
+    reply: Option<Subject>,
+    /// Stream sequence of the message (stable across redeliveries).
+    pub stream_seq: u64,
+    /// Delivery attempt (1 for the first delivery).
+    pub delivered: i64,
+}
+
+impl fmt::Debug for NatsAck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "NatsAck(seq {}, delivery {})",
+            self.stream_seq, self.delivered
+        )
+    }
+}
+
+impl NatsAck {
+    fn settle(&mut self, verdict: Verdict) -> BoxFuture<'static, Result<(), BoxError>> {
+        let result = match self.reply.take() {
+            Some(reply) => {
+                // Removed and queued under the lock: see `keep_alive`.
+                let mut held = lock(&self.shared.held);
+                held.remove(&self.token);
+                let sent = self.shared.send(reply, verdict);
+                drop(held);
+                sent
+            }
+            None => Ok(()),
+        };
+        futures::future::ready(result).boxed()
+    }
+}
+
+impl AckHandle for NatsAck {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
+        self.settle(Verdict::Ack)
+    }
+    fn nak(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
+        self.settle(Verdict::Nak)
+    }
+    fn reject(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
+        self.settle(Verdict::Reject)
+    }
+    fn deliveries(&self) -> Option<u64> {
+        u64::try_from(self.delivered).ok()
+    }
+    fn give_up(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
+        self.settle(Verdict::GiveUp)
+    }
+    fn abandon(mut self: Box<Self>) {
+        if self.reply.take().is_some() {
+            // No verdict and no more keep-alives: the broker redelivers after `ack_wait`.
+            let mut held = lock(&self.shared.held);
+            held.remove(&self.token);
+            drop(held);
+            self.shared.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for NatsAck {
+    fn drop(&mut self) {
+        if let Some(reply) = self.reply.take() {
+            // Removed and queued under the lock: see `keep_alive`.
+            let mut held = lock(&self.shared.held);
+            held.remove(&self.token);
+            let _ = self.shared.send(reply, Verdict::GiveBack);
+        }
+    }
+}
+
+/// Sends the verdicts in order until every sender is gone, then flushes.
+pub(super) async fn ack_task(
+    client: Client,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    stats: Arc<SourceStats>,
+    nak_delay: Duration,
+) {
+    let stats = &*stats;
+    while let Some(op) = rx.recv().await {
+        let (kind, counter) = match op.verdict {
+            Verdict::Ack => (AckKind::Ack, &stats.acked),
+            Verdict::Nak if nak_delay.is_zero() => (AckKind::Nak(None), &stats.nacked),
+            Verdict::Nak => (AckKind::Nak(Some(nak_delay)), &stats.nacked),
+            Verdict::Reject => (AckKind::Term, &stats.rejected),
+            Verdict::GiveUp => (AckKind::Term, &stats.dead_lettered),
+            Verdict::GiveBack => (AckKind::Nak(None), &stats.dropped_nacked),
+            Verdict::Progress => (AckKind::Progress, &stats.progress_sent),
+        };
+        let failures = match op.verdict {
+            Verdict::Progress => &stats.progress_failures,
+            _ => &stats.send_failures,
+        };
+        match client.publish(op.reply, kind.into()).await {
+            Ok(()) => counter.fetch_add(1, Ordering::Relaxed),
+            Err(_) => failures.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+    let _ = client.flush().await;
+}
+
+/// Sends `+WPI` for every held message every `every`, until `stop`.
+pub(super) async fn keep_alive(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        // Queued while holding the lock: a verdict (settle, drop) removes its message under
+        // the same lock before queueing, so a `+WPI` can never be queued after the verdict of
+        // its message (a `+WPI` after `-NAK {delay}` would cancel the delay).
+        let held = lock(&shared.held);
+        for reply in held.values() {
+            let _ = shared.send(reply.clone(), Verdict::Progress);
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The store's errors.
+
+/// The database cannot be used: the run cannot start. Every message is one line, the URL's
+/// password redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A `--table` name that is not a plain SQL identifier.
+    #[error("{0}")]
+    TableName(String),
+    /// A database URL that is not supported or cannot be parsed.
+    #[error("bad database URL {url}: {reason}")]
+    Url {
+        /// The URL, password redacted.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The database cannot be reached or opened.
+    #[error("cannot connect to {url}: {reason}")]
+    Unreachable {
+        /// The URL, password redacted.
+        url: String,
+        /// The driver's error.
+        reason: String,
+    },
+    /// The table cannot be created or has other columns.
+    #[error("cannot use table `{table}` in {url}: {reason}")]
+    Schema {
+        /// The URL, password redacted.
+        url: String,
+        /// The table.
+        table: String,
+        /// The driver's error.
+        reason: String,
+    },
+}
+
+/// A statement failed (a lost connection, a constraint, a timeout). `Display` is one line:
+/// see [`describe`].
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe(.0))]
+pub struct QueryError(#[from] pub sqlx::Error);
+
+/// A one-line description of a driver error: the database's own message for errors the
+/// server returned (without sqlx's "at line N" of the server's source code), the driver's
+/// message otherwise.
+pub fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (code {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,315 @@
+//! The database: SQLite (embedded, the default) or PostgreSQL, through one code path.
+//!
+//! # Table
+//!
+//! ```sql
+//! CREATE TABLE IF NOT EXISTS events (
+//!     id        TEXT PRIMARY KEY,  -- the event id: the idempotency key
+//!     tenant    TEXT   NOT NULL,
+//!     ts        BIGINT NOT NULL,   -- milliseconds since the Unix epoch
+//!     payload   TEXT   NOT NULL,   -- JSON text
+//!     run_id    BIGINT NOT NULL,   -- the run that inserted the row
+//!     batch_seq BIGINT NOT NULL    -- the batch of that run that inserted the row
+//! );
+//! CREATE INDEX IF NOT EXISTS events_run_batch ON events (run_id, batch_seq);
+//! ```
+//!
+//! The table name is `--table` (default `events`); it is created on start when missing, and
+//! an existing table must have these columns.
+//!
+//! # Rules
+//! - Inserts are `INSERT … ON CONFLICT (id) DO NOTHING`: an event whose id is already stored
+//!   (by an earlier run, an earlier batch, or a redelivery) is skipped, never duplicated, and
+//!   the existing row is left as it is. [`Store::insert`] returns how many rows it actually
+//!   inserted and, from `RETURNING id`, the ids it skipped.
+//! - Each call to [`Store::insert`] is one or more autocommitted multi-row statements of at
+//!   most [`MAX_ROWS_PER_STATEMENT`] rows (6 bind parameters per row: well under SQLite's
+//!   32766 and PostgreSQL's 65535 parameter limits). It is deliberately *not* one
+//!   transaction: the pipeline writes a batch in parts, and its compensation, not a database
+//!   transaction, undoes a batch that fails halfway (see the crate documentation).
+//! - [`Store::delete_batch`] deletes exactly the rows that one batch of one run inserted
+//!   (`run_id` and `batch_seq`), so a rollback never deletes a row another run or batch
+//!   stored, even for the same event id. It is idempotent: running it twice deletes nothing
+//!   the second time.
+//! - SQLite: the file is created if missing, in WAL journal mode with `synchronous = NORMAL`
+//!   (a committed statement survives a crash of the process; the last ones may be lost on a
+//!   power failure), a busy timeout, and a pool of [`SQLITE_POOL_SIZE`] connections.
+//!   PostgreSQL: a pool of [`POSTGRES_POOL_SIZE`] connections.
+//!
+//! The store owns its errors: [`ConnectError`] (the run cannot start) and [`QueryError`] (a
+//! statement failed). The SQL itself is in `queries`, the names in [`names`].
+
+mod error;
+pub mod names;
+mod queries;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection};
+
+pub use error::{ConnectError, QueryError, describe};
+pub use names::{MAX_TABLE_NAME, check_table_name, redact};
+pub use queries::Inserted;
+
+/// Most rows written by one `INSERT` statement.
+pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
+/// Connections in the SQLite pool.
+pub const SQLITE_POOL_SIZE: u32 = 2;
+/// Connections in the PostgreSQL pool.
+pub const POSTGRES_POOL_SIZE: u32 = 4;
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite:…`
+    Sqlite,
+    /// `postgres://…` or `postgresql://…`
+    Postgres,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        })
+    }
+}
+
+impl Backend {
+    /// The backend a URL's scheme names, or a one-line error.
+    pub fn of_url(url: &str) -> Result<Backend, ConnectError> {
+        let scheme = url
+            .split_once(':')
+            .map(|(scheme, _)| scheme.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("sqlite") => Ok(Backend::Sqlite),
+            Some("postgres" | "postgresql") => Ok(Backend::Postgres),
+            _ => Err(ConnectError::Url {
+                url: redact(url),
+                reason: "expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE".into(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A connection pool and the table the events go to. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+    table: String,
+    url: String,
+    /// Server-side time limit of a `DELETE` (PostgreSQL), see
+    /// [`with_delete_timeout`](Self::with_delete_timeout).
+    delete_timeout: Option<Duration>,
+}
+
+impl Store {
+    /// Connects to `url`, creates the table when missing and checks its columns.
+    ///
+    /// Errors (all one line, password redacted): an unsupported or malformed URL, a database
+    /// that cannot be reached or opened within `timeout`, a table with other columns.
+    pub async fn connect(url: &str, table: &str, timeout: Duration) -> Result<Store, ConnectError> {
+        check_table_name(table).map_err(ConnectError::TableName)?;
+        let shown = redact(url);
+        let bad_url = |error: sqlx::Error| ConnectError::Url {
+            url: shown.clone(),
+            reason: error.to_string(),
+        };
+        let unreachable = |reason: String| ConnectError::Unreachable {
+            url: shown.clone(),
+            reason,
+        };
+        // One plain connection first: the pool retries failed connections until its
+        // timeout and then reports only "pool timed out", hiding the cause (connection
+        // refused, unknown database, …); a single attempt reports it.
+        let connecting = async {
+            match Backend::of_url(url)? {
+                Backend::Sqlite => {
+                    let options = SqliteConnectOptions::from_str(url)
+                        .map_err(bad_url)?
+                        .create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .busy_timeout(timeout);
+                    let probe = options
+                        .connect()
+                        .await
+                        .map_err(|e| unreachable(describe(&e)))?;
+                    probe.close().await.map_err(|e| unreachable(describe(&e)))?;
+                    SqlitePoolOptions::new()
+                        .max_connections(SQLITE_POOL_SIZE)
+                        .acquire_timeout(timeout)
+                        .connect_with(options)
+                        .await
+                        .map(Pool::Sqlite)
+                        .map_err(|error| unreachable(describe(&error)))
+                }
+                Backend::Postgres => {
+                    let options = PgConnectOptions::from_str(url).map_err(bad_url)?;
+                    let probe = options
+                        .connect()
+                        .await
+                        .map_err(|e| unreachable(describe(&e)))?;
+                    probe.close().await.map_err(|e| unreachable(describe(&e)))?;
+                    PgPoolOptions::new()
+                        .max_connections(POSTGRES_POOL_SIZE)
+                        .acquire_timeout(timeout)
+                        .connect_with(options)
+                        .await
+                        .map(Pool::Postgres)
+                        .map_err(|error| unreachable(describe(&error)))
+                }
+            }
+        };
+        let pool = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| unreachable(format!("no connection within {timeout:?}")))??;
+        let store = Store {
+            pool,
+            table: table.to_owned(),
+            url: shown.clone(),
+            delete_timeout: None,
+        };
+        store
+            .create_schema()
+            .await
+            .map_err(|error| ConnectError::Schema {
+                url: shown,
+                table: table.to_owned(),
+                reason: error.to_string(),
+            })?;
+        Ok(store)
+    }
+
+    /// Makes PostgreSQL give up a [`delete_batch`](Self::delete_batch) after `limit`: the
+    /// `DELETE` runs in a transaction with `SET LOCAL statement_timeout`, so one that the
+    /// caller stopped waiting for (a compensation attempt timing out after a little longer)
+    /// cannot commit later, when the caller already treats it as failed. Use less than the
+    /// caller's own timeout. SQLite has no equivalent: its statement runs on a worker thread
+    /// that finishes it even when the caller stopped waiting (it is local and short, but a
+    /// busy database can delay it by up to the busy timeout).
+    pub fn with_delete_timeout(mut self, limit: Duration) -> Self {
+        self.delete_timeout = Some(limit);
+        self
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The URL, password redacted.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Closes the pool, waiting for the connections to finish (SQLite checkpoints its WAL).
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    #[test]
+    fn tells_backends_by_scheme() {
+        assert_eq!(Backend::of_url("sqlite://x.db").unwrap(), Backend::Sqlite);
+        assert_eq!(Backend::of_url("sqlite::memory:").unwrap(), Backend::Sqlite);
+        assert_eq!(
+            Backend::of_url("postgresql://h/d").unwrap(),
+            Backend::Postgres
+        );
+        let error = Backend::of_url("mysql://h/d").unwrap_err().to_string();
+        assert!(error.contains("mysql://h/d"), "{error}");
+    }
+
+    fn event(id: &str) -> Event {
+        Event {
+            id: id.into(),
+            tenant: "t".into(),
+            ts: 1,
+            payload: serde_json::json!({"n": 1}),
+        }
+    }
+
+    #[tokio::test]
+    async fn inserts_idempotently_and_deletes_exactly_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url, "events", Duration::from_secs(5))
+            .await
+            .unwrap();
+        // More rows than one statement holds.
+        let many: Vec<Event> = (0..MAX_ROWS_PER_STATEMENT + 5)
+            .map(|i| event(&format!("a{i}")))
+            .collect();
+        let first = store.insert(1, 1, &many).await.unwrap();
+        assert_eq!(first.rows, many.len() as u64);
+        assert!(first.skipped.is_empty());
+        // Batch 2 repeats two ids of batch 1, adds one, and holds it twice.
+        let again = [event("a0"), event("b"), event("a1"), event("b")];
+        let second = store.insert(1, 2, &again).await.unwrap();
+        assert_eq!(second.rows, 1);
+        assert_eq!(second.skipped, ["a0", "a1", "b"]);
+        let ids = ["a0", "b", "zz"].map(String::from);
+        assert_eq!(store.count_ids(&ids).await.unwrap(), 2);
+        assert_eq!(store.count_all().await.unwrap(), many.len() as u64 + 1);
+        // Deleting batch 2 removes only the row it inserted, twice over.
+        assert_eq!(store.delete_batch(1, 2).await.unwrap(), 1);
+        assert_eq!(store.delete_batch(1, 2).await.unwrap(), 0);
+        assert_eq!(store.count_run(1).await.unwrap(), many.len() as u64);
+        assert_eq!(
+            store.count_batches(1, &[1, 2]).await.unwrap(),
+            many.len() as u64
+        );
+        assert_eq!(store.count_batches(1, &[2]).await.unwrap(), 0);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn refuses_a_table_with_other_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        sqlx::query("CREATE TABLE events (id TEXT PRIMARY KEY, body TEXT)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let error = Store::connect(&url, "events", Duration::from_secs(5))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("table `events`"), "{error}");
+    }
+}
