@@ -22,7 +22,7 @@
 //! aborts leaves nothing to undo, and would prove nothing about the library. Instead, as a
 //! real sink without transactions would (an HTTP API, a queue, several databases), a batch is
 //! written in two parts, its first half and then the rest, each part its own autocommitted
-//! multi-row `INSERT … ON CONFLICT (id) DO NOTHING` (split further into statements of at
+//! multi-row `INSERT … ON CONFLICT (id)` that inserts nothing twice (split further into statements of at
 //! most [`store::MAX_ROWS_PER_STATEMENT`] rows to stay under the bind-parameter limits).
 //! Between the two parts the first half is committed and visible: a failure there — an
 //! injected one (`--fail-every N`, `--fail-rate P`), or a real one such as a lost connection
@@ -95,14 +95,10 @@
 //!
 //! # Known limits
 //!
-//! - Two runs writing the same ids *at the same time* can interleave badly: if run B finds
-//!   an id already inserted by run A's batch (and skips it as present) and A's batch is then
-//!   rolled back, the row is gone although B acknowledged it. Sequential runs, re-runs and
-//!   redeliveries to a single writer are safe, and so are instances sharing a NATS consumer:
-//!   a message is with one instance at a time (its keep-alive holds it), and goes to another
-//!   only when its holder is dead (and never rolls back) or frozen for longer than the ack
-//!   wait — a frozen instance that resumes and rolls that batch back is the one remaining
-//!   case.
+//! - A row that another batch found present is *claimed* and survives its owner's rollback
+//!   (see [`store`]): two runs writing the same ids at once, or a frozen instance that
+//!   resumes into a rollback, never delete a row someone acknowledged. The row then keeps
+//!   the values the owner wrote (the same event, by id).
 //! - One batch is written at a time; throughput is bound by the database's statement
 //!   latency.
 

@@ -765,6 +765,98 @@ fn nats_sigkilled_instance_messages_are_redelivered_to_the_others() {
     setup.assert_drained();
 }
 
+/// Whether process `pid` is stopped (state `T` in `/proc/PID/stat`).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, after_name) = stat.rsplit_once(')')?;
+            after_name
+                .split_whitespace()
+                .next()
+                .map(|state| state == "T")
+        })
+        .unwrap_or(false)
+}
+
+/// Fencing: an instance frozen in the middle of a batch (its first half written) for longer
+/// than the ack wait loses its messages to the two others, which find those rows present,
+/// claim them and acknowledge them. Continued, the frozen instance fails that batch and rolls
+/// it back: its compensating DELETE matches none of the claimed rows, so the table still
+/// holds exactly the published events, and every instance's check holds.
+#[test]
+#[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
+fn nats_frozen_instance_rolled_back_late_deletes_no_acknowledged_row() {
+    let setup = Setup::new("freeze");
+    let seed = 31;
+    let events = 3_000;
+    setup.publish(events, seed, 0);
+    let common = [
+        "--max-batch",
+        "100",
+        "--flush-every",
+        "500ms",
+        "--ack-wait",
+        "2s",
+        "--idle-exit",
+        "6s",
+    ];
+    // Started alone, so that it creates the consumer (2 s ack wait) and its batch 2 is the
+    // only one in the table when it freezes.
+    let frozen_args = ["--freeze-at-batch", "2", "--on-failure", "skip-batch"];
+    let frozen = setup.instance("frozen", &[&common[..], &frozen_args].concat());
+    wait_until(Duration::from_secs(30), "the instance to freeze", || {
+        frozen.stderr_contains("stopping this process (SIGSTOP)") && is_stopped(frozen.pid())
+    });
+    assert_eq!(
+        setup.count_where("batch_seq = 2"),
+        50,
+        "the frozen batch's first half is in the table"
+    );
+    // The others get everything, the frozen instance's messages once their ack wait has
+    // passed (its keep-alive is frozen too), and find its 50 rows present.
+    let others = [setup.instance("a", &common), setup.instance("b", &common)];
+    let exited: Vec<Exited> = others.into_iter().map(|i| i.wait(EXIT_TIMEOUT)).collect();
+    let mut already_present = 0;
+    for instance in &exited {
+        instance.assert_ok();
+        already_present += instance.inserted_and_present().1;
+    }
+    assert!(already_present >= 50, "{already_present} already present");
+    let runs = format!("{}, {}", exited[0].run_id(), exited[1].run_id());
+    assert_eq!(
+        setup.count_where(&format!(
+            "run_id NOT IN ({runs}) AND batch_seq = 2 AND claimed <> 0"
+        )),
+        50,
+        "the others claimed the frozen batch's rows"
+    );
+    setup.assert_exact(seed, events);
+
+    // Continued: batch 2 fails and is rolled back, long after its events were acknowledged.
+    frozen.signal("CONT");
+    let frozen = frozen.wait(EXIT_TIMEOUT);
+    frozen.assert_ok();
+    assert!(
+        frozen
+            .stderr
+            .contains("batch 2: injected failure after writing the first 50"),
+        "{}",
+        frozen.describe()
+    );
+    assert!(frozen.events_rolled_back() >= 100, "{}", frozen.describe());
+    assert!(
+        frozen
+            .value("consistency check")
+            .contains("50 claimed row(s) kept"),
+        "{}",
+        frozen.describe()
+    );
+    // Nothing acknowledged is gone.
+    setup.assert_exact(seed, events);
+    setup.assert_drained();
+}
+
 /// The third test: a rolled-back batch's messages come back (nak with delay) and are
 /// eventually written. One instance, every 4th batch failing after writing its first half.
 #[test]

@@ -234,6 +234,11 @@ pub struct RunArgs {
     /// kill it to see its messages redelivered to the others).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Fault injection")]
     pub hang_at_batch: Option<u64>,
+    /// Write the first half of batch N, then stop this process (SIGSTOP, like a paused VM)
+    /// until it is continued (SIGCONT), then fail the batch: a frozen instance that resumes
+    /// into a rollback.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Fault injection")]
+    pub freeze_at_batch: Option<u64>,
 
     /// Progress display on stderr: a bar on a terminal, plain lines otherwise (auto).
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto, help_heading = "Output")]

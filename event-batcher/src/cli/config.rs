@@ -76,6 +76,7 @@ impl RunArgs {
                 fail_rollback_attempts: self.fail_rollback_attempts,
                 seed: self.seed,
                 hang_at_batch: self.hang_at_batch,
+                freeze_at_batch: self.freeze_at_batch,
             },
             strict: self.strict,
             rejects: self.rejects,

@@ -67,7 +67,8 @@ pub(super) async fn write_batch(
     let events: Arc<[Event]> = events.into();
     let acks = Arc::new(Mutex::new(acks));
     let rows_deleted = Arc::new(AtomicU64::new(0));
-    let fail = ctx.faults.should_fail(seq);
+    let freeze = ctx.faults.freezes_at(seq);
+    let fail = freeze || ctx.faults.should_fail(seq);
     let hang = ctx.faults.hangs_at(seq);
     ctx.stats.begin_batch(InFlight {
         seq,
@@ -80,7 +81,7 @@ pub(super) async fn write_batch(
     // exactly this batch and `scope.commit` commits exactly this batch. A cancellation
     // while the batch is being written makes `for_each_compensated` roll it back.
     ctx.register_undo(&scope, seq, &events, &acks, &rows_deleted);
-    let inserted = match ctx.write(seq, &events, fail).await {
+    let inserted = match ctx.write(seq, &events, fail, freeze).await {
         Ok(inserted) => inserted,
         // Stop mode: the error propagates, `for_each_compensated` stops and rolls this batch
         // back.
@@ -190,12 +191,14 @@ impl Ctx {
     }
 
     /// Writes `events` as batch `seq` in two parts, each its own autocommitted statement(s),
-    /// failing in between when `fail` is set; returns the rows inserted and the ids skipped.
+    /// failing in between when `fail` is set (after freezing when `freeze` is set); returns
+    /// the rows inserted and the ids skipped.
     pub(super) async fn write(
         &self,
         seq: u64,
         events: &[Event],
         fail: bool,
+        freeze: bool,
     ) -> Result<store::Inserted, PipelineError> {
         let batch = batch_number(seq);
         let write_error = |source| PipelineError::Write { batch: seq, source };
@@ -205,6 +208,9 @@ impl Ctx {
             .insert(self.run_id, batch, first)
             .await
             .map_err(write_error)?;
+        if freeze {
+            self.faults.freeze(seq, &self.console).await;
+        }
         if fail {
             return Err(PipelineError::Injected {
                 batch: seq,

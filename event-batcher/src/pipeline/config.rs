@@ -85,6 +85,10 @@ pub struct Faults {
     /// acknowledged, until it is cancelled or killed (`--hang-at-batch`): a stuck or crashed
     /// instance holding a written but unacknowledged batch.
     pub hang_at_batch: Option<u64>,
+    /// Batch `n` writes its first half, then the process stops itself (SIGSTOP) until it is
+    /// continued (SIGCONT), and then the batch fails (`--freeze-at-batch`): an instance
+    /// frozen mid-batch (a paused VM) that resumes into a rollback. Unix only.
+    pub freeze_at_batch: Option<u64>,
 }
 
 /// Everything a run needs. [`Config::default`] is the default command line.

@@ -35,6 +35,37 @@ impl FaultInjector {
         self.faults.fail_rollback_attempts
     }
 
+    /// Whether the process freezes in the middle of batch `seq` (and the batch then fails).
+    pub(super) fn freezes_at(&self, seq: u64) -> bool {
+        self.faults.freeze_at_batch == Some(seq)
+    }
+
+    /// `--freeze-at-batch`: stops the whole process (SIGSTOP to itself, sent by `kill`, so
+    /// that every thread stops at once, keep-alives included) and returns once it has been
+    /// continued.
+    pub(super) async fn freeze(&self, seq: u64, console: &Console) {
+        console.println(format!(
+            "event-batcher: batch {seq}: first half written; stopping this process \
+             (SIGSTOP) until it is continued (--freeze-at-batch)"
+        ));
+        let pid = std::process::id().to_string();
+        let stopped = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+        })
+        .await;
+        match stopped {
+            Ok(Ok(status)) if status.success() => {
+                console.println(format!("event-batcher: batch {seq}: continued"));
+            }
+            other => console.println(format!(
+                "event-batcher: batch {seq}: could not stop this process ({other:?}); failing \
+                 the batch without a freeze"
+            )),
+        }
+    }
+
     /// Whether the run hangs after writing batch `seq`.
     pub(super) fn hangs_at(&self, seq: u64) -> bool {
         self.faults.hang_at_batch == Some(seq)

@@ -58,12 +58,16 @@ impl Ctx {
         let rolled_back: Vec<i64> = self.stats_failed_batches();
         let skipped = self.stats.skipped_ids();
         let counting = async {
+            let store = &self.store;
+            let run = self.run_id;
+            let of_rolled_back = store.count_batches(run, &rolled_back, None).await?;
             Ok::<_, crate::store::QueryError>(DatabaseRows {
-                total: self.store.count_all().await?,
-                of_run: self.store.count_run(self.run_id).await?,
-                left_by_rolled_back: self.store.count_batches(self.run_id, &rolled_back).await?,
+                total: store.count_all().await?,
+                of_run: store.count_run(run).await?.saturating_sub(of_rolled_back),
+                left_by_rolled_back: store.count_batches(run, &rolled_back, Some(false)).await?,
+                kept_claimed: store.count_batches(run, &rolled_back, Some(true)).await?,
                 skipped_ids: skipped.len() as u64,
-                skipped_found: self.store.count_ids(&skipped).await?,
+                skipped_found: store.count_ids(&skipped).await?,
             })
         };
         counting.await.map_err(|error| error.to_string())

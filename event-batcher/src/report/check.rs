@@ -3,7 +3,7 @@
 //! # The consistency check
 //!
 //! Every row records the run and the batch that inserted it (`run_id`, `batch_seq`), and
-//! every committed batch records which of its events its `INSERT … ON CONFLICT DO NOTHING
+//! every committed batch records which of its events its `INSERT … ON CONFLICT
 //! RETURNING id` statements actually inserted (the returned ids) and which they skipped as
 //! already present (the others). At the end of the run the database is asked, and the check
 //! holds when all of these are true:
@@ -41,10 +41,14 @@ use crate::source::NatsStats;
 pub struct DatabaseRows {
     /// Rows in the table.
     pub total: u64,
-    /// Rows inserted by this run.
+    /// Rows inserted by the committed batches of this run.
     pub of_run: u64,
-    /// Rows still carrying the number of a batch of this run that was rolled back.
+    /// Rows still carrying the number of a batch of this run that was rolled back, and not
+    /// claimed by another batch: its compensation should have deleted them.
     pub left_by_rolled_back: u64,
+    /// Rows of rolled-back batches of this run that its compensation left on purpose:
+    /// another batch found them present and claimed them (it acknowledges their events).
+    pub kept_claimed: u64,
     /// Distinct ids of the acknowledged events that were skipped as already present.
     pub skipped_ids: u64,
     /// Of those, the ids that have a row in the table.
@@ -86,8 +90,17 @@ impl Check {
             format!(
                 "OK: rows for the acknowledged events ({} inserted by this run + {already_present} \
                  already present, all {} id(s) found) == events acknowledged ({acknowledged}); \
-                 {rolled_back_batches} rolled-back batch(es) left 0 rows",
-                rows.of_run, rows.skipped_ids
+                 {rolled_back_batches} rolled-back batch(es) left 0 rows{}",
+                rows.of_run,
+                rows.skipped_ids,
+                if rows.kept_claimed > 0 {
+                    format!(
+                        " ({} claimed row(s) kept: found present and acknowledged by another batch)",
+                        rows.kept_claimed
+                    )
+                } else {
+                    String::new()
+                }
             )
         } else {
             format!(
@@ -175,6 +188,7 @@ mod tests {
             total: of_run,
             of_run,
             left_by_rolled_back: left,
+            kept_claimed: 0,
             skipped_ids: 2,
             skipped_found: 2,
         })

@@ -294,6 +294,7 @@ mod tests {
             total: of_run,
             of_run,
             left_by_rolled_back: left,
+            kept_claimed: 0,
             skipped_ids: 2,
             skipped_found: 2,
         })

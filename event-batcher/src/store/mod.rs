@@ -9,27 +9,32 @@
 //!     ts        BIGINT NOT NULL,   -- milliseconds since the Unix epoch
 //!     payload   TEXT   NOT NULL,   -- JSON text
 //!     run_id    BIGINT NOT NULL,   -- the run that inserted the row
-//!     batch_seq BIGINT NOT NULL    -- the batch of that run that inserted the row
+//!     batch_seq BIGINT NOT NULL,   -- the batch of that run that inserted the row
+//!     claimed   SMALLINT NOT NULL DEFAULT 0  -- 1 once another batch found the row present
 //! );
 //! CREATE INDEX IF NOT EXISTS events_run_batch ON events (run_id, batch_seq);
 //! ```
 //!
 //! The table name is `--table` (default `events`); it is created on start when missing, and
-//! an existing table must have these columns.
+//! an existing table must have these columns (`claimed` is added to a table made before
+//! it existed).
 //!
 //! # Rules
-//! - Inserts are `INSERT … ON CONFLICT (id) DO NOTHING`: an event whose id is already stored
-//!   (by an earlier run, an earlier batch, or a redelivery) is skipped, never duplicated, and
-//!   the existing row is left as it is. [`Store::insert`] returns how many rows it actually
-//!   inserted and, from `RETURNING id`, the ids it skipped.
+//! - Inserts are `INSERT … ON CONFLICT (id) DO UPDATE SET claimed = 1 WHERE` *(the row
+//!   belongs to another batch)*: an event whose id is already stored (by an earlier run, an
+//!   earlier batch, or a redelivery) is skipped, never duplicated, and the existing row
+//!   keeps its values; it is only marked as claimed, which fences it off from its owner's
+//!   compensation. [`Store::insert`] returns how many rows it actually inserted and, from
+//!   `RETURNING id, run_id, batch_seq`, the ids it skipped.
 //! - Each call to [`Store::insert`] is one or more autocommitted multi-row statements of at
 //!   most [`MAX_ROWS_PER_STATEMENT`] rows (6 bind parameters per row: well under SQLite's
 //!   32766 and PostgreSQL's 65535 parameter limits). It is deliberately *not* one
 //!   transaction: the pipeline writes a batch in parts, and its compensation, not a database
 //!   transaction, undoes a batch that fails halfway (see the crate documentation).
 //! - [`Store::delete_batch`] deletes exactly the rows that one batch of one run inserted
-//!   (`run_id` and `batch_seq`), so a rollback never deletes a row another run or batch
-//!   stored, even for the same event id. It is idempotent: running it twice deletes nothing
+//!   (`run_id` and `batch_seq`) and that nobody claimed (`claimed = 0`), so a rollback never
+//!   deletes a row another run or batch stored, nor one another batch found present and
+//!   acknowledged, even when it comes late (an instance frozen past the broker's ack wait). It is idempotent: running it twice deletes nothing
 //!   the second time.
 //! - SQLite: the file is created if missing, in WAL journal mode with `synchronous = NORMAL`
 //!   (a committed statement survives a crash of the process; the last ones may be lost on a
@@ -286,10 +291,75 @@ mod tests {
         assert_eq!(store.delete_batch(1, 2).await.unwrap(), 0);
         assert_eq!(store.count_run(1).await.unwrap(), many.len() as u64);
         assert_eq!(
-            store.count_batches(1, &[1, 2]).await.unwrap(),
+            store.count_batches(1, &[1, 2], None).await.unwrap(),
             many.len() as u64
         );
-        assert_eq!(store.count_batches(1, &[2]).await.unwrap(), 0);
+        assert_eq!(store.count_batches(1, &[2], None).await.unwrap(), 0);
+        store.close().await;
+    }
+
+    /// Fencing: a row found present by another batch is claimed in the same statement, and
+    /// its owner's late compensation no longer deletes it; a batch's own rows are never
+    /// claimed by itself, so its compensation still deletes all of them.
+    #[tokio::test]
+    async fn a_row_found_present_by_another_batch_survives_its_owners_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url, "events", Duration::from_secs(5))
+            .await
+            .unwrap();
+        // Run 1, batch 1 (frozen, later rolled back) inserted a and b.
+        assert_eq!(
+            store
+                .insert(1, 1, &[event("a"), event("b")])
+                .await
+                .unwrap()
+                .rows,
+            2
+        );
+        // Run 2, batch 7 got a's message again: a is present, claimed, skipped.
+        let other = store.insert(2, 7, &[event("a"), event("c")]).await.unwrap();
+        assert_eq!((other.rows, other.skipped), (1, vec!["a".to_owned()]));
+        assert_eq!(store.count_batches(1, &[1], Some(true)).await.unwrap(), 1);
+        // Run 1's late rollback deletes b only: a is acknowledged by run 2.
+        assert_eq!(store.delete_batch(1, 1).await.unwrap(), 1);
+        assert_eq!(store.count_ids(&["a".into(), "b".into()]).await.unwrap(), 1);
+        assert_eq!(store.count_batches(1, &[1], None).await.unwrap(), 1);
+        assert_eq!(store.count_batches(1, &[1], Some(false)).await.unwrap(), 0);
+        // The same batch meeting its own row again (a second statement) claims nothing.
+        assert_eq!(store.insert(3, 1, &[event("d")]).await.unwrap().rows, 1);
+        let again = store.insert(3, 1, &[event("d")]).await.unwrap();
+        assert_eq!((again.rows, again.skipped), (0, vec!["d".to_owned()]));
+        assert_eq!(store.delete_batch(3, 1).await.unwrap(), 1);
+        store.close().await;
+    }
+
+    /// A table made before `claimed` existed gets the column, its rows unclaimed.
+    #[tokio::test]
+    async fn adds_the_claimed_column_to_an_older_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        sqlx::query(
+            "CREATE TABLE events (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, ts BIGINT NOT NULL, \
+             payload TEXT NOT NULL, run_id BIGINT NOT NULL, batch_seq BIGINT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO events VALUES ('old', 't', 1, '1', 5, 1)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let store = Store::connect(&url, "events", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(store.count_batches(5, &[1], Some(false)).await.unwrap(), 1);
+        assert_eq!(store.delete_batch(5, 1).await.unwrap(), 1);
         store.close().await;
     }
 

@@ -1,6 +1,6 @@
 //! The SQL: the schema, the idempotent inserts, the deletion of one batch, the counts.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use sqlx::{AssertSqlSafe, Database, Encode, QueryBuilder, Type};
 
@@ -20,18 +20,23 @@ pub struct Inserted {
 }
 
 impl Store {
+    /// Creates the table and its index when missing, checks the columns of an existing one,
+    /// and adds `claimed` to a table created before it existed.
     pub(super) async fn create_schema(&self) -> Result<(), QueryError> {
         let table = &self.table;
         let statements = [
             format!(
                 "CREATE TABLE IF NOT EXISTS {table} (\
                  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, ts BIGINT NOT NULL, \
-                 payload TEXT NOT NULL, run_id BIGINT NOT NULL, batch_seq BIGINT NOT NULL)"
+                 payload TEXT NOT NULL, run_id BIGINT NOT NULL, batch_seq BIGINT NOT NULL, \
+                 claimed SMALLINT NOT NULL DEFAULT 0)"
             ),
             format!("CREATE INDEX IF NOT EXISTS {table}_run_batch ON {table} (run_id, batch_seq)"),
-            // Fails when an existing table lacks one of the columns.
+            // Fails when an existing table lacks one of the columns (before it is altered).
             format!("SELECT id, tenant, ts, payload, run_id, batch_seq FROM {table} WHERE 1 = 0"),
         ];
+        let add_claimed =
+            format!("ALTER TABLE {table} ADD COLUMN claimed SMALLINT NOT NULL DEFAULT 0");
         match &self.pool {
             Pool::Postgres(pool) => {
                 // Instances started together (several consumers of one broker) run this at
@@ -46,11 +51,27 @@ impl Store {
                 for sql in statements {
                     sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
                 }
+                let add_claimed = add_claimed.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS");
+                sqlx::query(AssertSqlSafe(add_claimed))
+                    .execute(&mut *tx)
+                    .await?;
                 Ok(tx.commit().await?)
             }
             Pool::Sqlite(_) => {
                 for sql in statements {
                     self.execute(sql, &[]).await?;
+                }
+                let has_claimed = self
+                    .count(
+                        format!(
+                            "SELECT COUNT(*) FROM pragma_table_info('{table}') \
+                             WHERE name = 'claimed'"
+                        ),
+                        &[],
+                    )
+                    .await?;
+                if has_claimed == 0 {
+                    self.execute(add_claimed, &[]).await?;
                 }
                 Ok(())
             }
@@ -99,9 +120,16 @@ impl Store {
     }
 
     /// Inserts `events` as rows of batch `batch` of run `run`, skipping every id already
-    /// stored, in autocommitted statements of at most [`MAX_ROWS_PER_STATEMENT`] rows
-    /// (`… ON CONFLICT (id) DO NOTHING RETURNING id`). Returns how many rows were inserted
-    /// and the ids of the events that were skipped (the ids the database did not return).
+    /// stored, in autocommitted statements of at most [`MAX_ROWS_PER_STATEMENT`] rows.
+    /// Returns how many rows were inserted and the ids of the events that were skipped.
+    ///
+    /// A row found already present that another batch (of any run) inserted is **claimed**
+    /// by the same statement (`… ON CONFLICT (id) DO UPDATE SET claimed = 1 WHERE` the row's
+    /// `run_id`/`batch_seq` are not this batch's): its owner's compensation
+    /// ([`delete_batch`](Self::delete_batch)) no longer deletes it, so a row that this batch
+    /// acknowledges as present cannot disappear under it, however late the owner rolls
+    /// back. The row itself (its owner, its values) is left as it is. An id twice in
+    /// `events` is inserted once (the first occurrence) and skipped the other times.
     ///
     /// If a statement fails, the statements before it stay committed: undoing them is the
     /// job of [`delete_batch`](Self::delete_batch), registered as a compensation before the
@@ -114,33 +142,48 @@ impl Store {
     ) -> Result<Inserted, QueryError> {
         let mut inserted = Inserted::default();
         for chunk in events.chunks(MAX_ROWS_PER_STATEMENT) {
-            let payloads: Vec<String> = chunk.iter().map(|e| e.payload.to_string()).collect();
-            let prefix = format!(
-                "INSERT INTO {} (id, tenant, ts, payload, run_id, batch_seq) ",
-                self.table
+            // One row per id and statement: PostgreSQL refuses an upsert that meets the
+            // same row twice.
+            let mut seen = HashSet::with_capacity(chunk.len());
+            let rows: Vec<&Event> = chunk
+                .iter()
+                .filter(|event| seen.insert(event.id.as_str()))
+                .collect();
+            let payloads: Vec<String> = rows.iter().map(|e| e.payload.to_string()).collect();
+            let table = &self.table;
+            let prefix =
+                format!("INSERT INTO {table} (id, tenant, ts, payload, run_id, batch_seq) ");
+            let suffix = format!(
+                " ON CONFLICT (id) DO UPDATE SET claimed = 1 \
+                 WHERE {table}.run_id <> excluded.run_id OR {table}.batch_seq <> excluded.batch_seq \
+                 RETURNING id, run_id, batch_seq"
             );
-            let returned: Vec<String> = match &self.pool {
+            let returned: Vec<(String, i64, i64)> = match &self.pool {
                 Pool::Sqlite(pool) => {
-                    let mut builder = insert_statement(prefix, run, batch, chunk, &payloads);
-                    builder.build_query_scalar().fetch_all(pool).await?
+                    let mut builder =
+                        insert_statement(prefix, &suffix, run, batch, &rows, &payloads);
+                    builder.build_query_as().fetch_all(pool).await?
                 }
                 Pool::Postgres(pool) => {
-                    let mut builder = insert_statement(prefix, run, batch, chunk, &payloads);
-                    builder.build_query_scalar().fetch_all(pool).await?
+                    let mut builder =
+                        insert_statement(prefix, &suffix, run, batch, &rows, &payloads);
+                    builder.build_query_as().fetch_all(pool).await?
                 }
             };
-            inserted.rows += returned.len() as u64;
-            // Each returned id stands for one event of the chunk (an id twice in the chunk
-            // is inserted once and skipped once).
-            let mut returned: HashMap<String, usize> =
-                returned.into_iter().fold(HashMap::new(), |mut counts, id| {
-                    *counts.entry(id).or_default() += 1;
-                    counts
-                });
+            // Returned: the rows inserted (owned by this batch) and the rows claimed (owned
+            // by another); not returned: rows this batch inserted in an earlier statement.
+            let new: HashSet<String> = returned
+                .into_iter()
+                .filter(|(_, owner_run, owner_batch)| (*owner_run, *owner_batch) == (run, batch))
+                .map(|(id, _, _)| id)
+                .collect();
+            inserted.rows += new.len() as u64;
+            // In the chunk's order: the first occurrence of an inserted id is the inserted
+            // event, every other event was skipped.
+            let mut counted = HashSet::with_capacity(new.len());
             for event in chunk {
-                match returned.get_mut(&event.id) {
-                    Some(n) if *n > 0 => *n -= 1,
-                    _ => inserted.skipped.push(event.id.clone()),
+                if !(new.contains(&event.id) && counted.insert(event.id.as_str())) {
+                    inserted.skipped.push(event.id.clone());
                 }
             }
         }
@@ -179,10 +222,11 @@ impl Store {
         Ok(total)
     }
 
-    /// Deletes the rows that batch `batch` of run `run` inserted; returns how many.
+    /// Deletes the rows that batch `batch` of run `run` inserted and that no other batch has
+    /// claimed (see [`insert`](Self::insert)); returns how many.
     pub async fn delete_batch(&self, run: i64, batch: i64) -> Result<u64, QueryError> {
         let sql = format!(
-            "DELETE FROM {} WHERE run_id = {} AND batch_seq = {}",
+            "DELETE FROM {} WHERE run_id = {} AND batch_seq = {} AND claimed = 0",
             self.table,
             self.placeholder(1),
             self.placeholder(2)
@@ -227,13 +271,25 @@ impl Store {
         self.count(sql, &[run]).await
     }
 
-    /// Rows that the given batches of run `run` inserted and that are still there.
-    pub async fn count_batches(&self, run: i64, batches: &[i64]) -> Result<u64, QueryError> {
+    /// Rows that the given batches of run `run` inserted and that are still there: all of
+    /// them (`claimed: None`), or only those claimed (`Some(true)`) or not (`Some(false)`)
+    /// by another batch.
+    pub async fn count_batches(
+        &self,
+        run: i64,
+        batches: &[i64],
+        claimed: Option<bool>,
+    ) -> Result<u64, QueryError> {
+        let condition = match claimed {
+            None => "",
+            Some(true) => " AND claimed <> 0",
+            Some(false) => " AND claimed = 0",
+        };
         let mut total = 0;
         for chunk in batches.chunks(MAX_IDS_PER_QUERY) {
             let list: Vec<String> = (0..chunk.len()).map(|i| self.placeholder(i + 2)).collect();
             let sql = format!(
-                "SELECT COUNT(*) FROM {} WHERE run_id = {} AND batch_seq IN ({})",
+                "SELECT COUNT(*) FROM {} WHERE run_id = {} AND batch_seq IN ({}){condition}",
                 self.table,
                 self.placeholder(1),
                 list.join(", ")
@@ -255,13 +311,14 @@ impl Store {
     }
 }
 
-/// `prefix VALUES (…), (…) ON CONFLICT (id) DO NOTHING RETURNING id` for `rows`, for either
-/// backend (SQLite has `RETURNING` since 3.35; sqlx bundles a newer one).
+/// `prefix VALUES (…), (…) suffix` for `rows`, for either backend (SQLite has upserts with
+/// `RETURNING` since 3.35; sqlx bundles a newer one).
 fn insert_statement<DB>(
     prefix: String,
+    suffix: &str,
     run: i64,
     batch: i64,
-    rows: &[Event],
+    rows: &[&Event],
     payloads: &[String],
 ) -> QueryBuilder<DB>
 where
@@ -279,6 +336,6 @@ where
             .push_bind(run)
             .push_bind(batch);
     });
-    builder.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+    builder.push(suffix);
     builder
 }
