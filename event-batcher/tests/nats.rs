@@ -857,6 +857,53 @@ fn nats_frozen_instance_rolled_back_late_deletes_no_acknowledged_row() {
     setup.assert_drained();
 }
 
+/// The database dies mid-run: a PostgreSQL server of the test's own is SIGKILLed while an
+/// instance writes to it, and restarted 3 s later. The instance waits for it, rolls the
+/// batch in flight back, gives its messages back (nak), and goes on: it exits 0 with its
+/// check OK, and the table holds exactly the published events.
+#[test]
+#[ignore = "needs NATS JetStream and the PostgreSQL server binaries: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
+fn nats_database_killed_mid_run_the_instance_keeps_going() {
+    let (nats_url, _) = services();
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Declared first, dropped last: the setup drops its table through it.
+    let mut server = common::private_postgres::PrivatePostgres::start();
+    let setup = Setup::on("pgkill", nats_url, server.url(), serial);
+    let seed = 33;
+    setup.publish(EVENTS, seed, 0);
+    let instance = setup.instance(
+        "survivor",
+        &[
+            "--max-batch",
+            "250",
+            "--flush-every",
+            "500ms",
+            "--idle-exit",
+            "6s",
+            // Shorter than the outage (which the pool would absorb otherwise).
+            "--connect-timeout",
+            "1s",
+        ],
+    );
+    wait_until(Duration::from_secs(60), "the first rows", || {
+        setup.rows_so_far() >= 3_000
+    });
+    server.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    server.run();
+    let exited = instance.wait(EXIT_TIMEOUT);
+    exited.assert_ok();
+    assert!(
+        exited.stderr.contains("the database is unavailable")
+            && exited.stderr.contains("the database is back"),
+        "{}",
+        exited.describe()
+    );
+    assert!(exited.events_rolled_back() > 0, "{}", exited.describe());
+    setup.assert_exact(seed, EVENTS);
+    setup.assert_drained();
+}
+
 /// The third test: a rolled-back batch's messages come back (nak with delay) and are
 /// eventually written. One instance, every 4th batch failing after writing its first half.
 #[test]

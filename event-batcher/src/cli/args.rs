@@ -186,6 +186,10 @@ pub struct RunArgs {
     /// Longest wait for the database connection.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, help_heading = "Database")]
     pub connect_timeout: Duration,
+    /// When the database goes away mid-run, wait this long for it to come back, to roll the
+    /// batch being written back (a NATS run then goes on; other sources stop). 0 = no wait.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, help_heading = "Database")]
+    pub database_outage: Duration,
 
     /// What a batch that cannot be written does: stop (roll back, exit 1) or skip-batch
     /// (roll back, record it as failed, go on).

@@ -88,6 +88,7 @@ impl RunArgs {
                 self.progress.into()
             },
             connect_timeout: self.connect_timeout,
+            database_outage: self.database_outage,
         };
         config.check()?;
         Ok(config)

@@ -44,6 +44,8 @@ pub(super) struct Ctx {
     pub(super) outputs: Outputs,
     /// The run's cancellation: a batch rolled back because of it gives nothing up.
     pub(super) cancel: CancellationToken,
+    /// `--database-outage`.
+    pub(super) database_outage: std::time::Duration,
 }
 
 /// Writes one batch under the failure policy: the handler of `for_each_compensated`.
@@ -70,6 +72,9 @@ pub(super) async fn write_batch(
     let freeze = ctx.faults.freezes_at(seq);
     let fail = freeze || ctx.faults.should_fail(seq);
     let hang = ctx.faults.hangs_at(seq);
+    // Records whose source redelivers what is given back (a broker): a batch of them that
+    // failed because the database went away is given back, and the run goes on.
+    let redelivers = !lock(&acks).is_empty();
     ctx.stats.begin_batch(InFlight {
         seq,
         events: events.clone(),
@@ -83,10 +88,18 @@ pub(super) async fn write_batch(
     ctx.register_undo(&scope, seq, &events, &acks, &rows_deleted);
     let inserted = match ctx.write(seq, &events, fail, freeze).await {
         Ok(inserted) => inserted,
-        // Stop mode: the error propagates, `for_each_compensated` stops and rolls this batch
-        // back.
-        Err(error) if ctx.failure.on_failure == OnFailure::Stop => return Err(error),
         Err(error) => {
+            let outage = error.is_database_unavailable();
+            if outage {
+                // The rollback needs the database: wait for it (bounded) first.
+                ctx.await_database(seq, &error).await;
+            }
+            // Stop mode: the error propagates, `for_each_compensated` stops and rolls this
+            // batch back. Not for an outage with a redelivering source: that batch is given
+            // back and written again later, like in skip-batch mode.
+            if ctx.failure.on_failure == OnFailure::Stop && !(outage && redelivers) {
+                return Err(error);
+            }
             // Skip-batch mode: roll this batch back here, record it and go on.
             let report = scope.rollback(ctx.failure.rollback).await;
             let batch = InFlight {

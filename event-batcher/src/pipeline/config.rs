@@ -132,6 +132,10 @@ pub struct Config {
     pub progress: ProgressMode,
     /// Longest wait for the database connection.
     pub connect_timeout: Duration,
+    /// Longest wait, when a batch's write fails because the database is unavailable, for it
+    /// to come back, so that the batch can be rolled back (`--database-outage`; zero: no
+    /// wait). See [`Pipeline::run`](super::Pipeline::run).
+    pub database_outage: Duration,
 }
 
 impl Default for Config {
@@ -158,6 +162,7 @@ impl Default for Config {
             max_deliveries: None,
             progress: ProgressMode::Auto,
             connect_timeout: Duration::from_secs(5),
+            database_outage: Duration::from_secs(60),
         }
     }
 }

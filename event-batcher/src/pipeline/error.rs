@@ -45,6 +45,14 @@ pub enum PipelineError {
     },
 }
 
+impl PipelineError {
+    /// Whether this is a database write that failed because the database was unavailable
+    /// (see [`QueryError::is_unavailable`]), not because of the batch.
+    pub fn is_database_unavailable(&self) -> bool {
+        matches!(self, PipelineError::Write { source, .. } if source.is_unavailable())
+    }
+}
+
 /// An error that prevents the run from starting: exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {

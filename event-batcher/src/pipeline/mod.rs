@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 mod faults;
 mod finish;
+mod outage;
 mod outputs;
 mod settle;
 
@@ -135,6 +136,12 @@ impl Pipeline {
     /// - each batch is written by `for_each_compensated` as described in the crate
     ///   documentation, under the `--on-failure` policy; a batch that commits is counted as
     ///   acknowledged and its events are acknowledged to the source;
+    /// - a batch whose write fails because the database is unavailable
+    ///   ([`PipelineError::is_database_unavailable`]) waits for the database, at most
+    ///   [`Config::database_outage`], before it is rolled back; then, when its records carry
+    ///   acknowledgement hooks (a redelivering source such as NATS), it is rolled back and
+    ///   given back (nak) and the run goes on, whatever `--on-failure` says; otherwise the
+    ///   failure policy applies (stop mode: the run stops after the rollback);
     /// - the cancellation token rolls back the batch in progress and ends the run;
     /// - at the end the database is counted and the consistency check computed; the
     ///   returned [`Summary`] holds everything, including how the run ended.
@@ -228,6 +235,7 @@ impl Pipeline {
             faults: FaultInjector::new(config.faults),
             outputs,
             cancel: cancel.clone(),
+            database_outage: config.database_outage,
         });
 
         let started = Instant::now();

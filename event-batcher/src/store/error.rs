@@ -41,6 +41,28 @@ pub enum ConnectError {
 #[error("{}", describe(.0))]
 pub struct QueryError(#[from] pub sqlx::Error);
 
+impl QueryError {
+    /// Whether the database could not be reached or went away (a lost or refused
+    /// connection, a pool that timed out, a server shutting down or restarting), rather
+    /// than refusing the statement: the same statement may succeed once it is back.
+    pub fn is_unavailable(&self) -> bool {
+        match &self.0 {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // SQLSTATE class 08 (connection exception), 57P01-57P03 (admin shutdown, crash
+            // shutdown, cannot connect now).
+            sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+                code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// A one-line description of a driver error: the database's own message for errors the
 /// server returned (without sqlx's "at line N" of the server's source code), the driver's
 /// message otherwise.

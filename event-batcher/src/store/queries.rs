@@ -255,6 +255,11 @@ impl Store {
         }
     }
 
+    /// Asks the database for `SELECT 1`: whether it answers.
+    pub async fn ping(&self) -> Result<(), QueryError> {
+        self.execute("SELECT 1".to_owned(), &[]).await.map(drop)
+    }
+
     /// Rows in the table.
     pub async fn count_all(&self) -> Result<u64, QueryError> {
         self.count(format!("SELECT COUNT(*) FROM {}", self.table), &[])

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test file uses a different subset.
 
+pub mod private_postgres;
 pub mod scenarios;
 
 use std::collections::BTreeSet;
