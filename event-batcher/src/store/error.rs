@@ -75,3 +75,29 @@ pub fn describe(error: &sqlx::Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_an_unavailable_database_from_a_refused_statement() {
+        let unavailable = [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+            sqlx::Error::Protocol("unexpected end of stream".into()),
+        ];
+        for error in unavailable {
+            assert!(QueryError(error).is_unavailable());
+        }
+        let refused = [
+            sqlx::Error::RowNotFound,
+            sqlx::Error::ColumnNotFound("claimed".into()),
+            sqlx::Error::InvalidArgument("x".into()),
+        ];
+        for error in refused {
+            assert!(!QueryError(error).is_unavailable());
+        }
+    }
+}
