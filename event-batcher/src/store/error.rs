@@ -7,31 +7,48 @@ pub enum ConnectError {
     /// A `--table` name that is not a plain SQL identifier.
     #[error("{0}")]
     TableName(String),
-    /// A database URL that is not supported or cannot be parsed.
-    #[error("bad database URL {url}: {reason}")]
+    /// A database URL whose scheme names no supported database.
+    #[error("bad database URL {url}: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE")]
+    Scheme {
+        /// The URL, password redacted.
+        url: String,
+    },
+    /// A database URL that cannot be parsed.
+    #[error("bad database URL {url}: {source}")]
     Url {
         /// The URL, password redacted.
         url: String,
-        /// What is wrong.
-        reason: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
     },
     /// The database cannot be reached or opened.
-    #[error("cannot connect to {url}: {reason}")]
+    #[error("cannot connect to {url}: {}", describe(.source))]
     Unreachable {
         /// The URL, password redacted.
         url: String,
         /// The driver's error.
-        reason: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// No connection was made within the connect timeout.
+    #[error("cannot connect to {url}: no connection within {timeout:?}")]
+    Timeout {
+        /// The URL, password redacted.
+        url: String,
+        /// The connect timeout.
+        timeout: std::time::Duration,
     },
     /// The table cannot be created or has other columns.
-    #[error("cannot use table `{table}` in {url}: {reason}")]
+    #[error("cannot use table `{table}` in {url}: {source}")]
     Schema {
         /// The URL, password redacted.
         url: String,
         /// The table.
         table: String,
-        /// The driver's error.
-        reason: String,
+        /// The failed statement.
+        #[source]
+        source: QueryError,
     },
 }
 

@@ -96,10 +96,7 @@ impl Backend {
         match scheme.as_deref() {
             Some("sqlite") => Ok(Backend::Sqlite),
             Some("postgres" | "postgresql") => Ok(Backend::Postgres),
-            _ => Err(ConnectError::Url {
-                url: redact(url),
-                reason: "expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE".into(),
-            }),
+            _ => Err(ConnectError::Scheme { url: redact(url) }),
         }
     }
 }
@@ -129,13 +126,13 @@ impl Store {
     pub async fn connect(url: &str, table: &str, timeout: Duration) -> Result<Store, ConnectError> {
         check_table_name(table).map_err(ConnectError::TableName)?;
         let shown = redact(url);
-        let bad_url = |error: sqlx::Error| ConnectError::Url {
+        let bad_url = |source: sqlx::Error| ConnectError::Url {
             url: shown.clone(),
-            reason: error.to_string(),
+            source,
         };
-        let unreachable = |reason: String| ConnectError::Unreachable {
+        let unreachable = |source: sqlx::Error| ConnectError::Unreachable {
             url: shown.clone(),
-            reason,
+            source,
         };
         // One plain connection first: the pool retries failed connections until its
         // timeout and then reports only "pool timed out", hiding the cause (connection
@@ -149,39 +146,36 @@ impl Store {
                         .journal_mode(SqliteJournalMode::Wal)
                         .synchronous(SqliteSynchronous::Normal)
                         .busy_timeout(timeout);
-                    let probe = options
-                        .connect()
-                        .await
-                        .map_err(|e| unreachable(describe(&e)))?;
-                    probe.close().await.map_err(|e| unreachable(describe(&e)))?;
+                    let probe = options.connect().await.map_err(unreachable)?;
+                    probe.close().await.map_err(unreachable)?;
                     SqlitePoolOptions::new()
                         .max_connections(SQLITE_POOL_SIZE)
                         .acquire_timeout(timeout)
                         .connect_with(options)
                         .await
                         .map(Pool::Sqlite)
-                        .map_err(|error| unreachable(describe(&error)))
+                        .map_err(unreachable)
                 }
                 Backend::Postgres => {
                     let options = PgConnectOptions::from_str(url).map_err(bad_url)?;
-                    let probe = options
-                        .connect()
-                        .await
-                        .map_err(|e| unreachable(describe(&e)))?;
-                    probe.close().await.map_err(|e| unreachable(describe(&e)))?;
+                    let probe = options.connect().await.map_err(unreachable)?;
+                    probe.close().await.map_err(unreachable)?;
                     PgPoolOptions::new()
                         .max_connections(POSTGRES_POOL_SIZE)
                         .acquire_timeout(timeout)
                         .connect_with(options)
                         .await
                         .map(Pool::Postgres)
-                        .map_err(|error| unreachable(describe(&error)))
+                        .map_err(unreachable)
                 }
             }
         };
         let pool = tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| unreachable(format!("no connection within {timeout:?}")))??;
+            .map_err(|_| ConnectError::Timeout {
+                url: shown.clone(),
+                timeout,
+            })??;
         let store = Store {
             pool,
             table: table.to_owned(),
@@ -191,10 +185,10 @@ impl Store {
         store
             .create_schema()
             .await
-            .map_err(|error| ConnectError::Schema {
+            .map_err(|source| ConnectError::Schema {
                 url: shown,
                 table: table.to_owned(),
-                reason: error.to_string(),
+                source,
             })?;
         Ok(store)
     }
