@@ -9,7 +9,9 @@ use async_nats::jetstream::{
 };
 use async_nats::{Client, ConnectOptions, ServerAddr};
 
-use super::error::{NatsError, one_line};
+use result_stream::BoxError;
+
+use super::error::NatsError;
 use super::options::NatsOptions;
 
 /// Validates the URL and connects once (no retry loop on the initial connect, so a wrong address
@@ -37,13 +39,13 @@ pub async fn connect(opts: &NatsOptions) -> Result<Client, NatsError> {
     // connection_timeout covers TCP connect; bound the handshake as well.
     match tokio::time::timeout(opts.connect_timeout + Duration::from_secs(1), connecting).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(NatsError::Connect {
+        Ok(Err(source)) => Err(NatsError::Connect {
             url: url.to_string(),
-            reason: one_line(&e),
+            source,
         }),
-        Err(_) => Err(NatsError::Connect {
+        Err(_) => Err(NatsError::ConnectTimeout {
             url: url.to_string(),
-            reason: format!("timed out after {:?}", opts.connect_timeout),
+            timeout: opts.connect_timeout,
         }),
     }
 }
@@ -61,9 +63,9 @@ pub async fn ensure_stream(
     js: &jetstream::Context,
     opts: &NatsOptions,
 ) -> Result<stream::Stream, NatsError> {
-    let err = |reason: String| NatsError::Stream {
+    let err = |source: BoxError| NatsError::Stream {
         stream: opts.stream.clone(),
-        reason,
+        source,
     };
     let mut stream = js
         .get_or_create_stream(stream::Config {
@@ -73,14 +75,15 @@ pub async fn ensure_stream(
             ..Default::default()
         })
         .await
-        .map_err(|e| err(one_line(&e)))?;
-    let info = stream.info().await.map_err(|e| err(one_line(&e)))?;
+        .map_err(|e| err(e.into()))?;
+    let info = stream.info().await.map_err(|e| err(e.into()))?;
     let subjects = &info.config.subjects;
     if !subjects.iter().any(|s| subject_matches(s, &opts.subject)) {
-        return Err(err(format!(
-            "exists but captures {subjects:?}, not {:?}",
-            opts.subject
-        )));
+        return Err(NatsError::StreamSubjects {
+            stream: opts.stream.clone(),
+            subjects: subjects.clone(),
+            subject: opts.subject.clone(),
+        });
     }
     Ok(stream)
 }
@@ -91,7 +94,7 @@ pub async fn ensure_consumer(
     stream: &stream::Stream,
     opts: &NatsOptions,
 ) -> Result<PullConsumer, NatsError> {
-    let err = |reason: String| NatsError::Consumer {
+    let err = |reason: String| NatsError::ConsumerSettings {
         stream: opts.stream.clone(),
         consumer: opts.consumer.clone(),
         reason,
@@ -109,7 +112,11 @@ pub async fn ensure_consumer(
     let consumer: PullConsumer = stream
         .get_or_create_consumer(&opts.consumer, config)
         .await
-        .map_err(|e| err(one_line(&e)))?;
+        .map_err(|e| NatsError::Consumer {
+            stream: opts.stream.clone(),
+            consumer: opts.consumer.clone(),
+            source: e.into(),
+        })?;
     let cfg = &consumer.cached_info().config;
     if cfg.ack_policy != AckPolicy::Explicit {
         return Err(err(format!(

@@ -1,5 +1,7 @@
 //! The errors of the NATS source's setup and of publishing.
 
+use result_stream::BoxError;
+
 /// Setup / publish errors; `Display` is one line, meant for the CLI.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -11,40 +13,77 @@ pub enum NatsError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The server cannot be reached (refused, DNS, timeout, TLS, auth).
-    #[error("cannot connect to NATS at {url}: {reason}")]
+    /// The server cannot be reached (refused, DNS, TLS, auth).
+    #[error("cannot connect to NATS at {url}: {}", one_line(.source))]
     Connect {
         /// The URL.
         url: String,
         /// The client's error.
-        reason: String,
+        #[source]
+        source: async_nats::ConnectError,
     },
-    /// The stream cannot be created or read, or captures other subjects.
-    #[error("JetStream stream {stream:?}: {reason}")]
+    /// The server did not complete the connection in time.
+    #[error("cannot connect to NATS at {url}: timed out after {timeout:?}")]
+    ConnectTimeout {
+        /// The URL.
+        url: String,
+        /// The connect timeout.
+        timeout: std::time::Duration,
+    },
+    /// The stream cannot be created or read (e.g. JetStream not enabled on the server).
+    #[error("JetStream stream {stream:?}: {}", boxed_line(.source))]
     Stream {
         /// The stream name.
         stream: String,
-        /// What went wrong (e.g. JetStream not enabled on the server).
-        reason: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
     },
-    /// The durable consumer cannot be created or used.
-    #[error("JetStream consumer {consumer:?} on stream {stream:?}: {reason}")]
+    /// The stream exists but does not capture the subject (it is never changed).
+    #[error("JetStream stream {stream:?}: exists but captures {subjects:?}, not {subject:?}")]
+    StreamSubjects {
+        /// The stream name.
+        stream: String,
+        /// The subjects it captures.
+        subjects: Vec<String>,
+        /// The subject it should capture.
+        subject: String,
+    },
+    /// The durable consumer cannot be created or read.
+    #[error("JetStream consumer {consumer:?} on stream {stream:?}: {}", boxed_line(.source))]
     Consumer {
         /// The stream name.
         stream: String,
         /// The consumer name.
         consumer: String,
-        /// What went wrong.
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The durable consumer exists with settings that break ack-after-commit.
+    #[error("JetStream consumer {consumer:?} on stream {stream:?}: {reason}")]
+    ConsumerSettings {
+        /// The stream name.
+        stream: String,
+        /// The consumer name.
+        consumer: String,
+        /// Which setting, and what it should be.
         reason: String,
     },
     /// A publish was not stored (no stream for the subject, timeout, ...).
-    #[error("publish to {subject:?} failed: {reason}")]
+    #[error("publish to {subject:?} failed: {}", boxed_line(.source))]
     Publish {
         /// The subject.
         subject: String,
-        /// What went wrong.
-        reason: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
     },
+}
+
+/// [`one_line`] of a boxed error.
+fn boxed_line(error: &BoxError) -> String {
+    one_line(&**error)
 }
 
 /// An error and its sources on one line, without repeating what the outer message says.

@@ -108,7 +108,6 @@ use crate::console::Console;
 use crate::source::RecordStream;
 use crate::sync::lock;
 use ack::{Shared, ack_task, keep_alive};
-use error::one_line;
 use records::{PullState, Records};
 use stats::SourceStats;
 
@@ -235,7 +234,7 @@ impl NatsSource {
             .map_err(|e| NatsError::Consumer {
                 stream: self.opts.stream.clone(),
                 consumer: self.opts.consumer.clone(),
-                reason: one_line(&e),
+                source: e.into(),
             })
     }
 

@@ -7,7 +7,9 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use super::error::{NatsError, one_line};
+use result_stream::BoxError;
+
+use super::error::NatsError;
 
 /// Result of [`publish`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,15 +57,15 @@ where
 {
     let started = Instant::now();
     let max_in_flight = max_in_flight.max(1);
-    let fail = |reason: String| NatsError::Publish {
+    let fail = |source: BoxError| NatsError::Publish {
         subject: subject.to_string(),
-        reason,
+        source,
     };
     let mut in_flight = FuturesUnordered::new();
     let (mut stored, mut duplicates) = (0u64, 0u64);
     let mut settle =
         |r: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>| {
-            let ack = r.map_err(|e| fail(one_line(&e)))?;
+            let ack = r.map_err(|e| fail(e.into()))?;
             if ack.duplicate {
                 duplicates += 1;
             } else {
@@ -85,7 +87,7 @@ where
                     .message_id(id),
             )
             .await
-            .map_err(|e| fail(one_line(&e)))?;
+            .map_err(|e| fail(e.into()))?;
         in_flight.push(std::future::IntoFuture::into_future(ack));
     }
     while let Some(r) = in_flight.next().await {
