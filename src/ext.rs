@@ -1,9 +1,13 @@
 use std::future::Future;
+use std::hash::Hash;
 use std::time::Duration;
 
 use futures_core::stream::Stream;
 
-use crate::{ChunksTimeoutResult, CompensationScope, ForEachCompensated, MapOkStream};
+use crate::{
+    ChunksTimeoutByKeyResult, ChunksTimeoutResult, CompensationScope, ForEachCompensated,
+    MapOkStream,
+};
 
 /// Adapters for streams of `Result`s, implemented for every `Stream<Item = Result<T, E>>`.
 ///
@@ -199,6 +203,92 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
         Fut: Future<Output = Result<(), E>>,
     {
         ForEachCompensated::new(self, scope, f)
+    }
+    /// Buffers `Ok` values into one open batch per key, `key(&value)`, and yields
+    /// `Ok((key, batch))` when the first of these happens to that key's batch:
+    /// 1. it holds `max_items` values;
+    /// 2. `timeout` has passed since its first value arrived: each key's batch has a deadline
+    ///    of its own, started by its first value and never extended by later ones (nor by
+    ///    other keys' values);
+    /// 3. an `Err(e)` arrives: every open batch is yielded first, oldest first value first,
+    ///    then `Err(e)`, then batching goes on with the next value;
+    /// 4. the upstream ends: every open batch is yielded, oldest first, then `None`;
+    /// 5. it is the oldest open batch, [`max_open_keys`](ChunksTimeoutByKeyResult::max_open_keys)
+    ///    batches are open, and a value of a new key arrives (eviction).
+    ///
+    /// Rules:
+    /// - within a key, values keep their order; batches are yielded in the order they close;
+    ///   never an empty batch, never more than `max_items` values; no value is lost or
+    ///   duplicated, and no value is yielded after an error that arrived after it;
+    /// - data wins ties, as in [`chunks_timeout_result`](Self::chunks_timeout_result): a
+    ///   deadline that has passed is acted on when the upstream has nothing ready, so values
+    ///   already available join their batches first. One exception keeps a flooding key from
+    ///   holding back the others: right after a full batch, the batches whose deadlines have
+    ///   passed are yielded (oldest first) before more values are taken;
+    /// - `timeout == Duration::ZERO` yields the open batches, oldest first, as soon as the
+    ///   upstream has nothing ready;
+    /// - the number of open batches is unbounded by default (one per key seen within a
+    ///   `timeout`); [`max_open_keys`](ChunksTimeoutByKeyResult::max_open_keys) bounds it;
+    /// - one timer for all keys (a `tokio::time::Sleep` at the oldest batch's deadline): it
+    ///   needs a Tokio runtime with the time driver when polled with a batch open and the
+    ///   upstream pending (not when constructed), a paused clock makes it deterministic, and
+    ///   the adapter may be moved to another runtime between polls;
+    /// - buffered values are never lost when the adapter is abandoned:
+    ///   [`ChunksTimeoutByKeyResult::take_remainder`] takes every key's values (and a
+    ///   held-back error) out of a pinned adapter.
+    ///
+    /// `key` is called once per value; the key is cloned once per batch.
+    ///
+    /// # Panics
+    ///
+    /// Panics, at the caller's location, if `max_items` is zero.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::{SinkExt, StreamExt};
+    /// use result_stream::ResultStreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (mut tx, rx) = futures::channel::mpsc::unbounded::<Result<(&str, u32), String>>();
+    /// let mut batches = std::pin::pin!(
+    ///     rx.chunks_timeout_by_key_result(|&(tenant, _)| tenant, 2, Duration::from_secs(2))
+    /// );
+    /// let started = tokio::time::Instant::now();
+    ///
+    /// tx.send(Ok(("a", 1))).await.unwrap();
+    /// tx.send(Ok(("b", 1))).await.unwrap();
+    /// tx.send(Ok(("a", 2))).await.unwrap();
+    /// assert_eq!(batches.next().await, Some(Ok(("a", vec![("a", 1), ("a", 2)])))); // full
+    /// assert_eq!(batches.next().await, Some(Ok(("b", vec![("b", 1)]))));          // deadline
+    /// assert_eq!(started.elapsed(), Duration::from_secs(2));
+    ///
+    /// tx.send(Ok(("b", 2))).await.unwrap();
+    /// tx.send(Ok(("a", 3))).await.unwrap();
+    /// tx.send(Err("bad frame".into())).await.unwrap();
+    /// assert_eq!(batches.next().await, Some(Ok(("b", vec![("b", 2)]))));  // oldest first,
+    /// assert_eq!(batches.next().await, Some(Ok(("a", vec![("a", 3)]))));
+    /// assert_eq!(batches.next().await, Some(Err("bad frame".into())));    // then the error
+    ///
+    /// tx.send(Ok(("c", 1))).await.unwrap();
+    /// drop(tx);
+    /// assert_eq!(batches.next().await, Some(Ok(("c", vec![("c", 1)])))); // end of stream
+    /// assert_eq!(batches.next().await, None);
+    /// # }
+    /// ```
+    #[track_caller]
+    fn chunks_timeout_by_key_result<K, F>(
+        self,
+        key: F,
+        max_items: usize,
+        timeout: Duration,
+    ) -> ChunksTimeoutByKeyResult<Self, K, F>
+    where
+        Self: Sized,
+        F: FnMut(&T) -> K,
+        K: Hash + Eq + Clone,
+    {
+        ChunksTimeoutByKeyResult::new(self, key, max_items, timeout)
     }
 }
 
