@@ -60,28 +60,20 @@ where
     (outs, start.elapsed())
 }
 
+type Rx = mpsc::UnboundedReceiver<Item>;
+type ByKey = ChunksTimeoutByKeyResult<Rx, char, fn(&Value) -> char>;
+
 async fn run(
     schedule: Vec<(Duration, Item)>,
     end: u64,
-    adapt: impl FnOnce(
-        mpsc::UnboundedReceiver<Item>,
-    ) -> ChunksTimeoutByKeyResult<
-        mpsc::UnboundedReceiver<Item>,
-        char,
-        fn(&Value) -> char,
-    >,
+    adapt: impl FnOnce(Rx) -> ByKey,
 ) -> (Vec<Out>, Duration) {
     let start = Instant::now();
     let rx = scheduled(start, schedule, ms(end));
     collect(adapt(rx), start).await
 }
 
-fn by_key(
-    max_items: usize,
-    timeout: Duration,
-) -> impl FnOnce(
-    mpsc::UnboundedReceiver<Item>,
-) -> ChunksTimeoutByKeyResult<mpsc::UnboundedReceiver<Item>, char, fn(&Value) -> char> {
+fn by_key(max_items: usize, timeout: Duration) -> impl FnOnce(Rx) -> ByKey {
     move |rx| rx.chunks_timeout_by_key_result(key as fn(&Value) -> char, max_items, timeout)
 }
 
