@@ -15,7 +15,9 @@ use crate::{
 /// use result_stream::ResultStreamExt;
 /// ```
 pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
-    /// Replaces each `Ok(t)` with the output of the future `f(t)`.
+    /// Replaces each `Ok(t)` with the output of the future `f(t)`: the shape of futures'
+    /// `TryStreamExt::and_then`, kept here so the whole pipeline is one chain on
+    /// `ResultStreamExt` (see [`MapOkStream`]).
     ///
     /// Rules:
     /// - `f` is called once per `Ok` value; each upstream `Err(e)` is passed through
@@ -39,6 +41,7 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// assert_eq!(parsed, vec![Ok(1), Err("socket reset"), Err("not a number"), Ok(3)]);
     /// # }
     /// ```
+    #[doc(alias = "and_then")]
     fn map_ok_stream<U, Fut, F>(self, f: F) -> MapOkStream<Self, Fut, F>
     where
         Self: Sized,
@@ -52,8 +55,13 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// happens:
     /// 1. the batch holds `max_items` values;
     /// 2. `timeout` has passed since the first value of this batch arrived: a deadline per
-    ///    batch, started by its first value and never extended by later ones, so every value
-    ///    waits at most `timeout` (give or take the poll in progress);
+    ///    batch, started by its first value and never extended by later ones. Exactly: the
+    ///    deadline is `timeout` after the end of the poll in which the batch's first value
+    ///    arrived (when the upstream first returns `Pending` with it buffered), so a value
+    ///    waits at most `timeout` plus the time the upstream spent producing the values it had
+    ///    ready in that poll: nothing to speak of for a channel, 270 ms for an upstream that
+    ///    computes for 270 ms in one poll. This keeps the clock out of batches that fill from a
+    ///    ready upstream;
     /// 3. an `Err(e)` arrives: the partial batch is yielded first, then `Err(e)` on the next
     ///    poll, then batching goes on with the next value;
     /// 4. the upstream ends: the partial batch is yielded at once, then `None`.
@@ -72,6 +80,13 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// - buffered values are never lost when the adapter is abandoned:
     ///   [`ChunksTimeoutResult::take_remainder`] takes them (and a held-back error) out of
     ///   a pinned adapter.
+    /// - cost: no timer and no clock read for a batch that fills without the upstream
+    ///   returning `Pending`; the timer is inline (never a heap allocation); one allocation per
+    ///   batch of up to 65,536 values (a larger batch grows by doubling past that).
+    ///
+    /// [`.max_weight(max_weight, weigh)`](ChunksTimeoutResult::max_weight) adds a weight cap
+    /// (bytes, bind parameters) and [`.with_batch_info()`](ChunksTimeoutResult::with_batch_info)
+    /// yields each batch with why it closed, its weight and its age.
     ///
     /// # Panics
     ///

@@ -214,7 +214,7 @@ fn check_rules(case: &Case, outs: &[O], ended: Duration) -> Result<(), TestCaseE
                         prop_assert_eq!(i, outs.len() - 1, "an End flush is the last output");
                         prop_assert_eq!(out.at, ms(case.end));
                     }
-                    None => prop_assert!(false, "a batch without a flush reason"),
+                    other => prop_assert!(false, "a count-only batch closed for {:?}", other),
                 }
             }
         }
