@@ -238,8 +238,10 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// - data wins ties, as in [`chunks_timeout_result`](Self::chunks_timeout_result): a
     ///   deadline that has passed is acted on when the upstream has nothing ready, so values
     ///   already available join their batches first. One exception keeps a flooding key from
-    ///   holding back the others: right after a full batch, the batches whose deadlines have
-    ///   passed are yielded (oldest first) before more values are taken;
+    ///   holding back the others: right after a batch that a value closed (full, by weight,
+    ///   or evicted), the batches whose deadlines have passed are yielded, oldest first,
+    ///   before more values are taken. On an upstream that never returns `Pending`, a value
+    ///   thus waits at most `timeout` plus the time to close one more batch;
     /// - `timeout == Duration::ZERO` yields the open batches, oldest first, as soon as the
     ///   upstream has nothing ready;
     /// - the number of open batches is unbounded by default (one per key seen within a
@@ -253,6 +255,10 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   held-back error) out of a pinned adapter.
     ///
     /// `key` is called once per value; the key is cloned once per batch.
+    /// [`max_weight`](ChunksTimeoutByKeyResult::max_weight) adds a weight cap per key and
+    /// [`with_batch_info`](ChunksTimeoutByKeyResult::with_batch_info) tags each batch with
+    /// why it closed ([`FlushReason`](crate::FlushReason), including `Eviction`), its weight
+    /// and its age, as on [`chunks_timeout_result`](Self::chunks_timeout_result).
     ///
     /// # Panics
     ///

@@ -19,9 +19,13 @@ const NIL: usize = usize::MAX;
 
 /// One open batch.
 #[derive(Debug)]
-pub(super) struct Batch<K, T> {
+pub(super) struct Batch<K, T, W> {
     pub(super) key: K,
     pub(super) items: Vec<T>,
+    /// The batch's running weight (`()` without a weight cap).
+    pub(super) total: W,
+    /// When its first value arrived (the clock read of the poll that took it).
+    pub(super) opened: Instant,
     /// `opened + timeout`.
     pub(super) deadline: Instant,
     prev: usize,
@@ -29,8 +33,8 @@ pub(super) struct Batch<K, T> {
 }
 
 /// The open batches, in the order they opened.
-pub(super) struct OpenBatches<K, T> {
-    slots: Vec<Option<Batch<K, T>>>,
+pub(super) struct OpenBatches<K, T, W> {
+    slots: Vec<Option<Batch<K, T, W>>>,
     free: Vec<usize>,
     index: HashMap<K, usize>,
     head: usize,
@@ -39,7 +43,7 @@ pub(super) struct OpenBatches<K, T> {
     last: usize,
 }
 
-impl<K, T> OpenBatches<K, T> {
+impl<K, T, W> OpenBatches<K, T, W> {
     pub(super) fn new() -> Self {
         Self {
             slots: Vec::new(),
@@ -61,12 +65,12 @@ impl<K, T> OpenBatches<K, T> {
     }
 
     /// The batch in `slot`, which must be open.
-    pub(super) fn get_mut(&mut self, slot: usize) -> &mut Batch<K, T> {
+    pub(super) fn get_mut(&mut self, slot: usize) -> &mut Batch<K, T, W> {
         self.slots[slot].as_mut().expect("an open slot")
     }
 
     /// The oldest open batch (the first to have opened; its deadline is the earliest).
-    pub(super) fn oldest(&self) -> Option<&Batch<K, T>> {
+    pub(super) fn oldest(&self) -> Option<&Batch<K, T, W>> {
         self.slots.get(self.head).and_then(Option::as_ref)
     }
 
@@ -76,7 +80,7 @@ impl<K, T> OpenBatches<K, T> {
     }
 
     /// The open batches, oldest first.
-    pub(super) fn iter(&self) -> impl Iterator<Item = &Batch<K, T>> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Batch<K, T, W>> {
         let mut at = self.head;
         core::iter::from_fn(move || {
             let batch = self.slots.get(at)?.as_ref()?;
@@ -86,7 +90,7 @@ impl<K, T> OpenBatches<K, T> {
     }
 
     /// Closes the batch in `slot` (which must be open) and returns it.
-    pub(super) fn close(&mut self, slot: usize) -> Batch<K, T>
+    pub(super) fn close(&mut self, slot: usize) -> Batch<K, T, W>
     where
         K: Hash + Eq,
     {
@@ -108,7 +112,7 @@ impl<K, T> OpenBatches<K, T> {
     }
 
     /// Closes the oldest open batch, if any.
-    pub(super) fn close_oldest(&mut self) -> Option<Batch<K, T>>
+    pub(super) fn close_oldest(&mut self) -> Option<Batch<K, T, W>>
     where
         K: Hash + Eq,
     {
@@ -116,7 +120,7 @@ impl<K, T> OpenBatches<K, T> {
     }
 
     /// Takes every open batch out, oldest first, leaving the table empty (its memory kept).
-    pub(super) fn take_all(&mut self) -> Vec<Batch<K, T>>
+    pub(super) fn take_all(&mut self) -> Vec<Batch<K, T, W>>
     where
         K: Hash + Eq,
     {
@@ -128,7 +132,7 @@ impl<K, T> OpenBatches<K, T> {
     }
 }
 
-impl<K: Hash + Eq + Clone, T> OpenBatches<K, T> {
+impl<K: Hash + Eq + Clone, T, W> OpenBatches<K, T, W> {
     /// The slot of `key`'s open batch, if it has one.
     #[inline]
     pub(super) fn find(&mut self, key: &K) -> Option<usize> {
@@ -151,10 +155,19 @@ impl<K: Hash + Eq + Clone, T> OpenBatches<K, T> {
     }
 
     /// Opens a batch for `key` (which has none) as the newest, and returns its slot.
-    pub(super) fn open(&mut self, key: K, items: Vec<T>, deadline: Instant) -> usize {
+    pub(super) fn open(
+        &mut self,
+        key: K,
+        items: Vec<T>,
+        total: W,
+        opened: Instant,
+        deadline: Instant,
+    ) -> usize {
         let batch = Batch {
             key: key.clone(),
             items,
+            total,
+            opened,
             deadline,
             prev: self.tail,
             next: NIL,
@@ -181,7 +194,7 @@ impl<K: Hash + Eq + Clone, T> OpenBatches<K, T> {
     }
 }
 
-impl<K, T> Batch<K, T> {
+impl<K, T, W> Batch<K, T, W> {
     /// The batch's key and values.
     pub(super) fn into_parts(self) -> (K, Vec<T>) {
         (self.key, self.items)
