@@ -236,13 +236,13 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   never an empty batch, never more than `max_items` values; no value is lost or
     ///   duplicated, and no value is yielded after an error that arrived after it;
     /// - data wins ties, as in [`chunks_timeout_result`](Self::chunks_timeout_result): a
-    ///   deadline that has passed is acted on when the upstream has nothing ready, so values
-    ///   already available join their batches first. One exception keeps a flooding key from
-    ///   holding back the others: right after a batch that a value closed (full, by weight,
-    ///   or evicted), the batches whose deadlines have passed are yielded, oldest first,
-    ///   before more values are taken. On an upstream that never returns `Pending`, a value
-    ///   thus waits at most `timeout` plus the time to close one more batch;
-    /// - `timeout == Duration::ZERO` yields the open batches, oldest first, as soon as the
+    ///   deadline that has passed is first acted on when the upstream has nothing ready, so
+    ///   values already available join their batches first. Then every batch whose deadline
+    ///   has passed is yielded, oldest first, before more values are taken; the same happens
+    ///   right after a batch that a value closed (full, by weight, or evicted), so that a
+    ///   flooding key cannot hold back the others: on an upstream that never returns
+    ///   `Pending`, a value waits at most `timeout` plus the time to close one more batch;
+    /// - `timeout == Duration::ZERO` yields every open batch, oldest first, as soon as the
     ///   upstream has nothing ready;
     /// - the number of open batches is unbounded by default (one per key seen within a
     ///   `timeout`); [`max_open_keys`](ChunksTimeoutByKeyResult::max_open_keys) bounds it;

@@ -275,6 +275,28 @@ async fn data_wins_a_full_batch_comes_before_an_expired_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn batches_that_expire_together_are_yielded_together_before_more_data() {
+    let (tx, rx) = mpsc::unbounded::<Item>();
+    let mut s = pin!(rx.chunks_timeout_by_key_result(key, 10, secs(2)));
+    let start = Instant::now();
+    tx.unbounded_send(Ok(('a', 1))).unwrap();
+    tx.unbounded_send(Ok(('b', 1))).unwrap();
+    assert!(poll!(s.next()).is_pending()); // both deadlines: 2 s
+    assert_eq!(s.next().await, Some(Ok(('a', vec![('a', 1)]))));
+    assert_eq!(start.elapsed(), secs(2));
+    // A value of b arrives after the upstream was found empty at b's deadline: it does not
+    // join b's expired batch, which goes first.
+    tx.unbounded_send(Ok(('b', 2))).unwrap();
+    assert_eq!(
+        poll!(s.next()),
+        Poll::Ready(Some(Ok(('b', vec![('b', 1)]))))
+    );
+    assert!(poll!(s.next()).is_pending());
+    assert_eq!(s.buffered_values(&'b'), &[('b', 2)]);
+    assert_eq!(s.next_deadline(), Some(start + secs(4)));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_never_pending_flood_of_one_key_does_not_starve_another_keys_deadline() {
     // An upstream that is always ready: one value of b, then key a without end. The
     // consumer takes 300 ms per batch, so the clock moves while the upstream never pends.

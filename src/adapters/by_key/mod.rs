@@ -73,8 +73,9 @@ pin_project! {
         #[pin]
         timer: Option<Sleep>,
         timer_runtime: Option<Id>,
-        // Set when a full batch was yielded: the next poll yields expired batches before
-        // taking more values, so that a flooding key cannot hold back another's deadline.
+        // Set when a value or a deadline closed a batch: the next poll yields the batches
+        // whose deadlines have passed before taking more values, so that a flooding key
+        // cannot hold back another's deadline, and batches that expire together go together.
         expired_first: bool,
         upstream_done: bool,
         last_flush: Option<FlushReason>,

@@ -102,7 +102,8 @@ where
             };
         }
 
-        // Right after a batch that a value closed: expired deadlines before more data.
+        // Right after a batch that a value or a deadline closed: expired deadlines before
+        // more data.
         if *this.expired_first {
             if let Some(oldest) = this.open.oldest() {
                 if oldest.deadline <= Instant::now() {
@@ -194,6 +195,7 @@ where
             return Poll::Pending;
         };
         if this.timeout.is_zero() {
+            *this.expired_first = true;
             let batch = this.open.close_oldest().expect("an oldest batch");
             return this.yield_batch(batch, FlushReason::Deadline);
         }
@@ -214,6 +216,8 @@ where
         let timer = this.timer.as_mut().as_pin_mut().expect("an armed timer");
         match timer.poll(cx) {
             Poll::Ready(()) => {
+                // The other batches whose deadlines have passed follow before more data.
+                *this.expired_first = true;
                 let batch = this.open.close_oldest().expect("an oldest batch");
                 this.yield_batch(batch, FlushReason::Deadline)
             }
