@@ -36,9 +36,10 @@ pin_project! {
     ///
     /// Every batch gets the same `timeout` from a monotonic clock read when it opens, so
     /// the order in which batches open is the order of their deadlines. The open batches
-    /// are kept in one linked list in that order (in a slab, indexed by a `HashMap<K, slot>`):
-    /// its head is at once the next deadline, the batch to evict and the next to flush at an
-    /// error or the end, and a batch that closes early is unlinked in O(1). One
+    /// are kept in one linked list in that order (in a slab; each key's buffer lives in a
+    /// `HashMap<K, _>` entry that points at its node): the list's head is at once the next
+    /// deadline, the batch to evict and the next to flush at an error or the end, and a
+    /// batch that closes early is unlinked in O(1). One
     /// `tokio::time::Sleep`, stored inline, is armed at the head's deadline while the
     /// upstream is pending: no timer per key, no task. When the head closes early, the timer
     /// is moved to the next head's (later) deadline or dropped, so it never wakes the task
@@ -46,8 +47,8 @@ pin_project! {
     ///
     /// # Cost
     ///
-    /// Per value: the key function, one key comparison when the value has the same key as the
-    /// previous one (otherwise one hash lookup), and a push. Per batch: one allocation of
+    /// Per value: the key function and a push, after one key comparison when the value has
+    /// the same key as the previous one, otherwise after one hash lookup. Per batch: one allocation of
     /// `min(max_items, 4_096)` values (a larger batch grows as a `Vec` does), one clone of the
     /// key (the index and the batch each hold one), and one read of the clock for all the
     /// batches opened in the same poll. Memory: the open batches, plus a slab and an index
@@ -91,16 +92,14 @@ where
     St: TryStream + fmt::Debug,
     St::Ok: fmt::Debug,
     St::Error: fmt::Debug,
-    K: fmt::Debug,
+    K: fmt::Debug + Hash + Eq,
     W: Weigh<St::Ok> + fmt::Debug,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         struct Open<'a, K, T, V>(&'a OpenBatches<K, T, V>);
-        impl<K: fmt::Debug, T: fmt::Debug, V> fmt::Debug for Open<'_, K, T, V> {
+        impl<K: fmt::Debug + Hash + Eq, T: fmt::Debug, V> fmt::Debug for Open<'_, K, T, V> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_list()
-                    .entries(self.0.iter().map(|b| (&b.key, &b.items, b.deadline)))
-                    .finish()
+                f.debug_list().entries(self.0.iter()).finish()
             }
         }
         f.debug_struct("ChunksTimeoutByKeyResult")
@@ -321,11 +320,6 @@ impl<St: TryStream, K, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResult<St, K, F
         self.open.len()
     }
 
-    /// The number of buffered values, over every key. O(number of open batches).
-    pub fn buffered_len(&self) -> usize {
-        self.open.iter().map(|batch| batch.items.len()).sum()
-    }
-
     /// The deadline of the oldest open batch: the next one the timer waits for.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.open.oldest().map(|batch| batch.deadline)
@@ -333,7 +327,7 @@ impl<St: TryStream, K, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResult<St, K, F
 
     /// The open batches' keys, oldest batch first.
     pub fn open_keys_oldest_first(&self) -> impl Iterator<Item = &K> {
-        self.open.iter().map(|batch| &batch.key)
+        self.open.nodes().map(|node| &node.key)
     }
 
     /// Why the most recent batch was yielded, or `None` before the first batch.
@@ -380,5 +374,10 @@ where
     /// The values buffered for `key`, oldest first (empty when it has no open batch).
     pub fn buffered_values(&self, key: &K) -> &[St::Ok] {
         self.open.values_of(key)
+    }
+
+    /// The number of buffered values, over every key. O(number of open batches).
+    pub fn buffered_len(&self) -> usize {
+        self.open.iter().map(|(_, values, _)| values.len()).sum()
     }
 }

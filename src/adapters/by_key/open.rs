@@ -6,24 +6,34 @@
 //! (and of their first values). One doubly linked list in opening order therefore answers
 //! all three questions "which deadline is next", "which batch is oldest" and "in which order
 //! do the batches flush", each in O(1), with O(1) removal of any batch that closes early
-//! (full, weight). The list lives in a slab (`Vec` of slots and a free list), so after
+//! (full, weight). The list lives in a slab (`Vec` of nodes and a free list), so after
 //! warm-up opening and closing a batch allocates nothing but the batch's own buffer.
+//!
+//! A value's path touches the index only: the batch's buffer lives in the index's entry,
+//! next to the key, and the list is touched when a batch opens or closes.
 
 use core::hash::Hash;
 use std::collections::HashMap;
 
 use tokio::time::Instant;
 
-/// The end of the list, or "no slot".
+/// The end of the list.
 const NIL: usize = usize::MAX;
 
-/// One open batch.
+/// An open batch's values, in the index next to its key.
 #[derive(Debug)]
-pub(super) struct Batch<K, T, W> {
-    pub(super) key: K,
+pub(super) struct Entry<T, W> {
     pub(super) items: Vec<T>,
     /// The batch's running weight (`()` without a weight cap).
     pub(super) total: W,
+    /// The batch's node in the list.
+    slot: usize,
+}
+
+/// An open batch's place in the list.
+#[derive(Debug)]
+pub(super) struct Node<K> {
+    pub(super) key: K,
     /// When its first value arrived (the clock read of the poll that took it).
     pub(super) opened: Instant,
     /// `opened + timeout`.
@@ -32,26 +42,32 @@ pub(super) struct Batch<K, T, W> {
     next: usize,
 }
 
+/// A closed batch.
+#[derive(Debug)]
+pub(super) struct Batch<K, T, W> {
+    pub(super) key: K,
+    pub(super) items: Vec<T>,
+    pub(super) total: W,
+    pub(super) opened: Instant,
+}
+
 /// The open batches, in the order they opened.
 pub(super) struct OpenBatches<K, T, W> {
-    slots: Vec<Option<Batch<K, T, W>>>,
+    index: HashMap<K, Entry<T, W>>,
+    nodes: Vec<Option<Node<K>>>,
     free: Vec<usize>,
-    index: HashMap<K, usize>,
     head: usize,
     tail: usize,
-    /// The slot used last: a run of values of one key finds its batch without hashing.
-    last: usize,
 }
 
 impl<K, T, W> OpenBatches<K, T, W> {
     pub(super) fn new() -> Self {
         Self {
-            slots: Vec::new(),
-            free: Vec::new(),
             index: HashMap::new(),
+            nodes: Vec::new(),
+            free: Vec::new(),
             head: NIL,
             tail: NIL,
-            last: NIL,
         }
     }
 
@@ -64,66 +80,88 @@ impl<K, T, W> OpenBatches<K, T, W> {
         self.head == NIL
     }
 
-    /// The batch in `slot`, which must be open.
-    pub(super) fn get_mut(&mut self, slot: usize) -> &mut Batch<K, T, W> {
-        self.slots[slot].as_mut().expect("an open slot")
-    }
-
     /// The oldest open batch (the first to have opened; its deadline is the earliest).
-    pub(super) fn oldest(&self) -> Option<&Batch<K, T, W>> {
-        self.slots.get(self.head).and_then(Option::as_ref)
+    pub(super) fn oldest(&self) -> Option<&Node<K>> {
+        self.nodes.get(self.head).and_then(Option::as_ref)
     }
 
-    /// The slot of the oldest open batch.
-    pub(super) fn oldest_slot(&self) -> Option<usize> {
-        (self.head != NIL).then_some(self.head)
-    }
-
-    /// The open batches, oldest first.
-    pub(super) fn iter(&self) -> impl Iterator<Item = &Batch<K, T, W>> {
+    /// The open batches' nodes, oldest first.
+    pub(super) fn nodes(&self) -> impl Iterator<Item = &Node<K>> {
         let mut at = self.head;
         core::iter::from_fn(move || {
-            let batch = self.slots.get(at)?.as_ref()?;
-            at = batch.next;
-            Some(batch)
+            let node = self.nodes.get(at)?.as_ref()?;
+            at = node.next;
+            Some(node)
         })
     }
 
-    /// Closes the batch in `slot` (which must be open) and returns it.
-    pub(super) fn close(&mut self, slot: usize) -> Batch<K, T, W>
-    where
-        K: Hash + Eq,
-    {
-        let batch = self.slots[slot].take().expect("an open slot");
-        match batch.prev {
-            NIL => self.head = batch.next,
-            prev => self.get_mut(prev).next = batch.next,
+    /// Unlinks the node in `slot` (which must be in the list) and frees the slot.
+    fn unlink(&mut self, slot: usize) -> Node<K> {
+        let node = self.nodes[slot].take().expect("a linked slot");
+        match node.prev {
+            NIL => self.head = node.next,
+            prev => self.nodes[prev].as_mut().expect("a linked slot").next = node.next,
         }
-        match batch.next {
-            NIL => self.tail = batch.prev,
-            next => self.get_mut(next).prev = batch.prev,
+        match node.next {
+            NIL => self.tail = node.prev,
+            next => self.nodes[next].as_mut().expect("a linked slot").prev = node.prev,
         }
-        self.index.remove(&batch.key);
         self.free.push(slot);
-        if self.last == slot {
-            self.last = NIL;
+        node
+    }
+}
+
+impl<K: Hash + Eq, T, W> OpenBatches<K, T, W> {
+    /// `key`'s open batch, if it has one.
+    #[inline]
+    pub(super) fn get_mut(&mut self, key: &K) -> Option<&mut Entry<T, W>> {
+        self.index.get_mut(key)
+    }
+
+    /// The values buffered for `key`, oldest first (empty if it has no open batch).
+    pub(super) fn values_of(&self, key: &K) -> &[T] {
+        self.index.get(key).map_or(&[], |entry| &entry.items)
+    }
+
+    /// The open batches, oldest first: key, values, deadline.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &[T], Instant)> {
+        self.nodes().map(|node| {
+            let entry = &self.index[&node.key];
+            (&node.key, &entry.items[..], node.deadline)
+        })
+    }
+
+    /// Closes `key`'s open batch, which must exist.
+    pub(super) fn close(&mut self, key: &K) -> Batch<K, T, W> {
+        let entry = self.index.remove(key).expect("an open batch");
+        let node = self.unlink(entry.slot);
+        Batch {
+            key: node.key,
+            items: entry.items,
+            total: entry.total,
+            opened: node.opened,
         }
-        batch
+    }
+
+    /// Closes the batch whose node is in `slot`, which must be open.
+    pub(super) fn close_slot(&mut self, slot: usize) -> Batch<K, T, W> {
+        let node = self.unlink(slot);
+        let entry = self.index.remove(&node.key).expect("an open batch");
+        Batch {
+            key: node.key,
+            items: entry.items,
+            total: entry.total,
+            opened: node.opened,
+        }
     }
 
     /// Closes the oldest open batch, if any.
-    pub(super) fn close_oldest(&mut self) -> Option<Batch<K, T, W>>
-    where
-        K: Hash + Eq,
-    {
-        self.oldest_slot().map(|slot| self.close(slot))
+    pub(super) fn close_oldest(&mut self) -> Option<Batch<K, T, W>> {
+        (self.head != NIL).then(|| self.close_slot(self.head))
     }
 
     /// Takes every open batch out, oldest first, leaving the table empty (its memory kept).
-    pub(super) fn take_all(&mut self) -> Vec<Batch<K, T, W>>
-    where
-        K: Hash + Eq,
-    {
+    pub(super) fn take_all(&mut self) -> Vec<Batch<K, T, W>> {
         let mut all = Vec::with_capacity(self.len());
         while let Some(batch) = self.close_oldest() {
             all.push(batch);
@@ -133,27 +171,6 @@ impl<K, T, W> OpenBatches<K, T, W> {
 }
 
 impl<K: Hash + Eq + Clone, T, W> OpenBatches<K, T, W> {
-    /// The slot of `key`'s open batch, if it has one.
-    #[inline]
-    pub(super) fn find(&mut self, key: &K) -> Option<usize> {
-        if let Some(Some(batch)) = self.slots.get(self.last) {
-            if batch.key == *key {
-                return Some(self.last);
-            }
-        }
-        let slot = *self.index.get(key)?;
-        self.last = slot;
-        Some(slot)
-    }
-
-    /// The values buffered for `key`, oldest first (empty if it has no open batch).
-    pub(super) fn values_of(&self, key: &K) -> &[T] {
-        match self.index.get(key) {
-            Some(&slot) => &self.slots[slot].as_ref().expect("an open slot").items,
-            None => &[],
-        }
-    }
-
     /// Opens a batch for `key` (which has none) as the newest, and returns its slot.
     pub(super) fn open(
         &mut self,
@@ -163,10 +180,8 @@ impl<K: Hash + Eq + Clone, T, W> OpenBatches<K, T, W> {
         opened: Instant,
         deadline: Instant,
     ) -> usize {
-        let batch = Batch {
+        let node = Node {
             key: key.clone(),
-            items,
-            total,
             opened,
             deadline,
             prev: self.tail,
@@ -174,22 +189,21 @@ impl<K: Hash + Eq + Clone, T, W> OpenBatches<K, T, W> {
         };
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot] = Some(batch);
+                self.nodes[slot] = Some(node);
                 slot
             }
             None => {
-                self.slots.push(Some(batch));
-                self.slots.len() - 1
+                self.nodes.push(Some(node));
+                self.nodes.len() - 1
             }
         };
         match self.tail {
             NIL => self.head = slot,
-            tail => self.get_mut(tail).next = slot,
+            tail => self.nodes[tail].as_mut().expect("a linked slot").next = slot,
         }
         self.tail = slot;
-        let previous = self.index.insert(key, slot);
+        let previous = self.index.insert(key, Entry { items, total, slot });
         debug_assert!(previous.is_none(), "a key has at most one open batch");
-        self.last = slot;
         slot
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::open::Batch;
 use super::{ChunksTimeoutByKeyResult, Proj};
 use crate::adapters::batch::info::sealed::Output;
-use crate::adapters::batch::{BatchInfo, FlushReason, NoInfo, Weigh, WithInfo};
+use crate::adapters::batch::{BatchInfo, FlushReason, Limiter, NoInfo, Weigh, WithInfo};
 
 /// The most values a batch's buffer reserves up front (see [`ChunksTimeoutByKeyResult`]).
 const PREALLOCATE_MAX: usize = 4_096;
@@ -64,6 +64,40 @@ impl<T> ByKeyOutput<T> for WithInfo {
     }
 }
 
+/// What the upstream gave, with the value's key and weight already computed.
+enum Next<T, K, Wt, E> {
+    Value(T, K, Wt),
+    Err(E),
+    End,
+    Pending,
+}
+
+/// Polls the upstream once; a value is keyed and weighed (each exactly once).
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn next_value<St, K, F, W>(
+    stream: Pin<&mut St>,
+    key: &mut F,
+    limiter: &mut Limiter<W>,
+    cx: &mut Context<'_>,
+) -> Next<St::Ok, K, W::Weight, St::Error>
+where
+    St: TryStream,
+    F: FnMut(&St::Ok) -> K,
+    W: Weigh<St::Ok>,
+{
+    match stream.try_poll_next(cx) {
+        Poll::Ready(Some(Ok(value))) => {
+            let weight = limiter.weigh(&value);
+            let key = key(&value);
+            Next::Value(value, key, weight)
+        }
+        Poll::Ready(Some(Err(error))) => Next::Err(error),
+        Poll::Ready(None) => Next::End,
+        Poll::Pending => Next::Pending,
+    }
+}
+
 type Item<St, K, I> =
     Result<(K, <I as Output<<St as TryStream>::Ok>>::Batch), <St as TryStream>::Error>;
 
@@ -84,7 +118,7 @@ where
         // closes its own batch next. A constant `None` without a weight cap.
         if W::SPLITS {
             if let Some(slot) = this.due.take() {
-                let batch = this.open.close(slot);
+                let batch = this.open.close_slot(slot);
                 return this.yield_batch(batch, FlushReason::Weight);
             }
         }
@@ -116,10 +150,11 @@ where
 
         // Data first: what the upstream has ready joins its batches.
         let mut now = None;
+        let mut next = next_value(this.stream.as_mut(), this.key, this.limiter, cx);
         loop {
-            let value = match this.stream.as_mut().try_poll_next(cx) {
-                Poll::Ready(Some(Ok(value))) => value,
-                Poll::Ready(Some(Err(error))) => {
+            let (mut value, key, mut weight) = match next {
+                Next::Value(value, key, weight) => (value, key, weight),
+                Next::Err(error) => {
                     return match this.open.close_oldest() {
                         Some(batch) => {
                             *this.pending_error = Some(error);
@@ -128,7 +163,7 @@ where
                         None => Poll::Ready(Some(Err(error))),
                     };
                 }
-                Poll::Ready(None) => {
+                Next::End => {
                     *this.upstream_done = true;
                     return match this.open.close_oldest() {
                         Some(batch) => this.yield_batch(batch, FlushReason::End),
@@ -139,16 +174,38 @@ where
                         }
                     };
                 }
-                Poll::Pending => break,
+                Next::Pending => break,
             };
-            let weight = this.limiter.weigh(&value);
-            let key = (this.key)(&value);
 
-            if let Some(slot) = this.open.find(&key) {
-                let batch = this.open.get_mut(slot);
-                if this.limiter.splits(batch.items.len(), batch.total, weight) {
+            let Some(entry) = this.open.get_mut(&key) else {
+                let total = W::add(Default::default(), weight);
+                if let Some(reason) = this.limiter.closes(1, total) {
+                    // Closed by its first value: it opens nothing and evicts nothing.
+                    *this.expired_first = true;
+                    *this.last_flush = Some(reason);
+                    let batch = I::close(vec![value], reason, W::report(total), None);
+                    return Poll::Ready(Some(Ok((key, batch))));
+                }
+                let evicted = if this.open.len() >= *this.max_open_keys {
+                    this.open.close_oldest()
+                } else {
+                    None
+                };
+                this.open_batch(key, value, total, &mut now);
+                if let Some(batch) = evicted {
+                    *this.expired_first = true;
+                    return this.yield_batch(batch, FlushReason::Eviction);
+                }
+                next = next_value(this.stream.as_mut(), this.key, this.limiter, cx);
+                continue;
+            };
+
+            // `key`'s batch is open: this value and the next ones of the same key go
+            // straight into it, without looking the key up again.
+            loop {
+                if this.limiter.splits(entry.items.len(), entry.total, weight) {
                     // The value starts its key's next batch, with a deadline of its own.
-                    let closed = this.open.close(slot);
+                    let closed = this.open.close(&key);
                     let total = W::add(Default::default(), weight);
                     let slot = this.open_batch(key, value, total, &mut now);
                     if this.limiter.closes(1, total).is_some() {
@@ -157,33 +214,20 @@ where
                     *this.expired_first = true;
                     return this.yield_batch(closed, FlushReason::Weight);
                 }
-                batch.items.push(value);
-                batch.total = W::add(batch.total, weight);
-                if let Some(reason) = this.limiter.closes(batch.items.len(), batch.total) {
+                entry.items.push(value);
+                entry.total = W::add(entry.total, weight);
+                if let Some(reason) = this.limiter.closes(entry.items.len(), entry.total) {
                     *this.expired_first = true;
-                    let batch = this.open.close(slot);
+                    let batch = this.open.close(&key);
                     return this.yield_batch(batch, reason);
                 }
-                continue;
-            }
-
-            let total = W::add(Default::default(), weight);
-            if let Some(reason) = this.limiter.closes(1, total) {
-                // Closed by its first value: it opens nothing and evicts nothing.
-                *this.expired_first = true;
-                *this.last_flush = Some(reason);
-                let batch = I::close(vec![value], reason, W::report(total), None);
-                return Poll::Ready(Some(Ok((key, batch))));
-            }
-            let evicted = if this.open.len() >= *this.max_open_keys {
-                this.open.close_oldest()
-            } else {
-                None
-            };
-            this.open_batch(key, value, total, &mut now);
-            if let Some(batch) = evicted {
-                *this.expired_first = true;
-                return this.yield_batch(batch, FlushReason::Eviction);
+                match next_value(this.stream.as_mut(), this.key, this.limiter, cx) {
+                    Next::Value(v, k, w) if k == key => (value, weight) = (v, w),
+                    other => {
+                        next = other;
+                        break;
+                    }
+                }
             }
         }
 
@@ -316,7 +360,6 @@ where
             items,
             total,
             opened,
-            ..
         } = batch;
         let weight = W::report(total);
         Poll::Ready(Some(Ok((
