@@ -163,7 +163,7 @@ impl<St: TryStream, I> ChunksTimeoutResult<St, NoWeight, I> {
     where
         F: FnMut(&St::Ok) -> usize,
     {
-        let weigher = MaxWeight::new("max_weight", max_weight, weigh);
+        let weigher = MaxWeight::new("chunks_timeout_result", max_weight, weigh);
         ChunksTimeoutResult {
             stream: self.stream,
             items: self.items,
