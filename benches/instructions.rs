@@ -15,6 +15,9 @@
 //!   a cap that never binds, so the batches are the same), with `.with_batch_info()`;
 //!   `futures` `chunks` and `try_chunks`, tokio-stream `chunks_timeout`, futures-batch
 //!   `try_chunks_timeout`, and the floor: a synchronous loop pushing into a `Vec`.
+//! - `keyed`: the same input through `chunks_timeout_by_key_result`, all of one key (caps 8
+//!   and 500, to compare with `chunks_timeout_result` in `ready`) and over 1,000 keys taken
+//!   round-robin (cap 500).
 //! - `map_ok`: [`READY_ITEMS`] values each mapped by an async closure: `map_ok_stream`,
 //!   `TryStreamExt::and_then`, and `map_ok` (a synchronous closure) as the floor.
 //! - `for_each`: [`FOR_EACH_VALUES`] values pre-built as batches of 8 and 500; the handler
@@ -173,6 +176,47 @@ library_benchmark_group!(
         sync_vec_loop
 );
 
+/// Drains `(key, batch)` pairs from `chunks_timeout_by_key_result`.
+async fn drain_keyed<S: Stream<Item = Result<(u64, Vec<u64>), E>>>(batches: S) -> u64 {
+    let mut batches = std::pin::pin!(batches);
+    let mut n = 0;
+    while let Some(batch) = batches.next().await {
+        let (key, batch) = batch.unwrap();
+        black_box(key);
+        n += consume(batch);
+    }
+    n
+}
+
+// `chunks_timeout_by_key_result` with every value of one key, against the
+// `chunks_timeout_result` rows of the `ready` group (the same input and caps).
+#[library_benchmark(setup = runtime)]
+#[benches::cap(8, 500)]
+fn chunks_timeout_by_key_result_1_key((rt, cap): (Runtime, usize)) -> u64 {
+    rt.block_on(drain_keyed(input().chunks_timeout_by_key_result(
+        |_: &u64| 0,
+        cap,
+        TIMEOUT,
+    )))
+}
+
+// `chunks_timeout_by_key_result` over 1,000 keys taken round-robin (`v % 1_000`): every
+// value is a hash lookup.
+#[library_benchmark(setup = runtime)]
+#[benches::cap(500)]
+fn chunks_timeout_by_key_result_1000_keys((rt, cap): (Runtime, usize)) -> u64 {
+    rt.block_on(drain_keyed(input().chunks_timeout_by_key_result(
+        |v: &u64| v % 1_000,
+        cap,
+        TIMEOUT,
+    )))
+}
+
+library_benchmark_group!(
+    name = keyed;
+    benchmarks = chunks_timeout_by_key_result_1_key, chunks_timeout_by_key_result_1000_keys
+);
+
 async fn sum_ok<S: Stream<Item = Result<u64, E>>>(values: S) -> u64 {
     let mut values = std::pin::pin!(values);
     let mut sum = 0_u64;
@@ -259,4 +303,9 @@ library_benchmark_group!(
     benchmarks = for_each_compensated, try_for_each
 );
 
-main!(library_benchmark_groups = ready, map_ok_group, for_each);
+main!(
+    library_benchmark_groups = ready,
+    keyed,
+    map_ok_group,
+    for_each
+);
