@@ -17,7 +17,8 @@
 //!   `try_chunks_timeout`, and the floor: a synchronous loop pushing into a `Vec`.
 //! - `keyed`: the same input through `chunks_timeout_by_key_result`, all of one key (caps 8
 //!   and 500, to compare with `chunks_timeout_result` in `ready`) and over 1,000 keys taken
-//!   round-robin (cap 500).
+//!   round-robin (cap 500), next to a hand-written `HashMap` batcher with one `Sleep` per key
+//!   on the same keys.
 //! - `map_ok`: [`READY_ITEMS`] values each mapped by an async closure: `map_ok_stream`,
 //!   `TryStreamExt::and_then`, and `map_ok` (a synchronous closure) as the floor.
 //! - `for_each`: [`FOR_EACH_VALUES`] values pre-built as batches of 8 and 500; the handler
@@ -31,6 +32,10 @@ use futures_batch::TryChunksTimeoutStreamExt;
 use gungraun::{library_benchmark, library_benchmark_group, main};
 use result_stream::{CompensationScope, ResultStreamExt};
 use tokio::runtime::{Builder, Runtime};
+
+#[path = "support/hashmap_sleep_per_key.rs"]
+mod baseline;
+use baseline::HashMapSleepPerKey;
 
 type E = std::io::Error;
 
@@ -212,9 +217,23 @@ fn chunks_timeout_by_key_result_1000_keys((rt, cap): (Runtime, usize)) -> u64 {
     )))
 }
 
+// The hand-written `HashMap<u64, Vec<u64>>` batcher with one `Sleep` per key
+// (`benches/support/hashmap_sleep_per_key.rs`) on the same 1,000 keys.
+#[library_benchmark(setup = runtime)]
+#[benches::cap(500)]
+fn hashmap_sleep_per_key_1000_keys((rt, cap): (Runtime, usize)) -> u64 {
+    rt.block_on(async {
+        let batches = HashMapSleepPerKey::new(input(), |v: &u64| v % 1_000, cap, TIMEOUT);
+        drain_keyed(batches).await
+    })
+}
+
 library_benchmark_group!(
     name = keyed;
-    benchmarks = chunks_timeout_by_key_result_1_key, chunks_timeout_by_key_result_1000_keys
+    benchmarks =
+        chunks_timeout_by_key_result_1_key,
+        chunks_timeout_by_key_result_1000_keys,
+        hashmap_sleep_per_key_1000_keys
 );
 
 async fn sum_ok<S: Stream<Item = Result<u64, E>>>(values: S) -> u64 {
