@@ -828,3 +828,51 @@ async fn debug_shows_the_open_batches_oldest_first() {
     let y = debug.find("('y', 7)").expect("y's value");
     assert!(z < y, "{debug}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_key_function_is_called_exactly_once_per_value() {
+    let calls = std::cell::Cell::new(0);
+    let values: Vec<Item> = (0..20u32)
+        .map(|n| Ok((['a', 'a', 'b', 'c'][n as usize % 4], n)))
+        .collect();
+    let s = stream::iter(values).chunks_timeout_by_key_result(
+        |v: &Value| {
+            calls.set(calls.get() + 1);
+            v.0
+        },
+        3,
+        secs(1),
+    );
+    let batches: Vec<_> = s.collect().await;
+    let values: usize = batches.iter().map(|b| b.as_ref().unwrap().1.len()).sum();
+    assert_eq!((calls.get(), values), (20, 20));
+}
+
+#[test]
+fn the_adapter_is_send_and_sync_in_every_type_state() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    let plain = stream::iter(Vec::<Item>::new()).chunks_timeout_by_key_result(key, 2, secs(1));
+    send_sync(&plain);
+    let full = stream::iter(Vec::<Item>::new())
+        .chunks_timeout_by_key_result(key, 2, secs(1))
+        .max_open_keys(4)
+        .max_weight(10, |v: &Value| v.1 as usize)
+        .with_batch_info();
+    send_sync(&full);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_pipeline_batches_per_key() {
+    let values: Vec<Item> = (0..100u32)
+        .map(|n| Ok((['a', 'b'][n as usize % 2], n)))
+        .collect();
+    let handle = tokio::spawn(async move {
+        stream::iter(values)
+            .chunks_timeout_by_key_result(key, 10, secs(1))
+            .collect::<Vec<_>>()
+            .await
+    });
+    let batches = handle.await.unwrap();
+    assert_eq!(batches.len(), 10);
+    assert!(batches.iter().all(|b| b.as_ref().unwrap().1.len() == 10));
+}
