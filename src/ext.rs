@@ -219,12 +219,14 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     {
         ForEachCompensated::new(self, scope, f)
     }
+
     /// Buffers `Ok` values into one open batch per key, `key(&value)`, and yields
     /// `Ok((key, batch))` when the first of these happens to that key's batch:
     /// 1. it holds `max_items` values;
     /// 2. `timeout` has passed since its first value arrived: each key's batch has a deadline
     ///    of its own, started by its first value and never extended by later ones (nor by
-    ///    other keys' values);
+    ///    other keys' values). The clock is read once per poll, when the poll opens its first
+    ///    batch, so a deadline is never later than `timeout` after its value was taken;
     /// 3. an `Err(e)` arrives: every open batch is yielded first, oldest first value first,
     ///    then `Err(e)`, then batching goes on with the next value;
     /// 4. the upstream ends: every open batch is yielded, oldest first, then `None`;
