@@ -187,3 +187,21 @@ async fn works_in_a_plain_combinator_chain() {
         .await;
     assert_eq!(weights.iter().sum::<usize>(), (0..20).map(|v| v % 5).sum());
 }
+
+/// Zero-sized values never fill their `Vec`'s capacity, so their batches start another way;
+/// their age is still measured from the first value.
+#[tokio::test(start_paused = true)]
+async fn zero_sized_values_get_their_age_too() {
+    let (tx, rx) = mpsc::unbounded::<Result<(), &str>>();
+    let mut s = pin!(rx.chunks_timeout_result(3, secs(60)).with_batch_info());
+    tx.unbounded_send(Ok(())).unwrap();
+    assert!(futures::poll!(s.next()).is_pending());
+    advance(secs(4)).await;
+    tx.unbounded_send(Ok(())).unwrap();
+    tx.unbounded_send(Ok(())).unwrap();
+    let (batch, info) = s.next().await.unwrap().unwrap();
+    assert_eq!(
+        (batch.len(), info.reason(), info.age()),
+        (3, FlushReason::Full, secs(4))
+    );
+}

@@ -319,6 +319,40 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Proj<'_, St, W, I>
     }
 }
 
+impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Proj<'_, St, W, I> {
+    /// Takes a value that would bring the open batch to `max_weight` or past it: the batch
+    /// closes first and the value starts the next one, or the value joins and closes it
+    /// (an exact fill, or a lone value heavier than `max_weight`).
+    #[cold]
+    #[inline(never)]
+    fn take_heavy(
+        &mut self,
+        value: St::Ok,
+        weight: W::Weight,
+    ) -> Poll<Option<Result<I::Batch, St::Error>>> {
+        let max_items = self.limiter.max_items();
+        if self.limiter.splits(self.items.len(), *self.total, weight) {
+            let batch = self.flush(FlushReason::Weight);
+            *self.items = Vec::with_capacity(max_items.min(PREALLOCATE_MAX));
+            self.output.arrives(0);
+            self.items.push(value);
+            *self.total = W::add(Default::default(), weight);
+            return batch;
+        }
+        if self.items.capacity() == 0 {
+            *self.items = Vec::with_capacity(max_items.min(PREALLOCATE_MAX));
+        }
+        self.output.arrives(self.items.len());
+        self.items.push(value);
+        *self.total = W::add(*self.total, weight);
+        let reason = self
+            .limiter
+            .closes(self.items.len(), *self.total)
+            .expect("a value that does not stay below max_weight closes its batch");
+        self.flush(reason)
+    }
+}
+
 impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Stream
     for ChunksTimeoutResult<St, W, I>
 {
@@ -344,35 +378,42 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Stream
         // timer or the clock.
         if !*this.upstream_done {
             let max_items = this.limiter.max_items();
+            // The weight rules work on the room left below `max_weight`, kept in a local
+            // (a register) and written back to `total` before anything reads it.
+            let mut room = this.limiter.room(*this.total);
             loop {
                 match this.stream.as_mut().try_poll_next(cx) {
                     Poll::Ready(Some(Ok(value))) => {
                         let weight = this.limiter.weigh(&value);
-                        if this.limiter.splits(this.items.len(), *this.total, weight) {
-                            let batch = this.flush(FlushReason::Weight);
-                            *this.items = Vec::with_capacity(max_items.min(PREALLOCATE_MAX));
-                            this.output.arrives(0);
-                            this.items.push(value);
-                            *this.total = W::add(Default::default(), weight);
-                            return batch;
-                        }
+                        // A constant `Some` without a weight cap.
+                        let Some(left) = Limiter::<W>::take_room(room, weight) else {
+                            *this.total = this.limiter.total_from_room(room);
+                            return this.take_heavy(value, weight);
+                        };
+                        room = left;
                         if this.items.len() == this.items.capacity() {
                             if this.items.capacity() == 0 {
                                 // A new batch (no capacity means no values): one allocation,
                                 // for the whole batch.
+                                this.output.arrives(0);
                                 *this.items = Vec::with_capacity(max_items.min(PREALLOCATE_MAX));
-                            } else {
-                                grow(this.items);
+                                this.items.push(value);
+                                if max_items == 1 {
+                                    *this.total = this.limiter.total_from_room(room);
+                                    return this.flush(FlushReason::Full);
+                                }
+                                continue;
                             }
+                            grow(this.items);
                         }
-                        this.output.arrives(this.items.len());
+                        if mem::size_of::<St::Ok>() == 0 {
+                            // Zero-sized values never fill their `Vec`'s capacity.
+                            this.output.arrives(this.items.len());
+                        }
                         this.items.push(value);
-                        *this.total = W::add(*this.total, weight);
                         if this.items.len() >= max_items {
+                            *this.total = this.limiter.total_from_room(room);
                             return this.flush(FlushReason::Full);
-                        }
-                        if let Some(reason) = this.limiter.closes_by_weight(*this.total) {
-                            return this.flush(reason);
                         }
                     }
                     Poll::Ready(Some(Err(error))) => {
@@ -380,6 +421,7 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Stream
                             return Poll::Ready(Some(Err(error)));
                         }
                         *this.pending_error = Some(error);
+                        *this.total = this.limiter.total_from_room(room);
                         return this.flush(FlushReason::Error);
                     }
                     Poll::Ready(None) => {
@@ -389,6 +431,7 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Stream
                     Poll::Pending => break,
                 }
             }
+            *this.total = this.limiter.total_from_room(room);
         }
 
         if this.items.is_empty() {

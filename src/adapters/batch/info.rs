@@ -79,7 +79,8 @@ pub(crate) mod sealed {
         /// What the adapter yields for one batch.
         type Batch;
 
-        /// Called with the batch's length just before each value joins it.
+        /// Called as a value joins a batch that held `len` values: always for the first
+        /// value of a batch (`len == 0`), possibly for others; only `len == 0` counts.
         fn arrives(&mut self, len: usize);
 
         /// Forgets the open batch: its values were taken out without being yielded.

@@ -34,6 +34,17 @@ pub(crate) mod sealed {
         /// `weight`: the value would push it past `max_weight`.
         fn overflows(&self, total: Self::Weight, weight: Self::Weight) -> bool;
 
+        /// The room left below `max_weight` in a batch weighing `total`: the form of the
+        /// running total that the per-value path keeps in a register.
+        fn room(&self, total: Self::Weight) -> Self::Weight;
+
+        /// `room` less a value of `weight`, if some room is left after it (it joins without
+        /// any weight rule applying). Always `Some` without a weight cap.
+        fn take_room(room: Self::Weight, weight: Self::Weight) -> Option<Self::Weight>;
+
+        /// The total of a batch with `room` left (the inverse of [`room`](Self::room)).
+        fn total_from_room(&self, room: Self::Weight) -> Self::Weight;
+
         /// `total` with a value of `weight` added (saturating).
         fn add(total: Self::Weight, weight: Self::Weight) -> Self::Weight;
 
@@ -62,6 +73,17 @@ impl<T> sealed::Weigher<T> for NoWeight {
     fn overflows(&self, (): (), (): ()) -> bool {
         false
     }
+
+    #[inline(always)]
+    fn room(&self, (): ()) {}
+
+    #[inline(always)]
+    fn take_room((): (), (): ()) -> Option<()> {
+        Some(())
+    }
+
+    #[inline(always)]
+    fn total_from_room(&self, (): ()) {}
 
     #[inline(always)]
     fn add((): (), (): ()) {}
@@ -123,6 +145,25 @@ impl<T, F: FnMut(&T) -> usize> sealed::Weigher<T> for MaxWeight<F> {
     #[inline]
     fn overflows(&self, total: usize, weight: usize) -> bool {
         total.saturating_add(weight) > self.max_weight
+    }
+
+    #[inline(always)]
+    fn room(&self, total: usize) -> usize {
+        self.max_weight.saturating_sub(total)
+    }
+
+    #[inline(always)]
+    fn take_room(room: usize, weight: usize) -> Option<usize> {
+        if weight < room {
+            Some(room - weight)
+        } else {
+            None
+        }
+    }
+
+    #[inline(always)]
+    fn total_from_room(&self, room: usize) -> usize {
+        self.max_weight - room
     }
 
     #[inline]
@@ -206,6 +247,38 @@ impl<W> Limiter<W> {
         W::SPLITS && self.weigher.overflows(total, weight) && len > 0
     }
 
+    /// The room left below `max_weight` in a batch weighing `total` (below `max_weight`),
+    /// for a per-value loop that keeps it in a register: [`take_room`](Self::take_room) per
+    /// value, [`total_from_room`](Self::total_from_room) when the loop ends.
+    #[inline(always)]
+    pub(crate) fn room<T>(&self, total: W::Weight) -> W::Weight
+    where
+        W: Weigh<T>,
+    {
+        self.weigher.room(total)
+    }
+
+    /// `room` less a value of `weight` if some room is left after it: the value joins the
+    /// open batch without any weight rule applying (the fast path). When `None`, the value
+    /// either closes the batch first ([`splits`](Self::splits)) or joins it and closes it
+    /// ([`closes`](Self::closes)). A constant `Some` without a weight cap.
+    #[inline(always)]
+    pub(crate) fn take_room<T>(room: W::Weight, weight: W::Weight) -> Option<W::Weight>
+    where
+        W: Weigh<T>,
+    {
+        W::take_room(room, weight)
+    }
+
+    /// The total of a batch with `room` left.
+    #[inline(always)]
+    pub(crate) fn total_from_room<T>(&self, room: W::Weight) -> W::Weight
+    where
+        W: Weigh<T>,
+    {
+        self.weigher.total_from_room(room)
+    }
+
     /// Whether a batch of `len` values weighing `total` is closed, and why.
     #[inline(always)]
     pub(crate) fn closes<T>(&self, len: usize, total: W::Weight) -> Option<FlushReason>
@@ -223,6 +296,10 @@ impl<W> Limiter<W> {
 
     /// Whether a batch weighing `total` is closed by weight; a constant `None` without a
     /// weight cap (for where the count was checked already).
+    #[allow(
+        dead_code,
+        reason = "for the per-key batcher; `closes` serves this one"
+    )]
     #[inline(always)]
     pub(crate) fn closes_by_weight<T>(&self, total: W::Weight) -> Option<FlushReason>
     where
