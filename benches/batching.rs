@@ -13,7 +13,9 @@
 //! not timed either.
 //!
 //! 1. `1_ready/<cap>`: 5,000,000 `Ok(u64)` from `futures::stream::iter`, `max_items` 500 and
-//!    8, timeout 2 s, on a current_thread runtime. Contenders: `chunks_timeout_result`,
+//!    8, timeout 2 s, on a current_thread runtime. Contenders: `chunks_timeout_result`
+//!    (count-only; with `.max_weight(..)`, whose weigh reads the value and whose cap never
+//!    binds, so the batches are the same; with `.with_batch_info()`),
 //!    `futures::StreamExt::chunks`, `futures::TryStreamExt::try_chunks`,
 //!    `tokio_stream::StreamExt::chunks_timeout`,
 //!    `futures_batch::TryChunksTimeoutStreamExt::try_chunks_timeout`, and the floor: a plain
@@ -78,7 +80,7 @@ use criterion::{Criterion, SamplingMode, Throughput};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use futures_batch::TryChunksTimeoutStreamExt;
-use result_stream::{CompensationScope, ResultStreamExt};
+use result_stream::{BatchInfo, CompensationScope, ResultStreamExt};
 use tokio::runtime::{Builder, Runtime};
 
 type E = std::io::Error;
@@ -158,6 +160,21 @@ async fn drain_results<T, Er: std::fmt::Debug, S: Stream<Item = Result<Vec<T>, E
     n
 }
 
+/// Drains a stream of `Result<(Vec, BatchInfo), _>` batches (`.with_batch_info()`).
+async fn drain_with_info<T, S>(batches: S) -> u64
+where
+    S: Stream<Item = Result<(Vec<T>, BatchInfo), E>>,
+{
+    let mut batches = std::pin::pin!(batches);
+    let mut n = 0;
+    while let Some(batch) = batches.next().await {
+        let (batch, info) = batch.unwrap();
+        black_box(info);
+        n += consume(batch);
+    }
+    n
+}
+
 /// The synchronous floor: pushes the values into a `Vec`, `cap` at a time.
 #[inline]
 fn vec_loop(values: impl Iterator<Item = Result<u64, E>>, cap: usize) -> u64 {
@@ -187,6 +204,22 @@ fn ready_contenders(rt: &Runtime, cap: usize) -> Vec<Contender<'_>> {
         contender("chunks_timeout_result", move || {
             timed(ready_input, |input| {
                 rt.block_on(drain_results(input.chunks_timeout_result(cap, TIMEOUT)))
+            })
+        }),
+        contender("chunks_timeout_result_max_weight", move || {
+            timed(ready_input, |input| {
+                rt.block_on(drain_results(
+                    input
+                        .chunks_timeout_result(cap, TIMEOUT)
+                        .max_weight(usize::MAX / 2, |v: &u64| (*v & 3) as usize),
+                ))
+            })
+        }),
+        contender("chunks_timeout_result_batch_info", move || {
+            timed(ready_input, |input| {
+                rt.block_on(drain_with_info(
+                    input.chunks_timeout_result(cap, TIMEOUT).with_batch_info(),
+                ))
             })
         }),
         contender("futures_chunks", move || {
@@ -567,11 +600,19 @@ fn groups<'a>(current: &'a Runtime, multi: &'a Runtime, paused: &'a Runtime) -> 
             items: READY_ITEMS,
             reference: "futures_chunks",
             contenders: ready_contenders(current, cap),
-            targets: vec![target(
-                "chunks_timeout_result",
-                "futures_try_chunks",
-                Some(1.10),
-            )],
+            targets: vec![
+                target("chunks_timeout_result", "futures_try_chunks", Some(1.10)),
+                target(
+                    "chunks_timeout_result_max_weight",
+                    "chunks_timeout_result",
+                    Some(1.10),
+                ),
+                target(
+                    "chunks_timeout_result_batch_info",
+                    "chunks_timeout_result",
+                    Some(1.05),
+                ),
+            ],
         });
     }
     for cap in CAPS {

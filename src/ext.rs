@@ -1,9 +1,13 @@
 use std::future::Future;
+use std::hash::Hash;
 use std::time::Duration;
 
 use futures_core::stream::Stream;
 
-use crate::{ChunksTimeoutResult, CompensationScope, ForEachCompensated, MapOkStream};
+use crate::{
+    ChunksTimeoutByKeyResult, ChunksTimeoutResult, CompensationScope, ForEachCompensated,
+    MapOkStream,
+};
 
 /// Adapters for streams of `Result`s, implemented for every `Stream<Item = Result<T, E>>`.
 ///
@@ -11,7 +15,9 @@ use crate::{ChunksTimeoutResult, CompensationScope, ForEachCompensated, MapOkStr
 /// use result_stream::ResultStreamExt;
 /// ```
 pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
-    /// Replaces each `Ok(t)` with the output of the future `f(t)`.
+    /// Replaces each `Ok(t)` with the output of the future `f(t)`: the shape of futures'
+    /// `TryStreamExt::and_then`, kept here so the whole pipeline is one chain on
+    /// `ResultStreamExt` (see [`MapOkStream`]).
     ///
     /// Rules:
     /// - `f` is called once per `Ok` value; each upstream `Err(e)` is passed through
@@ -35,6 +41,7 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// assert_eq!(parsed, vec![Ok(1), Err("socket reset"), Err("not a number"), Ok(3)]);
     /// # }
     /// ```
+    #[doc(alias = "and_then")]
     fn map_ok_stream<U, Fut, F>(self, f: F) -> MapOkStream<Self, Fut, F>
     where
         Self: Sized,
@@ -48,8 +55,13 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// happens:
     /// 1. the batch holds `max_items` values;
     /// 2. `timeout` has passed since the first value of this batch arrived: a deadline per
-    ///    batch, started by its first value and never extended by later ones, so every value
-    ///    waits at most `timeout` (give or take the poll in progress);
+    ///    batch, started by its first value and never extended by later ones. Exactly: the
+    ///    deadline is `timeout` after the end of the poll in which the batch's first value
+    ///    arrived (when the upstream first returns `Pending` with it buffered), so a value
+    ///    waits at most `timeout` plus the time the upstream spent producing the values it had
+    ///    ready in that poll: nothing to speak of for a channel, 270 ms for an upstream that
+    ///    computes for 270 ms in one poll. This keeps the clock out of batches that fill from a
+    ///    ready upstream;
     /// 3. an `Err(e)` arrives: the partial batch is yielded first, then `Err(e)` on the next
     ///    poll, then batching goes on with the next value;
     /// 4. the upstream ends: the partial batch is yielded at once, then `None`.
@@ -68,6 +80,13 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// - buffered values are never lost when the adapter is abandoned:
     ///   [`ChunksTimeoutResult::take_remainder`] takes them (and a held-back error) out of
     ///   a pinned adapter.
+    /// - cost: no timer and no clock read for a batch that fills without the upstream
+    ///   returning `Pending`; the timer is inline (never a heap allocation); one allocation per
+    ///   batch of up to 65,536 values (a larger batch grows by doubling past that).
+    ///
+    /// [`.max_weight(max_weight, weigh)`](ChunksTimeoutResult::max_weight) adds a weight cap
+    /// (bytes, bind parameters) and [`.with_batch_info()`](ChunksTimeoutResult::with_batch_info)
+    /// yields each batch with why it closed, its weight and its age.
     ///
     /// # Panics
     ///
@@ -199,6 +218,100 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
         Fut: Future<Output = Result<(), E>>,
     {
         ForEachCompensated::new(self, scope, f)
+    }
+
+    /// Buffers `Ok` values into one open batch per key, `key(&value)`, and yields
+    /// `Ok((key, batch))` when the first of these happens to that key's batch:
+    /// 1. it holds `max_items` values;
+    /// 2. `timeout` has passed since its first value arrived: each key's batch has a deadline
+    ///    of its own, started by its first value and never extended by later ones (nor by
+    ///    other keys' values). The clock is read once per poll, when the poll opens its first
+    ///    batch, so a deadline is never later than `timeout` after its value was taken;
+    /// 3. an `Err(e)` arrives: every open batch is yielded first, oldest first value first,
+    ///    then `Err(e)`, then batching goes on with the next value;
+    /// 4. the upstream ends: every open batch is yielded, oldest first, then `None`;
+    /// 5. it is the oldest open batch, [`max_open_keys`](ChunksTimeoutByKeyResult::max_open_keys)
+    ///    batches are open, and a value of a new key arrives (eviction).
+    ///
+    /// Rules:
+    /// - within a key, values keep their order; batches are yielded in the order they close;
+    ///   never an empty batch, never more than `max_items` values; no value is lost or
+    ///   duplicated, and no value is yielded after an error that arrived after it;
+    /// - data wins ties, as in [`chunks_timeout_result`](Self::chunks_timeout_result): a
+    ///   deadline that has passed is first acted on when the upstream has nothing ready, so
+    ///   values already available join their batches first. Then every batch whose deadline
+    ///   has passed is yielded, oldest first, before more values are taken; the same happens
+    ///   right after a batch that a value closed (full, by weight, or evicted), so that a
+    ///   flooding key cannot hold back the others: on an upstream that never returns
+    ///   `Pending`, a value waits at most `timeout` plus the time to close one more batch;
+    /// - `timeout == Duration::ZERO` yields every open batch, oldest first, as soon as the
+    ///   upstream has nothing ready;
+    /// - the number of open batches is unbounded by default (one per key seen within a
+    ///   `timeout`); [`max_open_keys`](ChunksTimeoutByKeyResult::max_open_keys) bounds it;
+    /// - one timer for all keys (a `tokio::time::Sleep` at the oldest batch's deadline): it
+    ///   needs a Tokio runtime with the time driver when polled with a batch open and the
+    ///   upstream pending (not when constructed), a paused clock makes it deterministic, and
+    ///   the adapter may be moved to another runtime between polls;
+    /// - buffered values are never lost when the adapter is abandoned:
+    ///   [`ChunksTimeoutByKeyResult::take_remainder`] takes every key's values (and a
+    ///   held-back error) out of a pinned adapter.
+    ///
+    /// `key` is called once per value; the key is cloned once per batch.
+    /// [`max_weight`](ChunksTimeoutByKeyResult::max_weight) adds a weight cap per key and
+    /// [`with_batch_info`](ChunksTimeoutByKeyResult::with_batch_info) tags each batch with
+    /// why it closed ([`FlushReason`](crate::FlushReason), including `Eviction`), its weight
+    /// and its age, as on [`chunks_timeout_result`](Self::chunks_timeout_result).
+    ///
+    /// # Panics
+    ///
+    /// Panics, at the caller's location, if `max_items` is zero.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::{SinkExt, StreamExt};
+    /// use result_stream::ResultStreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (mut tx, rx) = futures::channel::mpsc::unbounded::<Result<(&str, u32), String>>();
+    /// let mut batches = std::pin::pin!(
+    ///     rx.chunks_timeout_by_key_result(|&(tenant, _)| tenant, 2, Duration::from_secs(2))
+    /// );
+    /// let started = tokio::time::Instant::now();
+    ///
+    /// tx.send(Ok(("a", 1))).await.unwrap();
+    /// tx.send(Ok(("b", 1))).await.unwrap();
+    /// tx.send(Ok(("a", 2))).await.unwrap();
+    /// assert_eq!(batches.next().await, Some(Ok(("a", vec![("a", 1), ("a", 2)])))); // full
+    /// assert_eq!(batches.next().await, Some(Ok(("b", vec![("b", 1)]))));          // deadline
+    /// assert_eq!(started.elapsed(), Duration::from_secs(2));
+    ///
+    /// tx.send(Ok(("b", 2))).await.unwrap();
+    /// tx.send(Ok(("a", 3))).await.unwrap();
+    /// tx.send(Err("bad frame".into())).await.unwrap();
+    /// assert_eq!(batches.next().await, Some(Ok(("b", vec![("b", 2)]))));  // oldest first,
+    /// assert_eq!(batches.next().await, Some(Ok(("a", vec![("a", 3)]))));
+    /// assert_eq!(batches.next().await, Some(Err("bad frame".into())));    // then the error
+    ///
+    /// tx.send(Ok(("c", 1))).await.unwrap();
+    /// drop(tx);
+    /// assert_eq!(batches.next().await, Some(Ok(("c", vec![("c", 1)])))); // end of stream
+    /// assert_eq!(batches.next().await, None);
+    /// # }
+    /// ```
+    #[track_caller]
+    fn chunks_timeout_by_key_result<K, F>(
+        self,
+        key: F,
+        max_items: usize,
+        timeout: Duration,
+    ) -> ChunksTimeoutByKeyResult<Self, K, F>
+    where
+        Self: Sized,
+        F: FnMut(&T) -> K,
+        K: Hash + Eq + Clone,
+    {
+        ChunksTimeoutByKeyResult::new(self, key, max_items, timeout)
     }
 }
 

@@ -92,7 +92,10 @@ mod adapters;
 mod compensation;
 mod ext;
 
-pub use adapters::{ChunksTimeoutResult, FlushReason, MapOkStream};
+pub use adapters::batch;
+pub use adapters::{
+    BatchInfo, ChunksTimeoutByKeyResult, ChunksTimeoutResult, FlushReason, MapOkStream,
+};
 pub use compensation::{
     Backoff, BoxError, Cause, CompensatedError, Compensation, CompensationFailure,
     CompensationScope, Completion, FailureKind, ForEachCompensated, Rollback, RollbackPolicy,

@@ -261,6 +261,56 @@ fn chunks_timeout_result_ready_stream_allocates_once_per_batch() {
     }
 }
 
+/// The claim made exact (issue 8): one allocation for a batch of up to 65,536 values; past
+/// that the buffer doubles, so a batch of `n` values costs `1 + ceil(log2(n / 65,536))`.
+#[test]
+fn chunks_timeout_result_batch_over_65_536_values_grows_by_doubling() {
+    let rt = current_thread();
+    for (n, expected) in [(65_536_u64, 1), (65_537, 2), (200_000, 3)] {
+        let batches = rt.block_on(async {
+            let upstream = stream::iter((0..n).map(Ok::<u64, E>));
+            batch_sizes(counted(
+                upstream.chunks_timeout_result(n as usize, Duration::from_secs(2)),
+            ))
+            .await
+        });
+        assert_eq!(batches, vec![n as usize]);
+        assert_eq!(allocations(), expected, "a batch of {n} values");
+    }
+}
+
+/// `.max_weight(..)` and `.with_batch_info()` keep "one allocation per batch", also for the
+/// batch a value starts when it does not fit the previous one.
+#[test]
+fn chunks_timeout_result_with_weight_and_info_allocates_once_per_batch() {
+    let rt = current_thread();
+    let n = 100_000_u64;
+    let (batches, weighed) = rt.block_on(async {
+        let upstream = stream::iter((0..n).map(Ok::<u64, E>));
+        let adapter = upstream
+            .chunks_timeout_result(500, Duration::from_secs(2))
+            .max_weight(1_000, |v: &u64| (*v % 10) as usize)
+            .with_batch_info();
+        let mut sizes = Vec::with_capacity(1_000);
+        let mut weighed = 0;
+        let mut adapter = std::pin::pin!(counted(adapter));
+        while let Some(batch) = adapter.next().await {
+            let (batch, info) = batch.expect("no errors");
+            weighed += u64::from(info.reason() == result_stream::FlushReason::Weight);
+            sizes.push(batch.len());
+        }
+        (sizes, weighed)
+    });
+    let allocs = allocations();
+    assert_eq!(batches.iter().sum::<usize>() as u64, n);
+    assert!(weighed > 0, "some batches closed by weight");
+    assert!(
+        allocs <= batches.len() as u64,
+        "{allocs} allocations for {} batches",
+        batches.len()
+    );
+}
+
 #[test]
 fn chunks_timeout_result_pending_upstream_arms_the_timer_without_allocating() {
     // The upstream returns `Pending` every 3 values, so the deadline timer is armed for

@@ -491,11 +491,18 @@ async fn deadline_passing_with_empty_buffer_yields_nothing() {
 // take_remainder / into_parts
 // ---------------------------------------------------------------------------------------
 
+/// Every value and error sent comes back exactly once, in order, through what the adapter
+/// yields and what `take_remainder` returns: `delivered` is built only from the adapter's
+/// outputs, never from what the test sent.
 #[tokio::test(start_paused = true)]
 async fn take_remainder_after_losing_a_select_race_loses_nothing() {
     let (tx, rx) = mpsc::unbounded::<Item>();
     let mut s = pin!(rx.chunks_timeout_result(10, secs(5)));
-    let mut seen: Vec<u32> = Vec::new();
+    let mut delivered: Vec<Item> = Vec::new();
+    let keep = |delivered: &mut Vec<Item>, (values, held): (Vec<u32>, Option<&'static str>)| {
+        delivered.extend(values.into_iter().map(Ok));
+        delivered.extend(held.map(Err));
+    };
 
     tx.unbounded_send(Ok(1)).unwrap();
     tx.unbounded_send(Ok(2)).unwrap();
@@ -504,30 +511,28 @@ async fn take_remainder_after_losing_a_select_race_loses_nothing() {
         _ = tokio::time::sleep(secs(1)) => None,
     };
     assert_eq!(won, None, "the sleep wins: the batch deadline is 5 s");
-    assert_eq!(s.buffered_values(), &[1, 2]);
-
-    let (values, held) = s.as_mut().take_remainder();
-    assert_eq!(values, vec![1, 2]);
-    assert_eq!(held, None);
-    seen.extend(values);
+    keep(&mut delivered, s.as_mut().take_remainder());
     assert_eq!(s.buffered_values(), &[] as &[u32]);
 
-    // A held-back error is handed back as well.
+    // A held-back error is handed back as well, after the values yielded before it.
     tx.unbounded_send(Ok(3)).unwrap();
     tx.unbounded_send(Err("boom")).unwrap();
     tx.unbounded_send(Ok(4)).unwrap();
-    assert_eq!(s.next().await, Some(Ok(vec![3])));
-    seen.push(3);
-    assert_eq!(s.as_mut().take_remainder(), (vec![], Some("boom")));
+    let batch = s.next().await.expect("a batch before the error").unwrap();
+    delivered.extend(batch.into_iter().map(Ok));
+    keep(&mut delivered, s.as_mut().take_remainder());
 
-    // The adapter stays usable and the value behind the error is still delivered.
+    // The adapter stays usable and the value behind the error is still delivered, on its
+    // own deadline.
     let start = Instant::now();
-    assert_eq!(s.next().await, Some(Ok(vec![4])));
+    let batch = s.next().await.expect("the value behind the error").unwrap();
     assert_eq!(start.elapsed(), secs(5));
-    seen.push(4);
+    delivered.extend(batch.into_iter().map(Ok));
     drop(tx);
-    assert_eq!(s.next().await, None);
-    assert_eq!(seen, vec![1, 2, 3, 4]);
+    while let Some(item) = s.next().await {
+        delivered.push(item.map(|_| unreachable!("nothing left to batch")));
+    }
+    assert_eq!(delivered, vec![Ok(1), Ok(2), Ok(3), Err("boom"), Ok(4)]);
 }
 
 #[tokio::test(start_paused = true)]

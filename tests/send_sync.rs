@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
+use result_stream::batch::{MaxWeight, NoWeight, WithInfo};
 use result_stream::{
-    Backoff, Cause, ChunksTimeoutResult, CompensatedError, CompensationFailure, CompensationScope,
-    Completion, FailureKind, FlushReason, ForEachCompensated, MapOkStream, Rollback,
-    RollbackPolicy, RollbackReport, UnitOfWork,
+    Backoff, BatchInfo, Cause, ChunksTimeoutResult, CompensatedError, CompensationFailure,
+    CompensationScope, Completion, FailureKind, FlushReason, ForEachCompensated, MapOkStream,
+    Rollback, RollbackPolicy, RollbackReport, UnitOfWork,
 };
 use result_stream::{BoxError, ResultStreamExt};
 
@@ -49,6 +50,8 @@ fn handles_reports_and_errors_are_thread_safe() {
     assert_send::<UnitOfWork>();
     assert_send::<Completion>();
     assert_send::<FlushReason>();
+    assert_send::<BatchInfo>();
+    assert_sync::<BatchInfo>();
     assert_send::<BoxError>();
     assert_sync::<BoxError>();
 }
@@ -70,6 +73,12 @@ fn adapters_are_send_and_sync_when_their_parts_are() {
     assert_send::<ChunksTimeoutResult<Events>>();
     assert_send::<ChunksTimeoutResult<stream::Iter<std::vec::IntoIter<Result<u32, io::Error>>>>>();
     assert_sync::<ChunksTimeoutResult<stream::Iter<std::vec::IntoIter<Result<u32, io::Error>>>>>();
+    // With a weight cap and batch info (the type-state parameters of `result_stream::batch`).
+    type Iter = stream::Iter<std::vec::IntoIter<Result<u32, io::Error>>>;
+    type Weighed = ChunksTimeoutResult<Iter, MaxWeight<fn(&u32) -> usize>, WithInfo>;
+    assert_send::<Weighed>();
+    assert_sync::<Weighed>();
+    assert_send::<ChunksTimeoutResult<Events, NoWeight, WithInfo>>();
     assert_send::<
         MapOkStream<
             Events,

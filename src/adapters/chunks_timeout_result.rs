@@ -9,24 +9,15 @@ use futures_core::stream::{FusedStream, Stream, TryStream};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use super::batch::{
+    BatchOutput, FlushReason, Limiter, MaxWeight, NoInfo, NoWeight, Weigh, WithInfo,
+};
+
 /// The most values a batch's buffer reserves up front (see [`ChunksTimeoutResult`]).
 const PREALLOCATE_MAX: usize = 1 << 16;
 
 /// Stands in for a deadline that overflows `Instant`: about thirty years.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-
-/// Why [`ChunksTimeoutResult`] yielded its most recent batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FlushReason {
-    /// The batch reached `max_items` values.
-    Full,
-    /// The batch's deadline (`timeout` after its first value arrived) passed.
-    Deadline,
-    /// An `Err` arrived; it is yielded on the next poll.
-    Error,
-    /// The upstream ended.
-    End,
-}
 
 pin_project! {
     /// Stream for [`ResultStreamExt::chunks_timeout_result`](crate::ResultStreamExt::chunks_timeout_result).
@@ -34,45 +25,63 @@ pin_project! {
     /// Buffers `Ok` values into batches of at most `max_items` and yields each batch as
     /// `Ok(Vec<T>)` when it is full, when `timeout` has passed since its first value arrived,
     /// when an `Err` arrives (the partial batch first, then the error), or when the upstream
-    /// ends. The method's documentation states every rule.
+    /// ends. The method's documentation states every rule; [`max_weight`](Self::max_weight)
+    /// adds a weight cap and [`with_batch_info`](Self::with_batch_info) tags each batch.
     ///
-    /// # Cost
+    /// `W` and `I` are type-state parameters from [`crate::batch`]: the weight rules
+    /// ([`NoWeight`] by default) and what is yielded per batch ([`NoInfo`] by default).
     ///
-    /// The deadline timer is a `tokio::time::Sleep` stored inline (no heap allocation), created
-    /// on first use and reset for each later batch. It is armed only when the upstream returns
-    /// `Pending` with values buffered, so a batch that fills from a ready upstream never touches
-    /// the timer or the clock. Each batch is one allocation of
-    /// `min(max_items, 65_536)` values (more only when `max_items` is larger than that).
+    /// # Implementation
+    ///
+    /// The deadline timer is a `tokio::time::Sleep` stored inline (no heap allocation). It is
+    /// created only when the upstream returns `Pending` with values buffered, so a batch that
+    /// fills from a ready upstream never touches the timer or the clock; it is dropped (and so
+    /// deregistered) when its batch is yielded or taken out, so it never wakes the task for a
+    /// batch that is gone, and each batch's timer belongs to the runtime that polls it.
+    /// Each batch is one allocation of `min(max_items, 65_536)` values; a batch of more than
+    /// 65,536 values grows as a `Vec` does (doubling) past that.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Dropping the adapter drops its buffered values; [`take_remainder`](Self::take_remainder)
+    /// takes them out of a pinned adapter first.
     #[must_use = "streams do nothing unless polled"]
-    pub struct ChunksTimeoutResult<St: TryStream> {
+    #[project = Proj]
+    pub struct ChunksTimeoutResult<St: TryStream, W: Weigh<St::Ok> = NoWeight, I = NoInfo> {
         #[pin]
         stream: St,
         items: Vec<St::Ok>,
+        total: W::Weight,
         pending_error: Option<St::Error>,
         #[pin]
         deadline: Option<Sleep>,
-        deadline_armed: bool,
         upstream_done: bool,
         last_flush: Option<FlushReason>,
-        max_items: usize,
+        limiter: Limiter<W>,
+        output: I,
         timeout: Duration,
     }
 }
 
-impl<St> fmt::Debug for ChunksTimeoutResult<St>
+impl<St, W, I> fmt::Debug for ChunksTimeoutResult<St, W, I>
 where
     St: TryStream + fmt::Debug,
     St::Ok: fmt::Debug,
     St::Error: fmt::Debug,
+    W: Weigh<St::Ok> + fmt::Debug,
+    I: fmt::Debug,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChunksTimeoutResult")
             .field("stream", &self.stream)
             .field("items", &self.items)
+            .field("total", &self.total)
             .field("pending_error", &self.pending_error)
             .field("deadline", &self.armed_deadline())
             .field("upstream_done", &self.upstream_done)
-            .field("max_items", &self.max_items)
+            .field("max_items", &self.limiter.max_items())
+            .field("weight", self.limiter.weigher())
+            .field("output", &self.output)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -88,16 +97,134 @@ impl<St: TryStream> ChunksTimeoutResult<St> {
         Self {
             stream,
             items: Vec::new(),
+            total: (),
             pending_error: None,
             deadline: None,
-            deadline_armed: false,
             upstream_done: false,
             last_flush: None,
-            max_items,
+            limiter: Limiter::new(max_items, NoWeight),
+            output: NoInfo,
             timeout,
         }
     }
+}
 
+impl<St: TryStream, I> ChunksTimeoutResult<St, NoWeight, I> {
+    /// Adds a weight cap: each value is weighed once by `weigh`, and a batch holds at most
+    /// `max_weight` in total (bytes, bind parameters, anything additive).
+    ///
+    /// Rules, on top of those of
+    /// [`chunks_timeout_result`](crate::ResultStreamExt::chunks_timeout_result):
+    /// - `weigh` is called exactly once per value, when the value arrives;
+    /// - when a value would push the batch's total past `max_weight`, the batch is yielded
+    ///   ([`FlushReason::Weight`]) and that value starts the next batch;
+    /// - a batch whose total reaches `max_weight` is yielded at once;
+    /// - a value heavier than `max_weight` is yielded alone, at once: never held for the
+    ///   deadline, never dropped, never an error;
+    /// - weight 0 is allowed (such values are limited by `max_items` only);
+    /// - `max_items`, the deadline, the error and end flushes and
+    ///   [`take_remainder`](Self::take_remainder) work as before. A value that starts the next
+    ///   batch this way is buffered: `take_remainder` returns it, and its deadline is armed
+    ///   like any other batch's. Totals saturate at `usize::MAX`.
+    ///
+    /// On a ready upstream each batch is the longest run of values that fits both caps
+    /// (greedy packing).
+    ///
+    /// # Panics
+    ///
+    /// Panics, at the caller's location, if `max_weight` is zero.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::{StreamExt, stream};
+    /// use result_stream::ResultStreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let rows = stream::iter(["ab", "cde", "f", "ghijklmnop", "qr"].map(Ok::<_, ()>));
+    /// let batches: Vec<_> = rows
+    ///     .chunks_timeout_result(100, Duration::from_secs(1))
+    ///     .max_weight(6, |row: &&str| row.len())
+    ///     .collect()
+    ///     .await;
+    /// assert_eq!(batches, vec![
+    ///     Ok(vec!["ab", "cde", "f"]), // 6 bytes: full by weight
+    ///     Ok(vec!["ghijklmnop"]),     // heavier than 6 on its own: alone, at once
+    ///     Ok(vec!["qr"]),             // the end
+    /// ]);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn max_weight<F>(
+        self,
+        max_weight: usize,
+        weigh: F,
+    ) -> ChunksTimeoutResult<St, MaxWeight<F>, I>
+    where
+        F: FnMut(&St::Ok) -> usize,
+    {
+        let weigher = MaxWeight::new("chunks_timeout_result", max_weight, weigh);
+        ChunksTimeoutResult {
+            stream: self.stream,
+            items: self.items,
+            total: 0,
+            pending_error: self.pending_error,
+            deadline: self.deadline,
+            upstream_done: self.upstream_done,
+            last_flush: self.last_flush,
+            limiter: self.limiter.with_weigher(weigher),
+            output: self.output,
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl<St: TryStream, W: Weigh<St::Ok>> ChunksTimeoutResult<St, W, NoInfo> {
+    /// Yields each batch with a [`BatchInfo`](crate::BatchInfo): `Ok((batch, info))`.
+    ///
+    /// `info` tells why the batch closed ([`FlushReason`]), its total weight (`None` without
+    /// [`max_weight`](Self::max_weight)) and its age: the time from its first value's arrival
+    /// to its closing. The `tokio::time` clock is read twice per batch for the age (at its
+    /// first value and when it closes), and only in this mode. Errors pass through as before.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::{SinkExt, StreamExt};
+    /// use result_stream::{FlushReason, ResultStreamExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (mut tx, rx) = futures::channel::mpsc::unbounded::<Result<u32, String>>();
+    /// let mut batches = std::pin::pin!(
+    ///     rx.chunks_timeout_result(2, Duration::from_secs(5)).with_batch_info()
+    /// );
+    /// for v in 1..=3 { tx.send(Ok(v)).await.unwrap(); }
+    ///
+    /// let (batch, info) = batches.next().await.unwrap().unwrap();
+    /// assert_eq!((batch, info.reason(), info.age()), (vec![1, 2], FlushReason::Full, Duration::ZERO));
+    ///
+    /// let (batch, info) = batches.next().await.unwrap().unwrap(); // waits for the deadline
+    /// assert_eq!((batch, info.reason(), info.age()), (vec![3], FlushReason::Deadline, Duration::from_secs(5)));
+    /// assert_eq!(info.weight(), None); // no `.max_weight(..)`
+    /// # }
+    /// ```
+    pub fn with_batch_info(self) -> ChunksTimeoutResult<St, W, WithInfo> {
+        ChunksTimeoutResult {
+            stream: self.stream,
+            items: self.items,
+            total: self.total,
+            pending_error: self.pending_error,
+            deadline: self.deadline,
+            upstream_done: self.upstream_done,
+            last_flush: self.last_flush,
+            limiter: self.limiter,
+            output: WithInfo::default(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl<St: TryStream, W: Weigh<St::Ok>, I> ChunksTimeoutResult<St, W, I> {
     /// Acquires a reference to the underlying stream.
     pub fn get_ref(&self) -> &St {
         &self.stream
@@ -140,16 +267,21 @@ impl<St: TryStream> ChunksTimeoutResult<St> {
     }
 
     /// Takes the buffered values (oldest first) and the held-back error out of a pinned
-    /// adapter, leaving it empty with its deadline disarmed.
+    /// adapter, leaving it empty with its deadline timer dropped.
     ///
     /// This is what makes the adapter safe to abandon, for example when it loses a
     /// `tokio::select!` race: nothing already pulled from the upstream is lost. The error, if
     /// present, came after every returned value. The adapter stays usable: the next value
     /// starts a new batch.
     #[doc(alias = "into_remainder")]
-    pub fn take_remainder(self: Pin<&mut Self>) -> (Vec<St::Ok>, Option<St::Error>) {
-        let this = self.project();
-        *this.deadline_armed = false;
+    pub fn take_remainder(self: Pin<&mut Self>) -> (Vec<St::Ok>, Option<St::Error>)
+    where
+        I: BatchOutput<St::Ok>,
+    {
+        let mut this = self.project();
+        this.deadline.set(None);
+        *this.total = Default::default();
+        this.output.clear();
         (mem::take(this.items), this.pending_error.take())
     }
 
@@ -158,22 +290,73 @@ impl<St: TryStream> ChunksTimeoutResult<St> {
     /// The timer is armed lazily, when the upstream first returns `Pending` with values
     /// buffered, so a non-empty batch can be without one until then.
     pub fn armed_deadline(&self) -> Option<Instant> {
-        match (&self.deadline, self.deadline_armed) {
-            (Some(sleep), true) => Some(sleep.deadline()),
-            _ => None,
-        }
+        self.deadline.as_ref().map(Sleep::deadline)
     }
 
     /// Why the most recent batch was yielded, or `None` before the first batch.
     ///
-    /// Read it right after `poll_next` returned `Some(Ok(batch))` to tag that batch.
+    /// Read it right after `poll_next` returned `Some(Ok(batch))` to tag that batch, or use
+    /// [`with_batch_info`](Self::with_batch_info).
     pub fn last_flush_reason(&self) -> Option<FlushReason> {
         self.last_flush
     }
 }
 
-impl<St: TryStream> Stream for ChunksTimeoutResult<St> {
-    type Item = Result<Vec<St::Ok>, St::Error>;
+impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Proj<'_, St, W, I> {
+    /// Takes the buffered batch out, drops its timer and records why it was yielded.
+    #[inline]
+    fn flush(&mut self, reason: FlushReason) -> Poll<Option<Result<I::Batch, St::Error>>> {
+        if self.deadline.is_some() {
+            self.deadline.set(None);
+        }
+        *self.last_flush = Some(reason);
+        let weight = W::report(mem::take(self.total));
+        Poll::Ready(Some(Ok(self.output.finish(
+            mem::take(self.items),
+            reason,
+            weight,
+        ))))
+    }
+}
+
+impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Proj<'_, St, W, I> {
+    /// Takes a value that would bring the open batch to `max_weight` or past it: the batch
+    /// closes first and the value starts the next one, or the value joins and closes it
+    /// (an exact fill, or a lone value heavier than `max_weight`).
+    #[cold]
+    #[inline(never)]
+    fn take_heavy(
+        &mut self,
+        value: St::Ok,
+        weight: W::Weight,
+    ) -> Poll<Option<Result<I::Batch, St::Error>>> {
+        let max_items = self.limiter.max_items();
+        if self.limiter.splits(self.items.len(), *self.total, weight) {
+            let batch = self.flush(FlushReason::Weight);
+            *self.items = Vec::with_capacity(max_items.min(PREALLOCATE_MAX));
+            self.output.arrives(0);
+            self.items.push(value);
+            *self.total = W::add(Default::default(), weight);
+            return batch;
+        }
+        if self.items.capacity() == 0 {
+            *self.items = Vec::with_capacity(max_items.min(PREALLOCATE_MAX));
+        }
+        self.output.arrives(self.items.len());
+        self.items.push(value);
+        *self.total = W::add(*self.total, weight);
+        let reason = self
+            .limiter
+            .closes(self.items.len(), *self.total)
+            .expect("a value that does not stay below max_weight closes its batch");
+        self.flush(reason)
+    }
+}
+
+impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Stream
+    for ChunksTimeoutResult<St, W, I>
+{
+    type Item = Result<I::Batch, St::Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
@@ -181,32 +364,56 @@ impl<St: TryStream> Stream for ChunksTimeoutResult<St> {
         if let Some(error) = this.pending_error.take() {
             return Poll::Ready(Some(Err(error)));
         }
+        // A value that closed the previous batch by weight may close its own at once (a lone
+        // oversize value). A constant `false` without a weight cap.
+        if W::SPLITS && !this.items.is_empty() {
+            if let Some(reason) = this.limiter.closes(this.items.len(), *this.total) {
+                return this.flush(reason);
+            }
+        }
 
         // Data first: drain what the upstream has ready before looking at the deadline.
-        // The per-value path is: poll, one capacity check (which also makes `push`'s own
-        // check redundant), push, one length check. Nothing here touches the timer.
+        // The count-only per-value path is: poll, one capacity check (which also makes
+        // `push`'s own check redundant), push, one length check. Nothing here touches the
+        // timer or the clock.
         if !*this.upstream_done {
-            let max_items = *this.max_items;
+            let max_items = this.limiter.max_items();
+            // The weight rules work on the room left below `max_weight`, kept in a local
+            // (a register) and written back to `total` before anything reads it.
+            let mut room = this.limiter.room(*this.total);
             loop {
                 match this.stream.as_mut().try_poll_next(cx) {
                     Poll::Ready(Some(Ok(value))) => {
+                        let weight = this.limiter.weigh(&value);
+                        // A constant `Some` without a weight cap.
+                        let Some(left) = Limiter::<W>::take_room(room, weight) else {
+                            *this.total = this.limiter.total_from_room(room);
+                            return this.take_heavy(value, weight);
+                        };
+                        room = left;
                         if this.items.len() == this.items.capacity() {
                             if this.items.capacity() == 0 {
                                 // A new batch (no capacity means no values): one allocation,
                                 // for the whole batch.
+                                this.output.arrives(0);
                                 *this.items = Vec::with_capacity(max_items.min(PREALLOCATE_MAX));
-                            } else {
-                                grow(this.items);
+                                this.items.push(value);
+                                if max_items == 1 {
+                                    *this.total = this.limiter.total_from_room(room);
+                                    return this.flush(FlushReason::Full);
+                                }
+                                continue;
                             }
+                            grow(this.items);
+                        }
+                        if mem::size_of::<St::Ok>() == 0 {
+                            // Zero-sized values never fill their `Vec`'s capacity.
+                            this.output.arrives(this.items.len());
                         }
                         this.items.push(value);
                         if this.items.len() >= max_items {
-                            return Poll::Ready(Some(Ok(take_batch(
-                                this.items,
-                                this.deadline_armed,
-                                this.last_flush,
-                                FlushReason::Full,
-                            ))));
+                            *this.total = this.limiter.total_from_room(room);
+                            return this.flush(FlushReason::Full);
                         }
                     }
                     Poll::Ready(Some(Err(error))) => {
@@ -214,12 +421,8 @@ impl<St: TryStream> Stream for ChunksTimeoutResult<St> {
                             return Poll::Ready(Some(Err(error)));
                         }
                         *this.pending_error = Some(error);
-                        return Poll::Ready(Some(Ok(take_batch(
-                            this.items,
-                            this.deadline_armed,
-                            this.last_flush,
-                            FlushReason::Error,
-                        ))));
+                        *this.total = this.limiter.total_from_room(room);
+                        return this.flush(FlushReason::Error);
                     }
                     Poll::Ready(None) => {
                         *this.upstream_done = true;
@@ -228,10 +431,10 @@ impl<St: TryStream> Stream for ChunksTimeoutResult<St> {
                     Poll::Pending => break,
                 }
             }
+            *this.total = this.limiter.total_from_room(room);
         }
 
         if this.items.is_empty() {
-            *this.deadline_armed = false;
             return if *this.upstream_done {
                 Poll::Ready(None)
             } else {
@@ -239,48 +442,31 @@ impl<St: TryStream> Stream for ChunksTimeoutResult<St> {
             };
         }
         if *this.upstream_done {
-            return Poll::Ready(Some(Ok(take_batch(
-                this.items,
-                this.deadline_armed,
-                this.last_flush,
-                FlushReason::End,
-            ))));
+            return this.flush(FlushReason::End);
         }
 
         // The upstream is pending with values buffered. Every value of this batch arrived
         // during this call unless the timer was armed by an earlier one, so arming it now
-        // starts the deadline at the batch's first value, give or take this poll.
-        if !*this.deadline_armed {
+        // starts the deadline at the end of the call in which the batch's first value
+        // arrived. A new `Sleep` per armed batch binds it to the runtime polling it now.
+        if this.deadline.is_none() {
             if this.timeout.is_zero() {
-                return Poll::Ready(Some(Ok(take_batch(
-                    this.items,
-                    this.deadline_armed,
-                    this.last_flush,
-                    FlushReason::Deadline,
-                ))));
+                return this.flush(FlushReason::Deadline);
             }
             let now = Instant::now();
             // A timeout past the clock's range means "never", as in `tokio::time::sleep`.
             let at = now
                 .checked_add(*this.timeout)
                 .unwrap_or_else(|| now + FAR_FUTURE);
-            match this.deadline.as_mut().as_pin_mut() {
-                Some(sleep) => sleep.reset(at),
-                None => this.deadline.set(Some(tokio::time::sleep_until(at))),
-            }
-            *this.deadline_armed = true;
+            this.deadline.set(Some(tokio::time::sleep_until(at)));
         }
         let sleep = this
             .deadline
+            .as_mut()
             .as_pin_mut()
             .expect("an armed deadline has a timer");
         match sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Ok(take_batch(
-                this.items,
-                this.deadline_armed,
-                this.last_flush,
-                FlushReason::Deadline,
-            )))),
+            Poll::Ready(()) => this.flush(FlushReason::Deadline),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -293,11 +479,11 @@ impl<St: TryStream> Stream for ChunksTimeoutResult<St> {
         let held = usize::from(self.pending_error.is_some());
         let buffered = self.items.len();
         let (lower, upper) = self.stream.size_hint();
-        // At least the buffered and upcoming values, packed as tightly as possible; at most
-        // one output per upstream item plus one for the buffered batch.
+        // At least the buffered and upcoming values, packed as tightly as the count allows; at
+        // most one output per upstream item plus one for the buffered batch.
         let lower = buffered
             .saturating_add(lower)
-            .div_ceil(self.max_items)
+            .div_ceil(self.limiter.max_items())
             .saturating_add(held);
         let upper = upper.and_then(|upper| {
             upper
@@ -308,7 +494,9 @@ impl<St: TryStream> Stream for ChunksTimeoutResult<St> {
     }
 }
 
-impl<St: TryStream> FusedStream for ChunksTimeoutResult<St> {
+impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> FusedStream
+    for ChunksTimeoutResult<St, W, I>
+{
     fn is_terminated(&self) -> bool {
         self.upstream_done && self.items.is_empty() && self.pending_error.is_none()
     }
@@ -320,17 +508,4 @@ impl<St: TryStream> FusedStream for ChunksTimeoutResult<St> {
 #[inline(never)]
 fn grow<T>(items: &mut Vec<T>) {
     items.reserve(1);
-}
-
-/// Takes the buffered batch out, disarms its deadline and records why it was yielded.
-#[inline]
-fn take_batch<T>(
-    items: &mut Vec<T>,
-    deadline_armed: &mut bool,
-    last_flush: &mut Option<FlushReason>,
-    reason: FlushReason,
-) -> Vec<T> {
-    *deadline_armed = false;
-    *last_flush = Some(reason);
-    mem::take(items)
 }

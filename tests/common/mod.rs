@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::stream::Stream;
+use result_stream::batch::Weigh;
 use result_stream::{ChunksTimeoutResult, FlushReason};
 use tokio::time::Instant;
 
@@ -82,12 +83,13 @@ pub fn error<T, E>(at: Duration, error: E) -> Out<T, E> {
 
 /// Drives `stream` to its end, recording each output with its time since `start`, and
 /// returns the outputs and the time at which `None` came.
-pub async fn collect_tagged<St, T, E>(
-    stream: ChunksTimeoutResult<St>,
+pub async fn collect_tagged<St, W, T, E>(
+    stream: ChunksTimeoutResult<St, W>,
     start: Instant,
 ) -> (Vec<Out<T, E>>, Duration)
 where
     St: Stream<Item = Result<T, E>>,
+    W: Weigh<T>,
 {
     let mut stream = Box::pin(stream);
     let mut outs = Vec::new();

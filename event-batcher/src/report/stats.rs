@@ -38,10 +38,11 @@ impl FlushCounts {
 
     pub(crate) fn add(&mut self, reason: FlushReason) {
         match reason {
-            FlushReason::Full => self.size += 1,
             FlushReason::Deadline => self.deadline += 1,
             FlushReason::End => self.end += 1,
             FlushReason::Error => self.before_error += 1,
+            // `Full`, and the reasons of caps the pipeline does not set (weight, eviction).
+            _ => self.size += 1,
         }
     }
 }

@@ -1,0 +1,222 @@
+//! `chunks_timeout_result` at its edges (issue 8): runtimes, timers of batches that are gone,
+//! the exact waiting bound, and the ready path's independence from the timer.
+
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use futures::stream::{self, Stream};
+use result_stream::{FlushReason, ResultStreamExt};
+use tokio::time::{Instant, advance};
+
+type Item = Result<u32, &'static str>;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
+/// A waker that counts how often it is woken.
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn counting_waker() -> (Waker, Arc<CountingWaker>) {
+    let count = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    (Waker::from(count.clone()), count)
+}
+
+// ---------------------------------------------------------------------------------------
+// Bug 5: the adapter outlives the runtime that armed its timer
+// ---------------------------------------------------------------------------------------
+
+/// tokio-stream's `chunks_timeout` passes this; an adapter that keeps one `Sleep` and resets
+/// it panicked on the second runtime ("A Tokio 1.x context was found, but it is being
+/// shutdown").
+#[test]
+fn deadlines_work_on_a_second_runtime_after_the_first_is_dropped() {
+    let (tx, rx) = mpsc::unbounded::<Item>();
+    let mut batches = Box::pin(rx.chunks_timeout_result(10, ms(100)));
+    for round in 0..3 {
+        let runtime = paused_runtime();
+        runtime.block_on(async {
+            tx.unbounded_send(Ok(round)).unwrap();
+            let started = Instant::now();
+            assert_eq!(batches.next().await, Some(Ok(vec![round])));
+            assert_eq!(started.elapsed(), ms(100), "round {round}");
+            assert_eq!(batches.last_flush_reason(), Some(FlushReason::Deadline));
+        });
+        drop(runtime);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bug 6: no wake-up at the deadline of a batch that is gone
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn no_wake_up_at_the_old_deadline_after_a_full_flush() {
+    let (tx, rx) = mpsc::unbounded::<Item>();
+    let mut s = pin!(rx.chunks_timeout_result(2, ms(1_000)));
+    let (waker, count) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+
+    tx.unbounded_send(Ok(1)).unwrap();
+    assert!(s.as_mut().poll_next(&mut cx).is_pending(), "deadline armed");
+    assert!(s.armed_deadline().is_some());
+    tx.unbounded_send(Ok(2)).unwrap();
+    assert_eq!(
+        s.as_mut().poll_next(&mut cx),
+        Poll::Ready(Some(Ok(vec![1, 2])))
+    );
+    assert_eq!(s.last_flush_reason(), Some(FlushReason::Full));
+    assert!(
+        s.as_mut().poll_next(&mut cx).is_pending(),
+        "nothing buffered"
+    );
+
+    let before = count.0.load(Ordering::SeqCst);
+    advance(ms(5_000)).await;
+    assert_eq!(
+        count.0.load(Ordering::SeqCst),
+        before,
+        "woken at the deadline of a batch already yielded"
+    );
+    drop(tx);
+    assert_eq!(s.as_mut().poll_next(&mut cx), Poll::Ready(None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_wake_up_at_the_old_deadline_after_take_remainder() {
+    let (tx, rx) = mpsc::unbounded::<Item>();
+    let mut s = pin!(rx.chunks_timeout_result(10, ms(1_000)));
+    let (waker, count) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+
+    tx.unbounded_send(Ok(1)).unwrap();
+    assert!(s.as_mut().poll_next(&mut cx).is_pending(), "deadline armed");
+    assert_eq!(s.as_mut().take_remainder(), (vec![1], None));
+    assert_eq!(s.armed_deadline(), None);
+
+    let before = count.0.load(Ordering::SeqCst);
+    advance(ms(5_000)).await;
+    assert_eq!(
+        count.0.load(Ordering::SeqCst),
+        before,
+        "woken at the deadline of values taken out"
+    );
+    assert!(s.as_mut().poll_next(&mut cx).is_pending());
+    drop(tx);
+}
+
+// ---------------------------------------------------------------------------------------
+// The exact waiting bound
+// ---------------------------------------------------------------------------------------
+
+/// Yields `first`, then spends `busy` (on the paused clock) before yielding `second` in the
+/// same poll of the adapter, then stays pending: a synchronous upstream that takes time.
+struct BusyUpstream {
+    step: u8,
+    busy: Duration,
+}
+
+impl Stream for BusyUpstream {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Item>> {
+        self.step += 1;
+        match self.step {
+            1 => Poll::Ready(Some(Ok(1))),
+            2 => {
+                // Time passes inside this poll, as it does for a CPU-bound upstream.
+                let busy = self.busy;
+                tokio::runtime::Handle::current().block_on(advance(busy));
+                Poll::Ready(Some(Ok(2)))
+            }
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// The documented bound: the deadline is `timeout` after the end of the poll in which the
+/// batch's first value arrived (the first `Pending` with it buffered), not after the value
+/// itself; the difference is the time the upstream spent producing that poll's values. A
+/// value that arrives in an idle upstream's poll waits exactly `timeout`.
+#[test]
+fn deadline_is_timeout_after_the_poll_in_which_the_first_value_arrived() {
+    let runtime = paused_runtime();
+    let _entered = runtime.enter();
+    let start = Instant::now();
+    let upstream = BusyUpstream {
+        step: 0,
+        busy: ms(270),
+    };
+    let mut s = Box::pin(upstream.chunks_timeout_result(10, ms(100)));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(s.as_mut().poll_next(&mut cx).is_pending());
+    assert_eq!(
+        start.elapsed(),
+        ms(270),
+        "value 1 arrived at 0, value 2 at 270 ms"
+    );
+    assert_eq!(s.buffered_values(), &[1, 2]);
+    assert_eq!(s.armed_deadline(), Some(start + ms(270) + ms(100)));
+}
+
+// ---------------------------------------------------------------------------------------
+// The ready path never touches the timer
+// ---------------------------------------------------------------------------------------
+
+/// With no Tokio runtime at all, creating a timer panics; a batch that fills from a ready
+/// upstream must not need one (SPEC §2 "Cost"). Arming a timer for each batch on the ready
+/// path fails here.
+#[test]
+fn batches_that_fill_from_a_ready_upstream_need_no_runtime() {
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    let upstream = stream::iter((0..1_000u32).map(Ok::<u32, ()>));
+    let batches: Vec<_> = futures::executor::block_on(
+        upstream
+            .chunks_timeout_result(8, ms(100))
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(batches.len(), 125);
+    let values: Vec<u32> = batches.into_iter().flat_map(Result::unwrap).collect();
+    assert_eq!(values, (0..1_000).collect::<Vec<_>>());
+
+    // The same with a weight cap and batch info: neither needs the timer either.
+    let upstream = stream::iter((0..1_000u32).map(Ok::<u32, ()>));
+    let batches: Vec<_> = futures::executor::block_on(
+        upstream
+            .chunks_timeout_result(8, ms(100))
+            .max_weight(20, |v: &u32| (*v % 7) as usize)
+            .with_batch_info()
+            .collect::<Vec<_>>(),
+    );
+    let mut values = Vec::new();
+    for (batch, info) in batches.into_iter().map(Result::unwrap) {
+        assert!(matches!(
+            info.reason(),
+            FlushReason::Full | FlushReason::Weight | FlushReason::End
+        ));
+        values.extend(batch);
+    }
+    assert_eq!(values, (0..1_000).collect::<Vec<_>>());
+}
