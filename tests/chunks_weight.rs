@@ -314,3 +314,16 @@ async fn size_hint_counts_a_carried_value_as_one_possible_batch() {
     assert_eq!(s.next().await, Some(Ok(vec![(2, 6), (3, 1)])));
     assert_eq!(s.size_hint(), (0, Some(0)));
 }
+
+#[test]
+fn debug_shows_the_weight_cap() {
+    let s = stream::empty::<Result<V, ()>>()
+        .chunks_timeout_result(3, secs(1))
+        .max_weight(10, weight);
+    let debug = format!("{s:?}");
+    assert!(debug.contains("max_items: 3"), "{debug}");
+    assert!(
+        debug.contains("MaxWeight { max_weight: 10, .. }"),
+        "{debug}"
+    );
+}
