@@ -6,7 +6,8 @@
 //! `cargo mutants --test-tool cargo --file src/adapters/chunks_timeout_result.rs --file
 //! 'src/adapters/batch/*.rs' -- -p result-stream --test chunks_timing --test chunks_edges
 //! --test chunks_weight --test chunks_info --test chunks_properties --test alloc_counts
-//! --test send_sync` (cargo-mutants 27.1, 2026-12-01): 149 mutants, 86 caught, 49 unviable,
+//! --test send_sync` (cargo-mutants 27.1, 2026-12-01, before `chunks_api.rs` was split out of
+//! `chunks_timing.rs`; add `--test chunks_api` now): 149 mutants, 86 caught, 49 unviable,
 //! 1 timeout (deleting the `!` of `if !upstream_done` stops polling the upstream, so the
 //! tests hang), 13 missed. Seven of those are now caught (a rerun of them: 15 of 15 caught):
 //! the stand-in for "never" (`30 years` mutated to `1 year + 30 s`; the huge-timeout test now
