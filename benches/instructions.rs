@@ -23,6 +23,10 @@
 //!   `TryStreamExt::and_then`, and `map_ok` (a synchronous closure) as the floor.
 //! - `for_each`: [`FOR_EACH_VALUES`] values pre-built as batches of 8 and 500; the handler
 //!   sums its batch: `for_each_compensated` with nothing registered against `try_for_each`.
+//! - `timer`: on a paused clock, [`TIMER_ITEMS`] values 3 ms apart from one `Sleep`-driven
+//!   producer, `max_items` 500 and a 10 ms timeout, so every batch (4 values) is closed by its
+//!   deadline: `chunks_timeout_result` and tokio-stream's `chunks_timeout`, with
+//!   `futures::StreamExt::chunks(4)` on the same producer as the no-timer reference.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -322,9 +326,95 @@ library_benchmark_group!(
     benchmarks = for_each_compensated, try_for_each
 );
 
+// Timer-bound, on a paused clock: every batch is closed by its deadline, so every batch arms
+// a timer (with this crate: creates a `Sleep`, registers and drops it).
+
+/// Values in the `timer` group, one every `TIMER_PERIOD`.
+const TIMER_ITEMS: u64 = 20_000;
+const TIMER_PERIOD: Duration = Duration::from_millis(3);
+const TIMER_TIMEOUT: Duration = Duration::from_millis(10);
+
+/// Yields `0..TIMER_ITEMS` as `Ok`, one every `TIMER_PERIOD` of `tokio::time`, driven by one
+/// `Sleep` (boxed once, reset after every value).
+struct Ticker {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    next: u64,
+}
+
+impl Stream for Ticker {
+    type Item = Result<u64, E>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.next == TIMER_ITEMS {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        let at = self.sleep.deadline() + TIMER_PERIOD;
+        self.sleep.as_mut().reset(at);
+        self.next += 1;
+        std::task::Poll::Ready(Some(Ok(self.next - 1)))
+    }
+}
+
+fn paused_runtime() -> Runtime {
+    let rt = Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    // Warm the timer wheel and the runtime up with the same work.
+    rt.block_on(async { drain_results(ticker().chunks_timeout_result(500, TIMER_TIMEOUT)).await });
+    rt
+}
+
+/// Must be called inside the runtime (it creates a `Sleep`).
+fn ticker() -> Ticker {
+    Ticker {
+        sleep: Box::pin(tokio::time::sleep(TIMER_PERIOD)),
+        next: 0,
+    }
+}
+
+#[library_benchmark(setup = paused_runtime)]
+#[bench::deadline_flushes()]
+fn timer_chunks_timeout_result(rt: Runtime) -> u64 {
+    rt.block_on(async { drain_results(ticker().chunks_timeout_result(500, TIMER_TIMEOUT)).await })
+}
+
+#[library_benchmark(setup = paused_runtime)]
+#[bench::deadline_flushes()]
+fn timer_tokio_stream_chunks_timeout(rt: Runtime) -> u64 {
+    rt.block_on(async {
+        drain_vecs(tokio_stream::StreamExt::chunks_timeout(
+            ticker(),
+            500,
+            TIMER_TIMEOUT,
+        ))
+        .await
+    })
+}
+
+#[library_benchmark(setup = paused_runtime)]
+#[bench::same_batches_no_timer()]
+fn timer_futures_chunks(rt: Runtime) -> u64 {
+    rt.block_on(async { drain_vecs(ticker().chunks(4)).await })
+}
+
+library_benchmark_group!(
+    name = timer;
+    benchmarks =
+        timer_chunks_timeout_result,
+        timer_tokio_stream_chunks_timeout,
+        timer_futures_chunks
+);
+
 main!(
     library_benchmark_groups = ready,
     keyed,
     map_ok_group,
-    for_each
+    for_each,
+    timer
 );

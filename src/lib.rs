@@ -76,6 +76,9 @@
 //!   one at a time, errors passed through;
 //! - [`chunks_timeout_result`](ResultStreamExt::chunks_timeout_result): batches of up to
 //!   `max_items`, flushed by size, by a per-batch deadline, before an error, and at the end;
+//!   optionally capped by weight too ([`max_weight`](ChunksTimeoutResult::max_weight)) and
+//!   tagged with why and when each batch closed
+//!   ([`with_batch_info`](ChunksTimeoutResult::with_batch_info));
 //! - [`for_each_compensated`](ResultStreamExt::for_each_compensated): the terminal step,
 //!   persisting each item with compensations that are rolled back, newest first, when a
 //!   handler fails, the upstream fails, or a [`CancellationToken`](tokio_util::sync::CancellationToken)

@@ -10,7 +10,7 @@ use std::sync::Once;
 
 use common::{batch, collect_tagged, error, ms, scheduled, secs};
 use futures::channel::mpsc;
-use futures::stream::{self, FusedStream};
+use futures::stream::{self, FusedStream, Stream};
 use futures::{StreamExt, poll};
 use result_stream::{FlushReason, ResultStreamExt};
 use tokio::time::Instant;
@@ -293,4 +293,37 @@ fn zero_max_weight_panic_points_at_the_caller() {
         .with(|last| last.borrow_mut().take())
         .unwrap();
     assert_eq!((file.as_str(), at), (file!(), line));
+}
+
+/// `size_hint` with a value carried into the next batch by the weight cap: that value is one
+/// more possible batch on top of one per upstream item; with nothing buffered, none.
+#[tokio::test(start_paused = true)]
+async fn size_hint_counts_a_carried_value_as_one_possible_batch() {
+    let values: Vec<Result<V, ()>> = vec![Ok((1, 6)), Ok((2, 6)), Ok((3, 1))];
+    let mut s = pin!(
+        stream::iter(values)
+            .chunks_timeout_result(10, secs(2))
+            .max_weight(10, weight)
+    );
+    // Nothing buffered: at least one batch of the three values, at most one per value.
+    assert_eq!(s.size_hint(), (1, Some(3)));
+    assert_eq!(s.next().await, Some(Ok(vec![(1, 6)])));
+    // Value 2 is buffered, value 3 is still upstream.
+    assert_eq!(s.buffered_values(), &[(2, 6)]);
+    assert_eq!(s.size_hint(), (1, Some(2)));
+    assert_eq!(s.next().await, Some(Ok(vec![(2, 6), (3, 1)])));
+    assert_eq!(s.size_hint(), (0, Some(0)));
+}
+
+#[test]
+fn debug_shows_the_weight_cap() {
+    let s = stream::empty::<Result<V, ()>>()
+        .chunks_timeout_result(3, secs(1))
+        .max_weight(10, weight);
+    let debug = format!("{s:?}");
+    assert!(debug.contains("max_items: 3"), "{debug}");
+    assert!(
+        debug.contains("MaxWeight { max_weight: 10, .. }"),
+        "{debug}"
+    );
 }

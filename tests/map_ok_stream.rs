@@ -1,5 +1,9 @@
 //! `map_ok_stream` (SPEC §1): order, one future at a time, errors pass through, the stream
 //! goes on after errors, and the `futures` conventions.
+//!
+//! Mutation testing: `cargo mutants --test-tool cargo --file src/adapters/map_ok_stream.rs --
+//! -p result-stream --test map_ok_stream --test alloc_counts --test send_sync`
+//! (cargo-mutants 27.1, 2026-12-01): 24 mutants, 11 caught, 13 unviable, none missed.
 
 mod common;
 

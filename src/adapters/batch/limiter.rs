@@ -128,7 +128,7 @@ impl<F> MaxWeight<F> {
 impl<F> fmt::Debug for MaxWeight<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MaxWeight")
-            .field("max_weight", &self.max_weight)
+            .field("max_weight", &self.max_weight())
             .finish_non_exhaustive()
     }
 }
