@@ -81,7 +81,8 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   [`ChunksTimeoutResult::take_remainder`] takes them (and a held-back error) out of
     ///   a pinned adapter.
     /// - cost: no timer and no clock read for a batch that fills without the upstream
-    ///   returning `Pending`; the timer is inline (never a heap allocation); one allocation per
+    ///   returning `Pending` (with a weight cap, a batch whose first value closed the previous
+    ///   batch by weight reads the clock once, for that value's deadline); the timer is inline (never a heap allocation); one allocation per
     ///   batch of up to 65,536 values (a larger batch grows by doubling past that).
     ///
     /// [`.max_weight(max_weight, weigh)`](ChunksTimeoutResult::max_weight) adds a weight cap

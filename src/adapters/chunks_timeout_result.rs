@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_core::stream::{FusedStream, Stream, TryStream};
 use pin_project_lite::pin_project;
+use tokio::runtime::{Handle, Id};
 use tokio::time::{Instant, Sleep};
 
 use super::batch::{BatchOutput, FlushReason, Limiter, NoInfo, NoWeight, Weigh};
@@ -37,7 +38,9 @@ pin_project! {
     /// created only when the upstream returns `Pending` with values buffered, so a batch that
     /// fills from a ready upstream never touches the timer or the clock; it is dropped (and so
     /// deregistered) when its batch is yielded or taken out, so it never wakes the task for a
-    /// batch that is gone, and each batch's timer belongs to the runtime that polls it.
+    /// batch that is gone, and each batch's timer belongs to the runtime that polls it (a
+    /// batch still open when its runtime is dropped gets a new timer, at the same deadline, on
+    /// the next runtime that polls it).
     /// Each batch is one allocation of `min(max_items, 65_536)` values; a batch of more than
     /// 65,536 values grows as a `Vec` does (doubling) past that.
     ///
@@ -55,6 +58,13 @@ pin_project! {
         pending_error: Option<St::Error>,
         #[pin]
         deadline: Option<Sleep>,
+        // The runtime the timer belongs to: a timer of a runtime that was dropped may not be
+        // polled, so it is re-created on the runtime that polls.
+        timer_runtime: Option<Id>,
+        // When the open batch's first value arrived, if that was in a poll that returned
+        // `Ready` (a value that closed the previous batch by weight): its deadline runs from
+        // then, not from the next poll.
+        started: Option<Instant>,
         upstream_done: bool,
         last_flush: Option<FlushReason>,
         limiter: Limiter<W>,
@@ -100,6 +110,8 @@ impl<St: TryStream> ChunksTimeoutResult<St> {
             total: (),
             pending_error: None,
             deadline: None,
+            timer_runtime: None,
+            started: None,
             upstream_done: false,
             last_flush: None,
             limiter: Limiter::new(max_items, NoWeight),
@@ -165,6 +177,8 @@ impl<St: TryStream, W: Weigh<St::Ok>, I> ChunksTimeoutResult<St, W, I> {
     {
         let mut this = self.project();
         this.deadline.set(None);
+        *this.timer_runtime = None;
+        *this.started = None;
         *this.total = Default::default();
         this.output.clear();
         (mem::take(this.items), this.pending_error.take())
@@ -193,7 +207,9 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Proj<'_, St, W, I>
     fn flush(&mut self, reason: FlushReason) -> Poll<Option<Result<I::Batch, St::Error>>> {
         if self.deadline.is_some() {
             self.deadline.set(None);
+            *self.timer_runtime = None;
         }
+        *self.started = None;
         *self.last_flush = Some(reason);
         let weight = W::report(mem::take(self.total));
         Poll::Ready(Some(Ok(self.output.finish(
@@ -219,6 +235,9 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Proj<'_, St, W, I>
         if self.limiter.splits(self.items.len(), *self.total, weight) {
             let batch = self.flush(FlushReason::Weight);
             *self.items = Vec::with_capacity(max_items.min(PREALLOCATE_MAX));
+            // The value arrived in this poll, which returns `Ready`: its batch's deadline
+            // runs from now, however long the consumer takes to poll again.
+            *self.started = Some(Instant::now());
             self.output.arrives(0);
             self.items.push(value);
             *self.total = W::add(Default::default(), weight);
@@ -331,19 +350,35 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Stream
         }
 
         // The upstream is pending with values buffered. Every value of this batch arrived
-        // during this call unless the timer was armed by an earlier one, so arming it now
-        // starts the deadline at the end of the call in which the batch's first value
+        // during this call unless the timer was armed by an earlier one, or the batch's first
+        // value closed the previous batch by weight in an earlier call (`started`), so arming
+        // it now starts the deadline at the end of the call in which the batch's first value
         // arrived. A new `Sleep` per armed batch binds it to the runtime polling it now.
         if this.deadline.is_none() {
             if this.timeout.is_zero() {
                 return this.flush(FlushReason::Deadline);
             }
-            let now = Instant::now();
+            let now = this.started.take().unwrap_or_else(Instant::now);
             // A timeout past the clock's range means "never", as in `tokio::time::sleep`.
             let at = now
                 .checked_add(*this.timeout)
                 .unwrap_or_else(|| now + FAR_FUTURE);
             this.deadline.set(Some(tokio::time::sleep_until(at)));
+            *this.timer_runtime = Some(Handle::current().id());
+        } else {
+            // A batch open across runtimes: the timer of a runtime that was dropped may not be
+            // polled, so it is re-created, at the same deadline, on the one polling now.
+            // (Outside any runtime the timer is polled as it is, as before.)
+            let runtime = Handle::try_current().ok().map(|handle| handle.id());
+            if runtime.is_some() && *this.timer_runtime != runtime {
+                let at = this
+                    .deadline
+                    .as_ref()
+                    .as_pin_ref()
+                    .map(|timer| timer.deadline());
+                this.deadline.set(at.map(tokio::time::sleep_until));
+                *this.timer_runtime = runtime;
+            }
         }
         let sleep = this
             .deadline

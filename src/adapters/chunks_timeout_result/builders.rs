@@ -23,8 +23,10 @@ impl<St: TryStream, I> ChunksTimeoutResult<St, NoWeight, I> {
     /// - weight 0 is allowed (such values are limited by `max_items` only);
     /// - `max_items`, the deadline, the error and end flushes and
     ///   [`take_remainder`](Self::take_remainder) work as before. A value that starts the next
-    ///   batch this way is buffered: `take_remainder` returns it, and its deadline is armed
-    ///   like any other batch's. Totals saturate at `usize::MAX`.
+    ///   batch this way is buffered: `take_remainder` returns it, and its batch's deadline is
+    ///   `timeout` after the poll in which it arrived (the one that yielded the previous
+    ///   batch), however long the consumer takes to poll again; the clock is read once for
+    ///   it. Totals saturate at `usize::MAX`.
     ///
     /// On a ready upstream each batch is the longest run of values that fits both caps
     /// (greedy packing).
@@ -69,6 +71,8 @@ impl<St: TryStream, I> ChunksTimeoutResult<St, NoWeight, I> {
             total: 0,
             pending_error: self.pending_error,
             deadline: self.deadline,
+            timer_runtime: self.timer_runtime,
+            started: self.started,
             upstream_done: self.upstream_done,
             last_flush: self.last_flush,
             limiter: self.limiter.with_weigher(weigher),
@@ -117,6 +121,8 @@ impl<St: TryStream, W: Weigh<St::Ok>> ChunksTimeoutResult<St, W, NoInfo> {
             total: self.total,
             pending_error: self.pending_error,
             deadline: self.deadline,
+            timer_runtime: self.timer_runtime,
+            started: self.started,
             upstream_done: self.upstream_done,
             last_flush: self.last_flush,
             limiter: self.limiter,
