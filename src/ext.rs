@@ -121,9 +121,13 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// - when `f` returns `Ok`, that item's compensations are committed (dropped); with
     ///   [`all_or_nothing`](ForEachCompensated::all_or_nothing) they are all kept until the
     ///   stream ends, then committed together;
+    /// - when the stream ends, everything the run owns is committed, including what was
+    ///   registered through [`ForEachCompensated::scope`] before the first item or between
+    ///   items: a later `scope.rollback` never undoes a run that succeeded;
     /// - when `f` returns `Err`, the upstream yields `Err`, or the
     ///   [cancellation token](ForEachCompensated::with_cancellation) fires: pulling stops,
-    ///   every compensation pending in `scope` runs, newest first, under the
+    ///   the run's pending compensations run, newest first (with those registered through
+    ///   `scope`'s own handles, see below), under the
     ///   [rollback policy](ForEachCompensated::rollback_policy), and the future resolves to a
     ///   [`CompensatedError`](crate::CompensatedError) holding the [`Cause`](crate::Cause)
     ///   (with your own `E`) and the [`RollbackReport`](crate::RollbackReport);
@@ -139,7 +143,9 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// The handler receives this run's own handle to `scope`. On failure the rollback runs this
     /// run's pending compensations and those registered through `scope`'s own handles
     /// (including any registered before the run started); another run sharing the scope keeps
-    /// its own. See [`CompensationScope`](crate::CompensationScope#sharing-a-scope-between-runs).
+    /// its own. Until the future resolves or is dropped, `scope`'s own handles neither commit
+    /// nor roll back this run's compensations. See
+    /// [`CompensationScope`](crate::CompensationScope#sharing-a-scope-between-runs).
     ///
     /// Cost: no heap allocation per item. With nothing registered, an item costs a clone and a
     /// drop of the scope handle (an `Arc`), two atomic loads and, with a cancellation token,

@@ -1101,7 +1101,7 @@ impl Ctx {
         if let Some(batch) = self.stats.take_in_flight() {
             let error = match &cause {
                 Cause::Upstream(error) | Cause::Handler(error) => error.to_string(),
-                Cause::Cancelled => format!("batch {}: cancelled", batch.seq),
+                _ => format!("batch {}: cancelled", batch.seq),
             };
             self.rolled_back(&batch, error, &report, false);
         }
@@ -1116,10 +1116,6 @@ impl Ctx {
             _ => (report.to_string(), report.is_complete()),
         };
         match cause {
-            Cause::Cancelled => Outcome::Cancelled {
-                rollback,
-                rolled_back_cleanly,
-            },
             Cause::Upstream(error) | Cause::Handler(error) => {
                 let cause = match (&error, self.strict) {
                     (PipelineError::Invalid(_), true) => format!("{error} (--strict)"),
@@ -1131,6 +1127,11 @@ impl Ctx {
                     rolled_back_cleanly,
                 }
             }
+            // `Cause::Cancelled` (the enum is non-exhaustive).
+            _ => Outcome::Cancelled {
+                rollback,
+                rolled_back_cleanly,
+            },
         }
     }
 

@@ -1,6 +1,7 @@
 use core::fmt;
 use core::pin::Pin;
 use core::task::{Context, Poll, ready};
+use std::error::Error;
 use std::future::Future;
 
 use futures_core::future::FusedFuture;
@@ -8,10 +9,12 @@ use futures_core::stream::TryStream;
 use pin_project_lite::pin_project;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::{Cause, CompensatedError, CompensationScope, Rollback, RollbackPolicy};
+use super::scope::LiveRun;
+use super::{CompensationScope, Rollback, RollbackPolicy, RollbackReport};
 
 /// What one commit of compensations covers in [`ForEachCompensated`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum UnitOfWork {
     /// Each item is its own unit (the default): when the handler returns `Ok`, the
     /// compensations registered for that item are committed (dropped). A failure undoes only
@@ -50,7 +53,7 @@ pin_project! {
         f: F,
         #[pin]
         handler: Option<Fut>,
-        scope: CompensationScope,
+        scope: LiveRun,
         policy: RollbackPolicy,
         unit: UnitOfWork,
         token: Option<CancellationToken>,
@@ -58,7 +61,6 @@ pin_project! {
         cancelled: Option<WaitForCancellationFutureOwned>,
         rollback: Option<Rollback>,
         cause: Option<Cause<St::Error>>,
-        run_mark: Option<u64>,
         item_mark: u64,
         items: u64,
         done: bool,
@@ -93,14 +95,13 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
             stream,
             f,
             handler: None,
-            scope: scope.for_new_run(),
+            scope: LiveRun::new(&scope),
             policy: RollbackPolicy::default(),
             unit: UnitOfWork::default(),
             token: None,
             cancelled: None,
             rollback: None,
             cause: None,
-            run_mark: None,
             item_mark: 0,
             items: 0,
             done: false,
@@ -138,9 +139,10 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     }
 
     /// This run's handle to the scope: what is registered through it belongs to this run,
-    /// like what the handler registers.
+    /// like what the handler registers, whenever it is registered (before the first poll,
+    /// between items): it is committed when the run succeeds and rolled back when it fails.
     pub fn scope(&self) -> &CompensationScope {
-        &self.scope
+        self.scope.handle()
     }
 
     /// How many items the handler has processed successfully so far.
@@ -185,9 +187,6 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         assert!(!*this.done, "ForEachCompensated polled after it resolved");
-        if *this.unit == UnitOfWork::Run && this.run_mark.is_none() {
-            *this.run_mark = Some(this.scope.checkpoint());
-        }
 
         // The token is checked once before each pull, and before polling a handler that was
         // left pending by an earlier call (it may have been woken by the cancellation).
@@ -197,6 +196,7 @@ where
                 let report = ready!(Pin::new(rollback).poll(cx));
                 *this.rollback = None;
                 *this.done = true;
+                this.scope.end();
                 let cause = this.cause.take().expect("a rollback always has a cause");
                 return Poll::Ready(Err(CompensatedError { cause, report }));
             }
@@ -216,7 +216,7 @@ where
                             this.handler.set(None);
                             *this.items += 1;
                             if *this.unit == UnitOfWork::Item {
-                                this.scope.commit_to(*this.item_mark);
+                                this.scope.handle().commit_to(*this.item_mark);
                             }
                         }
                         Poll::Ready(Err(error)) => break 'work Cause::Handler(error),
@@ -233,17 +233,19 @@ where
                 }
                 match this.stream.as_mut().try_poll_next(cx) {
                     Poll::Ready(Some(Ok(item))) => {
-                        *this.item_mark = this.scope.checkpoint();
-                        let handler = (this.f)(item, this.scope.clone());
+                        *this.item_mark = this.scope.handle().checkpoint();
+                        let handler = (this.f)(item, this.scope.handle().clone());
                         this.handler.set(Some(handler));
                         check_before_handler = false;
                         continue 'poll;
                     }
                     Poll::Ready(Some(Err(error))) => break 'work Cause::Upstream(error),
                     Poll::Ready(None) => {
-                        if let Some(mark) = *this.run_mark {
-                            this.scope.commit_to(mark);
-                        }
+                        // Everything the run owns is committed with it: what its handlers
+                        // registered and what was registered through `scope()`, before the
+                        // first item or between items.
+                        this.scope.handle().commit_run();
+                        this.scope.end();
                         *this.done = true;
                         return Poll::Ready(Ok(Completion { items: *this.items }));
                     }
@@ -260,7 +262,7 @@ where
             // registered), and roll back everything pending.
             this.handler.set(None);
             *this.cause = Some(cause);
-            *this.rollback = Some(this.scope.rollback(*this.policy));
+            *this.rollback = Some(this.scope.handle().rollback(*this.policy));
         }
     }
 }
@@ -283,5 +285,124 @@ where
 {
     fn is_terminated(&self) -> bool {
         self.done
+    }
+}
+
+/// Why a [`ForEachCompensated`](crate::ForEachCompensated) stopped and rolled back.
+///
+/// It keeps the user's own error type `E`, so callers can match on it. It may gain variants
+/// (a match needs a `_` arm).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cause<E> {
+    /// The upstream stream yielded `Err`.
+    Upstream(E),
+    /// The handler returned `Err` for an item.
+    Handler(E),
+    /// The cancellation token fired.
+    Cancelled,
+}
+
+impl<E> Cause<E> {
+    /// The error behind the cause, or `None` for a cancellation.
+    pub fn error(&self) -> Option<&E> {
+        match self {
+            Cause::Upstream(error) | Cause::Handler(error) => Some(error),
+            Cause::Cancelled => None,
+        }
+    }
+
+    /// Takes the error behind the cause, or `None` for a cancellation.
+    pub fn into_error(self) -> Option<E> {
+        match self {
+            Cause::Upstream(error) | Cause::Handler(error) => Some(error),
+            Cause::Cancelled => None,
+        }
+    }
+
+    /// `true` for [`Cause::Cancelled`].
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Cause::Cancelled)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Cause<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Upstream(error) => write!(f, "upstream error: {error}"),
+            Cause::Handler(error) => write!(f, "handler error: {error}"),
+            Cause::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+/// The error of [`ForEachCompensated`](crate::ForEachCompensated): why it stopped, and what
+/// the rollback that followed did.
+///
+/// ```
+/// use result_stream::{Cause, CompensatedError};
+///
+/// fn explain(error: &CompensatedError<std::io::Error>) -> &'static str {
+///     match (error.cause(), error.report().is_complete()) {
+///         (Cause::Cancelled, true) => "cancelled, rolled back cleanly",
+///         (_, true) => "failed, rolled back cleanly",
+///         (_, false) => "failed, and some effects could not be undone",
+///     }
+/// }
+/// # let _ = explain;
+/// ```
+#[derive(Debug)]
+pub struct CompensatedError<E> {
+    pub(crate) cause: Cause<E>,
+    pub(crate) report: RollbackReport,
+}
+
+impl<E> CompensatedError<E> {
+    /// Why the run stopped.
+    pub fn cause(&self) -> &Cause<E> {
+        &self.cause
+    }
+
+    /// What the rollback did.
+    pub fn report(&self) -> &RollbackReport {
+        &self.report
+    }
+
+    /// `true` when every pending compensation succeeded.
+    pub fn is_rolled_back_cleanly(&self) -> bool {
+        self.report.is_complete()
+    }
+
+    /// Takes the cause.
+    pub fn into_cause(self) -> Cause<E> {
+        self.cause
+    }
+
+    /// Takes the cause and the report.
+    pub fn into_parts(self) -> (Cause<E>, RollbackReport) {
+        (self.cause, self.report)
+    }
+}
+
+/// `stopped by a handler error: <E>; rolled back cleanly (2 compensation(s) ran)`: the
+/// cause's error (whether or not `E` is an [`Error`]) and the rollback's outcome.
+///
+/// The cause's error is part of this text, so [`source`](Error::source) skips it and
+/// returns *its* source: an error-chain printer (`anyhow`'s `{:#}`, say) shows each message
+/// once. The error itself is reached through [`cause`](Self::cause).
+impl<E: fmt::Display> fmt::Display for CompensatedError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.cause {
+            Cause::Upstream(error) => write!(f, "stopped by an upstream error: {error}")?,
+            Cause::Handler(error) => write!(f, "stopped by a handler error: {error}")?,
+            Cause::Cancelled => f.write_str("cancelled")?,
+        }
+        write!(f, "; {}", self.report)
+    }
+}
+
+impl<E: Error + 'static> Error for CompensatedError<E> {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.cause.error().and_then(Error::source)
     }
 }

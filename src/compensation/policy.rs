@@ -3,6 +3,7 @@ use std::time::Duration;
 
 /// How long to wait between attempts of a failing compensation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Backoff {
     /// Retry at once.
     #[default]
