@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_core::future::FusedFuture;
 use futures_util::FutureExt as _;
 
-use super::scope::{CompensationScope, Entry};
+use super::scope::{CompensationScope, Entry, Take};
 use super::{BoxError, Compensation, RollbackPolicy};
 
 /// The boxed body of a [`Rollback`].
@@ -60,8 +60,17 @@ impl fmt::Debug for Rollback {
 
 impl Rollback {
     pub(crate) fn new(scope: CompensationScope, policy: RollbackPolicy) -> Self {
+        Self::taking(scope, policy, Take::Handle)
+    }
+
+    /// A rollback of what `scope` registered since `mark` only: one failed attempt.
+    pub(crate) fn since(scope: CompensationScope, mark: u64, policy: RollbackPolicy) -> Self {
+        Self::taking(scope, policy, Take::Since(mark))
+    }
+
+    fn taking(scope: CompensationScope, policy: RollbackPolicy, take: Take) -> Self {
         Self {
-            body: Some(Mutex::new(Box::pin(run(scope, policy)))),
+            body: Some(Mutex::new(Box::pin(run(scope, policy, take)))),
         }
     }
 }
@@ -113,10 +122,10 @@ impl Drop for Running<'_> {
     }
 }
 
-async fn run(scope: CompensationScope, policy: RollbackPolicy) -> RollbackReport {
+async fn run(scope: CompensationScope, policy: RollbackPolicy, take: Take) -> RollbackReport {
     let _turn = scope.rollback_turn().await;
     let mut report = RollbackReport::default();
-    while let Some(entry) = scope.start_newest() {
+    while let Some(entry) = scope.start_newest(take) {
         let running = Running {
             scope: &scope,
             seq: entry.seq,
@@ -315,6 +324,21 @@ impl RollbackReport {
     /// The compensations that still failed after their retries, in the order they ran.
     pub fn failures(&self) -> &[CompensationFailure] {
         &self.failures
+    }
+
+    /// Puts `earlier`'s compensations before this report's, as if one rollback had run them
+    /// all.
+    pub(crate) fn after(mut self, earlier: RollbackReport) -> Self {
+        let offset = earlier.ran;
+        for failure in &mut self.failures {
+            failure.order += offset;
+        }
+        let mut failures = earlier.failures;
+        failures.append(&mut self.failures);
+        Self {
+            ran: offset + self.ran,
+            failures,
+        }
     }
 
     /// Takes the failures, in the order they ran, to retry or register them again.

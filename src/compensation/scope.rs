@@ -198,6 +198,16 @@ impl CompensationScope {
         }
     }
 
+    /// A handle to the same stack, in the same run, whose registrations belong to one item
+    /// of that run (so that items handled concurrently commit and undo only their own).
+    pub(crate) fn for_item(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            owner: self.inner.next_owner.fetch_add(1, Ordering::Relaxed),
+            run: self.run,
+        }
+    }
+
     /// Marks this handle's run as over: what it left is the scope's to roll back or commit.
     pub(crate) fn end_run(&self) {
         let mut state = self.lock();
@@ -287,15 +297,18 @@ impl CompensationScope {
         self.inner.rollback_turn.lock().await
     }
 
-    /// Marks the newest pending compensation this handle may roll back as running, leaving
-    /// it in place, and returns it.
-    pub(crate) fn start_newest(&self) -> Option<Entry> {
+    /// Marks the newest pending compensation `take` selects as running, leaving it in
+    /// place, and returns it.
+    pub(crate) fn start_newest(&self, take: Take) -> Option<Entry> {
         let mut state = self.lock();
         let State { entries, live_runs } = &mut *state;
-        let entry = entries
-            .iter_mut()
-            .rev()
-            .find(|entry| !entry.running && self.may_take(entry, live_runs))?;
+        let entry = entries.iter_mut().rev().find(|entry| {
+            !entry.running
+                && match take {
+                    Take::Handle => self.may_take(entry, live_runs),
+                    Take::Since(mark) => entry.owner == self.owner && entry.seq >= mark,
+                }
+        })?;
         entry.running = true;
         Some(entry.clone())
     }
@@ -361,6 +374,16 @@ impl CompensationScope {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// What a rollback takes from the scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// What its handle may roll back (see [`CompensationScope::rollback`]).
+    Handle,
+    /// Only what its handle registered since a [checkpoint](CompensationScope::checkpoint):
+    /// one attempt of one item.
+    Since(u64),
 }
 
 /// A run's own handle to the scope: the run is live (its compensations are its alone) until
