@@ -208,9 +208,11 @@ async fn all_or_nothing_with_concurrency_undoes_every_item_newest_first() {
 #[test]
 #[should_panic(expected = "ForEachCompensated::concurrency: `n` must be at least 1")]
 fn concurrency_zero_panics_at_the_caller() {
-    let _ = stream::iter(vec![Ok::<u32, AppError>(1)])
-        .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
-        .concurrency(0);
+    drop(
+        stream::iter(vec![Ok::<u32, AppError>(1)])
+            .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
+            .concurrency(0),
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -541,17 +543,21 @@ async fn skip_after_retries_hands_over_the_last_attempts_cause() {
 #[test]
 #[should_panic(expected = "an all-or-nothing run cannot skip failed items")]
 fn skipping_in_an_all_or_nothing_run_is_refused() {
-    let _ = stream::iter(vec![Ok::<u32, AppError>(1)])
-        .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
-        .all_or_nothing()
-        .skip_failed_items(|_, _| {});
+    drop(
+        stream::iter(vec![Ok::<u32, AppError>(1)])
+            .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
+            .all_or_nothing()
+            .skip_failed_items(|_, _| {}),
+    );
 }
 
 #[test]
 #[should_panic(expected = "cannot skip failed items")]
 fn all_or_nothing_after_skipping_is_refused() {
-    let _ = stream::iter(vec![Ok::<u32, AppError>(1)])
-        .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
-        .skip_failed_items(|_, _| {})
-        .all_or_nothing();
+    drop(
+        stream::iter(vec![Ok::<u32, AppError>(1)])
+            .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
+            .skip_failed_items(|_, _| {})
+            .all_or_nothing(),
+    );
 }
