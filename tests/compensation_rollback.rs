@@ -548,3 +548,69 @@ async fn a_report_hands_over_its_failures_in_the_order_they_ran() {
     }
     assert_eq!(again.len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_concurrent_rollback_starts_newest_first_overlaps_and_reports_every_failure() {
+    let start = Instant::now();
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    for (name, fails) in [("a", true), ("b", false), ("c", true), ("d", false)] {
+        let log = log.clone();
+        scope.register_labeled(name, move || {
+            let log = log.clone();
+            async move {
+                log.push(format!("{name} start"));
+                sleep(secs(1)).await;
+                if fails {
+                    return Err(io::Error::other(format!("{name} failed")));
+                }
+                Ok(())
+            }
+        });
+    }
+    let report = scope
+        .rollback(RollbackPolicy::default().concurrent(2))
+        .await;
+    // Two at a time: d and c, then b and a.
+    assert_eq!(start.elapsed(), secs(2));
+    assert_eq!(
+        log.entries(),
+        vec!["d start", "c start", "b start", "a start"]
+    );
+    assert_eq!(report.ran(), 4);
+    let failed: Vec<_> = report
+        .failures()
+        .iter()
+        .map(|failure| (failure.order(), failure.label().unwrap().to_owned()))
+        .collect();
+    assert_eq!(failed, vec![(1, "c".to_owned()), (3, "a".to_owned())]);
+    assert!(scope.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_concurrent_rollback_leaves_every_unfinished_compensation() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    for name in ["old", "mid", "new"] {
+        let log = log.clone();
+        scope.register(move || {
+            let log = log.clone();
+            async move {
+                log.push(name);
+                sleep(secs(10)).await;
+                Ok::<(), io::Error>(())
+            }
+        });
+    }
+    let rollback = scope.rollback(RollbackPolicy::default().concurrent(2));
+    assert!(tokio::time::timeout(secs(1), rollback).await.is_err());
+    assert_eq!(log.entries(), vec!["new", "mid"]);
+    // Both running ones were put back: the owner may commit all three.
+    assert_eq!(scope.commit(), 3);
+}
+
+#[test]
+#[should_panic(expected = "RollbackPolicy::concurrent: `n` must be at least 1")]
+fn a_concurrency_of_zero_panics() {
+    let _ = RollbackPolicy::default().concurrent(0);
+}

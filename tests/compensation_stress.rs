@@ -2,8 +2,8 @@
 //! randomized stress test over thousands of seeds.
 //!
 //! Each seed runs, on a multi-thread runtime, up to three `for_each_compensated` runs that
-//! share one scope (random items, unit of work, handler outcomes; some cancelled through
-//! their token, some dropped mid-item), next to an "owner" task that registers through the
+//! share one scope (random items, unit of work, concurrency, rollback concurrency, handler
+//! outcomes; some cancelled through their token, some dropped mid-item), next to an "owner" task that registers through the
 //! scope's own handle, commits, and rolls back (some rollbacks dropped midway). Every
 //! compensation is a probe that counts how often it started and finished and when it was
 //! dropped. At the end (after a final owner rollback) the test checks:
@@ -150,6 +150,8 @@ struct Plan {
     steps: Vec<(u64, u64, bool)>,
     cancel_after: Option<u64>,
     drop_after: Option<u64>,
+    concurrency: usize,
+    policy: RollbackPolicy,
 }
 
 fn plan(rng: &mut Rng) -> Plan {
@@ -167,6 +169,8 @@ fn plan(rng: &mut Rng) -> Plan {
         steps,
         cancel_after: rng.chance(25).then(|| rng.below(12)),
         drop_after: rng.chance(20).then(|| rng.below(12)),
+        concurrency: 1 + rng.below(3) as usize,
+        policy: RollbackPolicy::default().concurrent(1 + rng.below(3) as usize),
     }
 }
 
@@ -216,6 +220,8 @@ async fn one_seed(seed: u64) {
                 }
             })
             .unit_of_work(plan.unit)
+            .concurrency(plan.concurrency)
+            .rollback_policy(plan.policy)
             .with_cancellation(token);
         let drop_after = plan.drop_after;
         tasks.push(tokio::spawn(async move {

@@ -9,7 +9,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::future::FusedFuture;
-use futures_util::FutureExt as _;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 
 use super::scope::{CompensationScope, Entry, Take};
 use super::{BoxError, Compensation, RollbackPolicy};
@@ -21,7 +22,8 @@ type Body = Pin<Box<dyn Future<Output = RollbackReport> + Send>>;
 /// newest first, and resolves to a [`RollbackReport`].
 ///
 /// Rules:
-/// - one compensation at a time, newest first, each tried up to
+/// - one compensation at a time (or up to [`RollbackPolicy::concurrent`] at a time), newest
+///   first, each tried up to
 ///   [`RollbackPolicy::max_attempts`] times with the policy's backoff between attempts and its
 ///   time limit on each attempt (timed by `tokio::time`);
 /// - a compensation that still fails, returns an error, panics (while building its future or
@@ -125,27 +127,62 @@ impl Drop for Running<'_> {
 async fn run(scope: CompensationScope, policy: RollbackPolicy, take: Take) -> RollbackReport {
     let _turn = scope.rollback_turn().await;
     let mut report = RollbackReport::default();
+    if policy.concurrency_limit() > 1 {
+        run_concurrently(&scope, &policy, take, &mut report).await;
+        return report;
+    }
     while let Some(entry) = scope.start_newest(take) {
-        let running = Running {
-            scope: &scope,
-            seq: entry.seq,
-            done: false,
-        };
         let order = report.ran;
         report.ran += 1;
-        let outcome = run_with_retries(&entry, &policy).await;
-        running.done();
-        if let Err((attempts, kind)) = outcome {
-            report.failures.push(CompensationFailure {
-                order,
-                label: entry.label.clone(),
-                attempts,
-                kind,
-                action: entry.action.clone(),
-            });
-        }
+        let outcome = run_one(&scope, &entry, &policy).await;
+        report.record(order, &entry, outcome);
     }
     report
+}
+
+/// Up to the policy's limit at a time, started newest first.
+async fn run_concurrently(
+    scope: &CompensationScope,
+    policy: &RollbackPolicy,
+    take: Take,
+    report: &mut RollbackReport,
+) {
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < policy.concurrency_limit() {
+            let Some(entry) = scope.start_newest(take) else {
+                break;
+            };
+            let order = report.ran;
+            report.ran += 1;
+            running.push(async move {
+                let outcome = run_one(scope, &entry, policy).await;
+                (order, entry, outcome)
+            });
+        }
+        let Some((order, entry, outcome)) = running.next().await else {
+            break;
+        };
+        report.record(order, &entry, outcome);
+    }
+    report.failures.sort_by_key(|failure| failure.order);
+}
+
+/// Runs `entry`, which [`start_newest`](CompensationScope::start_newest) marked running, and
+/// removes it from the scope once done (or puts it back if this future is dropped first).
+async fn run_one(
+    scope: &CompensationScope,
+    entry: &Entry,
+    policy: &RollbackPolicy,
+) -> Result<(), (u32, FailureKind)> {
+    let running = Running {
+        scope,
+        seq: entry.seq,
+        done: false,
+    };
+    let outcome = run_with_retries(entry, policy).await;
+    running.done();
+    outcome
 }
 
 /// Runs one compensation until it succeeds or its attempts are used up.
@@ -324,6 +361,19 @@ impl RollbackReport {
     /// The compensations that still failed after their retries, in the order they ran.
     pub fn failures(&self) -> &[CompensationFailure] {
         &self.failures
+    }
+
+    /// Records the outcome of the compensation that ran `order`th.
+    fn record(&mut self, order: usize, entry: &Entry, outcome: Result<(), (u32, FailureKind)>) {
+        if let Err((attempts, kind)) = outcome {
+            self.failures.push(CompensationFailure {
+                order,
+                label: entry.label.clone(),
+                attempts,
+                kind,
+                action: entry.action.clone(),
+            });
+        }
     }
 
     /// Puts `earlier`'s compensations before this report's, as if one rollback had run them
