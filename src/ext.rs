@@ -117,7 +117,9 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// returns `Ok(())` or `Err(e)`.
     ///
     /// Rules:
-    /// - one item at a time, in stream order;
+    /// - items are pulled in stream order and handled one at a time, or up to `n` at a
+    ///   time with [`concurrency(n)`](ForEachCompensated::concurrency) (handlers may then
+    ///   finish in any order);
     /// - when `f` returns `Ok`, that item's compensations are committed (dropped); with
     ///   [`all_or_nothing`](ForEachCompensated::all_or_nothing) they are all kept until the
     ///   stream ends, then committed together;
@@ -136,8 +138,12 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   is why they are registered before the effect);
     /// - if this future is dropped, or `f` panics, in the middle of an item, the compensations
     ///   registered so far stay in `scope`: `scope.rollback(policy).await` runs them later;
+    /// - a failed handler can be [retried](ForEachCompensated::retry) (the failed attempt's
+    ///   compensations run first) and an item that still fails
+    ///   [skipped](ForEachCompensated::skip_failed_items) (rolled back alone; the run goes
+    ///   on);
     /// - on success it resolves to a [`Completion`](crate::Completion) with the number of
-    ///   items processed;
+    ///   items processed (and skipped);
     /// - the rollback itself is not cancelled by the token; it runs to its end.
     ///
     /// The handler receives this run's own handle to `scope`. On failure the rollback runs this

@@ -128,6 +128,27 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// # Panics
     ///
     /// Panics if `n` is zero.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::stream;
+    /// use result_stream::{CompensationScope, ResultStreamExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let start = tokio::time::Instant::now();
+    /// let done = stream::iter((0..8).map(Ok::<u32, std::io::Error>))
+    ///     .for_each_compensated(CompensationScope::new(), |_item, _scope| async {
+    ///         tokio::time::sleep(Duration::from_secs(1)).await; // a latency-bound write
+    ///         Ok(())
+    ///     })
+    ///     .concurrency(4)
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(done.items(), 8);
+    /// assert_eq!(start.elapsed(), Duration::from_secs(2));
+    /// # }
+    /// ```
     #[track_caller]
     pub fn concurrency(mut self, n: usize) -> Self {
         self.limit =
@@ -142,6 +163,34 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// attempt, on a clone of the item. If the undo of an attempt is incomplete, the run
     /// stops (nothing is retried on a half-undone write). A cancellation during a backoff
     /// ends the run at once. After the last attempt the item fails as without retries.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::time::Duration;
+    /// use futures::stream;
+    /// use result_stream::{Backoff, CompensationScope, ResultStreamExt, RollbackPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// static CALLS: AtomicU32 = AtomicU32::new(0);
+    /// let done = stream::iter(vec![Ok::<_, String>("batch")])
+    ///     .for_each_compensated(CompensationScope::new(), |_batch, _scope| async {
+    ///         match CALLS.fetch_add(1, Ordering::SeqCst) {
+    ///             0 => Err("deadlock victim".to_owned()), // transient
+    ///             _ => Ok(()),
+    ///         }
+    ///     })
+    ///     .retry(
+    ///         RollbackPolicy::default()
+    ///             .attempts(3)
+    ///             .backoff(Backoff::Fixed(Duration::from_millis(100))),
+    ///     )
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(done.items(), 1);
+    /// assert_eq!(CALLS.load(Ordering::SeqCst), 2);
+    /// # }
+    /// ```
     pub fn retry(mut self, policy: RollbackPolicy) -> Self
     where
         St::Ok: Clone,
@@ -161,6 +210,30 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// # Panics
     ///
     /// Panics if the run is [all-or-nothing](Self::all_or_nothing).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use futures::stream;
+    /// use result_stream::{CompensationScope, ResultStreamExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let skipped = Arc::new(Mutex::new(Vec::new()));
+    /// let dead_letters = skipped.clone();
+    /// let done = stream::iter((1..=4).map(Ok::<u32, &'static str>))
+    ///     .for_each_compensated(CompensationScope::new(), |item, _scope| async move {
+    ///         if item == 3 { Err("poison") } else { Ok(()) }
+    ///     })
+    ///     .skip_failed_items(move |index, error| {
+    ///         assert!(error.is_rolled_back_cleanly());
+    ///         dead_letters.lock().unwrap().push(index);
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!((done.items(), done.skipped()), (3, 1));
+    /// assert_eq!(*skipped.lock().unwrap(), vec![2]); // the third item
+    /// # }
+    /// ```
     #[track_caller]
     pub fn skip_failed_items<S>(mut self, on_skip: S) -> Self
     where
