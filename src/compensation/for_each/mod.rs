@@ -171,7 +171,7 @@ where
                 let mut free = None;
                 let mut busy = 0;
                 let mut again = false;
-                if check_before_handlers && token_fired() && slot_busy(&this.first, this.extra) {
+                if check_before_handlers && slot_busy(&this.first, this.extra) && token_fired() {
                     break 'work (Cause::Cancelled, None);
                 }
                 for at in 0..slots {
