@@ -101,7 +101,7 @@ impl<T, Fut, E> ItemSlot<T, Fut, E> {
 
     /// Takes item number `index`, to be handled through `own` (`None`: the run's handle);
     /// `item` is kept for retries.
-    #[inline]
+    #[inline(always)]
     pub(super) fn occupy(
         self: Pin<&mut Self>,
         index: u64,
@@ -117,7 +117,7 @@ impl<T, Fut, E> ItemSlot<T, Fut, E> {
     }
 
     /// Starts an attempt: `handler` registers through [`handle`](Self::handle) from `mark`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn begin(
         self: Pin<&mut Self>,
         handler: Fut,
@@ -128,12 +128,47 @@ impl<T, Fut, E> ItemSlot<T, Fut, E> {
         *this.mark = mark;
         this.handler.set(Some(handler));
         if let Some(limit) = time_limit {
-            this.timer.set(Some(tokio::time::sleep(limit)));
+            arm(this.timer, limit);
         }
     }
 
+    /// Starts the handler of an item handled the plain way (one at a time, through the
+    /// run's handle, no retry, no skip): see [`poll_handler`](Self::poll_handler).
+    #[inline(always)]
+    pub(super) fn start(self: Pin<&mut Self>, handler: Fut, mark: u64) {
+        let mut this = self.project();
+        *this.mark = mark;
+        *this.busy = true;
+        this.handler.set(Some(handler));
+    }
+
+    /// Polls the handler that [`start`](Self::start) started, freeing the slot when it
+    /// resolves.
+    #[inline(always)]
+    pub(super) fn poll_handler(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), E>>
+    where
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let mut this = self.project();
+        let handler = this
+            .handler
+            .as_mut()
+            .as_pin_mut()
+            .expect("a busy slot has a handler");
+        let outcome = ready!(handler.poll(cx));
+        this.handler.set(None);
+        *this.busy = false;
+        Poll::Ready(outcome)
+    }
+
+    /// The mark of its attempt: what its handle registered since is the attempt's.
+    #[inline(always)]
+    pub(super) fn mark(&self) -> u64 {
+        self.mark
+    }
+
     /// Frees the slot, dropping whatever is in flight (its compensations stay in the scope).
-    #[inline]
+    #[inline(always)]
     pub(super) fn clear(self: Pin<&mut Self>) {
         let mut this = self.project();
         this.handler.set(None);
@@ -149,6 +184,7 @@ impl<T, Fut, E> ItemSlot<T, Fut, E> {
     }
 
     /// Drives the item; see [`Step`].
+    #[inline(always)]
     pub(super) fn poll_step(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -226,4 +262,11 @@ impl<T, Fut, E> ItemSlot<T, Fut, E> {
             return Poll::Ready(Step::Retry);
         }
     }
+}
+
+/// Arms an attempt's deadline (out of line: only with a time limit).
+#[inline(never)]
+fn arm(timer: Pin<&mut Option<Sleep>>, limit: Duration) {
+    let mut timer = timer;
+    timer.set(Some(tokio::time::sleep(limit)));
 }

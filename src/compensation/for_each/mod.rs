@@ -138,6 +138,7 @@ where
             skip: this.on_skip.is_some(),
         };
         let time_limit = this.retry.and_then(|policy| policy.attempt_time_limit());
+        let plain = this.limit.get() == 1 && !rules.skip && rules.retry.is_none();
         // The token is checked before each pull, and before polling handlers left pending
         // by an earlier call (one may have been woken by the cancellation).
         let mut check_before_handlers = true;
@@ -166,109 +167,169 @@ where
                     .as_ref()
                     .is_some_and(CancellationToken::is_cancelled)
             };
-            let (cause, earlier) = 'work: {
-                let slots = 1 + this.extra.len();
-                let mut free = None;
-                let mut busy = 0;
-                let mut again = false;
-                if check_before_handlers && slot_busy(&this.first, this.extra) && token_fired() {
-                    break 'work (Cause::Cancelled, None);
-                }
-                for at in 0..slots {
-                    let mut item = slot(&mut this.first, this.extra, at);
-                    if !item.is_busy() {
-                        free.get_or_insert(at);
-                        continue;
-                    }
-                    match item.as_mut().poll_step(cx, &rules, this.run.handle()) {
-                        Poll::Pending => busy += 1,
-                        Poll::Ready(Step::Committed) => {
-                            item.clear();
-                            *this.items += 1;
-                            free.get_or_insert(at);
+            let (cause, earlier) = if plain {
+                // One item at a time, no retry, no skip: the handler is polled directly,
+                // with no more per item than that.
+                'plain: loop {
+                    if this.first.is_busy() {
+                        if check_before_handlers && token_fired() {
+                            break 'plain (Cause::Cancelled, None);
                         }
-                        Poll::Ready(Step::Retry) => {
-                            let keep = this.keep.expect("retries keep the item");
-                            let next = keep(item.item().expect("retries keep the item"));
-                            let handle = item.handle(this.run.handle()).clone();
+                        match this.first.as_mut().poll_handler(cx) {
+                            Poll::Ready(Ok(())) => {
+                                *this.items += 1;
+                                if rules.commit_each {
+                                    this.run.handle().commit_to(this.first.mark());
+                                }
+                            }
+                            Poll::Ready(Err(error)) => break 'plain (Cause::Handler(error), None),
+                            Poll::Pending => {
+                                if is_cancelled(this.cancelled.as_mut(), cx) {
+                                    break 'plain (Cause::Cancelled, None);
+                                }
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                    if token_fired() {
+                        break 'plain (Cause::Cancelled, None);
+                    }
+                    match this.stream.as_mut().try_poll_next(cx) {
+                        Poll::Ready(Some(Ok(value))) => {
+                            let handle = this.run.handle();
                             let mark = handle.checkpoint();
-                            let handler = (this.f)(next, handle);
-                            item.begin(handler, mark, time_limit);
-                            busy += 1;
-                            again = true;
+                            let handler = (this.f)(value, handle.clone());
+                            this.first.as_mut().start(handler, mark);
+                            check_before_handlers = false;
                         }
-                        Poll::Ready(Step::Skipped(cause, report)) => {
-                            let index = item.index();
-                            item.clear();
-                            *this.skipped += 1;
+                        Poll::Ready(Some(Err(error))) => {
+                            break 'plain (Cause::Upstream(error), None);
+                        }
+                        Poll::Ready(None) => {
+                            this.run.handle().commit_run();
+                            this.run.end();
+                            *this.phase = Phase::Done;
+                            return Poll::Ready(Ok(Completion {
+                                items: *this.items,
+                                skipped: *this.skipped,
+                            }));
+                        }
+                        Poll::Pending => {
+                            if is_cancelled(this.cancelled.as_mut(), cx) {
+                                break 'plain (Cause::Cancelled, None);
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
+            } else {
+                'work: {
+                    let slots = 1 + this.extra.len();
+                    let mut free = None;
+                    let mut busy = 0;
+                    let mut again = false;
+                    if check_before_handlers && slot_busy(&this.first, this.extra) && token_fired()
+                    {
+                        break 'work (Cause::Cancelled, None);
+                    }
+                    for at in 0..slots {
+                        let mut item = slot(&mut this.first, this.extra, at);
+                        if !item.is_busy() {
                             free.get_or_insert(at);
-                            let on_skip = this.on_skip.as_mut().expect("skips are on");
-                            let on_skip = on_skip.get_mut().unwrap_or_else(|p| p.into_inner());
-                            on_skip(index, CompensatedError { cause, report });
+                            continue;
                         }
-                        Poll::Ready(Step::Failed(cause, report)) => break 'work (cause, report),
-                    }
-                }
-
-                if !*this.upstream_done {
-                    if free.is_none() && slots < this.limit.get() {
-                        this.extra.push(Box::pin(ItemSlot::new()));
-                        free = Some(slots);
-                    }
-                    if let Some(at) = free {
-                        if token_fired() {
-                            break 'work (Cause::Cancelled, None);
-                        }
-                        match this.stream.as_mut().try_poll_next(cx) {
-                            Poll::Ready(Some(Ok(value))) => {
-                                let mut item = slot(&mut this.first, this.extra, at);
-                                // One at a time, an item registers through the run's handle;
-                                // concurrent items each through their own.
-                                let own =
-                                    (this.limit.get() > 1).then(|| this.run.handle().for_item());
-                                let handle = own.as_ref().unwrap_or(this.run.handle());
+                        match item.as_mut().poll_step(cx, &rules, this.run.handle()) {
+                            Poll::Pending => busy += 1,
+                            Poll::Ready(Step::Committed) => {
+                                item.clear();
+                                *this.items += 1;
+                                free.get_or_insert(at);
+                            }
+                            Poll::Ready(Step::Retry) => {
+                                let keep = this.keep.expect("retries keep the item");
+                                let next = keep(item.item().expect("retries keep the item"));
+                                let handle = item.handle(this.run.handle()).clone();
                                 let mark = handle.checkpoint();
-                                let (value, kept) = match this.keep {
-                                    None => (value, None),
-                                    Some(keep) => (keep(&value), Some(value)),
-                                };
-                                let handler = (this.f)(value, handle.clone());
-                                item.as_mut().occupy(*this.pulled, own, kept);
+                                let handler = (this.f)(next, handle);
                                 item.begin(handler, mark, time_limit);
-                                *this.pulled += 1;
-                                check_before_handlers = false;
-                                continue 'poll;
+                                busy += 1;
+                                again = true;
                             }
-                            Poll::Ready(Some(Err(error))) => {
-                                break 'work (Cause::Upstream(error), None);
+                            Poll::Ready(Step::Skipped(cause, report)) => {
+                                let index = item.index();
+                                item.clear();
+                                *this.skipped += 1;
+                                free.get_or_insert(at);
+                                let on_skip = this.on_skip.as_mut().expect("skips are on");
+                                let on_skip = on_skip.get_mut().unwrap_or_else(|p| p.into_inner());
+                                on_skip(index, CompensatedError { cause, report });
                             }
-                            Poll::Ready(None) => {
-                                *this.upstream_done = true;
-                                continue 'poll;
+                            Poll::Ready(Step::Failed(cause, report)) => {
+                                break 'work (cause, report);
                             }
-                            Poll::Pending => {}
                         }
                     }
-                } else if busy == 0 && !again {
-                    // Everything the run owns is committed with it: what its handlers
-                    // registered and what was registered through `scope()`, before the
-                    // first item or between items.
-                    this.run.handle().commit_run();
-                    this.run.end();
-                    *this.phase = Phase::Done;
-                    return Poll::Ready(Ok(Completion {
-                        items: *this.items,
-                        skipped: *this.skipped,
-                    }));
+
+                    if !*this.upstream_done {
+                        if free.is_none() && slots < this.limit.get() {
+                            this.extra.push(Box::pin(ItemSlot::new()));
+                            free = Some(slots);
+                        }
+                        if let Some(at) = free {
+                            if token_fired() {
+                                break 'work (Cause::Cancelled, None);
+                            }
+                            match this.stream.as_mut().try_poll_next(cx) {
+                                Poll::Ready(Some(Ok(value))) => {
+                                    let mut item = slot(&mut this.first, this.extra, at);
+                                    // One at a time, an item registers through the run's handle;
+                                    // concurrent items each through their own.
+                                    let own = (this.limit.get() > 1)
+                                        .then(|| this.run.handle().for_item());
+                                    let handle = own.as_ref().unwrap_or(this.run.handle());
+                                    let mark = handle.checkpoint();
+                                    let (value, kept) = match this.keep {
+                                        None => (value, None),
+                                        Some(keep) => (keep(&value), Some(value)),
+                                    };
+                                    let handler = (this.f)(value, handle.clone());
+                                    item.as_mut().occupy(*this.pulled, own, kept);
+                                    item.begin(handler, mark, time_limit);
+                                    *this.pulled += 1;
+                                    check_before_handlers = false;
+                                    continue 'poll;
+                                }
+                                Poll::Ready(Some(Err(error))) => {
+                                    break 'work (Cause::Upstream(error), None);
+                                }
+                                Poll::Ready(None) => {
+                                    *this.upstream_done = true;
+                                    continue 'poll;
+                                }
+                                Poll::Pending => {}
+                            }
+                        }
+                    } else if busy == 0 && !again {
+                        // Everything the run owns is committed with it: what its handlers
+                        // registered and what was registered through `scope()`, before the
+                        // first item or between items.
+                        this.run.handle().commit_run();
+                        this.run.end();
+                        *this.phase = Phase::Done;
+                        return Poll::Ready(Ok(Completion {
+                            items: *this.items,
+                            skipped: *this.skipped,
+                        }));
+                    }
+                    if again {
+                        check_before_handlers = false;
+                        continue 'poll;
+                    }
+                    if is_cancelled(this.cancelled.as_mut(), cx) {
+                        break 'work (Cause::Cancelled, None);
+                    }
+                    return Poll::Pending;
                 }
-                if again {
-                    check_before_handlers = false;
-                    continue 'poll;
-                }
-                if is_cancelled(this.cancelled.as_mut(), cx) {
-                    break 'work (Cause::Cancelled, None);
-                }
-                return Poll::Pending;
             };
 
             // Stop pulling, drop the handlers in progress (their compensations are already
