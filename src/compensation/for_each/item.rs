@@ -138,8 +138,13 @@ impl<T, Fut, E> ItemSlot<T, Fut, E> {
     pub(super) fn start(self: Pin<&mut Self>, handler: Fut, mark: u64) {
         let mut this = self.project();
         *this.mark = mark;
-        *this.busy = true;
         this.handler.set(Some(handler));
+    }
+
+    /// Whether a handler [`start`](Self::start)ed the plain way is still in progress.
+    #[inline(always)]
+    pub(super) fn has_handler(&self) -> bool {
+        self.handler.is_some()
     }
 
     /// Polls the handler that [`start`](Self::start) started, freeing the slot when it
@@ -157,7 +162,6 @@ impl<T, Fut, E> ItemSlot<T, Fut, E> {
             .expect("a busy slot has a handler");
         let outcome = ready!(handler.poll(cx));
         this.handler.set(None);
-        *this.busy = false;
         Poll::Ready(outcome)
     }
 

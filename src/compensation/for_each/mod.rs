@@ -171,7 +171,7 @@ where
                 // One item at a time, no retry, no skip: the handler is polled directly,
                 // with no more per item than that.
                 'plain: loop {
-                    if this.first.is_busy() {
+                    if this.first.has_handler() {
                         if check_before_handlers && token_fired() {
                             break 'plain (Cause::Cancelled, None);
                         }
