@@ -72,14 +72,14 @@ fn latency_bound(c: &mut Criterion) {
     group.throughput(Throughput::Elements(ITEMS));
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(5));
+    group.measurement_time(Duration::from_secs(6));
     group.bench_function("concurrency_8", |b| {
         b.iter(|| assert_eq!(rt.block_on(compensated(8)), ITEMS));
     });
     group.bench_function("try_for_each_concurrent_8", |b| {
         b.iter(|| assert_eq!(rt.block_on(try_for_each_concurrent(8)), ITEMS));
     });
-    group.measurement_time(Duration::from_secs(30));
+    group.measurement_time(Duration::from_secs(45));
     group.bench_function("concurrency_1", |b| {
         b.iter(|| assert_eq!(rt.block_on(compensated(1)), ITEMS));
     });
