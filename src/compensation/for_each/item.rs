@@ -165,6 +165,36 @@ impl<T, Fut, E> ItemSlot<T, Fut, E> {
         Poll::Ready(outcome)
     }
 
+    /// Keeps the item of a plain-path handler for a retry.
+    #[inline(always)]
+    pub(super) fn keep_item(self: Pin<&mut Self>, item: T) {
+        *self.project().item = Some(item);
+    }
+
+    /// Drops the item kept for a retry once the plain-path handler succeeded.
+    #[inline(always)]
+    pub(super) fn drop_item(self: Pin<&mut Self>) {
+        *self.project().item = None;
+    }
+
+    /// Takes over a plain-path item, number `index`, whose first attempt failed with
+    /// `cause`: the undo of that attempt starts, then [`poll_step`](Self::poll_step) drives
+    /// it (retry, or skip) to its end.
+    pub(super) fn fail_plain(
+        self: Pin<&mut Self>,
+        index: u64,
+        cause: Cause<E>,
+        undo: RollbackPolicy,
+        run: &CompensationScope,
+    ) {
+        let this = self.project();
+        *this.index = index;
+        *this.own = None;
+        *this.attempt = 1;
+        *this.busy = true;
+        *this.undo = Some((Rollback::since(run.clone(), *this.mark, undo), cause));
+    }
+
     /// The mark of its attempt: what its handle registered since is the attempt's.
     #[inline(always)]
     pub(super) fn mark(&self) -> u64 {

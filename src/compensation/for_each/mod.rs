@@ -138,7 +138,10 @@ where
             skip: this.on_skip.is_some(),
         };
         let time_limit = this.retry.and_then(|policy| policy.attempt_time_limit());
-        let plain = this.limit.get() == 1 && !rules.skip && rules.retry.is_none();
+        // One item at a time with no time limit: an item takes the plain path (its handler
+        // polled directly, no more per item than that) until an attempt fails and needs an
+        // undo of its own (retry, skip); the slot's own machinery then takes it to its end.
+        let single = this.limit.get() == 1 && time_limit.is_none();
         // The token is checked before each pull, and before polling handlers left pending
         // by an earlier call (one may have been woken by the cancellation).
         let mut check_before_handlers = true;
@@ -167,9 +170,7 @@ where
                     .as_ref()
                     .is_some_and(CancellationToken::is_cancelled)
             };
-            let (cause, earlier) = if plain {
-                // One item at a time, no retry, no skip: the handler is polled directly,
-                // with no more per item than that.
+            let (cause, earlier) = if single && !this.first.is_busy() {
                 'plain: loop {
                     if this.first.has_handler() {
                         if check_before_handlers && token_fired() {
@@ -181,8 +182,24 @@ where
                                 if rules.commit_each {
                                     this.run.handle().commit_to(this.first.mark());
                                 }
+                                if this.keep.is_some() {
+                                    this.first.as_mut().drop_item();
+                                }
                             }
-                            Poll::Ready(Err(error)) => break 'plain (Cause::Handler(error), None),
+                            Poll::Ready(Err(error)) => {
+                                let retries =
+                                    rules.retry.is_some_and(|policy| policy.max_attempts() > 1);
+                                if !(retries || rules.skip) {
+                                    break 'plain (Cause::Handler(error), None);
+                                }
+                                this.first.as_mut().fail_plain(
+                                    *this.pulled - 1,
+                                    Cause::Handler(error),
+                                    rules.undo,
+                                    this.run.handle(),
+                                );
+                                continue 'poll;
+                            }
                             Poll::Pending => {
                                 if is_cancelled(this.cancelled.as_mut(), cx) {
                                     break 'plain (Cause::Cancelled, None);
@@ -198,7 +215,15 @@ where
                         Poll::Ready(Some(Ok(value))) => {
                             let handle = this.run.handle();
                             let mark = handle.checkpoint();
-                            let handler = (this.f)(value, handle.clone());
+                            *this.pulled += 1;
+                            let handler = match this.keep {
+                                None => (this.f)(value, handle.clone()),
+                                Some(keep) => {
+                                    let handler = (this.f)(keep(&value), handle.clone());
+                                    this.first.as_mut().keep_item(value);
+                                    handler
+                                }
+                            };
                             this.first.as_mut().start(handler, mark);
                             check_before_handlers = false;
                         }
@@ -270,6 +295,10 @@ where
                         }
                     }
 
+                    if single && free.is_some() && !*this.upstream_done {
+                        // Back to the plain path for the next item.
+                        continue 'poll;
+                    }
                     if !*this.upstream_done {
                         if free.is_none() && slots < this.limit.get() {
                             this.extra.push(Box::pin(ItemSlot::new()));
