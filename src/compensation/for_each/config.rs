@@ -164,6 +164,9 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// stops (nothing is retried on a half-undone write). A cancellation during a backoff
     /// ends the run at once. After the last attempt the item fails as without retries.
     ///
+    /// Cost: each item is cloned once before its first attempt, even when nothing fails, so
+    /// an item that is cheap to clone (`Arc<[T]>`, `bytes::Bytes`) keeps retries cheap.
+    ///
     /// ```
     /// use std::sync::atomic::{AtomicU32, Ordering};
     /// use std::time::Duration;

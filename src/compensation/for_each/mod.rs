@@ -4,6 +4,7 @@
 mod config;
 mod error;
 mod item;
+mod plain;
 
 use core::fmt;
 use core::pin::Pin;
@@ -20,6 +21,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 pub use config::{Completion, UnitOfWork};
 pub use error::{Cause, CompensatedError};
 use item::{BoxedSlot, ItemSlot, Rules, Step};
+use plain::Plain;
 
 use super::scope::LiveRun;
 use super::{CompensationScope, Rollback, RollbackPolicy, RollbackReport};
@@ -44,6 +46,7 @@ enum Phase<E> {
 }
 
 pin_project! {
+    #[project = ForEachProj]
     /// Future for [`ResultStreamExt::for_each_compensated`](crate::ResultStreamExt::for_each_compensated).
     ///
     /// Configure it before the first poll with [`rollback_policy`](Self::rollback_policy),
@@ -142,6 +145,8 @@ where
         // polled directly, no more per item than that) until an attempt fails and needs an
         // undo of its own (retry, skip); the slot's own machinery then takes it to its end.
         let single = this.limit.get() == 1 && time_limit.is_none();
+        // And with no retry and no skip, no attempt is ever handed over.
+        let simple = single && rules.retry.is_none() && !rules.skip;
         // The token is checked before each pull, and before polling handlers left pending
         // by an earlier call (one may have been woken by the cancellation).
         let mut check_before_handlers = true;
@@ -170,7 +175,9 @@ where
                     .as_ref()
                     .is_some_and(CancellationToken::is_cancelled)
             };
-            let (cause, earlier) = if single && !this.first.is_busy() {
+            let (cause, earlier) = if simple {
+                // One item at a time, no retry, no skip: the handler is polled directly,
+                // with no more per item than that.
                 'plain: loop {
                     if this.first.has_handler() {
                         if check_before_handlers && token_fired() {
@@ -182,24 +189,8 @@ where
                                 if rules.commit_each {
                                     this.run.handle().commit_to(this.first.mark());
                                 }
-                                if this.keep.is_some() {
-                                    this.first.as_mut().drop_item();
-                                }
                             }
-                            Poll::Ready(Err(error)) => {
-                                let retries =
-                                    rules.retry.is_some_and(|policy| policy.max_attempts() > 1);
-                                if !(retries || rules.skip) {
-                                    break 'plain (Cause::Handler(error), None);
-                                }
-                                this.first.as_mut().fail_plain(
-                                    *this.pulled - 1,
-                                    Cause::Handler(error),
-                                    rules.undo,
-                                    this.run.handle(),
-                                );
-                                continue 'poll;
-                            }
+                            Poll::Ready(Err(error)) => break 'plain (Cause::Handler(error), None),
                             Poll::Pending => {
                                 if is_cancelled(this.cancelled.as_mut(), cx) {
                                     break 'plain (Cause::Cancelled, None);
@@ -215,15 +206,7 @@ where
                         Poll::Ready(Some(Ok(value))) => {
                             let handle = this.run.handle();
                             let mark = handle.checkpoint();
-                            *this.pulled += 1;
-                            let handler = match this.keep {
-                                None => (this.f)(value, handle.clone()),
-                                Some(keep) => {
-                                    let handler = (this.f)(keep(&value), handle.clone());
-                                    this.first.as_mut().keep_item(value);
-                                    handler
-                                }
-                            };
+                            let handler = (this.f)(value, handle.clone());
                             this.first.as_mut().start(handler, mark);
                             check_before_handlers = false;
                         }
@@ -246,6 +229,18 @@ where
                             return Poll::Pending;
                         }
                     }
+                }
+            } else if single && !this.first.is_busy() {
+                // With skips only, no item is kept.
+                let outcome = if this.keep.is_none() {
+                    plain::poll::<false, _, _, _>(&mut this, cx, &rules, &mut check_before_handlers)
+                } else {
+                    plain::poll::<true, _, _, _>(&mut this, cx, &rules, &mut check_before_handlers)
+                };
+                match outcome {
+                    Plain::Return(poll) => return poll,
+                    Plain::Stop(cause) => (cause, None),
+                    Plain::HandOver => continue 'poll,
                 }
             } else {
                 'work: {
