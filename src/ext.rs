@@ -156,6 +156,9 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// Cost: no heap allocation per item. With nothing registered, an item costs a clone and a
     /// drop of the scope handle (an `Arc`), two atomic loads and, with a cancellation token,
     /// one uncontended lock (tokio-util's `is_cancelled`, on a child token of this run's own).
+    /// With [`concurrency(n)`](ForEachCompensated::concurrency), `n > 1`, each item also takes
+    /// a handle of its own (one atomic increment) and the `n - 1` extra slots are boxed once;
+    /// with [`retry`](ForEachCompensated::retry), each item is cloned once.
     ///
     /// # Panics
     ///

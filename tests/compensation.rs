@@ -658,7 +658,12 @@ fn construction_needs_no_runtime() {
         )
         .all_or_nothing()
         .with_cancellation(CancellationToken::new());
-    assert!(format!("{run:?}").contains("ForEachCompensated"));
+    let debug = format!("{run:?}");
+    assert!(debug.contains("ForEachCompensated"), "{debug}");
+    assert!(
+        debug.contains("CompensationScope { pending: 0 }"),
+        "{debug}"
+    );
     drop(run);
 
     // A rollback without backoff or time limit touches no timer at all.

@@ -190,6 +190,7 @@ async fn commit_during_a_rollback_takes_only_what_the_rollback_has_not_started()
     });
     scope.register(undo(&log, "top"));
 
+    assert!(!scope.is_empty());
     let rollback = tokio::spawn(scope.rollback(RollbackPolicy::default()));
     sleep(ms(10)).await; // "top" ran, "slow" is running
     assert_eq!(log.entries(), vec!["top", "slow started"]);

@@ -420,6 +420,6 @@ impl Drop for LiveRun {
 
 impl fmt::Debug for LiveRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.scope.fmt(f)
+        fmt::Debug::fmt(&self.scope, f)
     }
 }
