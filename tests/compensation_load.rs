@@ -561,3 +561,55 @@ fn all_or_nothing_after_skipping_is_refused() {
             .all_or_nothing(),
     );
 }
+
+/// A stream of `0..n` that panics if polled again after it ended.
+struct EndsOnce {
+    next: u32,
+    n: u32,
+    ended: bool,
+}
+
+impl futures::Stream for EndsOnce {
+    type Item = Result<u32, AppError>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        assert!(!self.ended, "upstream polled after it ended");
+        if self.next == self.n {
+            self.ended = true;
+            return std::task::Poll::Ready(None);
+        }
+        self.next += 1;
+        std::task::Poll::Ready(Some(Ok(self.next)))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_upstream_is_not_polled_after_it_ended_whichever_path_handled_the_last_item() {
+    for (concurrency, fails_last) in [(1, false), (1, true), (3, false), (3, true)] {
+        let (log, table) = (Log::default(), Table::default());
+        let done = EndsOnce {
+            next: 0,
+            n: 3,
+            ended: false,
+        }
+        .for_each_compensated(
+            CompensationScope::new(),
+            scripted(
+                &log,
+                &table,
+                |_| ms(1),
+                move |item, attempt| match (item, attempt) {
+                    (3, 1) if fails_last => Err(AppError::Write(3)),
+                    _ => Ok(()),
+                },
+            ),
+        )
+        .concurrency(concurrency)
+        .retry(RollbackPolicy::default().attempts(2))
+        .await
+        .unwrap();
+        assert_eq!(done.items(), 3);
+    }
+}

@@ -246,7 +246,8 @@ where
                 'work: {
                     let slots = 1 + this.extra.len();
                     let mut free = None;
-                    let mut busy = 0;
+                    // Whether an item is still in flight after this round.
+                    let mut pending = false;
                     let mut again = false;
                     if check_before_handlers && slot_busy(&this.first, this.extra) && token_fired()
                     {
@@ -259,7 +260,7 @@ where
                             continue;
                         }
                         match item.as_mut().poll_step(cx, &rules, this.run.handle()) {
-                            Poll::Pending => busy += 1,
+                            Poll::Pending => pending = true,
                             Poll::Ready(Step::Committed) => {
                                 item.clear();
                                 *this.items += 1;
@@ -272,7 +273,6 @@ where
                                 let mark = handle.checkpoint();
                                 let handler = (this.f)(next, handle);
                                 item.begin(handler, mark, time_limit);
-                                busy += 1;
                                 again = true;
                             }
                             Poll::Ready(Step::Skipped(cause, report)) => {
@@ -333,7 +333,7 @@ where
                                 Poll::Pending => {}
                             }
                         }
-                    } else if busy == 0 && !again {
+                    } else if !pending && !again {
                         // Everything the run owns is committed with it: what its handlers
                         // registered and what was registered through `scope()`, before the
                         // first item or between items.
