@@ -3,7 +3,31 @@
 //! to a live run, cancellation noticed while a handler is pending, and the error texts.
 //!
 //! Each test here failed against the code before the fix it names (bugs 1–4 and 7 of issue
-//! 8), or kills a one-line mutation that the rest of the suite let through (gap (a)).
+//! 8), or kills a one-line mutation that the rest of the suite let through (gap (a), and the
+//! survivors of `cargo mutants` below).
+//!
+//! # `cargo mutants` over `src/compensation`
+//!
+//! `cargo mutants --file src/compensation/scope.rs -j 1 --test-package result-stream --
+//! --test compensation --test compensation_edges --test compensation_rollback
+//! --test compensation_stress --test compensation_load --test compensation_load_properties
+//! --test send_sync` (2026-12-01): 78 mutants, 62 caught, 11 unviable, 5 missed. Of the 5:
+//! - `is_empty -> true` and `LiveRun`'s `Debug` returning nothing (which was a real bug:
+//!   it printed nothing) are now killed (`commit_during_a_rollback_...`, and
+//!   `construction_needs_no_runtime` in `compensation.rs`);
+//! - `<` → `<=` in `commit_since`'s scan is killed by
+//!   `an_item_that_registered_nothing_never_commits_another_runs_registration`;
+//! - equivalent, left alone: `<` → `==` in the same scan (the `seq < mark` check after the
+//!   scan still stops it; only how far the scan looks changes), and `+` → `*` in
+//!   `at + 1 == stack.len()` (`remove` instead of `pop` on the last index: the same).
+//!
+//! The same command over `rollback.rs`, `policy.rs`, `action.rs` and `for_each/` (251
+//! mutants) was stopped at the deadline, partway; its survivors so far: `busy += 1` → `-=`
+//! / `*=` (the count only ever mattered as zero or not: now a flag), the upstream polled
+//! after it ended on the way back to the plain path (killed by
+//! `the_upstream_is_not_polled_after_it_ended_...` in `compensation_load.rs`), and `delete !`
+//! in `simple = single && .. && !rules.skip` (equivalent: a run without retry or skip then
+//! takes `plain.rs`'s path, which treats it the same).
 
 mod common;
 mod compensation_common;
@@ -457,4 +481,39 @@ async fn an_error_chain_prints_each_message_once() {
         "{messages:?}"
     );
     assert_eq!(messages[1], "connection reset");
+}
+
+// ---------------------------------------------------------------------------------------
+// Surviving mutants of `cargo mutants` (see the module documentation)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn an_item_that_registered_nothing_never_commits_another_runs_registration() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    // A's item starts first (its mark is the next registration number), registers nothing
+    // and succeeds at 100 ms; meanwhile B registers (taking exactly that number) and fails
+    // at 200 ms.
+    let a = stream::iter(vec![Ok::<u32, AppError>(1)]).for_each_compensated(
+        scope.clone(),
+        |_, _| async {
+            sleep(ms(100)).await;
+            Ok(())
+        },
+    );
+    let log2 = log.clone();
+    let b = stream::iter(vec![Ok::<u32, AppError>(2)]).for_each_compensated(
+        scope.clone(),
+        move |item, scope| {
+            scope.register(undo(&log2, "b"));
+            async move {
+                sleep(ms(200)).await;
+                Err(AppError::Write(item))
+            }
+        },
+    );
+    let (a, b) = tokio::join!(a, b);
+    assert_eq!(a.unwrap().items(), 1);
+    assert_eq!(b.unwrap_err().report().ran(), 1, "A's commit took B's undo");
+    assert_eq!(log.entries(), vec!["b"]);
 }
