@@ -1,6 +1,6 @@
-//! `for_each_compensated` under load (SPEC §7, issue 11): `.concurrency(n)`, `.retry(policy)`,
-//! `.skip_failed_items(on_skip)`, and how they compose with each other, with cancellation and
-//! with all-or-nothing. Every timing rule on a paused clock.
+//! `for_each_compensated` under load (SPEC §7, issue 11): `.concurrency(n)` and
+//! `.retry(policy)`, with cancellation and all-or-nothing (skipping is in
+//! `compensation_skip.rs`). Every timing rule on a paused clock.
 
 mod common;
 mod compensation_common;
@@ -12,54 +12,9 @@ use std::time::Duration;
 use common::{ms, secs};
 use compensation_common::*;
 use futures::stream;
-use result_stream::{
-    Backoff, Cause, CompensatedError, CompensationScope, Completion, ResultStreamExt,
-    RollbackPolicy,
-};
+use result_stream::{Backoff, Cause, CompensationScope, ResultStreamExt, RollbackPolicy};
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
-
-/// A handler script: item `i` registers `undo i`, writes row `i`, waits `wait(i)`, and
-/// resolves to `outcome(i, attempt)` (attempts counted from 1 per item).
-fn scripted(
-    log: &Log,
-    table: &Table,
-    wait: impl Fn(u32) -> Duration + Send + Sync + 'static,
-    outcome: impl Fn(u32, u32) -> Result<(), AppError> + Send + Sync + 'static,
-) -> impl FnMut(
-    u32,
-    CompensationScope,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), AppError>> + Send>> {
-    let (log, table) = (log.clone(), table.clone());
-    let attempts: Arc<Mutex<Vec<u32>>> = Arc::default();
-    let (wait, outcome) = (Arc::new(wait), Arc::new(outcome));
-    move |item, scope| {
-        let attempt = {
-            let mut attempts = attempts.lock().unwrap();
-            if attempts.len() <= item as usize {
-                attempts.resize(item as usize + 1, 0);
-            }
-            attempts[item as usize] += 1;
-            attempts[item as usize]
-        };
-        let (log, table, wait, outcome) =
-            (log.clone(), table.clone(), wait.clone(), outcome.clone());
-        Box::pin(async move {
-            scope.register(table.delete(&log, item));
-            table.insert(item);
-            log.push(format!("write {item}#{attempt}"));
-            sleep(wait(item)).await;
-            outcome(item, attempt)
-        })
-    }
-}
-
-fn undos(log: &Log) -> Vec<String> {
-    log.entries()
-        .into_iter()
-        .filter(|entry| entry.starts_with("undo"))
-        .collect()
-}
 
 // ---------------------------------------------------------------------------------------
 // concurrency(n)
@@ -406,160 +361,6 @@ async fn an_incomplete_undo_of_an_attempt_stops_the_run_instead_of_retrying() {
     assert_eq!(error.report().ran(), 1);
     assert_eq!(error.report().failures()[0].label(), Some("stuck"));
     assert_eq!(log.entries(), vec!["undo"]);
-}
-
-// ---------------------------------------------------------------------------------------
-// skip_failed_items(on_skip)
-// ---------------------------------------------------------------------------------------
-
-type Skips = Arc<Mutex<Vec<(u64, CompensatedError<AppError>)>>>;
-
-fn recorder(skips: &Skips) -> impl FnMut(u64, CompensatedError<AppError>) + Send + 'static {
-    let skips = skips.clone();
-    move |index, error| skips.lock().unwrap().push((index, error))
-}
-
-#[tokio::test(start_paused = true)]
-async fn skipped_items_are_rolled_back_alone_and_the_run_goes_on_with_concurrency() {
-    let (log, table) = (Log::default(), Table::default());
-    let skips = Skips::default();
-    let scope = CompensationScope::new();
-    let done: Completion = stream::iter((1..=6).map(Ok::<u32, AppError>))
-        .for_each_compensated(
-            scope.clone(),
-            scripted(
-                &log,
-                &table,
-                |item| ms(u64::from(item) * 10),
-                |item, _| match item % 3 {
-                    0 => Err(AppError::Write(item)),
-                    _ => Ok(()),
-                },
-            ),
-        )
-        .concurrency(3)
-        .skip_failed_items(recorder(&skips))
-        .await
-        .unwrap();
-    assert_eq!((done.items(), done.skipped()), (4, 2));
-    assert_eq!(table.rows(), vec![1, 2, 4, 5]);
-    assert_eq!(undos(&log), vec!["undo 3", "undo 6"]);
-    let skips = skips.lock().unwrap();
-    let seen: Vec<_> = skips
-        .iter()
-        .map(|(index, error)| (*index, error.cause().clone(), error.report().ran()))
-        .collect();
-    assert_eq!(
-        seen,
-        vec![
-            (2, Cause::Handler(AppError::Write(3)), 1),
-            (5, Cause::Handler(AppError::Write(6)), 1)
-        ]
-    );
-    assert!(scope.is_empty());
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_skipped_item_whose_rollback_is_incomplete_stops_the_run() {
-    let log = Log::default();
-    let skips = Skips::default();
-    let pulled = Arc::new(AtomicU32::new(0));
-    let pulled2 = pulled.clone();
-    let log2 = log.clone();
-    let error = stream::iter((1..=5).map(Ok::<u32, AppError>))
-        .for_each_compensated(CompensationScope::new(), move |item, scope| {
-            pulled2.fetch_add(1, Ordering::SeqCst);
-            if item == 2 {
-                scope.register_labeled("stuck", failing(&log2, "undo 2", "still there"));
-            } else {
-                scope.register(undo(&log2, format!("undo {item}")));
-            }
-            async move {
-                match item {
-                    2 => Err(AppError::Write(2)),
-                    _ => Ok(()),
-                }
-            }
-        })
-        .skip_failed_items(recorder(&skips))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        pulled.load(Ordering::SeqCst),
-        2,
-        "nothing builds on a half-undone write"
-    );
-    assert!(skips.lock().unwrap().is_empty());
-    assert_eq!(error.cause(), &Cause::Handler(AppError::Write(2)));
-    assert!(!error.is_rolled_back_cleanly());
-    assert_eq!(error.report().failures()[0].label(), Some("stuck"));
-    assert_eq!(log.entries(), vec!["undo 2"]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn upstream_errors_still_stop_a_run_that_skips() {
-    let skips = Skips::default();
-    let error = stream::iter(vec![
-        Ok::<u32, AppError>(1),
-        Err(AppError::Upstream("gone")),
-        Ok(3),
-    ])
-    .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
-    .skip_failed_items(recorder(&skips))
-    .await
-    .unwrap_err();
-    assert_eq!(error.cause(), &Cause::Upstream(AppError::Upstream("gone")));
-}
-
-#[tokio::test(start_paused = true)]
-async fn skip_after_retries_hands_over_the_last_attempts_cause() {
-    let (log, table) = (Log::default(), Table::default());
-    let skips = Skips::default();
-    let done = stream::iter((1..=2).map(Ok::<u32, AppError>))
-        .for_each_compensated(
-            CompensationScope::new(),
-            scripted(
-                &log,
-                &table,
-                |_| ms(1),
-                |item, _| match item {
-                    1 => Err(AppError::Write(1)),
-                    _ => Ok(()),
-                },
-            ),
-        )
-        .retry(RollbackPolicy::default().attempts(2))
-        .skip_failed_items(recorder(&skips))
-        .await
-        .unwrap();
-    assert_eq!((done.items(), done.skipped()), (1, 1));
-    assert_eq!(
-        log.entries(),
-        vec!["write 1#1", "undo 1", "write 1#2", "undo 1", "write 2#1"]
-    );
-    assert_eq!(skips.lock().unwrap()[0].0, 0);
-}
-
-#[test]
-#[should_panic(expected = "an all-or-nothing run cannot skip failed items")]
-fn skipping_in_an_all_or_nothing_run_is_refused() {
-    drop(
-        stream::iter(vec![Ok::<u32, AppError>(1)])
-            .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
-            .all_or_nothing()
-            .skip_failed_items(|_, _| {}),
-    );
-}
-
-#[test]
-#[should_panic(expected = "cannot skip failed items")]
-fn all_or_nothing_after_skipping_is_refused() {
-    drop(
-        stream::iter(vec![Ok::<u32, AppError>(1)])
-            .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
-            .skip_failed_items(|_, _| {})
-            .all_or_nothing(),
-    );
 }
 
 /// A stream of `0..n` that panics if polled again after it ended.

@@ -10,8 +10,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use futures::stream::Stream;
 use result_stream::Compensation;
+use result_stream::CompensationScope;
+use tokio::time::sleep;
 
 /// The user's own error type: the cause must keep it, matchable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,4 +138,46 @@ pub fn stops_at_error<T, E>(items: Vec<Result<T, E>>) -> StopsAtError<T, E> {
         items: items.into_iter(),
         failed: false,
     }
+}
+
+/// A handler script: item `i` registers `undo i`, writes row `i`, waits `wait(i)`, and
+/// resolves to `outcome(i, attempt)` (attempts counted from 1 per item).
+pub fn scripted(
+    log: &Log,
+    table: &Table,
+    wait: impl Fn(u32) -> Duration + Send + Sync + 'static,
+    outcome: impl Fn(u32, u32) -> Result<(), AppError> + Send + Sync + 'static,
+) -> impl FnMut(
+    u32,
+    CompensationScope,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), AppError>> + Send>> {
+    let (log, table) = (log.clone(), table.clone());
+    let attempts: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let (wait, outcome) = (Arc::new(wait), Arc::new(outcome));
+    move |item, scope| {
+        let attempt = {
+            let mut attempts = attempts.lock().unwrap();
+            if attempts.len() <= item as usize {
+                attempts.resize(item as usize + 1, 0);
+            }
+            attempts[item as usize] += 1;
+            attempts[item as usize]
+        };
+        let (log, table, wait, outcome) =
+            (log.clone(), table.clone(), wait.clone(), outcome.clone());
+        Box::pin(async move {
+            scope.register(table.delete(&log, item));
+            table.insert(item);
+            log.push(format!("write {item}#{attempt}"));
+            sleep(wait(item)).await;
+            outcome(item, attempt)
+        })
+    }
+}
+
+pub fn undos(log: &Log) -> Vec<String> {
+    log.entries()
+        .into_iter()
+        .filter(|entry| entry.starts_with("undo"))
+        .collect()
 }
