@@ -27,7 +27,9 @@
 //! after it ended on the way back to the plain path (killed by
 //! `the_upstream_is_not_polled_after_it_ended_...` in `compensation_load.rs`), and `delete !`
 //! in `simple = single && .. && !rules.skip` (equivalent: a run without retry or skip then
-//! takes `plain.rs`'s path, which treats it the same).
+//! takes `plain.rs`'s path, which treats it the same), and `limit > 1` → `>= 1` where an
+//! item takes a handle of its own (equivalent: at concurrency 1 the general path is only
+//! taken with a time limit, and an item's own handle commits and undoes the same entries).
 
 mod common;
 mod compensation_common;
