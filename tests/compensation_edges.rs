@@ -30,6 +30,11 @@
 //! takes `plain.rs`'s path, which treats it the same), and `limit > 1` → `>= 1` where an
 //! item takes a handle of its own (equivalent: at concurrency 1 the general path is only
 //! taken with a time limit, and an item's own handle commits and undoes the same entries).
+//! `slot_busy -> false` and `||` → `&&` in it (the token check before resuming pending
+//! handlers on the slots' path) are killed by `a_pending_handler_is_not_resumed_...`, now
+//! run on all three paths; `slot_busy -> true` is equivalent (with no item in flight the
+//! token is checked before the next pull anyway; it only differs when the token fires in
+//! the very poll that would resolve `Ok`, where both outcomes are allowed).
 
 mod common;
 mod compensation_common;
@@ -367,37 +372,53 @@ async fn cancellation_noticed_in_the_poll_where_the_handler_is_pending_undoes_it
 
 #[tokio::test(start_paused = true)]
 async fn a_pending_handler_is_not_resumed_once_the_token_has_fired() {
-    let log = Log::default();
-    let token = CancellationToken::new();
-    let (tx, rx) = oneshot::channel::<()>();
-    let gate = Arc::new(Mutex::new(Some(rx)));
-    let finished = Arc::new(AtomicBool::new(false));
-    let (log2, finished2) = (log.clone(), finished.clone());
-    let run = stream::iter(vec![Ok::<u32, AppError>(1)])
-        .for_each_compensated(CompensationScope::new(), move |item, scope| {
-            scope.register(undo(&log2, format!("undo {item}")));
-            let rx = gate.lock().unwrap().take().expect("one item");
-            let finished = finished2.clone();
-            async move {
-                rx.await.expect("sender kept");
-                finished.store(true, Ordering::SeqCst);
-                Ok(())
-            }
-        })
-        .with_cancellation(token.clone());
-    let mut run = pin!(run);
-    assert!(futures::poll!(run.as_mut()).is_pending());
+    // One item at a time, two slots, and the slots' own machinery (retries with a time
+    // limit): each path checks the token before resuming a pending handler.
+    for config in ["plain", "concurrency(2)", "retry with a time limit"] {
+        let log = Log::default();
+        let token = CancellationToken::new();
+        let (tx, rx) = oneshot::channel::<()>();
+        let gate = Arc::new(Mutex::new(Some(rx)));
+        let finished = Arc::new(AtomicBool::new(false));
+        let (log2, finished2) = (log.clone(), finished.clone());
+        let run = stream::iter(vec![Ok::<u32, AppError>(1)])
+            .for_each_compensated(CompensationScope::new(), move |item, scope| {
+                scope.register(undo(&log2, format!("undo {item}")));
+                let rx = gate.lock().unwrap().take().expect("one item");
+                let finished = finished2.clone();
+                async move {
+                    rx.await.expect("sender kept");
+                    finished.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+            .with_cancellation(token.clone());
+        let run = match config {
+            "plain" => run,
+            "concurrency(2)" => run.concurrency(2),
+            _ => run.retry(
+                RollbackPolicy::default()
+                    .attempts(2)
+                    .attempt_timeout(secs(3_600)),
+            ),
+        };
+        let mut run = pin!(run);
+        assert!(futures::poll!(run.as_mut()).is_pending());
 
-    // Both wake the run before it is polled again: the handler could now finish, but the
-    // token fired first, so it is dropped instead of resumed.
-    token.cancel();
-    tx.send(()).unwrap();
-    let error = run.await.unwrap_err();
+        // Both wake the run before it is polled again: the handler could now finish, but
+        // the token fired first, so it is dropped instead of resumed.
+        token.cancel();
+        tx.send(()).unwrap();
+        let error = run.await.expect_err(config);
 
-    assert!(error.cause().is_cancelled());
-    assert!(!finished.load(Ordering::SeqCst), "the handler was resumed");
-    assert_eq!(error.report().ran(), 1);
-    assert_eq!(log.entries(), vec!["undo 1"]);
+        assert!(error.cause().is_cancelled(), "{config}");
+        assert!(
+            !finished.load(Ordering::SeqCst),
+            "{config}: the handler was resumed"
+        );
+        assert_eq!(error.report().ran(), 1, "{config}");
+        assert_eq!(log.entries(), vec!["undo 1"], "{config}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------
