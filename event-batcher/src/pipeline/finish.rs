@@ -21,6 +21,11 @@ impl Ctx {
             let error = match &cause {
                 Cause::Upstream(error) | Cause::Handler(error) => error.to_string(),
                 Cause::Cancelled => format!("batch {}: cancelled", batch.seq),
+                Cause::TimedOut(limit) => {
+                    format!("batch {}: write timed out after {limit:?}", batch.seq)
+                }
+                // Causes a later version of the crate may add (the enum is non-exhaustive).
+                _ => format!("batch {}: stopped", batch.seq),
             };
             self.rolled_back(&batch, error, &report, false);
         }
@@ -50,6 +55,17 @@ impl Ctx {
                     rolled_back_cleanly,
                 }
             }
+            Cause::TimedOut(limit) => Outcome::Stopped {
+                cause: format!("a batch write timed out after {limit:?}"),
+                rollback,
+                rolled_back_cleanly,
+            },
+            // Causes a later version of the crate may add (the enum is non-exhaustive).
+            _ => Outcome::Stopped {
+                cause: "stopped".to_owned(),
+                rollback,
+                rolled_back_cleanly,
+            },
         }
     }
 
