@@ -136,13 +136,19 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// returns `Ok(())` or `Err(e)`.
     ///
     /// Rules:
-    /// - one item at a time, in stream order;
+    /// - items are pulled in stream order and handled one at a time, or up to `n` at a
+    ///   time with [`concurrency(n)`](ForEachCompensated::concurrency) (handlers may then
+    ///   finish in any order);
     /// - when `f` returns `Ok`, that item's compensations are committed (dropped); with
     ///   [`all_or_nothing`](ForEachCompensated::all_or_nothing) they are all kept until the
     ///   stream ends, then committed together;
+    /// - when the stream ends, everything the run owns is committed, including what was
+    ///   registered through [`ForEachCompensated::scope`] before the first item or between
+    ///   items: a later `scope.rollback` never undoes a run that succeeded;
     /// - when `f` returns `Err`, the upstream yields `Err`, or the
     ///   [cancellation token](ForEachCompensated::with_cancellation) fires: pulling stops,
-    ///   every compensation pending in `scope` runs, newest first, under the
+    ///   the run's pending compensations run, newest first (with those registered through
+    ///   `scope`'s own handles, see below), under the
     ///   [rollback policy](ForEachCompensated::rollback_policy), and the future resolves to a
     ///   [`CompensatedError`](crate::CompensatedError) holding the [`Cause`](crate::Cause)
     ///   (with your own `E`) and the [`RollbackReport`](crate::RollbackReport);
@@ -151,18 +157,27 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   is why they are registered before the effect);
     /// - if this future is dropped, or `f` panics, in the middle of an item, the compensations
     ///   registered so far stay in `scope`: `scope.rollback(policy).await` runs them later;
+    /// - a failed handler can be [retried](ForEachCompensated::retry) (the failed attempt's
+    ///   compensations run first) and an item that still fails
+    ///   [skipped](ForEachCompensated::skip_failed_items) (rolled back alone; the run goes
+    ///   on);
     /// - on success it resolves to a [`Completion`](crate::Completion) with the number of
-    ///   items processed;
+    ///   items processed (and skipped);
     /// - the rollback itself is not cancelled by the token; it runs to its end.
     ///
     /// The handler receives this run's own handle to `scope`. On failure the rollback runs this
     /// run's pending compensations and those registered through `scope`'s own handles
     /// (including any registered before the run started); another run sharing the scope keeps
-    /// its own. See [`CompensationScope`](crate::CompensationScope#sharing-a-scope-between-runs).
+    /// its own. Until the future resolves or is dropped, `scope`'s own handles neither commit
+    /// nor roll back this run's compensations. See
+    /// [`CompensationScope`](crate::CompensationScope#sharing-a-scope-between-runs).
     ///
     /// Cost: no heap allocation per item. With nothing registered, an item costs a clone and a
     /// drop of the scope handle (an `Arc`), two atomic loads and, with a cancellation token,
     /// one uncontended lock (tokio-util's `is_cancelled`, on a child token of this run's own).
+    /// With [`concurrency(n)`](ForEachCompensated::concurrency), `n > 1`, each item also takes
+    /// a handle of its own (one atomic increment) and the `n - 1` extra slots are boxed once;
+    /// with [`retry`](ForEachCompensated::retry), each item is cloned once.
     ///
     /// # Panics
     ///

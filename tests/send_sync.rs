@@ -30,6 +30,7 @@ fn handles_reports_and_errors_are_thread_safe() {
     assert_clone::<CompensationScope>();
 
     assert_send::<Rollback>();
+    assert_sync::<Rollback>();
 
     assert_send::<RollbackReport>();
     assert_sync::<RollbackReport>();
@@ -91,6 +92,15 @@ fn adapters_are_send_and_sync_when_their_parts_are() {
             Events,
             fn(u32, CompensationScope) -> futures::future::Ready<Result<(), io::Error>>,
             futures::future::Ready<Result<(), io::Error>>,
+        >,
+    >();
+    // `Sync` as well when its parts are (a `BoxStream` is not `Sync`; an iterator's stream is).
+    type Ready = futures::future::Ready<Result<(), io::Error>>;
+    assert_sync::<
+        ForEachCompensated<
+            stream::Iter<std::vec::IntoIter<Result<u32, io::Error>>>,
+            fn(u32, CompensationScope) -> Ready,
+            Ready,
         >,
     >();
 }

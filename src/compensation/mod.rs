@@ -7,15 +7,13 @@
 //! stream and resolves to a [`CompensatedError`] carrying the [`Cause`] and that report.
 
 mod action;
-mod error;
-mod for_each_compensated;
+mod for_each;
 mod policy;
 mod rollback;
 mod scope;
 
 pub use action::{BoxError, Compensation};
-pub use error::{Cause, CompensatedError, CompensationFailure, FailureKind, RollbackReport};
-pub use for_each_compensated::{Completion, ForEachCompensated, UnitOfWork};
+pub use for_each::{Cause, CompensatedError, Completion, ForEachCompensated, UnitOfWork};
 pub use policy::{Backoff, RollbackPolicy};
-pub use rollback::Rollback;
+pub use rollback::{CompensationFailure, FailureKind, Rollback, RollbackReport};
 pub use scope::CompensationScope;

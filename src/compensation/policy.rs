@@ -1,8 +1,9 @@
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 /// How long to wait between attempts of a failing compensation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Backoff {
     /// Retry at once.
     #[default]
@@ -35,13 +36,16 @@ impl Backoff {
     }
 }
 
-/// How a rollback runs each compensation.
+/// How a rollback runs each compensation, and how
+/// [`ForEachCompensated::retry`](crate::ForEachCompensated::retry) retries a handler.
 ///
-/// Whatever the policy, compensations run one at a time, newest first, and a compensation
-/// that still fails after its last attempt never stops the ones below it: it is recorded in
-/// the [`RollbackReport`](crate::RollbackReport) and the rollback goes on.
+/// Whatever the policy, compensations start newest first, and a compensation that still
+/// fails after its last attempt never stops the others: it is recorded in the
+/// [`RollbackReport`](crate::RollbackReport) and the rollback goes on.
 ///
-/// The default runs every compensation once, with no backoff and no time limit.
+/// The default runs every compensation once, one at a time, with no backoff and no time
+/// limit. [`concurrent`](Self::concurrent) opts in to running independent compensations
+/// at the same time.
 ///
 /// ```
 /// use std::time::Duration;
@@ -59,6 +63,7 @@ impl Backoff {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RollbackPolicy {
     attempts: NonZeroU32,
+    concurrent: NonZeroUsize,
     backoff: Backoff,
     attempt_timeout: Option<Duration>,
 }
@@ -67,6 +72,7 @@ impl Default for RollbackPolicy {
     fn default() -> Self {
         Self {
             attempts: NonZeroU32::MIN,
+            concurrent: NonZeroUsize::MIN,
             backoff: Backoff::None,
             attempt_timeout: None,
         }
@@ -102,6 +108,27 @@ impl RollbackPolicy {
     pub fn attempt_timeout(mut self, limit: Duration) -> Self {
         self.attempt_timeout = Some(limit);
         self
+    }
+
+    /// Runs up to `n` compensations at the same time (default 1), for compensations that do
+    /// not depend on each other (as Temporal's `parallelCompensation`). They still start
+    /// newest first, and every failure is reported, in the order the compensations started.
+    /// Used by a handler's [`retry`](crate::ForEachCompensated::retry), only its undo runs
+    /// concurrently.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `n` is zero.
+    #[track_caller]
+    pub fn concurrent(mut self, n: usize) -> Self {
+        self.concurrent =
+            NonZeroUsize::new(n).expect("RollbackPolicy::concurrent: `n` must be at least 1");
+        self
+    }
+
+    /// How many compensations may run at the same time.
+    pub fn concurrency_limit(&self) -> usize {
+        self.concurrent.get()
     }
 
     /// How many times a compensation is tried in all.

@@ -1,47 +1,78 @@
+use std::borrow::Cow;
+use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use futures_util::FutureExt as _;
+use futures_core::future::FusedFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 
-use super::RollbackPolicy;
-use super::error::{CompensationFailure, FailureKind, RollbackReport};
-use super::scope::{CompensationScope, Entry};
+use super::scope::{CompensationScope, Entry, Take};
+use super::{BoxError, Compensation, RollbackPolicy};
 
-/// Future for [`CompensationScope::rollback`]: runs every pending compensation, newest first,
-/// and resolves to a [`RollbackReport`].
+/// The boxed body of a [`Rollback`].
+type Body = Pin<Box<dyn Future<Output = RollbackReport> + Send>>;
+
+/// Future for [`CompensationScope::rollback`]: runs every pending compensation it may take,
+/// newest first, and resolves to a [`RollbackReport`].
 ///
 /// Rules:
-/// - one compensation at a time, newest first, each tried up to
+/// - one compensation at a time (or up to [`RollbackPolicy::concurrent`] at a time), newest
+///   first, each tried up to
 ///   [`RollbackPolicy::max_attempts`] times with the policy's backoff between attempts and its
 ///   time limit on each attempt (timed by `tokio::time`);
-/// - a compensation that still fails is recorded in the report and the rollback goes on with
-///   the next one: one failure never stops the others;
+/// - a compensation that still fails, returns an error, panics (while building its future or
+///   while it runs) or times out is recorded in the report, and the rollback goes on with the
+///   next one: one failure never stops the others;
 /// - rollbacks of one scope take turns: a second one waits, then runs what the first left;
 /// - a compensation leaves the scope only once it has finished (succeeded, or failed for the
-///   last time). If this future is dropped midway, the compensation in progress and those
-///   below it are still in the scope, and a later rollback runs them (the interrupted one
-///   from its first attempt again).
+///   last time); while it runs, no [`commit`](CompensationScope::commit) can take it;
+/// - each compensation runs once, with one exception: if this future is dropped midway, the
+///   compensation in progress and those below it stay in the scope, and a later rollback runs
+///   them, the interrupted one again from its first attempt. A compensation must therefore be
+///   idempotent (see [`Compensation`]).
+///
+/// # Panics
+///
+/// Panics if polled again after it resolved ([`is_terminated`](FusedFuture::is_terminated)
+/// tells).
+///
+/// # Implementation
 ///
 /// The rollback is driven by one boxed future, allocated when the rollback starts: this is
-/// the failure path, never the per-item path.
+/// the failure path, never the per-item path. The box sits in a `Mutex` that is never locked
+/// (it is reached through `&mut`), which makes `Rollback` `Sync` as well as `Send`.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct Rollback {
-    inner: Pin<Box<dyn Future<Output = RollbackReport> + Send>>,
+    body: Option<Mutex<Body>>,
 }
 
 impl fmt::Debug for Rollback {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Rollback").finish_non_exhaustive()
+        f.debug_struct("Rollback")
+            .field("terminated", &self.body.is_none())
+            .finish_non_exhaustive()
     }
 }
 
 impl Rollback {
     pub(crate) fn new(scope: CompensationScope, policy: RollbackPolicy) -> Self {
+        Self::taking(scope, policy, Take::Handle)
+    }
+
+    /// A rollback of what `scope` registered since `mark` only: one failed attempt.
+    pub(crate) fn since(scope: CompensationScope, mark: u64, policy: RollbackPolicy) -> Self {
+        Self::taking(scope, policy, Take::Since(mark))
+    }
+
+    fn taking(scope: CompensationScope, policy: RollbackPolicy, take: Take) -> Self {
         Self {
-            inner: Box::pin(run(scope, policy)),
+            body: Some(Mutex::new(Box::pin(run(scope, policy, take)))),
         }
     }
 }
@@ -50,40 +81,121 @@ impl Future for Rollback {
     type Output = RollbackReport;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RollbackReport> {
-        self.inner.as_mut().poll(cx)
+        let body = self
+            .body
+            .as_mut()
+            .expect("Rollback polled after it resolved");
+        let body = body
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let report = std::task::ready!(body.as_mut().poll(cx));
+        self.body = None;
+        Poll::Ready(report)
     }
 }
 
-async fn run(scope: CompensationScope, policy: RollbackPolicy) -> RollbackReport {
+impl FusedFuture for Rollback {
+    fn is_terminated(&self) -> bool {
+        self.body.is_none()
+    }
+}
+
+/// Marks one compensation as run when dropped after [`done`](Self::done), or puts it back
+/// (not running) when its rollback is dropped before.
+struct Running<'a> {
+    scope: &'a CompensationScope,
+    seq: u64,
+    done: bool,
+}
+
+impl Running<'_> {
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            self.scope.finish(self.seq);
+        } else {
+            self.scope.interrupt(self.seq);
+        }
+    }
+}
+
+async fn run(scope: CompensationScope, policy: RollbackPolicy, take: Take) -> RollbackReport {
     let _turn = scope.rollback_turn().await;
     let mut report = RollbackReport::default();
-    while let Some(entry) = scope.newest_to_roll_back() {
+    if policy.concurrency_limit() > 1 {
+        run_concurrently(&scope, &policy, take, &mut report).await;
+        return report;
+    }
+    while let Some(entry) = scope.start_newest(take) {
         let order = report.ran;
         report.ran += 1;
-        let outcome = run_with_retries(&entry, &policy).await;
-        scope.remove(&entry);
-        if let Err((attempts, kind)) = outcome {
-            report.failures.push(CompensationFailure {
-                order,
-                label: entry.label.clone(),
-                attempts,
-                kind,
-                action: entry.action.clone(),
-            });
-        }
+        let outcome = run_one(&scope, &entry, &policy).await;
+        report.record(order, &entry, outcome);
     }
     report
 }
 
+/// Up to the policy's limit at a time, started newest first.
+async fn run_concurrently(
+    scope: &CompensationScope,
+    policy: &RollbackPolicy,
+    take: Take,
+    report: &mut RollbackReport,
+) {
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < policy.concurrency_limit() {
+            let Some(entry) = scope.start_newest(take) else {
+                break;
+            };
+            let order = report.ran;
+            report.ran += 1;
+            running.push(async move {
+                let outcome = run_one(scope, &entry, policy).await;
+                (order, entry, outcome)
+            });
+        }
+        let Some((order, entry, outcome)) = running.next().await else {
+            break;
+        };
+        report.record(order, &entry, outcome);
+    }
+    report.failures.sort_by_key(|failure| failure.order);
+}
+
+/// Runs `entry`, which [`start_newest`](CompensationScope::start_newest) marked running, and
+/// removes it from the scope once done (or puts it back if this future is dropped first).
+async fn run_one(
+    scope: &CompensationScope,
+    entry: &Entry,
+    policy: &RollbackPolicy,
+) -> Result<(), (u32, FailureKind)> {
+    let running = Running {
+        scope,
+        seq: entry.seq,
+        done: false,
+    };
+    let outcome = run_with_retries(entry, policy).await;
+    running.done();
+    outcome
+}
+
 /// Runs one compensation until it succeeds or its attempts are used up.
-async fn run_with_retries(
+pub(crate) async fn run_with_retries(
     entry: &Entry,
     policy: &RollbackPolicy,
 ) -> Result<(), (u32, FailureKind)> {
     let mut attempt = 1;
     loop {
-        // A panicking compensation is one failed attempt, not the end of the rollback.
-        let compensate = AssertUnwindSafe(entry.action.compensate()).catch_unwind();
+        // A panicking compensation is one failed attempt, not the end of the rollback: the
+        // call is made inside the guarded future, so a panic while building the future (a
+        // hand-written `compensate`) is caught as well as one while it runs.
+        let compensate = AssertUnwindSafe(async { entry.action.compensate().await }).catch_unwind();
         let outcome = match policy.attempt_time_limit() {
             None => Ok(compensate.await),
             Some(limit) => tokio::time::timeout(limit, compensate)
@@ -118,5 +230,194 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         message.clone()
     } else {
         "a panic with a non-string payload".to_owned()
+    }
+}
+
+/// How the last attempt of a compensation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The compensation returned an error.
+    Error(BoxError),
+    /// The attempt ran past the policy's time limit and was dropped.
+    TimedOut(Duration),
+    /// The compensation panicked; the panic was caught (with its message, when it had one)
+    /// so that the rollback could go on.
+    Panicked(String),
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureKind::Error(error) => error.fmt(f),
+            FailureKind::TimedOut(limit) => write!(f, "timed out after {limit:?}"),
+            FailureKind::Panicked(message) => write!(f, "panicked: {message}"),
+        }
+    }
+}
+
+/// A compensation that still failed after its last attempt.
+///
+/// It has left the scope, but not the program: [`retry`](Self::retry) runs it again (say,
+/// once the database is back), and [`action`](Self::action) hands it out to be registered
+/// again or run elsewhere.
+pub struct CompensationFailure {
+    pub(crate) order: usize,
+    pub(crate) label: Option<Cow<'static, str>>,
+    pub(crate) attempts: u32,
+    pub(crate) kind: FailureKind,
+    pub(crate) action: Arc<dyn Compensation>,
+}
+
+impl fmt::Debug for CompensationFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompensationFailure")
+            .field("order", &self.order)
+            .field("label", &self.label)
+            .field("attempts", &self.attempts)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CompensationFailure {
+    /// Its place in the rollback: 0 for the first compensation run (the newest).
+    pub fn order(&self) -> usize {
+        self.order
+    }
+
+    /// The label it was registered with, if any.
+    pub fn label(&self) -> Option<&str> {
+        self.label.as_deref()
+    }
+
+    /// How many attempts were made.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// How the last attempt failed.
+    pub fn kind(&self) -> &FailureKind {
+        &self.kind
+    }
+
+    /// The compensation itself.
+    pub fn action(&self) -> &Arc<dyn Compensation> {
+        &self.action
+    }
+
+    /// Runs the compensation once more (no policy: one attempt, no time limit).
+    pub async fn retry(&self) -> Result<(), BoxError> {
+        self.action.compensate().await
+    }
+}
+
+/// The compensation's own error is part of the [`Display`](fmt::Display) text (a report
+/// lists its failures in its own text), so [`source`](Error::source) skips it and returns
+/// *its* source: an error-chain printer shows each message once. The error itself is in
+/// [`kind`](Self::kind).
+impl Error for CompensationFailure {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match &self.kind {
+            FailureKind::Error(error) => error.source(),
+            _ => None,
+        }
+    }
+}
+
+/// `compensation #<order> (<label>) failed after <n> attempt(s): <how>`.
+impl fmt::Display for CompensationFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "compensation #{}", self.order)?;
+        if let Some(label) = &self.label {
+            write!(f, " ({label})")?;
+        }
+        write!(
+            f,
+            " failed after {} attempt(s): {}",
+            self.attempts, self.kind
+        )
+    }
+}
+
+/// What a rollback did: how many compensations ran and which ones still failed.
+#[derive(Debug, Default)]
+pub struct RollbackReport {
+    pub(crate) ran: usize,
+    pub(crate) failures: Vec<CompensationFailure>,
+}
+
+impl RollbackReport {
+    /// How many compensations were run (each counted once, whatever its attempts).
+    pub fn ran(&self) -> usize {
+        self.ran
+    }
+
+    /// How many compensations succeeded.
+    pub fn succeeded(&self) -> usize {
+        self.ran - self.failures.len()
+    }
+
+    /// The compensations that still failed after their retries, in the order they ran.
+    pub fn failures(&self) -> &[CompensationFailure] {
+        &self.failures
+    }
+
+    /// Records the outcome of the compensation that ran `order`th.
+    fn record(&mut self, order: usize, entry: &Entry, outcome: Result<(), (u32, FailureKind)>) {
+        if let Err((attempts, kind)) = outcome {
+            self.failures.push(CompensationFailure {
+                order,
+                label: entry.label.clone(),
+                attempts,
+                kind,
+                action: entry.action.clone(),
+            });
+        }
+    }
+
+    /// Puts `earlier`'s compensations before this report's, as if one rollback had run them
+    /// all.
+    pub(crate) fn after(mut self, earlier: RollbackReport) -> Self {
+        let offset = earlier.ran;
+        for failure in &mut self.failures {
+            failure.order += offset;
+        }
+        let mut failures = earlier.failures;
+        failures.append(&mut self.failures);
+        Self {
+            ran: offset + self.ran,
+            failures,
+        }
+    }
+
+    /// Takes the failures, in the order they ran, to retry or register them again.
+    pub fn into_failures(self) -> Vec<CompensationFailure> {
+        self.failures
+    }
+
+    /// `true` when every compensation succeeded (or there was none): the effects they
+    /// guarded are undone.
+    pub fn is_complete(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+impl fmt::Display for RollbackReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_complete() {
+            write!(f, "rolled back cleanly ({} compensation(s) ran)", self.ran)
+        } else {
+            write!(
+                f,
+                "rollback incomplete: {} of {} compensation(s) failed",
+                self.failures.len(),
+                self.ran
+            )?;
+            for failure in &self.failures {
+                write!(f, "; {failure}")?;
+            }
+            Ok(())
+        }
     }
 }

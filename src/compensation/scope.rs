@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Compensation, Rollback, RollbackPolicy};
 
-/// The owner id of the handles that [`CompensationScope::new`] and its clones hand out.
+/// The owner (and run) id of the handles that [`CompensationScope::new`] and its clones hand
+/// out: their registrations belong to no run.
 const SCOPE_OWNER: u64 = 0;
 
 /// A registered compensation.
@@ -13,21 +14,35 @@ const SCOPE_OWNER: u64 = 0;
 pub(crate) struct Entry {
     /// Registration number, unique in the scope and increasing up the stack.
     pub(crate) seq: u64,
-    /// The run (or the scope itself, [`SCOPE_OWNER`]) whose handle registered it.
+    /// The handle (a run, one item of a run, or the scope itself) that registered it.
     pub(crate) owner: u64,
+    /// The run that handle belongs to ([`SCOPE_OWNER`] for the scope's own handles).
+    pub(crate) run: u64,
     pub(crate) label: Option<Cow<'static, str>>,
     pub(crate) action: Arc<dyn Compensation>,
+    /// A rollback is running it: no commit may take it, and it leaves the stack when that
+    /// rollback is done with it (or is put back, not running, if the rollback is dropped).
+    pub(crate) running: bool,
+}
+
+/// The stack and who may touch what in it, behind one lock.
+#[derive(Default)]
+struct State {
+    entries: Vec<Entry>,
+    /// Runs (`for_each_compensated` futures) that have neither resolved nor been dropped:
+    /// their entries are theirs alone.
+    live_runs: Vec<u64>,
 }
 
 struct Inner {
-    stack: Mutex<Vec<Entry>>,
-    /// Mirrors `stack.len()`, written under the lock.
+    state: Mutex<State>,
+    /// Mirrors `state.entries.len()`, written under the lock.
     len: AtomicUsize,
     /// The next registration number, advanced under the lock, so "was anything registered
     /// since mark?" is one atomic load.
     next_seq: AtomicU64,
     next_owner: AtomicU64,
-    /// Rollbacks of one scope take turns, so each compensation runs once, newest first.
+    /// Rollbacks of one scope take turns, so none runs a compensation another is running.
     rollback_turn: tokio::sync::Mutex<()>,
 }
 
@@ -37,17 +52,26 @@ struct Inner {
 /// that a write that fails (or is cancelled) halfway is still covered.
 ///
 /// Compensations stay in the scope until they are committed ([`commit`](Self::commit), or
-/// per item by [`ForEachCompensated`](crate::ForEachCompensated)) or run by a
+/// by [`ForEachCompensated`](crate::ForEachCompensated) when its work succeeds) or run by a
 /// [`rollback`](Self::rollback). Nothing else removes them: when the future that drove a
 /// pipeline is dropped, or a handler panics, what was registered is still here to roll back.
 ///
+/// A compensation is either committed or run, never both: one that a rollback is running
+/// cannot be committed ([`commit`](Self::commit) does not count it).
+///
 /// # Sharing a scope between runs
 ///
-/// Each [`for_each_compensated`](crate::ResultStreamExt::for_each_compensated) run hands its
-/// handler a handle of its own: what is registered through it belongs to that run. A run
-/// commits only its own compensations, and its rollback runs its own plus those registered
-/// through the scope's own handles (the one from [`new`](Self::new) and its clones), never
-/// another run's. So several runs may share one scope safely.
+/// Each [`for_each_compensated`](crate::ResultStreamExt::for_each_compensated) run has a
+/// handle of its own ([`ForEachCompensated::scope`](crate::ForEachCompensated::scope), and
+/// the handles its handler receives): what is registered through them belongs to that run.
+/// A run commits only its own compensations. Its rollback runs its own plus those registered
+/// through the scope's own handles (the one from [`new`](Self::new) and its clones, which
+/// belong to no run), never another run's. While a run is *live* (its future has neither
+/// resolved nor been dropped) the scope's own handles neither commit nor roll back its
+/// compensations: a write in progress is never stripped of its undo, nor undone under the
+/// handler's feet. Once the future is dropped mid-item, what it left is the scope's to
+/// [`rollback`](Self::rollback) (or [`commit`](Self::commit)). So several runs may share one
+/// scope safely.
 ///
 /// ```
 /// use result_stream::{CompensationScope, RollbackPolicy};
@@ -69,6 +93,7 @@ struct Inner {
 pub struct CompensationScope {
     inner: Arc<Inner>,
     owner: u64,
+    run: u64,
 }
 
 impl Default for CompensationScope {
@@ -90,13 +115,14 @@ impl CompensationScope {
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
-                stack: Mutex::new(Vec::new()),
+                state: Mutex::new(State::default()),
                 len: AtomicUsize::new(0),
                 next_seq: AtomicU64::new(0),
                 next_owner: AtomicU64::new(SCOPE_OWNER + 1),
                 rollback_turn: tokio::sync::Mutex::new(()),
             }),
             owner: SCOPE_OWNER,
+            run: SCOPE_OWNER,
         }
     }
 
@@ -119,7 +145,8 @@ impl CompensationScope {
         self.push(Some(label.into()), Arc::new(action));
     }
 
-    /// How many compensations are pending in the scope (all runs included).
+    /// How many compensations are pending in the scope (all runs included, and those a
+    /// rollback is running).
     pub fn len(&self) -> usize {
         self.inner.len.load(Ordering::Acquire)
     }
@@ -130,10 +157,13 @@ impl CompensationScope {
     }
 
     /// Drops, without running them (the effects are kept), the pending compensations this
-    /// handle may [`rollback`](Self::rollback), and returns how many there were.
+    /// handle may [`rollback`](Self::rollback), and returns how many it dropped.
+    ///
+    /// A compensation that a rollback is running at that moment is not committed (nor
+    /// counted): it is being undone, and leaves the scope when its rollback is done with it.
     pub fn commit(&self) -> usize {
         let mut committed = 0;
-        while let Some(entry) = self.take_newest(0, |entry| self.may_roll_back(entry)) {
+        while let Some(entry) = self.take_newest(|entry, live| self.may_take(entry, live)) {
             committed += 1;
             drop(entry);
         }
@@ -144,8 +174,10 @@ impl CompensationScope {
     /// happened. See [`Rollback`] for the rules.
     ///
     /// From the scope's own handles ([`new`](Self::new) and its clones) this runs every
-    /// pending compensation; from the handle a `for_each_compensated` handler receives, that
-    /// run's compensations and those registered through the scope's own handles.
+    /// pending compensation except those of a live run (see
+    /// [Sharing a scope between runs](Self#sharing-a-scope-between-runs)); from a handle a
+    /// `for_each_compensated` run hands out, that run's compensations and those registered
+    /// through the scope's own handles.
     ///
     /// Rollbacks of one scope take turns. A compensation must therefore not await a rollback
     /// of its own scope (it would wait for itself); a compensation it registers runs in the
@@ -154,11 +186,33 @@ impl CompensationScope {
         Rollback::new(self.clone(), policy)
     }
 
-    /// A handle to the same stack whose registrations belong to a new run.
+    /// A handle to the same stack whose registrations belong to a new run, live until
+    /// [`end_run`](Self::end_run).
     pub(crate) fn for_new_run(&self) -> Self {
+        let id = self.inner.next_owner.fetch_add(1, Ordering::Relaxed);
+        self.lock().live_runs.push(id);
+        Self {
+            inner: self.inner.clone(),
+            owner: id,
+            run: id,
+        }
+    }
+
+    /// A handle to the same stack, in the same run, whose registrations belong to one item
+    /// of that run (so that items handled concurrently commit and undo only their own).
+    pub(crate) fn for_item(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             owner: self.inner.next_owner.fetch_add(1, Ordering::Relaxed),
+            run: self.run,
+        }
+    }
+
+    /// Marks this handle's run as over: what it left is the scope's to roll back or commit.
+    pub(crate) fn end_run(&self) {
+        let mut state = self.lock();
+        if let Some(at) = state.live_runs.iter().position(|&run| run == self.run) {
+            state.live_runs.swap_remove(at);
         }
     }
 
@@ -184,10 +238,11 @@ impl CompensationScope {
 
     /// [`commit_to`](Self::commit_to) once something was registered since `mark`.
     fn commit_since(&self, mark: u64) {
-        let ours = |entry: &Entry| entry.owner == self.owner;
+        let ours = |entry: &Entry| entry.owner == self.owner && !entry.running;
         loop {
             let (entry, more) = {
-                let mut stack = self.lock();
+                let mut state = self.lock();
+                let stack = &mut state.entries;
                 // Entries are in registration order, so those since `mark` are the top ones.
                 let Some(at) = stack
                     .iter()
@@ -219,9 +274,22 @@ impl CompensationScope {
         }
     }
 
-    /// Whether a rollback through this handle runs `entry`.
-    pub(crate) fn may_roll_back(&self, entry: &Entry) -> bool {
-        self.owner == SCOPE_OWNER || entry.owner == SCOPE_OWNER || entry.owner == self.owner
+    /// Drops every compensation of this handle's run (whichever of its handles registered
+    /// it, whenever), except one a rollback is running.
+    pub(crate) fn commit_run(&self) {
+        let run = self.run;
+        while let Some(entry) = self.take_newest(|entry, _| entry.run == run) {
+            drop(entry);
+        }
+    }
+
+    /// Whether a rollback or commit through this handle takes `entry`, given the live runs.
+    fn may_take(&self, entry: &Entry, live_runs: &[u64]) -> bool {
+        if self.run == SCOPE_OWNER {
+            entry.run == SCOPE_OWNER || !live_runs.contains(&entry.run)
+        } else {
+            entry.run == SCOPE_OWNER || entry.run == self.run
+        }
     }
 
     /// Waits for this scope's turn to roll back.
@@ -229,54 +297,129 @@ impl CompensationScope {
         self.inner.rollback_turn.lock().await
     }
 
-    /// The newest pending compensation this handle may roll back, left in place.
-    pub(crate) fn newest_to_roll_back(&self) -> Option<Entry> {
-        self.lock()
-            .iter()
-            .rev()
-            .find(|entry| self.may_roll_back(entry))
-            .cloned()
+    /// Marks the newest pending compensation `take` selects as running, leaving it in
+    /// place, and returns it.
+    pub(crate) fn start_newest(&self, take: Take) -> Option<Entry> {
+        let mut state = self.lock();
+        let State { entries, live_runs } = &mut *state;
+        let entry = entries.iter_mut().rev().find(|entry| {
+            !entry.running
+                && match take {
+                    Take::Handle => self.may_take(entry, live_runs),
+                    Take::Since(mark) => entry.owner == self.owner && entry.seq >= mark,
+                }
+        })?;
+        entry.running = true;
+        Some(entry.clone())
     }
 
     /// Removes `entry` once it has run.
-    pub(crate) fn remove(&self, entry: &Entry) {
-        let removed = self.take_newest(entry.seq, |e| e.seq == entry.seq);
+    pub(crate) fn finish(&self, seq: u64) {
+        let removed = {
+            let mut state = self.lock();
+            let stack = &mut state.entries;
+            let at = stack.iter().rposition(|entry| entry.seq == seq);
+            let removed = at.map(|at| stack.remove(at));
+            self.inner.len.store(stack.len(), Ordering::Release);
+            removed
+        };
         drop(removed);
     }
 
-    /// Removes and returns the newest entry registered at or after `mark` that matches.
-    fn take_newest(&self, mark: u64, matches: impl Fn(&Entry) -> bool) -> Option<Entry> {
-        let mut stack = self.lock();
-        let at = stack
-            .iter()
-            .rposition(|entry| entry.seq < mark || matches(entry))?;
-        if stack[at].seq < mark {
-            return None;
+    /// Puts back `entry`, not running, when its rollback was dropped before it finished.
+    pub(crate) fn interrupt(&self, seq: u64) {
+        let mut state = self.lock();
+        if let Some(entry) = state
+            .entries
+            .iter_mut()
+            .rev()
+            .find(|entry| entry.seq == seq)
+        {
+            entry.running = false;
         }
-        let entry = stack.remove(at);
-        self.inner.len.store(stack.len(), Ordering::Release);
+    }
+
+    /// Removes and returns the newest entry that is not running and matches.
+    fn take_newest(&self, matches: impl Fn(&Entry, &[u64]) -> bool) -> Option<Entry> {
+        let mut state = self.lock();
+        let State { entries, live_runs } = &mut *state;
+        let at = entries
+            .iter()
+            .rposition(|entry| !entry.running && matches(entry, live_runs))?;
+        let entry = entries.remove(at);
+        self.inner.len.store(entries.len(), Ordering::Release);
         Some(entry)
     }
 
     fn push(&self, label: Option<Cow<'static, str>>, action: Arc<dyn Compensation>) {
-        let mut stack = self.lock();
+        let mut state = self.lock();
         let seq = self.inner.next_seq.load(Ordering::Relaxed);
-        stack.push(Entry {
+        state.entries.push(Entry {
             seq,
             owner: self.owner,
+            run: self.run,
             label,
             action,
+            running: false,
         });
         self.inner.next_seq.store(seq + 1, Ordering::Release);
-        self.inner.len.store(stack.len(), Ordering::Release);
+        self.inner.len.store(state.entries.len(), Ordering::Release);
     }
 
-    /// Locks the stack. No critical section can panic midway through a change (each is a
-    /// single `Vec` operation), so a poisoned lock is used as is.
-    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+    /// Locks the state. No critical section can panic midway through a change (each is a
+    /// single `Vec` operation or a flag), so a poisoned lock is used as is.
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.inner
-            .stack
+            .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What a rollback takes from the scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// What its handle may roll back (see [`CompensationScope::rollback`]).
+    Handle,
+    /// Only what its handle registered since a [checkpoint](CompensationScope::checkpoint):
+    /// one attempt of one item.
+    Since(u64),
+}
+
+/// A run's own handle to the scope: the run is live (its compensations are its alone) until
+/// this is [ended](Self::end) or dropped.
+pub(crate) struct LiveRun {
+    scope: CompensationScope,
+}
+
+impl LiveRun {
+    /// Starts a new run on `scope`.
+    pub(crate) fn new(scope: &CompensationScope) -> Self {
+        Self {
+            scope: scope.for_new_run(),
+        }
+    }
+
+    /// The run's handle.
+    #[inline]
+    pub(crate) fn handle(&self) -> &CompensationScope {
+        &self.scope
+    }
+
+    /// Ends the run: what it left is the scope's. Ending twice is harmless.
+    pub(crate) fn end(&self) {
+        self.scope.end_run();
+    }
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+impl fmt::Debug for LiveRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.scope, f)
     }
 }

@@ -20,7 +20,8 @@ impl Ctx {
         if let Some(batch) = self.stats.take_in_flight() {
             let error = match &cause {
                 Cause::Upstream(error) | Cause::Handler(error) => error.to_string(),
-                Cause::Cancelled => format!("batch {}: cancelled", batch.seq),
+                // `Cause::Cancelled` (the enum is non-exhaustive).
+                _ => format!("batch {}: cancelled", batch.seq),
             };
             self.rolled_back(&batch, error, &report, false);
         }
@@ -35,10 +36,6 @@ impl Ctx {
             _ => (report.to_string(), report.is_complete()),
         };
         match cause {
-            Cause::Cancelled => Outcome::Cancelled {
-                rollback,
-                rolled_back_cleanly,
-            },
             Cause::Upstream(error) | Cause::Handler(error) => {
                 let cause = match (&error, self.failure.strict) {
                     (PipelineError::Invalid(_), true) => format!("{error} (--strict)"),
@@ -50,6 +47,11 @@ impl Ctx {
                     rolled_back_cleanly,
                 }
             }
+            // `Cause::Cancelled` (the enum is non-exhaustive).
+            _ => Outcome::Cancelled {
+                rollback,
+                rolled_back_cleanly,
+            },
         }
     }
 

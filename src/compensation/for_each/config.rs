@@ -1,0 +1,289 @@
+use core::pin::Pin;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+use futures_core::stream::TryStream;
+use tokio_util::sync::CancellationToken;
+
+use super::item::ItemSlot;
+use super::{CompensatedError, ForEachCompensated, Phase};
+use crate::compensation::scope::LiveRun;
+use crate::compensation::{CompensationScope, RollbackPolicy};
+
+/// What one commit of compensations covers in [`ForEachCompensated`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UnitOfWork {
+    /// Each item is its own unit (the default): when the handler returns `Ok`, the
+    /// compensations registered for that item are committed (dropped). A failure undoes only
+    /// the items not committed.
+    #[default]
+    Item,
+    /// The whole run is one unit (all-or-nothing): compensations are kept until the stream
+    /// ends, so a failure undoes every item processed so far.
+    Run,
+}
+
+/// What a successful [`ForEachCompensated`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    pub(super) items: u64,
+    pub(super) skipped: u64,
+}
+
+impl Completion {
+    /// How many items the handler processed successfully.
+    pub fn items(&self) -> u64 {
+        self.items
+    }
+
+    /// How many items were [skipped](ForEachCompensated::skip_failed_items): they failed and
+    /// were rolled back alone.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
+    pub(crate) fn new(stream: St, scope: CompensationScope, f: F) -> Self {
+        Self {
+            stream,
+            f,
+            first: ItemSlot::new(),
+            extra: Vec::new(),
+            run: LiveRun::new(&scope),
+            policy: RollbackPolicy::default(),
+            unit: UnitOfWork::default(),
+            limit: NonZeroUsize::MIN,
+            retry: None,
+            keep: None,
+            on_skip: None,
+            token: None,
+            cancelled: None,
+            phase: Phase::Running,
+            upstream_done: false,
+            pulled: 0,
+            items: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Sets how the rollback runs each compensation (default: once each, newest first).
+    /// It also runs the undo of a failed attempt ([`retry`](Self::retry)) and of a skipped
+    /// item ([`skip_failed_items`](Self::skip_failed_items)).
+    pub fn rollback_policy(mut self, policy: RollbackPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets what one commit covers (default: [`UnitOfWork::Item`]).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `unit` is [`UnitOfWork::Run`] and
+    /// [`skip_failed_items`](Self::skip_failed_items) is set: an all-or-nothing run cannot
+    /// go on without one of its items.
+    #[track_caller]
+    pub fn unit_of_work(mut self, unit: UnitOfWork) -> Self {
+        assert!(
+            !(unit == UnitOfWork::Run && self.on_skip.is_some()),
+            "ForEachCompensated::unit_of_work: `UnitOfWork::Run` (all-or-nothing) cannot skip failed items"
+        );
+        self.unit = unit;
+        self
+    }
+
+    /// Shorthand for [`unit_of_work(UnitOfWork::Run)`](UnitOfWork::Run): a failure undoes the
+    /// whole run.
+    ///
+    /// # Panics
+    ///
+    /// Panics if [`skip_failed_items`](Self::skip_failed_items) is set.
+    #[track_caller]
+    pub fn all_or_nothing(self) -> Self {
+        self.unit_of_work(UnitOfWork::Run)
+    }
+
+    /// Stops the run, dropping the handlers in progress at once, and rolls back when `token`
+    /// is cancelled. The error's cause is then [`Cause::Cancelled`](crate::Cause::Cancelled).
+    ///
+    /// The run watches a [child](CancellationToken::child_token) of `token`, so checking it
+    /// (once per item) never contends with other runs sharing the same token.
+    pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
+        let token = token.child_token();
+        self.cancelled = Some(token.clone().cancelled_owned());
+        self.token = Some(token);
+        self
+    }
+
+    /// Handles up to `n` items at once (default 1). Items are pulled in order; handlers may
+    /// finish in any order, and each item's compensations are committed when its own
+    /// handler returns `Ok`. On a failure or a cancellation, pulling stops, the handlers
+    /// still in flight are dropped at once, and the compensations of every item not
+    /// committed run, newest registration first; the cause is the first failure.
+    ///
+    /// With `n > 1` each item registers through a handle of its own, and the first call
+    /// that needs more than one slot allocates the other `n - 1` once.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `n` is zero.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::stream;
+    /// use result_stream::{CompensationScope, ResultStreamExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let start = tokio::time::Instant::now();
+    /// let done = stream::iter((0..8).map(Ok::<u32, std::io::Error>))
+    ///     .for_each_compensated(CompensationScope::new(), |_item, _scope| async {
+    ///         tokio::time::sleep(Duration::from_secs(1)).await; // a latency-bound write
+    ///         Ok(())
+    ///     })
+    ///     .concurrency(4)
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(done.items(), 8);
+    /// assert_eq!(start.elapsed(), Duration::from_secs(2));
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.limit =
+            NonZeroUsize::new(n).expect("ForEachCompensated::concurrency: `n` must be at least 1");
+        self
+    }
+
+    /// Retries an item whose handler returns `Err` (or runs past the policy's
+    /// [time limit](RollbackPolicy::attempt_timeout), [`Cause::TimedOut`](crate::Cause::TimedOut)) under `policy`:
+    /// the compensations of the failed attempt run first (newest first, under the
+    /// [rollback policy](Self::rollback_policy)), then the policy's backoff, then the next
+    /// attempt, on a clone of the item. If the undo of an attempt is incomplete, the run
+    /// stops (nothing is retried on a half-undone write). A cancellation during a backoff
+    /// ends the run at once. After the last attempt the item fails as without retries.
+    ///
+    /// Cost: each item is cloned once before its first attempt, even when nothing fails, so
+    /// an item that is cheap to clone (`Arc<[T]>`, `bytes::Bytes`) keeps retries cheap.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::time::Duration;
+    /// use futures::stream;
+    /// use result_stream::{Backoff, CompensationScope, ResultStreamExt, RollbackPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// static CALLS: AtomicU32 = AtomicU32::new(0);
+    /// let done = stream::iter(vec![Ok::<_, String>("batch")])
+    ///     .for_each_compensated(CompensationScope::new(), |_batch, _scope| async {
+    ///         match CALLS.fetch_add(1, Ordering::SeqCst) {
+    ///             0 => Err("deadlock victim".to_owned()), // transient
+    ///             _ => Ok(()),
+    ///         }
+    ///     })
+    ///     .retry(
+    ///         RollbackPolicy::default()
+    ///             .attempts(3)
+    ///             .backoff(Backoff::Fixed(Duration::from_millis(100))),
+    ///     )
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(done.items(), 1);
+    /// assert_eq!(CALLS.load(Ordering::SeqCst), 2);
+    /// # }
+    /// ```
+    pub fn retry(mut self, policy: RollbackPolicy) -> Self
+    where
+        St::Ok: Clone,
+    {
+        self.retry = Some(policy);
+        self.keep = Some(<St::Ok as Clone>::clone);
+        self
+    }
+
+    /// Skips an item that still fails (after its retries): its compensations run at once,
+    /// alone, and `on_skip` receives its position in the stream (0 for the first item) and
+    /// a [`CompensatedError`] with its cause and that rollback's report; the run goes on,
+    /// and [`Completion::skipped`] counts it. If that rollback is incomplete, the run stops
+    /// instead (nothing may build on a half-undone write). An upstream error, a
+    /// cancellation, still stop the run. Nothing is kept per skipped item.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the run is [all-or-nothing](Self::all_or_nothing).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use futures::stream;
+    /// use result_stream::{CompensationScope, ResultStreamExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let skipped = Arc::new(Mutex::new(Vec::new()));
+    /// let dead_letters = skipped.clone();
+    /// let done = stream::iter((1..=4).map(Ok::<u32, &'static str>))
+    ///     .for_each_compensated(CompensationScope::new(), |item, _scope| async move {
+    ///         if item == 3 { Err("poison") } else { Ok(()) }
+    ///     })
+    ///     .skip_failed_items(move |index, error| {
+    ///         assert!(error.is_rolled_back_cleanly());
+    ///         dead_letters.lock().unwrap().push(index);
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!((done.items(), done.skipped()), (3, 1));
+    /// assert_eq!(*skipped.lock().unwrap(), vec![2]); // the third item
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn skip_failed_items<S>(mut self, on_skip: S) -> Self
+    where
+        S: FnMut(u64, CompensatedError<St::Error>) + Send + 'static,
+    {
+        assert!(
+            self.unit != UnitOfWork::Run,
+            "ForEachCompensated::skip_failed_items: an all-or-nothing run cannot skip failed items"
+        );
+        self.on_skip = Some(Mutex::new(Box::new(on_skip)));
+        self
+    }
+
+    /// This run's handle to the scope: what is registered through it belongs to this run,
+    /// like what the handler registers, whenever it is registered (before the first poll,
+    /// between items): it is committed when the run succeeds and rolled back when it fails.
+    pub fn scope(&self) -> &CompensationScope {
+        self.run.handle()
+    }
+
+    /// How many items the handler has processed successfully so far.
+    pub fn items_processed(&self) -> u64 {
+        self.items
+    }
+
+    /// Acquires a reference to the underlying stream.
+    pub fn get_ref(&self) -> &St {
+        &self.stream
+    }
+
+    /// Acquires a mutable reference to the underlying stream.
+    pub fn get_mut(&mut self) -> &mut St {
+        &mut self.stream
+    }
+
+    /// Acquires a pinned mutable reference to the underlying stream.
+    pub fn get_pin_mut(self: Pin<&mut Self>) -> Pin<&mut St> {
+        self.project().stream
+    }
+
+    /// Consumes the future and returns the underlying stream.
+    ///
+    /// The future holds its handler and cancellation state inline, so it is `!Unpin`: this is
+    /// only for a future that was never pinned (polled). Once polled, drop it instead: the
+    /// handlers in progress are dropped with it, and their compensations stay in the
+    /// [`scope`](Self::scope).
+    pub fn into_inner(self) -> St {
+        self.stream
+    }
+}

@@ -1,0 +1,460 @@
+//! The compensation contract at its edges (issue 8): what a run owns, compensations that
+//! panic before returning a future, commits racing a rollback, the scope's own handle next
+//! to a live run, cancellation noticed while a handler is pending, and the error texts.
+//!
+//! Each test here failed against the code before the fix it names (bugs 1–4 and 7 of issue
+//! 8), or kills a one-line mutation that the rest of the suite let through (gap (a)).
+
+mod common;
+mod compensation_common;
+
+use std::error::Error;
+use std::future::Future;
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::{ms, secs};
+use compensation_common::*;
+use futures::channel::{mpsc, oneshot};
+use futures::stream;
+use result_stream::{
+    BoxError, Cause, Compensation, CompensationScope, FailureKind, ResultStreamExt, RollbackPolicy,
+    UnitOfWork,
+};
+use tokio::time::{Instant, sleep};
+use tokio_util::sync::CancellationToken;
+
+// ---------------------------------------------------------------------------------------
+// Bug 1: a successful run commits everything it owns
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_successful_run_commits_what_its_handle_registered_before_the_first_poll() {
+    for unit in [UnitOfWork::Item, UnitOfWork::Run] {
+        let log = Log::default();
+        let scope = CompensationScope::new();
+        let log2 = log.clone();
+        let run = stream::iter((1..=3).map(Ok::<u32, AppError>))
+            .for_each_compensated(scope.clone(), move |item, scope| {
+                scope.register(undo(&log2, format!("undo {item}")));
+                async { Ok(()) }
+            })
+            .unit_of_work(unit);
+        run.scope().register(undo(&log, "set up by the caller"));
+        assert_eq!(scope.len(), 1);
+
+        let done = run.await.expect("every item succeeds");
+
+        assert_eq!(done.items(), 3);
+        assert!(
+            scope.is_empty(),
+            "{unit:?}: the run left {} behind",
+            scope.len()
+        );
+        let report = scope.rollback(RollbackPolicy::default()).await;
+        assert_eq!(
+            report.ran(),
+            0,
+            "{unit:?}: a later rollback undid a successful run"
+        );
+        assert!(log.entries().is_empty());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_successful_run_commits_what_its_handle_registered_between_items() {
+    for unit in [UnitOfWork::Item, UnitOfWork::Run] {
+        let log = Log::default();
+        let scope = CompensationScope::new();
+        let (tx, rx) = mpsc::unbounded::<Result<u32, AppError>>();
+        let log2 = log.clone();
+        let run = rx
+            .for_each_compensated(scope.clone(), move |item, scope| {
+                scope.register(undo(&log2, format!("undo {item}")));
+                async { Ok(()) }
+            })
+            .unit_of_work(unit);
+        let handle = run.scope().clone();
+        let log3 = log.clone();
+        tokio::spawn(async move {
+            tx.unbounded_send(Ok(1)).unwrap();
+            sleep(ms(10)).await; // item 1 is done, the run waits for item 2
+            handle.register(undo(&log3, "between items"));
+            sleep(ms(10)).await;
+            tx.unbounded_send(Ok(2)).unwrap();
+        });
+
+        let done = run.await.expect("every item succeeds");
+
+        assert_eq!(done.items(), 2);
+        assert!(
+            scope.is_empty(),
+            "{unit:?}: the run left {} behind",
+            scope.len()
+        );
+        assert_eq!(scope.rollback(RollbackPolicy::default()).await.ran(), 0);
+        assert!(log.entries().is_empty());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_run_undoes_what_its_handle_registered_before_the_first_poll() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    let log2 = log.clone();
+    let run = stream::iter((1..=2).map(Ok::<u32, AppError>)).for_each_compensated(
+        scope.clone(),
+        move |item, scope| {
+            scope.register(undo(&log2, format!("undo {item}")));
+            async move {
+                if item == 2 {
+                    return Err(AppError::Write(item));
+                }
+                Ok(())
+            }
+        },
+    );
+    run.scope().register(undo(&log, "set up by the caller"));
+    let error = run.await.unwrap_err();
+    // Item 1 was committed; item 2 and the run's own set-up are undone, newest first.
+    assert_eq!(error.report().ran(), 2);
+    assert_eq!(log.entries(), vec!["undo 2", "set up by the caller"]);
+    assert!(scope.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Bug 2: a compensation that panics before returning its future
+// ---------------------------------------------------------------------------------------
+
+/// A hand-written `Compensation` (no `async_trait`) whose `compensate` panics before it
+/// returns a future.
+struct PanicsBeforeItsFuture;
+
+impl Compensation for PanicsBeforeItsFuture {
+    fn compensate<'life0, 'async_trait>(
+        &'life0 self,
+    ) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        panic!("no future for you")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_compensation_that_panics_before_returning_its_future_does_not_stop_the_rollback() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    scope.register(undo(&log, "oldest"));
+    scope.register_labeled("eager bomb", PanicsBeforeItsFuture);
+    scope.register(undo(&log, "newest"));
+
+    let report = scope.rollback(RollbackPolicy::default().attempts(2)).await;
+
+    assert_eq!(log.entries(), vec!["newest", "oldest"]);
+    assert_eq!(report.ran(), 3);
+    let [failure] = report.failures() else {
+        panic!("one failure expected: {report}");
+    };
+    assert_eq!(failure.label(), Some("eager bomb"));
+    assert_eq!(failure.attempts(), 2);
+    assert!(
+        matches!(failure.kind(), FailureKind::Panicked(m) if m == "no future for you"),
+        "{:?}",
+        failure.kind()
+    );
+    assert!(scope.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Bug 3: commit() racing a running rollback
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn commit_during_a_rollback_takes_only_what_the_rollback_has_not_started() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    scope.register(undo(&log, "bottom"));
+    let log2 = log.clone();
+    scope.register(move || {
+        let log = log2.clone();
+        async move {
+            log.push("slow started");
+            sleep(ms(100)).await;
+            log.push("slow finished");
+            Ok::<(), io::Error>(())
+        }
+    });
+    scope.register(undo(&log, "top"));
+
+    assert!(!scope.is_empty());
+    let rollback = tokio::spawn(scope.rollback(RollbackPolicy::default()));
+    sleep(ms(10)).await; // "top" ran, "slow" is running
+    assert_eq!(log.entries(), vec!["top", "slow started"]);
+
+    // "slow" is being undone: committing it would count an effect as kept that the
+    // rollback is removing. Only "bottom" is committed.
+    assert_eq!(scope.commit(), 1);
+    assert_eq!(scope.len(), 1, "the running one leaves when it finishes");
+
+    let report = rollback.await.unwrap();
+    assert_eq!(report.ran(), 2);
+    assert!(report.is_complete());
+    assert_eq!(log.entries(), vec!["top", "slow started", "slow finished"]);
+    assert!(scope.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_rollback_leaves_its_compensation_committable_again() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    let log2 = log.clone();
+    scope.register(move || {
+        let log = log2.clone();
+        async move {
+            log.push("slow started");
+            sleep(secs(10)).await;
+            Ok::<(), io::Error>(())
+        }
+    });
+    let interrupted =
+        tokio::time::timeout(secs(1), scope.rollback(RollbackPolicy::default())).await;
+    assert!(interrupted.is_err());
+    // No rollback is running it any more: the owner may keep the effect.
+    assert_eq!(scope.commit(), 1);
+    assert!(scope.is_empty());
+    assert_eq!(log.entries(), vec!["slow started"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Bug 4: the scope's own handle next to a live run
+// ---------------------------------------------------------------------------------------
+
+/// A one-item run on `scope` whose handler registers the row's delete, writes the row,
+/// waits 100 ms and fails.
+fn a_run_that_fails_after_a_partial_write(
+    scope: &CompensationScope,
+    table: &Table,
+    log: &Log,
+) -> impl Future<Output = Result<result_stream::Completion, result_stream::CompensatedError<AppError>>>
++ Send
++ 'static {
+    let (table, log) = (table.clone(), log.clone());
+    stream::iter(vec![Ok::<u32, AppError>(7)]).for_each_compensated(
+        scope.clone(),
+        move |row, scope| {
+            scope.register(table.delete(&log, row));
+            table.insert(row); // the partial write
+            async move {
+                sleep(ms(100)).await;
+                Err(AppError::Write(row))
+            }
+        },
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_owner_commit_does_not_strip_a_live_runs_undo() {
+    let (log, table) = (Log::default(), Table::default());
+    let scope = CompensationScope::new();
+    let run = tokio::spawn(a_run_that_fails_after_a_partial_write(&scope, &table, &log));
+    sleep(ms(10)).await; // the row is written, the handler is still running
+    assert_eq!(table.rows(), vec![7]);
+
+    assert_eq!(scope.commit(), 0, "the live run's undo is its own");
+
+    let error = run.await.unwrap().unwrap_err();
+    assert_eq!(error.report().ran(), 1);
+    assert!(error.is_rolled_back_cleanly());
+    assert!(table.rows().is_empty(), "the partial write was left behind");
+    assert_eq!(log.entries(), vec!["undo 7"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_owner_rollback_leaves_a_live_runs_work_to_the_run() {
+    let (log, table) = (Log::default(), Table::default());
+    let scope = CompensationScope::new();
+    scope.register(undo(&log, "owner's"));
+    let run = tokio::spawn(a_run_that_fails_after_a_partial_write(&scope, &table, &log));
+    sleep(ms(10)).await;
+
+    let report = scope.rollback(RollbackPolicy::default()).await;
+    assert_eq!(report.ran(), 1, "only the owner's own compensation");
+    assert_eq!(log.entries(), vec!["owner's"]);
+    assert_eq!(
+        table.rows(),
+        vec![7],
+        "the running handler's write is not undone under it"
+    );
+
+    let error = run.await.unwrap().unwrap_err();
+    assert_eq!(error.report().ran(), 1);
+    assert!(table.rows().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_runs_compensations_are_the_owners_to_commit() {
+    let (log, table) = (Log::default(), Table::default());
+    let scope = CompensationScope::new();
+    let run = a_run_that_fails_after_a_partial_write(&scope, &table, &log);
+    assert!(tokio::time::timeout(ms(10), run).await.is_err());
+    // The run is gone: what it left is the scope's.
+    assert_eq!(scope.commit(), 1);
+    assert!(scope.is_empty());
+    assert_eq!(table.rows(), vec![7], "committed: the effect is kept");
+}
+
+// ---------------------------------------------------------------------------------------
+// Gap (a): cancellation noticed while the handler is pending
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn cancellation_noticed_in_the_poll_where_the_handler_is_pending_undoes_its_item() {
+    let start = Instant::now();
+    let log = Log::default();
+    let token = CancellationToken::new();
+    let (log2, token2) = (log.clone(), token.clone());
+    let error = stream::iter((1..=3).map(Ok::<u32, AppError>))
+        .for_each_compensated(CompensationScope::new(), move |item, scope| {
+            scope.register(undo(&log2, format!("undo {item}")));
+            let token = token2.clone();
+            async move {
+                if item == 2 {
+                    token.cancel(); // fires while this handler runs...
+                    sleep(secs(3_600)).await; // ...which is then pending
+                }
+                Ok(())
+            }
+        })
+        .with_cancellation(token)
+        .await
+        .unwrap_err();
+    assert!(error.cause().is_cancelled());
+    // The in-flight item 2 is rolled back, not committed; item 1 stays committed.
+    assert_eq!(error.report().ran(), 1);
+    assert_eq!(log.entries(), vec!["undo 2"]);
+    assert_eq!(start.elapsed(), ms(0), "dropped at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pending_handler_is_not_resumed_once_the_token_has_fired() {
+    let log = Log::default();
+    let token = CancellationToken::new();
+    let (tx, rx) = oneshot::channel::<()>();
+    let gate = Arc::new(Mutex::new(Some(rx)));
+    let finished = Arc::new(AtomicBool::new(false));
+    let (log2, finished2) = (log.clone(), finished.clone());
+    let run = stream::iter(vec![Ok::<u32, AppError>(1)])
+        .for_each_compensated(CompensationScope::new(), move |item, scope| {
+            scope.register(undo(&log2, format!("undo {item}")));
+            let rx = gate.lock().unwrap().take().expect("one item");
+            let finished = finished2.clone();
+            async move {
+                rx.await.expect("sender kept");
+                finished.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .with_cancellation(token.clone());
+    let mut run = pin!(run);
+    assert!(futures::poll!(run.as_mut()).is_pending());
+
+    // Both wake the run before it is polled again: the handler could now finish, but the
+    // token fired first, so it is dropped instead of resumed.
+    token.cancel();
+    tx.send(()).unwrap();
+    let error = run.await.unwrap_err();
+
+    assert!(error.cause().is_cancelled());
+    assert!(!finished.load(Ordering::SeqCst), "the handler was resumed");
+    assert_eq!(error.report().ran(), 1);
+    assert_eq!(log.entries(), vec!["undo 1"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Bug 7: Display and source
+// ---------------------------------------------------------------------------------------
+
+/// The messages of `error` and of its sources, outermost first, as an error-chain printer
+/// (`anyhow`'s `{:#}`) shows them.
+fn chain(error: &(dyn Error + 'static)) -> Vec<String> {
+    let mut messages = vec![error.to_string()];
+    let mut next = error.source();
+    while let Some(error) = next {
+        messages.push(error.to_string());
+        next = error.source();
+    }
+    messages
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cause_that_is_not_an_error_is_shown_by_display() {
+    let error = stream::iter(vec![Ok::<u32, &'static str>(1)])
+        .for_each_compensated(CompensationScope::new(), |_, _| async { Err("disk full") })
+        .await
+        .unwrap_err();
+    assert!(matches!(error.cause(), Cause::Handler("disk full")));
+    let text = error.to_string();
+    assert!(
+        text.contains("handler error") && text.contains("disk full"),
+        "{text}"
+    );
+    assert!(text.contains("rolled back cleanly"), "{text}");
+
+    let upstream = stream::iter(vec![Err::<u32, _>("socket closed")])
+        .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
+        .await
+        .unwrap_err();
+    let text = upstream.to_string();
+    assert!(
+        text.contains("upstream error") && text.contains("socket closed"),
+        "{text}"
+    );
+}
+
+/// A write error with an underlying cause of its own.
+#[derive(Debug)]
+struct WriteError(io::Error);
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("write of batch 3 failed")
+    }
+}
+
+impl Error for WriteError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_chain_prints_each_message_once() {
+    let error = stream::iter(vec![Ok::<u32, WriteError>(3)])
+        .for_each_compensated(CompensationScope::new(), |_, scope| {
+            scope.register_labeled("delete batch 3", || async {
+                Err::<(), _>(WriteError(io::Error::other("connection reset")))
+            });
+            async { Err(WriteError(io::Error::other("constraint violated"))) }
+        })
+        .await
+        .unwrap_err();
+    let messages = chain(&error);
+    let all = messages.join(" | ");
+    assert_eq!(all.matches("write of batch 3 failed").count(), 2, "{all}"); // cause + failure
+    assert_eq!(all.matches("constraint violated").count(), 1, "{all}");
+    assert!(all.contains("delete batch 3"), "{all}");
+
+    // A failed compensation: its error is in its text, its error's source comes next.
+    let failure = &error.report().failures()[0];
+    let messages = chain(failure);
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages[0].contains("write of batch 3 failed"),
+        "{messages:?}"
+    );
+    assert_eq!(messages[1], "connection reset");
+}

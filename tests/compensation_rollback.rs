@@ -1,0 +1,616 @@
+//! `CompensationScope` and `Rollback` (SPEC §3): the rollback policy (attempts, backoff,
+//! time limits), failures that never stop the others, interrupted and concurrent rollbacks,
+//! and the reports and errors that describe them.
+
+mod common;
+mod compensation_common;
+
+use std::error::Error as _;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{ms, secs};
+use compensation_common::*;
+use futures::FutureExt;
+use futures::future::FusedFuture;
+use futures::stream::{self};
+use result_stream::{
+    Backoff, Cause, CompensatedError, Compensation, CompensationScope, FailureKind,
+    ResultStreamExt, RollbackPolicy,
+};
+use tokio::time::{Instant, sleep};
+use tokio_util::sync::CancellationToken;
+
+/// A compensation that fails its first `failures` attempts, recording each attempt's time.
+fn flaky(
+    start: Instant,
+    failures: usize,
+    attempts_at: Arc<Mutex<Vec<Duration>>>,
+) -> impl Compensation + 'static {
+    move || {
+        let attempts_at = attempts_at.clone();
+        async move {
+            let attempt = {
+                let mut at = lock(&attempts_at);
+                at.push(start.elapsed());
+                at.len()
+            };
+            if attempt <= failures {
+                Err(format!("attempt {attempt} failed"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_compensation_is_retried_with_fixed_backoff_until_it_succeeds() {
+    let start = Instant::now();
+    let attempts_at: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let attempts2 = attempts_at.clone();
+    let error = stream::iter(vec![Ok::<u32, AppError>(1)])
+        .for_each_compensated(CompensationScope::new(), move |item, scope| {
+            scope.register(flaky(start, 2, attempts2.clone()));
+            async move { Err(AppError::Write(item)) }
+        })
+        .rollback_policy(
+            RollbackPolicy::default()
+                .attempts(3)
+                .backoff(Backoff::Fixed(ms(100))),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(*lock(&attempts_at), vec![ms(0), ms(100), ms(200)]);
+    assert_eq!(start.elapsed(), ms(200));
+    assert_eq!(error.report().ran(), 1);
+    assert!(
+        error.is_rolled_back_cleanly(),
+        "succeeded on its third attempt"
+    );
+    assert!(error.report().failures().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn exponential_backoff_doubles_up_to_its_cap_and_reports_the_last_error() {
+    let start = Instant::now();
+    let attempts_at: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let scope = CompensationScope::new();
+    scope.register_labeled("flaky", flaky(start, usize::MAX, attempts_at.clone()));
+    let report = scope
+        .rollback(
+            RollbackPolicy::default()
+                .attempts(5)
+                .backoff(Backoff::Exponential {
+                    initial: ms(100),
+                    max: ms(250),
+                }),
+        )
+        .await;
+    // Waits of 100, 200, then 250 (capped) twice.
+    assert_eq!(
+        *lock(&attempts_at),
+        vec![ms(0), ms(100), ms(300), ms(550), ms(800)]
+    );
+    assert_eq!(start.elapsed(), ms(800), "no wait after the last attempt");
+    assert_eq!(report.ran(), 1);
+    assert!(!report.is_complete());
+    let failure = &report.failures()[0];
+    assert_eq!(failure.attempts(), 5);
+    assert_eq!(failure.label(), Some("flaky"));
+    match failure.kind() {
+        FailureKind::Error(error) => assert_eq!(error.to_string(), "attempt 5 failed"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(
+        scope.is_empty(),
+        "a finally failed compensation leaves the scope"
+    );
+}
+
+#[test]
+fn backoff_delays() {
+    let exp = Backoff::Exponential {
+        initial: ms(100),
+        max: ms(250),
+    };
+    assert_eq!(exp.delay(1), ms(100));
+    assert_eq!(exp.delay(2), ms(200));
+    assert_eq!(exp.delay(3), ms(250));
+    assert_eq!(exp.delay(40), ms(250), "no overflow for late retries");
+    assert_eq!(exp.delay(u32::MAX), ms(250));
+    assert_eq!(Backoff::Fixed(ms(7)).delay(1), ms(7));
+    assert_eq!(Backoff::Fixed(ms(7)).delay(9), ms(7));
+    assert_eq!(Backoff::None.delay(3), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_compensation_that_always_fails_does_not_stop_the_others() {
+    let log = Log::default();
+    let log2 = log.clone();
+    let error = stream::iter(vec![Ok::<u32, AppError>(7)])
+        .for_each_compensated(CompensationScope::new(), move |item, scope| {
+            scope.register(undo(&log2, "a"));
+            scope.register_labeled("b-label", failing(&log2, "b", "disk gone"));
+            scope.register(undo(&log2, "c"));
+            async move { Err(AppError::Write(item)) }
+        })
+        .rollback_policy(RollbackPolicy::default().attempts(2))
+        .await
+        .unwrap_err();
+
+    assert_eq!(log.entries(), vec!["c", "b", "b", "a"]);
+    let report = error.report();
+    assert_eq!(report.ran(), 3);
+    assert_eq!(report.succeeded(), 2);
+    assert!(!report.is_complete());
+    assert!(!error.is_rolled_back_cleanly());
+    assert_eq!(report.failures().len(), 1);
+    let failure = &report.failures()[0];
+    assert_eq!(failure.label(), Some("b-label"));
+    assert_eq!(failure.order(), 1, "the second compensation run");
+    assert_eq!(failure.attempts(), 2);
+    match failure.kind() {
+        FailureKind::Error(e) => {
+            assert_eq!(e.to_string(), "disk gone");
+            let io = e
+                .downcast_ref::<io::Error>()
+                .expect("the compensation's own error");
+            assert_eq!(io.kind(), io::ErrorKind::Other);
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let text = report.to_string();
+    assert!(
+        text.contains("b-label") && text.contains("disk gone"),
+        "{text}"
+    );
+
+    // The original cause is intact, with the user's own type.
+    match error.into_cause() {
+        Cause::Handler(AppError::Write(7)) => {}
+        other => panic!("cause replaced: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn default_policy_runs_each_compensation_exactly_once() {
+    let policy = RollbackPolicy::default();
+    assert_eq!(policy.max_attempts(), 1);
+    assert_eq!(policy.backoff_strategy(), Backoff::None);
+    assert_eq!(policy.attempt_time_limit(), None);
+    assert_eq!(RollbackPolicy::new(), policy);
+
+    let counts: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::default()).collect();
+    let counts2 = counts.clone();
+    let error = stream::iter(vec![Ok::<u32, AppError>(1)])
+        .for_each_compensated(CompensationScope::new(), move |item, scope| {
+            for (i, count) in counts2.iter().enumerate() {
+                let count = count.clone();
+                scope.register(move || {
+                    let count = count.clone();
+                    async move {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        if i % 2 == 0 { Err("nope") } else { Ok(()) }
+                    }
+                });
+            }
+            async move { Err(AppError::Write(item)) }
+        })
+        .await
+        .unwrap_err();
+    for count in &counts {
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+    assert_eq!(error.report().ran(), 4);
+    assert_eq!(error.report().failures().len(), 2);
+    assert!(error.report().failures().iter().all(|f| f.attempts() == 1));
+}
+
+#[test]
+#[should_panic(expected = "attempts")]
+fn zero_attempts_panics() {
+    let _ = RollbackPolicy::default().attempts(0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempt_timeout_reports_a_hanging_compensation_and_the_others_still_run() {
+    let start = Instant::now();
+    let log = Log::default();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let scope = CompensationScope::new();
+    scope.register(undo(&log, "first"));
+    let dropped2 = dropped.clone();
+    scope.register_labeled("hangs", move || {
+        let dropped = dropped2.clone();
+        async move {
+            let _guard = OnDrop(move || {
+                dropped.fetch_add(1, Ordering::SeqCst);
+            });
+            std::future::pending::<Result<(), io::Error>>().await
+        }
+    });
+    scope.register(undo(&log, "third"));
+    let report = scope
+        .rollback(
+            RollbackPolicy::default()
+                .attempts(2)
+                .attempt_timeout(secs(1)),
+        )
+        .await;
+    assert_eq!(start.elapsed(), secs(2), "two attempts of one second each");
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        2,
+        "each timed-out attempt dropped"
+    );
+    assert_eq!(log.entries(), vec!["third", "first"]);
+    assert_eq!(report.ran(), 3);
+    assert_eq!(report.failures().len(), 1);
+    let failure = &report.failures()[0];
+    assert_eq!(failure.label(), Some("hangs"));
+    assert_eq!(failure.attempts(), 2);
+    assert!(matches!(failure.kind(), FailureKind::TimedOut(limit) if *limit == secs(1)));
+    assert!(scope.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempt_timeout_does_not_cut_a_compensation_that_finishes_in_time() {
+    let start = Instant::now();
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    let log2 = log.clone();
+    scope.register(move || {
+        let log = log2.clone();
+        async move {
+            sleep(ms(999)).await;
+            log.push("slow but in time");
+            Ok::<(), io::Error>(())
+        }
+    });
+    let report = scope
+        .rollback(RollbackPolicy::default().attempt_timeout(secs(1)))
+        .await;
+    assert!(report.is_complete());
+    assert_eq!(start.elapsed(), ms(999));
+    assert_eq!(log.entries(), vec!["slow but in time"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollback_dropped_midway_keeps_the_unfinished_compensations() {
+    let start = Instant::now();
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    scope.register(undo(&log, "bottom"));
+    let log2 = log.clone();
+    scope.register(move || {
+        let log = log2.clone();
+        async move {
+            log.push("slow started");
+            sleep(secs(10)).await;
+            log.push("slow finished");
+            Ok::<(), io::Error>(())
+        }
+    });
+    scope.register(undo(&log, "top"));
+    let interrupted =
+        tokio::time::timeout(secs(1), scope.rollback(RollbackPolicy::default())).await;
+    assert!(interrupted.is_err());
+    assert_eq!(
+        scope.len(),
+        2,
+        "the interrupted one and the one below it remain"
+    );
+    let report = scope.rollback(RollbackPolicy::default()).await;
+    assert_eq!(report.ran(), 2);
+    assert_eq!(start.elapsed(), secs(11));
+    assert_eq!(
+        log.entries(),
+        vec![
+            "top",
+            "slow started",
+            "slow started",
+            "slow finished",
+            "bottom"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn scope_is_one_shared_lifo_stack() {
+    let log = Log::default();
+    let scope = CompensationScope::default();
+    let clone = scope.clone();
+    scope.register(undo(&log, "1"));
+    clone.register_labeled("two", undo(&log, "2"));
+    scope.register(undo(&log, "3"));
+    assert_eq!(clone.len(), 3);
+    assert!(format!("{scope:?}").contains('3'));
+    let report = clone.rollback(RollbackPolicy::default()).await;
+    assert_eq!(report.ran(), 3);
+    assert!(report.is_complete());
+    assert_eq!(log.entries(), vec!["3", "2", "1"]);
+    assert!(scope.is_empty());
+
+    scope.register(undo(&log, "never"));
+    scope.register(undo(&log, "never"));
+    assert_eq!(clone.commit(), 2);
+    assert!(scope.is_empty());
+    assert_eq!(scope.rollback(RollbackPolicy::default()).await.ran(), 0);
+    assert_eq!(log.entries().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn compensated_error_display_and_source() {
+    let error: CompensatedError<io::Error> = stream::iter(vec![Ok::<u32, io::Error>(1)])
+        .for_each_compensated(CompensationScope::new(), |_, scope| {
+            scope.register(|| async { Ok::<(), io::Error>(()) });
+            async { Err(io::Error::other("write failed")) }
+        })
+        .await
+        .unwrap_err();
+    // Display names the cause with its error and the rollback; the error being in the text,
+    // `source` is the error's own source (none here), so an error-chain printer shows it once.
+    let text = error.to_string();
+    assert!(
+        text.starts_with("stopped by a handler error: write failed;"),
+        "{text}"
+    );
+    assert!(text.contains("rolled back cleanly"), "{text}");
+    assert_eq!(error.cause().to_string(), "handler error: write failed");
+    assert!(error.source().is_none());
+    let io = error.cause().error().expect("the user's error");
+    assert_eq!(io.to_string(), "write failed");
+    // It travels as a boxed, thread-safe error.
+    let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(error);
+    assert!(boxed.to_string().contains("write failed"));
+
+    let upstream: CompensatedError<AppError> =
+        stream::iter(vec![Err::<u32, _>(AppError::Upstream("gone"))])
+            .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
+            .await
+            .unwrap_err();
+    assert!(
+        upstream
+            .to_string()
+            .contains("stopped by an upstream error")
+    );
+    assert_eq!(
+        upstream.cause().to_string(),
+        "upstream error: upstream: gone"
+    );
+    assert!(upstream.to_string().contains("upstream: gone"));
+    assert_eq!(upstream.cause().error(), Some(&AppError::Upstream("gone")));
+
+    let token = CancellationToken::new();
+    token.cancel();
+    let cancelled: CompensatedError<AppError> = stream::iter(vec![Ok::<u32, AppError>(1)])
+        .for_each_compensated(CompensationScope::new(), |_, scope| {
+            scope.register_labeled("flush", || async { Err::<(), _>("still dirty") });
+            async { Ok(()) }
+        })
+        .with_cancellation(token)
+        .await
+        .unwrap_err();
+    // Cancelled before the first item: nothing registered, nothing to undo.
+    assert!(cancelled.source().is_none());
+    assert!(cancelled.to_string().starts_with("cancelled"));
+
+    let scope = CompensationScope::new();
+    scope.register_labeled("flush", || async { Err::<(), _>("still dirty") });
+    let report = scope.rollback(RollbackPolicy::default()).await;
+    let text = report.to_string();
+    assert!(text.contains("rollback incomplete"), "{text}");
+    assert!(
+        text.contains("flush") && text.contains("still dirty"),
+        "{text}"
+    );
+    assert!(report.failures()[0].to_string().contains("1 attempt"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_compensation_is_reported_and_the_others_still_run() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    scope.register(undo(&log, "oldest"));
+    scope.register_labeled("bomb", || async {
+        if true {
+            panic!("compensation exploded");
+        }
+        Ok::<(), io::Error>(())
+    });
+    scope.register(undo(&log, "newest"));
+
+    let report = scope.rollback(RollbackPolicy::default().attempts(2)).await;
+
+    assert_eq!(log.entries(), vec!["newest", "oldest"]);
+    assert_eq!(report.ran(), 3);
+    assert_eq!(report.failures().len(), 1);
+    let failure = &report.failures()[0];
+    assert_eq!(failure.label(), Some("bomb"));
+    assert_eq!(failure.attempts(), 2);
+    assert!(
+        matches!(failure.kind(), FailureKind::Panicked(m) if m == "compensation exploded"),
+        "{:?}",
+        failure.kind()
+    );
+    assert!(scope.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_compensation_can_be_retried_from_the_report() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let scope = CompensationScope::new();
+    let counter = calls.clone();
+    scope.register_labeled("flaky", move || {
+        let counter = counter.clone();
+        async move {
+            match counter.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(io::Error::other("database down")),
+                _ => Ok(()),
+            }
+        }
+    });
+
+    let report = scope.rollback(RollbackPolicy::default()).await;
+    let failure = &report.failures()[0];
+    assert!(
+        matches!(failure.kind(), FailureKind::Error(e) if e.to_string() == "database down"),
+        "{:?}",
+        failure.kind()
+    );
+    failure.retry().await.expect("the second run succeeds");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // Or put it back in a scope to run under a policy later.
+    let again = CompensationScope::new();
+    again.register(failure.action().clone());
+    assert_eq!(again.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_rollbacks_of_one_scope_run_each_compensation_once_newest_first() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    for name in ["old", "mid", "new"] {
+        let log = log.clone();
+        scope.register(move || {
+            let log = log.clone();
+            async move {
+                log.push(format!("{name} start"));
+                sleep(ms(10)).await;
+                log.push(format!("{name} end"));
+                Ok::<(), io::Error>(())
+            }
+        });
+    }
+    let (first, second) = tokio::join!(
+        scope.rollback(RollbackPolicy::default()),
+        scope.rollback(RollbackPolicy::default())
+    );
+    assert_eq!(first.ran() + second.ran(), 3);
+    assert_eq!(
+        log.entries(),
+        vec![
+            "new start",
+            "new end",
+            "mid start",
+            "mid end",
+            "old start",
+            "old end"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollback_is_a_fused_future_that_panics_when_polled_after_it_resolved() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    scope.register(undo(&log, "undo"));
+    let mut rollback = scope.rollback(RollbackPolicy::default());
+    assert!(!rollback.is_terminated());
+    let report = (&mut rollback).await;
+    assert_eq!(report.ran(), 1);
+    assert!(rollback.is_terminated());
+    let again = AssertUnwindSafe(&mut rollback).catch_unwind().await;
+    let panic = again.expect_err("polled after it resolved");
+    assert_eq!(
+        panic.downcast_ref::<String>().map(String::as_str),
+        Some("Rollback polled after it resolved")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_report_hands_over_its_failures_in_the_order_they_ran() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    scope.register_labeled("old", failing(&log, "old", "old broke"));
+    scope.register(undo(&log, "mid"));
+    scope.register_labeled("new", failing(&log, "new", "new broke"));
+    let report = scope.rollback(RollbackPolicy::default()).await;
+    assert_eq!(report.ran(), 3);
+    let failures = report.into_failures();
+    let described: Vec<_> = failures
+        .iter()
+        .map(|failure| (failure.order(), failure.label().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        described,
+        vec![(0, "new".to_owned()), (2, "old".to_owned())]
+    );
+    // Each can be registered again.
+    let again = CompensationScope::new();
+    for failure in &failures {
+        again.register(failure.action().clone());
+    }
+    assert_eq!(again.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_concurrent_rollback_starts_newest_first_overlaps_and_reports_every_failure() {
+    let start = Instant::now();
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    for (name, fails) in [("a", true), ("b", false), ("c", true), ("d", false)] {
+        let log = log.clone();
+        scope.register_labeled(name, move || {
+            let log = log.clone();
+            async move {
+                log.push(format!("{name} start"));
+                sleep(secs(1)).await;
+                if fails {
+                    return Err(io::Error::other(format!("{name} failed")));
+                }
+                Ok(())
+            }
+        });
+    }
+    let report = scope
+        .rollback(RollbackPolicy::default().concurrent(2))
+        .await;
+    // Two at a time: d and c, then b and a.
+    assert_eq!(start.elapsed(), secs(2));
+    assert_eq!(
+        log.entries(),
+        vec!["d start", "c start", "b start", "a start"]
+    );
+    assert_eq!(report.ran(), 4);
+    let failed: Vec<_> = report
+        .failures()
+        .iter()
+        .map(|failure| (failure.order(), failure.label().unwrap().to_owned()))
+        .collect();
+    assert_eq!(failed, vec![(1, "c".to_owned()), (3, "a".to_owned())]);
+    assert!(scope.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_concurrent_rollback_leaves_every_unfinished_compensation() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    for name in ["old", "mid", "new"] {
+        let log = log.clone();
+        scope.register(move || {
+            let log = log.clone();
+            async move {
+                log.push(name);
+                sleep(secs(10)).await;
+                Ok::<(), io::Error>(())
+            }
+        });
+    }
+    let rollback = scope.rollback(RollbackPolicy::default().concurrent(2));
+    assert!(tokio::time::timeout(secs(1), rollback).await.is_err());
+    assert_eq!(log.entries(), vec!["new", "mid"]);
+    // Both running ones were put back: the owner may commit all three.
+    assert_eq!(scope.commit(), 3);
+}
+
+#[test]
+#[should_panic(expected = "RollbackPolicy::concurrent: `n` must be at least 1")]
+fn a_concurrency_of_zero_panics() {
+    let _ = RollbackPolicy::default().concurrent(0);
+}
