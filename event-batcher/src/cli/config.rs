@@ -1,7 +1,7 @@
 //! From flags to the pipeline's validated configuration (the flags are [`super::args`]; the
 //! result is a [`Config`] that passed [`Config::check`]).
 
-use crate::pipeline::{Config, ConfigError, Faults, OnFailure, RollbackSettings};
+use crate::pipeline::{Config, ConfigError, Faults, OnFailure, RollbackSettings, WriteRetry};
 use crate::report::ProgressMode;
 use crate::source::nats::NatsOptions;
 use crate::source::{Input, SourceSpec, SyntheticSpec};
@@ -63,6 +63,19 @@ impl RunArgs {
             table: self.table,
             max_batch,
             flush_every: self.flush_every,
+            max_batch_bytes: self
+                .max_batch_bytes
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            per_tenant: self.per_tenant,
+            max_open_tenants: self
+                .max_open_tenants
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            concurrency: usize::try_from(self.concurrency).unwrap_or(usize::MAX),
+            write_retry: WriteRetry {
+                retries: self.write_retries,
+                backoff: self.write_backoff,
+                ..WriteRetry::default()
+            },
             on_failure: self.on_failure.into(),
             rollback: RollbackSettings {
                 attempts: self.rollback_attempts,
@@ -73,6 +86,7 @@ impl RunArgs {
             faults: Faults {
                 fail_every: self.fail_every,
                 fail_rate: self.fail_rate,
+                fail_attempts: self.fail_attempts,
                 fail_rollback_attempts: self.fail_rollback_attempts,
                 seed: self.seed,
                 hang_at_batch: self.hang_at_batch,

@@ -24,7 +24,7 @@ mod outage;
 mod outputs;
 mod settle;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -41,7 +41,8 @@ use faults::FaultInjector;
 use outputs::{Outputs, check_outputs};
 
 pub use chain::REPORTED_REJECTS;
-pub use config::{Config, ConfigError, Faults, OnFailure, RollbackSettings};
+pub use chain::encoded_len;
+pub use config::{Config, ConfigError, Faults, OnFailure, RollbackSettings, WriteRetry};
 pub use error::{PipelineError, SetupError};
 pub use settle::REPORTED_ROLLBACKS;
 
@@ -197,9 +198,17 @@ impl Pipeline {
         }
         // The server gives a rollback's DELETE up a little before the compensation attempt
         // times out, so a DELETE reported as timed out cannot commit later.
-        let store = Store::connect(&config.database, &config.table, config.connect_timeout)
-            .await?
-            .with_delete_timeout(config.rollback.attempt_timeout.mul_f64(0.9));
+        let connections = u32::try_from(config.concurrency)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let store = Store::connect_with_pool(
+            &config.database,
+            &config.table,
+            config.connect_timeout,
+            connections,
+        )
+        .await?
+        .with_delete_timeout(config.rollback.attempt_timeout.mul_f64(0.9));
         // Created (truncated) only now that the run can start: a setup error leaves existing
         // files as they were.
         let outputs = match Outputs::create(&config) {
@@ -221,6 +230,7 @@ impl Pipeline {
             None => label,
         };
         let progress = Progress::start(config.progress, expected, stats.clone(), console.clone());
+        let redelivers = nats.is_some();
         let ctx = Arc::new(Ctx {
             run_id: fastrand::i64(1..i64::MAX),
             store: store.clone(),
@@ -228,18 +238,22 @@ impl Pipeline {
             console,
             failure: FailurePolicy {
                 rollback: config.rollback.policy(),
+                retry: config.write_retry.policy(),
                 on_failure: config.on_failure,
                 max_deliveries: config.max_deliveries,
                 strict: config.strict,
             },
             faults: FaultInjector::new(config.faults),
             outputs,
-            cancel: cancel.clone(),
+            stopping: cancel.child_token(),
+            stop_cause: Mutex::new(None),
+            redelivers,
+            cancel,
             database_outage: config.database_outage,
         });
 
         let started = Instant::now();
-        let result = chain::drive(ctx.clone(), source, &config, cancel).await;
+        let result = chain::drive(ctx.clone(), source, &config).await;
         let elapsed = started.elapsed();
         progress.finish().await;
         // Every hook has been settled (or dropped, which gives its message back): wait until
