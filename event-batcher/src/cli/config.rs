@@ -203,6 +203,44 @@ mod tests {
     }
 
     #[test]
+    fn batching_concurrency_and_retry_flags_map_to_the_config() {
+        let cli = Cli::try_parse_from([
+            "event-batcher",
+            "--max-batch-bytes",
+            "65536",
+            "--per-tenant",
+            "--max-open-tenants",
+            "16",
+            "--concurrency",
+            "4",
+            "--write-retries",
+            "3",
+            "--write-backoff",
+            "250ms",
+            "--fail-every",
+            "2",
+            "--fail-attempts",
+            "1",
+        ])
+        .unwrap();
+        let config = cli.run.into_config().unwrap();
+        assert_eq!(config.max_batch_bytes, Some(65_536));
+        assert!(config.per_tenant);
+        assert_eq!(config.max_open_tenants, Some(16));
+        assert_eq!(config.concurrency, 4);
+        assert_eq!(config.write_retry.retries, 3);
+        assert_eq!(config.write_retry.backoff, Duration::from_millis(250));
+        let policy = config.write_retry.policy().unwrap();
+        assert_eq!(policy.max_attempts(), 4);
+        assert_eq!(config.faults.fail_attempts, Some(1));
+        // No retries: no policy, so `for_each_compensated` gets no `.retry`.
+        assert!(Config::default().write_retry.policy().is_none());
+        // --max-open-tenants needs --per-tenant.
+        assert!(Cli::try_parse_from(["event-batcher", "--max-open-tenants", "2"]).is_err());
+        assert!(Cli::try_parse_from(["event-batcher", "--concurrency", "0"]).is_err());
+    }
+
+    #[test]
     fn quiet_disables_progress() {
         let cli = Cli::try_parse_from(["event-batcher", "-q"]).unwrap();
         assert_eq!(cli.run.into_config().unwrap().progress, ProgressMode::None);
