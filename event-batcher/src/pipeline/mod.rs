@@ -7,8 +7,9 @@
 //! (the outcome and the row counts).
 //!
 //! ```text
-//! source ─► map_ok_stream(validate) ─► invalid records diverted ─► chunks_timeout_result
-//!        ─► tagged with the flush reason ─► for_each_compensated(write the batch)
+//! source ─► map_ok_stream(validate) ─► invalid records diverted
+//!        ─► chunks_timeout_result (or chunks_timeout_by_key_result by tenant), with batch info
+//!        ─► numbered ─► for_each_compensated(write the batch), concurrent, retrying, skipping
 //! ```
 //!
 //! The crate documentation explains the design; the rules each step follows are on
@@ -130,13 +131,17 @@ impl Pipeline {
     ///   on standard error with its position (the first [`REPORTED_REJECTS`]), written to
     ///   `--rejects`, and dropped from the stream, unless `--strict`, where it stops the run
     ///   after the batch formed before it is written;
-    /// - valid events are batched by `chunks_timeout_result(max_batch, flush_every)` and each
-    ///   batch is tagged with why it was flushed;
+    /// - valid events are batched by `chunks_timeout_result(max_batch, flush_every)` (per
+    ///   tenant with [`Config::per_tenant`], at most [`Config::max_batch_bytes`] bytes when
+    ///   set) and each batch carries its batch info (why it closed, its weight, its age) and
+    ///   a number, given once (a retried batch keeps it);
     /// - the stop token ends the source (see [`Pipeline::stop`]); a NATS source also ends by
     ///   itself after `--idle-exit` without a message or `--max-events` messages;
     /// - each batch is written by `for_each_compensated` as described in the crate
-    ///   documentation, under the `--on-failure` policy; a batch that commits is counted as
-    ///   acknowledged and its events are acknowledged to the source;
+    ///   documentation, up to [`Config::concurrency`] at once, a failed write retried as
+    ///   [`Config::write_retry`] says, then under the `--on-failure` policy; a batch that
+    ///   commits is counted as acknowledged and its events are acknowledged to the source,
+    ///   whatever the batches beside it do;
     /// - a batch whose write fails because the database is unavailable
     ///   ([`PipelineError::is_database_unavailable`]) waits for the database, at most
     ///   [`Config::database_outage`], before it is rolled back; then, when its records carry
