@@ -290,3 +290,21 @@ pub(crate) fn age_quantile(ages_micros: &mut [u32], q: f64) -> Option<Duration> 
     let (_, nth, _) = ages_micros.select_nth_unstable(rank - 1);
     Some(Duration::from_micros(u64::from(*nth)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn age_quantiles_are_nearest_rank() {
+        assert_eq!(age_quantile(&mut [], 0.5), None);
+        // 1..=100 ms, shuffled: p50 is the 50th value, p99 the 99th, p100 the largest.
+        let mut ages: Vec<u32> = (1..=100).map(|ms| ms * 1000).rev().collect();
+        ages.swap(3, 70);
+        let ms = |n: u64| Some(Duration::from_millis(n));
+        assert_eq!(age_quantile(&mut ages, 0.5), ms(50));
+        assert_eq!(age_quantile(&mut ages, 0.99), ms(99));
+        assert_eq!(age_quantile(&mut ages, 1.0), ms(100));
+        assert_eq!(age_quantile(&mut [7_000], 0.99), ms(7));
+    }
+}
