@@ -9,11 +9,13 @@
 //!   .map_ok_stream(validate)                        parse + validate; invalid → Err(Invalid)
 //!   .filter_map(divert invalid)                     count, report line number, --rejects;
 //!                                                   dropped, or passed on with --strict
-//!   .chunks_timeout_result(--max-batch, --flush-every)
-//!   poll_fn(tag with last_flush_reason())           (batch, size | deadline | end | error)
+//!   .chunks_timeout_result(--max-batch, --flush-every)   (--per-tenant: by_key, per tenant)
+//!   [.max_weight(--max-batch-bytes, encoded size)]
+//!   .with_batch_info()                              size | weight | deadline | end | error | eviction
 //!   .for_each_compensated(scope, write_batch)       register undo, write, commit, ack
 //!       .rollback_policy(--rollback-*)
 //!       .with_cancellation(Ctrl-C)
+//!       .concurrency(--concurrency) [.retry(--write-retries)] [.skip_failed_items(..)]
 //! ```
 //!
 //! # Partial writes and their compensation
