@@ -7,6 +7,7 @@
 # then drop the table and delete the stream. Needs psql, bash, bc, nats-server on 4222.
 # Usage (from the workspace root): cargo build --release -p event-batcher &&
 #   event-batcher/scripts/measure-nats.sh        (EVENTS=200000 COUNTS="1 2 3" by default)
+# EXTRA="--concurrency 4" adds options to every instance.
 B=${B:-target/release/event-batcher}
 PG=${PG:-postgres://postgres@127.0.0.1:5432/test}
 EVENTS=${EVENTS:-200000}
@@ -19,7 +20,7 @@ for n in ${COUNTS:-1 2 3}; do
   pids=()
   for i in $(seq 1 $n); do
     $B --source nats://127.0.0.1:4222 --stream $stream --subject $subject --consumer eb \
-       --database $PG --table $table --idle-exit 2s -q > /tmp/$tag.$i.out 2>&1 &
+       --database $PG --table $table --idle-exit 2s -q $EXTRA > /tmp/$tag.$i.out 2>&1 &
     pids+=($!)
   done
   while :; do c=$(psql $PG -Atc "select count(*) from $table" 2>/dev/null); [ "$c" = "$EVENTS" ] && break; sleep 0.1; done

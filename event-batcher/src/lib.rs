@@ -9,11 +9,13 @@
 //!   .map_ok_stream(validate)                        parse + validate; invalid → Err(Invalid)
 //!   .filter_map(divert invalid)                     count, report line number, --rejects;
 //!                                                   dropped, or passed on with --strict
-//!   .chunks_timeout_result(--max-batch, --flush-every)
-//!   poll_fn(tag with last_flush_reason())           (batch, size | deadline | end | error)
+//!   .chunks_timeout_result(--max-batch, --flush-every)   (--per-tenant: by_key, per tenant)
+//!   [.max_weight(--max-batch-bytes, encoded size)]
+//!   .with_batch_info()                              size | weight | deadline | end | error | eviction
 //!   .for_each_compensated(scope, write_batch)       register undo, write, commit, ack
 //!       .rollback_policy(--rollback-*)
 //!       .with_cancellation(Ctrl-C)
+//!       .concurrency(--concurrency) [.retry(--write-retries)] [.skip_failed_items(..)]
 //! ```
 //!
 //! # Partial writes and their compensation
@@ -57,14 +59,19 @@
 //!   batch back and resolves to a `CompensatedError`; the summary is printed with the cause
 //!   and the rollback report, and the exit code is 1. Batches committed before stay (each
 //!   batch is its own unit of work).
-//! - `--on-failure skip-batch`: the handler registers its compensations on the same scope,
-//!   and on failure runs `scope.rollback(policy)` itself (the scope holds only this batch's
-//!   compensations: `UnitOfWork::Item` commits each successful batch), records the batch as
-//!   failed (and writes its events to `--dead-letter`, unless the source redelivers them:
-//!   NATS, see `--max-deliveries`), and returns `Ok`: the run goes on. A
-//!   cancellation while the batch is being written rolls it back as in stop mode. If a
-//!   rollback cannot complete, the run stops, reported as not rolled back cleanly: rows it
-//!   could not delete are still there, and the check will say so.
+//! - `--on-failure skip-batch`: the handler registers its compensations the same way and
+//!   returns the error; `for_each_compensated(..).skip_failed_items(..)` rolls that batch
+//!   back alone and hands it to the pipeline, which records it as failed (and writes its
+//!   events to `--dead-letter`, unless the source redelivers them: NATS, see
+//!   `--max-deliveries`): the run goes on. A cancellation while the batch is being written
+//!   rolls it back as in stop mode. If a rollback cannot complete, the run stops, reported
+//!   as not rolled back cleanly: rows it could not delete are still there, and the check
+//!   will say so. A NATS source always skips a batch that failed because the database was
+//!   unavailable (it is nak'ed and redelivered); in stop mode any other failure then stops
+//!   the run.
+//! - `--write-retries N`: before the failure policy applies, a failed write is rolled back,
+//!   backed off and retried (`.retry`); `--concurrency N` writes N batches at once
+//!   (`.concurrency`), each committed, counted and acknowledged on its own.
 //! - A record's source is nak'ed only after its batch's rows were deleted; when the delete
 //!   failed or timed out, the record is abandoned instead (no verdict: redelivered after
 //!   the source's own timeout, by when a late delete has finished). With

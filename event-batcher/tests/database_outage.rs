@@ -153,3 +153,107 @@ fn postgres_killed_mid_run_stops_a_synthetic_run_cleanly_and_a_rerun_completes()
     });
     assert_eq!(stored, ids(42, 1, events));
 }
+
+/// With `--write-retries`, a synthetic run rides through the outage: the batch whose write
+/// failed waits for the database, is rolled back, backed off and written again, and the
+/// run finishes (exit 0) with every event stored once, at `--concurrency 2`.
+#[test]
+#[ignore = "needs the PostgreSQL server binaries (initdb, postgres): run with --ignored"]
+fn postgres_killed_mid_run_a_synthetic_run_with_write_retries_rides_through() {
+    let mut server = PrivatePostgres::start();
+    let url = server.url();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let table = "outage_retried";
+    let events = 20_000u64;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_event-batcher"))
+        .args([
+            "--database",
+            url.as_str(),
+            "--table",
+            table,
+            "--events",
+            "20000",
+            "--max-batch",
+            "200",
+            "--connect-timeout",
+            "1s",
+            "--concurrency",
+            "2",
+            "--write-retries",
+            "3",
+            "--write-backoff",
+            "200ms",
+            "--rate",
+            "4000",
+            "-q",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rows(&runtime, &url, table) < 2_000 {
+        assert!(Instant::now() < deadline, "no rows written");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    server.run();
+
+    let deadline = Instant::now() + common::TEST_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run did not end");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("the database is unavailable"),
+        "the outage was seen: {stderr}"
+    );
+    let retries: u64 = summary_value(&stdout, "write retries")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retries >= 1, "{stdout}");
+    assert_eq!(
+        summary_value(&stdout, "events acknowledged"),
+        format!("{events} ({events} new rows, 0 already present)"),
+        "{stdout}"
+    );
+    assert!(
+        summary_value(&stdout, "consistency check").starts_with("OK"),
+        "{stdout}"
+    );
+    let stored = runtime.block_on(async {
+        let db = Db::open(&url).await;
+        let stored = db.ids(table).await;
+        db.close().await;
+        stored
+    });
+    assert_eq!(stored, ids(42, 1, events));
+}

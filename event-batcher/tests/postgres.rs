@@ -85,6 +85,30 @@ async fn postgres_fail_every_with_skip_batch_leaves_no_row_of_a_failed_batch() {
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL: set EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
+async fn postgres_concurrent_skip_batch_summary_matches_the_database() {
+    common::within(async {
+        let url = postgres_url();
+        let table = TestTable::new(&url, "concurrent");
+        scenarios::concurrent_skip_batch(&url, &table.name).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
+async fn postgres_transient_failures_are_retried_and_every_event_is_stored() {
+    common::within(async {
+        let url = postgres_url();
+        for concurrency in [1, 4] {
+            let table = TestTable::new(&url, "retried");
+            scenarios::transient_failures_are_retried(&url, &table.name, concurrency).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
 async fn postgres_fail_every_with_stop_rolls_back_and_stops() {
     common::within(async {
         let url = postgres_url();

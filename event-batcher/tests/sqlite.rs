@@ -68,7 +68,7 @@ fn default_command_writes_events_db_in_the_working_directory() {
     );
     assert_eq!(
         summary_value(&stdout, "batches written"),
-        "20 (size 20, deadline 0, end 0)"
+        "20 (size 20, weight 0, deadline 0, end 0, eviction 0)"
     );
     assert_eq!(
         summary_value(&stdout, "batches rolled back"),

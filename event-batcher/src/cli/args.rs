@@ -166,6 +166,17 @@ pub struct RunArgs {
     /// Longest time an event waits for its batch to be written (e.g. 2s, 500ms).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, help_heading = "Batching")]
     pub flush_every: Duration,
+    /// Most bytes per batch, each event counting as its encoded NDJSON line; an event
+    /// larger than N on its own is written alone. Applies beside --max-batch.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batching")]
+    pub max_batch_bytes: Option<u64>,
+    /// One batch per tenant, each with its own --flush-every deadline from its first event.
+    #[arg(long, help_heading = "Batching")]
+    pub per_tenant: bool,
+    /// With --per-tenant: most tenants with an open batch; a new tenant's event first
+    /// flushes the oldest open batch (an eviction). Default: unbounded.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "per_tenant", help_heading = "Batching")]
+    pub max_open_tenants: Option<u64>,
 
     /// Database URL: sqlite://PATH (file created if missing) or postgres://USER@HOST:PORT/DB.
     #[arg(
@@ -190,11 +201,21 @@ pub struct RunArgs {
     /// batch being written back (a NATS run then goes on; other sources stop). 0 = no wait.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, help_heading = "Database")]
     pub database_outage: Duration,
+    /// Batches written at once (the connection pool holds one more connection than this).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Database")]
+    pub concurrency: u64,
 
     /// What a batch that cannot be written does: stop (roll back, exit 1) or skip-batch
     /// (roll back, record it as failed, go on).
     #[arg(long, value_enum, default_value_t = OnFailureArg::Stop, help_heading = "Failures")]
     pub on_failure: OnFailureArg,
+    /// Retries of a failed batch write: its partial rows are deleted, then the backoff,
+    /// then the next attempt; --on-failure applies after the last one.
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Failures")]
+    pub write_retries: u32,
+    /// Wait before the first retry of a batch write; doubles with each retry, up to 10s.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration, help_heading = "Failures")]
+    pub write_backoff: Duration,
     /// Attempts per compensation (the rollback of a batch), the first included.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Failures")]
     pub rollback_attempts: u32,
@@ -226,6 +247,10 @@ pub struct RunArgs {
         help_heading = "Fault injection"
     )]
     pub fail_rate: f64,
+    /// A batch chosen by --fail-every or --fail-rate fails only its first N write attempts
+    /// (a transient failure, for --write-retries). Default: every attempt.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Fault injection")]
+    pub fail_attempts: Option<u32>,
     /// Make the first N attempts of every row-deleting compensation fail.
     #[arg(
         long,

@@ -1,7 +1,7 @@
 //! From flags to the pipeline's validated configuration (the flags are [`super::args`]; the
 //! result is a [`Config`] that passed [`Config::check`]).
 
-use crate::pipeline::{Config, ConfigError, Faults, OnFailure, RollbackSettings};
+use crate::pipeline::{Config, ConfigError, Faults, OnFailure, RollbackSettings, WriteRetry};
 use crate::report::ProgressMode;
 use crate::source::nats::NatsOptions;
 use crate::source::{Input, SourceSpec, SyntheticSpec};
@@ -63,6 +63,19 @@ impl RunArgs {
             table: self.table,
             max_batch,
             flush_every: self.flush_every,
+            max_batch_bytes: self
+                .max_batch_bytes
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            per_tenant: self.per_tenant,
+            max_open_tenants: self
+                .max_open_tenants
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            concurrency: usize::try_from(self.concurrency).unwrap_or(usize::MAX),
+            write_retry: WriteRetry {
+                retries: self.write_retries,
+                backoff: self.write_backoff,
+                ..WriteRetry::default()
+            },
             on_failure: self.on_failure.into(),
             rollback: RollbackSettings {
                 attempts: self.rollback_attempts,
@@ -73,6 +86,7 @@ impl RunArgs {
             faults: Faults {
                 fail_every: self.fail_every,
                 fail_rate: self.fail_rate,
+                fail_attempts: self.fail_attempts,
                 fail_rollback_attempts: self.fail_rollback_attempts,
                 seed: self.seed,
                 hang_at_batch: self.hang_at_batch,
@@ -186,6 +200,44 @@ mod tests {
             panic!("expected the publish subcommand");
         };
         assert_eq!((args.events, args.malformed), (5, 0));
+    }
+
+    #[test]
+    fn batching_concurrency_and_retry_flags_map_to_the_config() {
+        let cli = Cli::try_parse_from([
+            "event-batcher",
+            "--max-batch-bytes",
+            "65536",
+            "--per-tenant",
+            "--max-open-tenants",
+            "16",
+            "--concurrency",
+            "4",
+            "--write-retries",
+            "3",
+            "--write-backoff",
+            "250ms",
+            "--fail-every",
+            "2",
+            "--fail-attempts",
+            "1",
+        ])
+        .unwrap();
+        let config = cli.run.into_config().unwrap();
+        assert_eq!(config.max_batch_bytes, Some(65_536));
+        assert!(config.per_tenant);
+        assert_eq!(config.max_open_tenants, Some(16));
+        assert_eq!(config.concurrency, 4);
+        assert_eq!(config.write_retry.retries, 3);
+        assert_eq!(config.write_retry.backoff, Duration::from_millis(250));
+        let policy = config.write_retry.policy().unwrap();
+        assert_eq!(policy.max_attempts(), 4);
+        assert_eq!(config.faults.fail_attempts, Some(1));
+        // No retries: no policy, so `for_each_compensated` gets no `.retry`.
+        assert!(Config::default().write_retry.policy().is_none());
+        // --max-open-tenants needs --per-tenant.
+        assert!(Cli::try_parse_from(["event-batcher", "--max-open-tenants", "2"]).is_err());
+        assert!(Cli::try_parse_from(["event-batcher", "--concurrency", "0"]).is_err());
     }
 
     #[test]

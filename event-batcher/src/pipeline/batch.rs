@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use result_stream::{BoxError, CompensationScope, FlushReason, RollbackPolicy};
+use result_stream::{BatchInfo, BoxError, CompensationScope, RollbackPolicy};
 use tokio_util::sync::CancellationToken;
 
 use super::config::OnFailure;
@@ -24,12 +24,30 @@ use crate::validate::Incoming;
 pub(super) struct FailurePolicy {
     /// How compensations are retried.
     pub(super) rollback: RollbackPolicy,
+    /// How a failed batch write is retried (`--write-retries`), if it is.
+    pub(super) retry: Option<RollbackPolicy>,
     /// What a failed batch does to the run.
     pub(super) on_failure: OnFailure,
     /// `--max-deliveries`.
     pub(super) max_deliveries: Option<u64>,
     /// `--strict`: an invalid record stops the run.
     pub(super) strict: bool,
+}
+
+impl FailurePolicy {
+    /// Attempts of one batch write, the first included.
+    fn write_attempts(&self) -> u32 {
+        self.retry.map_or(1, |policy| policy.max_attempts())
+    }
+}
+
+/// Why skip-batch handling stopped the run (stop mode, a redelivering source, a failure
+/// that is not a database outage): what the summary reports as the cause.
+#[derive(Debug, Clone)]
+pub(super) struct StopCause {
+    pub(super) cause: String,
+    pub(super) rollback: String,
+    pub(super) rolled_back_cleanly: bool,
 }
 
 /// The state every batch shares.
@@ -44,91 +62,128 @@ pub(super) struct Ctx {
     pub(super) outputs: Outputs,
     /// The run's cancellation: a batch rolled back because of it gives nothing up.
     pub(super) cancel: CancellationToken,
+    /// A child of `cancel`, watched by `for_each_compensated`: also cancelled by a failure
+    /// that stops the run from skip-batch handling (see [`StopCause`]).
+    pub(super) stopping: CancellationToken,
+    /// Set with `stopping` by a failure that stops the run.
+    pub(super) stop_cause: Mutex<Option<StopCause>>,
+    /// The records carry acknowledgement hooks and their source redelivers what is given
+    /// back (NATS): a batch that failed because the database went away is rolled back,
+    /// given back, and the run goes on, whatever `--on-failure` says.
+    pub(super) redelivers: bool,
     /// `--database-outage`.
     pub(super) database_outage: std::time::Duration,
 }
 
-/// Writes one batch under the failure policy: the handler of `for_each_compensated`.
+/// One batch, as `for_each_compensated` hands it to [`write_batch`]: cheap to clone (a
+/// retried batch is a clone), numbered once, its records' hooks shared by its attempts.
+#[derive(Debug, Clone)]
+pub(super) struct Batch {
+    /// The batch number (1-based, in the order batches closed).
+    seq: u64,
+    /// Its tenant (`--per-tenant`).
+    tenant: Option<Arc<str>>,
+    /// Why it closed, its weight, its age.
+    info: BatchInfo,
+    events: Arc<[Event]>,
+    /// Each hook with the index of its event; taken by whoever settles them.
+    acks: Arc<Mutex<Vec<(usize, Ack)>>>,
+    /// Attempts so far.
+    attempts: Arc<AtomicU32>,
+    /// Rows its rollbacks deleted, over all attempts.
+    rows_deleted: Arc<AtomicU64>,
+}
+
+impl Batch {
+    pub(super) fn new(
+        seq: u64,
+        tenant: Option<String>,
+        info: BatchInfo,
+        batch: Vec<Incoming>,
+    ) -> Self {
+        let mut events = Vec::with_capacity(batch.len());
+        let mut acks = Vec::new();
+        for (index, incoming) in batch.into_iter().enumerate() {
+            events.push(incoming.event);
+            acks.extend(incoming.ack.map(|ack| (index, ack)));
+        }
+        Batch {
+            seq,
+            tenant: tenant.map(Arc::from),
+            info,
+            events: events.into(),
+            acks: Arc::new(Mutex::new(acks)),
+            attempts: Arc::new(AtomicU32::new(0)),
+            rows_deleted: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn in_flight(&self) -> InFlight {
+        InFlight {
+            seq: self.seq,
+            events: self.events.clone(),
+            rows_deleted: self.rows_deleted.clone(),
+        }
+    }
+}
+
+/// Writes one batch (one attempt of it): the handler of `for_each_compensated`.
 ///
-/// `scope` is the pipeline's own scope, used with `UnitOfWork::Item`: when this runs it holds
-/// nothing but what this batch registers, so `scope.commit()` commits exactly this batch.
+/// Rules:
+/// - the batch's compensations are registered on `scope` before anything is written;
+///   `for_each_compensated` runs them when this attempt fails (then retries, skips or
+///   stops, as configured) or the run stops while the batch is not committed;
+/// - a write that fails because the database is unavailable first waits for it (bounded by
+///   `--database-outage`), so that the rollback and a retry can reach it;
+/// - once written, the batch is committed for its compensations (they do nothing from then
+///   on), counted, and only then are its events acknowledged to the source.
 pub(super) async fn write_batch(
     ctx: Arc<Ctx>,
-    seq: u64,
-    reason: FlushReason,
-    batch: Vec<Incoming>,
+    batch: Batch,
     scope: CompensationScope,
 ) -> Result<(), PipelineError> {
-    let mut events = Vec::with_capacity(batch.len());
-    // Each hook with the index of its event.
-    let mut acks = Vec::new();
-    for (index, incoming) in batch.into_iter().enumerate() {
-        events.push(incoming.event);
-        acks.extend(incoming.ack.map(|ack| (index, ack)));
-    }
-    let events: Arc<[Event]> = events.into();
-    let acks = Arc::new(Mutex::new(acks));
-    let rows_deleted = Arc::new(AtomicU64::new(0));
-    let freeze = ctx.faults.freezes_at(seq);
-    let fail = freeze || ctx.faults.should_fail(seq);
+    let seq = batch.seq;
+    let attempt = batch.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+    let freeze = attempt == 1 && ctx.faults.freezes_at(seq);
+    let fail = freeze || ctx.faults.should_fail(seq, attempt);
     let hang = ctx.faults.hangs_at(seq);
-    // Records whose source redelivers what is given back (a broker): a batch of them that
-    // failed because the database went away is given back, and the run goes on.
-    let redelivers = !lock(&acks).is_empty();
-    ctx.stats.begin_batch(InFlight {
-        seq,
-        events: events.clone(),
-        rows_deleted: rows_deleted.clone(),
-    });
+    if attempt > 1 {
+        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+    }
+    ctx.stats.begin_batch(batch.in_flight());
 
-    // The batch's compensations go to the pipeline's scope: when this runs it holds nothing
-    // else (`UnitOfWork::Item` commits each successful batch), so `scope.rollback` undoes
-    // exactly this batch and `scope.commit` commits exactly this batch. A cancellation
-    // while the batch is being written makes `for_each_compensated` roll it back.
-    ctx.register_undo(&scope, seq, &events, &acks, &rows_deleted);
-    let inserted = match ctx.write(seq, &events, fail, freeze).await {
+    let committed = Arc::new(AtomicBool::new(false));
+    ctx.register_undo(&scope, &batch, attempt, &committed);
+    let inserted = match ctx.write(seq, &batch.events, fail, freeze).await {
         Ok(inserted) => inserted,
         Err(error) => {
-            let outage = error.is_database_unavailable();
-            if outage {
+            if error.is_database_unavailable() {
                 // The rollback needs the database: wait for it (bounded) first.
                 ctx.await_database(seq, &error).await;
             }
-            // Stop mode: the error propagates, `for_each_compensated` stops and rolls this
-            // batch back. Not for an outage with a redelivering source: that batch is given
-            // back and written again later, like in skip-batch mode.
-            if ctx.failure.on_failure == OnFailure::Stop && !(outage && redelivers) {
-                return Err(error);
-            }
-            // Skip-batch mode: roll this batch back here, record it and go on.
-            let report = scope.rollback(ctx.failure.rollback).await;
-            let batch = InFlight {
-                seq,
-                events,
-                rows_deleted,
-            };
-            ctx.rolled_back(&batch, error.to_string(), &report, true);
-            if !report.is_complete() {
-                // Rows this batch wrote are still there: going on would build on an
-                // inconsistent table.
-                return Err(PipelineError::RollbackIncomplete {
-                    batch: seq,
-                    report: report.to_string(),
-                });
-            }
-            return Ok(());
+            return Err(error);
         }
     };
     if hang {
         ctx.faults.hang(seq, &ctx.console).await;
     }
-    scope.commit();
+    // Not `scope.commit()`: under `.concurrency(n)` an item's handle commits the
+    // compensations of every item in flight, not only this batch's. The flag makes this
+    // batch's compensations do nothing instead, so a cancellation from here on (while the
+    // acknowledgements are sent) deletes none of its rows.
+    committed.store(true, Ordering::Release);
 
     // Committed: count it, then acknowledge its events to the source. A failed ack only
     // means a redelivery, which the idempotent insert absorbs.
-    ctx.stats
-        .batch_committed(reason, events.len(), inserted.rows, inserted.skipped);
-    let pending = std::mem::take(&mut *lock(&acks));
+    ctx.stats.batch_committed(
+        seq,
+        &batch.info,
+        batch.tenant.as_deref(),
+        &batch.events,
+        inserted.rows,
+        inserted.skipped,
+    );
+    let pending = std::mem::take(&mut *lock(&batch.acks));
     for (_, ack) in pending {
         if let Err(error) = ack.ack().await {
             ctx.stats.ack_failed("ack", &error);
@@ -138,7 +193,7 @@ pub(super) async fn write_batch(
 }
 
 impl Ctx {
-    /// Registers, before anything is written, what undoes batch `seq`: a nak of its events
+    /// Registers, before anything is written, what undoes this attempt of `batch`: a nak of its events
     /// (registered first, so it runs last, after the rows are gone; see
     /// [`settle_rolled_back`](Self::settle_rolled_back)) and the deletion of the rows it
     /// inserts.
@@ -148,45 +203,60 @@ impl Ctx {
     /// at once, find the rows present and acknowledge them just before the late deletion
     /// removes them: acknowledged events missing. They are abandoned instead
     /// ([`AckHandle::abandon`](crate::record::AckHandle::abandon)): no verdict, the broker
-    /// redelivers them after its ack wait.
+    /// redelivers them after its ack wait. Both do nothing once the batch is committed, and
+    /// the nak waits for the last attempt (`--write-retries`) unless the run is stopping.
     pub(super) fn register_undo(
         self: &Arc<Self>,
         scope: &CompensationScope,
-        seq: u64,
-        events: &Arc<[Event]>,
-        acks: &Arc<Mutex<Vec<(usize, Ack)>>>,
-        rows_deleted: &Arc<AtomicU64>,
+        batch: &Batch,
+        attempt: u32,
+        committed: &Arc<AtomicBool>,
     ) {
+        let seq = batch.seq;
         let rows_gone = Arc::new(AtomicBool::new(false));
-        if !lock(acks).is_empty() {
+        // Another attempt follows this one's rollback unless it is the last one or the run
+        // is stopping: its hooks are then kept for it (a hook left unsettled when the run
+        // stops is dropped, which gives its record back).
+        let last_attempt = attempt >= self.failure.write_attempts();
+        if !lock(&batch.acks).is_empty() {
             let ctx = self.clone();
-            let events = events.clone();
-            let acks = acks.clone();
+            let events = batch.events.clone();
+            let acks = batch.acks.clone();
             let rows_gone = rows_gone.clone();
+            let committed = committed.clone();
             scope.register_labeled(format!("batch {seq}: nak its events"), move || {
                 let ctx = ctx.clone();
                 let events = events.clone();
                 let acks = acks.clone();
                 let rows_gone = rows_gone.load(Ordering::Acquire);
+                let settle = !committed.load(Ordering::Acquire)
+                    && (last_attempt || !rows_gone || ctx.stopping.is_cancelled());
                 async move {
-                    // Taken once: a retry has nothing left to nak.
-                    let pending = std::mem::take(&mut *lock(&acks));
-                    ctx.settle_rolled_back(pending, &events, rows_gone).await;
+                    if settle {
+                        // Taken once: a retry has nothing left to nak.
+                        let pending = std::mem::take(&mut *lock(&acks));
+                        ctx.settle_rolled_back(pending, &events, rows_gone).await;
+                    }
                     Ok::<(), BoxError>(())
                 }
             });
         }
         let store = self.store.clone();
         let run = self.run_id;
-        let batch = batch_number(seq);
+        let number = batch_number(seq);
         let failing = Arc::new(AtomicU32::new(self.faults.failing_rollback_attempts()));
-        let deleted = rows_deleted.clone();
+        let deleted = batch.rows_deleted.clone();
+        let committed = committed.clone();
         scope.register_labeled(format!("batch {seq}: delete its rows"), move || {
             let store = store.clone();
             let failing = failing.clone();
             let deleted = deleted.clone();
             let rows_gone = rows_gone.clone();
+            let committed = committed.load(Ordering::Acquire);
             async move {
+                if committed {
+                    return Ok(());
+                }
                 let injected = failing
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                     .is_ok();
@@ -195,7 +265,7 @@ impl Ctx {
                         "injected compensation failure (--fail-rollback-attempts)",
                     ));
                 }
-                let rows = store.delete_batch(run, batch).await?;
+                let rows = store.delete_batch(run, number).await?;
                 deleted.fetch_add(rows, Ordering::Relaxed);
                 rows_gone.store(true, Ordering::Release);
                 Ok(())

@@ -1,20 +1,26 @@
 //! The adapter chain, built from the library's public API:
 //!
 //! ```text
-//! source ─► map_ok_stream(validate) ─► invalid records diverted ─► chunks_timeout_result
-//!        ─► tagged with the flush reason ─► for_each_compensated(write the batch)
+//! source ─► map_ok_stream(validate) ─► invalid records diverted
+//!        ─► chunks_timeout_result(--max-batch, --flush-every)          (or, --per-tenant:
+//!           chunks_timeout_by_key_result(tenant, …).max_open_keys(--max-open-tenants))
+//!           [.max_weight(--max-batch-bytes, encoded size)] .with_batch_info()
+//!        ─► numbered ─► for_each_compensated(write the batch)
+//!           .concurrency(--concurrency) [.retry(--write-retries)] [.skip_failed_items]
 //! ```
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use result_stream::{CompensatedError, CompensationScope, Completion, ResultStreamExt};
-use tokio_util::sync::CancellationToken;
+use result_stream::{BatchInfo, CompensatedError, CompensationScope, Completion, ResultStreamExt};
 
-use super::batch::{Ctx, write_batch};
-use super::config::Config;
+use super::batch::{Batch, Ctx, write_batch};
+use super::config::{Config, OnFailure};
 use super::error::PipelineError;
+use crate::event::Event;
 use crate::source::RecordStream;
 use crate::validate::{self, Incoming};
 
@@ -22,12 +28,75 @@ use crate::validate::{self, Incoming};
 /// and all go to `--rejects`).
 pub const REPORTED_REJECTS: u64 = 20;
 
+/// The size of `event` encoded as one NDJSON line (without its newline): the weight that
+/// `--max-batch-bytes` caps.
+pub fn encoded_len(event: &Event) -> usize {
+    /// Counts what is written, keeps nothing.
+    struct Count(usize);
+    impl io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing an `Event` (strings, an integer, a JSON value) cannot fail.
+    serde_json::to_writer(&mut count, event).map_or(0, |()| count.0)
+}
+
+/// The batches, each with its info and (per tenant) its tenant, before they are numbered.
+type Batches =
+    BoxStream<'static, Result<(Option<String>, Vec<Incoming>, BatchInfo), PipelineError>>;
+
+/// Batches `valid` as `config` says: one open batch, or one per tenant; with a byte cap or
+/// not. Each variant is a type of its own; they are boxed once batched (a call per batch).
+fn batches<S>(valid: S, config: &Config) -> Batches
+where
+    S: Stream<Item = Result<Incoming, PipelineError>> + Send + 'static,
+{
+    let weigh = |incoming: &Incoming| encoded_len(&incoming.event);
+    let (max, every) = (config.max_batch, config.flush_every);
+    let untagged = |(batch, info)| (None, batch, info);
+    let tagged = |(tenant, (batch, info))| (Some(tenant), batch, info);
+    let tenant = |incoming: &Incoming| incoming.event.tenant.clone();
+    match (config.per_tenant, config.max_batch_bytes) {
+        (false, None) => valid
+            .chunks_timeout_result(max, every)
+            .with_batch_info()
+            .map_ok(untagged)
+            .boxed(),
+        (false, Some(bytes)) => valid
+            .chunks_timeout_result(max, every)
+            .max_weight(bytes, weigh)
+            .with_batch_info()
+            .map_ok(untagged)
+            .boxed(),
+        (true, bytes) => {
+            let by_tenant = valid.chunks_timeout_by_key_result(tenant, max, every);
+            let by_tenant = match config.max_open_tenants {
+                Some(n) => by_tenant.max_open_keys(n),
+                None => by_tenant,
+            };
+            match bytes {
+                None => by_tenant.with_batch_info().map_ok(tagged).boxed(),
+                Some(bytes) => by_tenant
+                    .max_weight(bytes, weigh)
+                    .with_batch_info()
+                    .map_ok(tagged)
+                    .boxed(),
+            }
+        }
+    }
+}
+
 /// Builds the adapter chain and drives it to its end.
 pub(super) async fn drive(
     ctx: Arc<Ctx>,
     source: RecordStream,
     config: &Config,
-    cancel: CancellationToken,
 ) -> Result<Completion, CompensatedError<PipelineError>> {
     let reading = ctx.clone();
     let validated = source
@@ -45,30 +114,36 @@ pub(super) async fn drive(
         async move { ctx.divert_invalid(item).await }
     });
 
-    let mut batches = Box::pin(valid.chunks_timeout_result(config.max_batch, config.flush_every));
-    let tagged = futures::stream::poll_fn(move |cx| {
-        batches.as_mut().poll_next(cx).map(|next| {
-            next.map(|item| {
-                item.map(|batch| {
-                    let reason = batches
-                        .last_flush_reason()
-                        .expect("a yielded batch has a flush reason");
-                    (batch, reason)
-                })
-            })
-        })
+    // Numbered here, once: a retried batch keeps its number (and so its rows' batch_seq).
+    let mut seq = 0u64;
+    let numbered = batches(valid, config).map_ok(move |(tenant, batch, info)| {
+        seq += 1;
+        Batch::new(seq, tenant, info, batch)
     });
 
     let writing = ctx.clone();
-    let mut seq = 0u64;
-    tagged
-        .for_each_compensated(CompensationScope::new(), move |(batch, reason), scope| {
-            seq += 1;
-            write_batch(writing.clone(), seq, reason, batch, scope)
+    let run = numbered
+        .for_each_compensated(CompensationScope::new(), move |batch, scope| {
+            write_batch(writing.clone(), batch, scope)
         })
         .rollback_policy(ctx.failure.rollback)
-        .with_cancellation(cancel)
-        .await
+        .concurrency(config.concurrency)
+        .with_cancellation(ctx.stopping.clone());
+    let run = match ctx.failure.retry {
+        Some(policy) => run.retry(policy),
+        None => run,
+    };
+    // Skip-batch mode, and any batch of a redelivering source (its events come back): a
+    // failed batch is rolled back alone and the run goes on. In stop mode, `skipped` then
+    // stops the run for a failure that is not a database outage.
+    let skips = ctx.failure.on_failure == OnFailure::SkipBatch || ctx.redelivers;
+    let run = if skips {
+        let skipping = ctx.clone();
+        run.skip_failed_items(move |index, error| skipping.skipped(index, error))
+    } else {
+        run
+    };
+    run.await
 }
 
 impl Ctx {

@@ -69,6 +69,50 @@ impl RollbackSettings {
     }
 }
 
+/// How a failed batch write is retried: its rollback runs, then the backoff, then the next
+/// attempt; the failure policy applies after the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteRetry {
+    /// Retries after the first attempt (0: none).
+    pub retries: u32,
+    /// Wait before the first retry; it doubles with each retry, up to `backoff_max`.
+    pub backoff: Duration,
+    /// Longest wait between retries.
+    pub backoff_max: Duration,
+}
+
+impl Default for WriteRetry {
+    fn default() -> Self {
+        Self {
+            retries: 0,
+            backoff: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WriteRetry {
+    /// The library policy these settings describe, `None` without retries.
+    pub fn policy(&self) -> Option<RollbackPolicy> {
+        if self.retries == 0 {
+            return None;
+        }
+        let backoff = if self.backoff.is_zero() {
+            Backoff::None
+        } else {
+            Backoff::Exponential {
+                initial: self.backoff,
+                max: self.backoff_max.max(self.backoff),
+            }
+        };
+        Some(
+            RollbackPolicy::default()
+                .attempts(self.retries.saturating_add(1))
+                .backoff(backoff),
+        )
+    }
+}
+
 /// Failures injected on purpose, for demonstrations and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Faults {
@@ -79,6 +123,10 @@ pub struct Faults {
     /// The first `n` attempts of every row-deleting compensation fail (to exercise the
     /// retries, or, with `n >= --rollback-attempts`, an incomplete rollback).
     pub fail_rollback_attempts: u32,
+    /// A batch chosen by `fail_every` or `fail_rate` fails only its first `n` write
+    /// attempts (`--fail-attempts`; with `--write-retries`, a transient failure); `None`:
+    /// every attempt fails.
+    pub fail_attempts: Option<u32>,
     /// Seed of the `fail_rate` draws.
     pub seed: u64,
     /// Batch `n` is written and then the run hangs, before the batch is committed and
@@ -104,6 +152,21 @@ pub struct Config {
     pub max_batch: usize,
     /// Longest wait of an event for its batch to be flushed.
     pub flush_every: Duration,
+    /// Most bytes per batch, counting each event as its encoded NDJSON line
+    /// (`--max-batch-bytes`); an event larger than this on its own is written alone.
+    /// `None`: no byte cap.
+    pub max_batch_bytes: Option<usize>,
+    /// One open batch per tenant, each with its own `flush_every` deadline
+    /// (`--per-tenant`).
+    pub per_tenant: bool,
+    /// With `per_tenant`, most tenants with an open batch: a new tenant's event first
+    /// flushes the oldest open batch (`--max-open-tenants`). `None`: unbounded.
+    pub max_open_tenants: Option<usize>,
+    /// Batches written at once (`--concurrency`); the connection pool is sized to match.
+    pub concurrency: usize,
+    /// How a failed batch write is retried (`--write-retries`, `--write-backoff`) before
+    /// the failure policy applies.
+    pub write_retry: WriteRetry,
     /// What a failed batch does to the run.
     pub on_failure: OnFailure,
     /// How compensations are retried.
@@ -150,6 +213,11 @@ impl Default for Config {
             table: "events".to_owned(),
             max_batch: 500,
             flush_every: Duration::from_secs(2),
+            max_batch_bytes: None,
+            per_tenant: false,
+            max_open_tenants: None,
+            concurrency: 1,
+            write_retry: WriteRetry::default(),
             on_failure: OnFailure::Stop,
             rollback: RollbackSettings::default(),
             faults: Faults {
@@ -173,6 +241,22 @@ impl Config {
         let invalid = |message: String| Err(ConfigError(message));
         if self.max_batch == 0 {
             return invalid("--max-batch must be at least 1".into());
+        }
+        if self.max_batch_bytes == Some(0) {
+            return invalid("--max-batch-bytes must be at least 1".into());
+        }
+        if self.concurrency == 0 {
+            return invalid("--concurrency must be at least 1".into());
+        }
+        match (self.per_tenant, self.max_open_tenants) {
+            (_, Some(0)) => return invalid("--max-open-tenants must be at least 1".into()),
+            (false, Some(_)) => {
+                return invalid("--max-open-tenants applies with --per-tenant".into());
+            }
+            _ => {}
+        }
+        if self.faults.fail_attempts == Some(0) {
+            return invalid("--fail-attempts must be at least 1".into());
         }
         if !(0.0..=1.0).contains(&self.faults.fail_rate) {
             return invalid(format!(

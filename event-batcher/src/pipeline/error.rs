@@ -35,14 +35,6 @@ pub enum PipelineError {
         /// Events in the batch.
         len: usize,
     },
-    /// A failed batch could not be undone (skip-batch mode stops then).
-    #[error("batch {batch} could not be rolled back: {report}")]
-    RollbackIncomplete {
-        /// The batch number.
-        batch: u64,
-        /// The rollback report.
-        report: String,
-    },
 }
 
 impl PipelineError {

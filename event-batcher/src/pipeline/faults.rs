@@ -22,8 +22,13 @@ impl FaultInjector {
         }
     }
 
-    /// Whether batch `seq` gets an injected failure.
-    pub(super) fn should_fail(&self, seq: u64) -> bool {
+    /// Whether attempt `attempt` (1 for the first) of batch `seq` gets an injected failure:
+    /// a batch chosen by `--fail-every` or `--fail-rate` fails its first `--fail-attempts`
+    /// attempts (all of them by default).
+    pub(super) fn should_fail(&self, seq: u64, attempt: u32) -> bool {
+        if self.faults.fail_attempts.is_some_and(|n| attempt > n) {
+            return false;
+        }
         self.faults
             .fail_every
             .is_some_and(|n| seq.is_multiple_of(n))

@@ -17,33 +17,45 @@ impl Ctx {
             Err(error) => error,
         };
         let (cause, report) = error.into_parts();
-        if let Some(batch) = self.stats.take_in_flight() {
+        // The batches `for_each_compensated` rolled back as it stopped: the one that
+        // failed, and those it dropped in flight (`--concurrency`).
+        let failed = match &cause {
+            Cause::Handler(
+                PipelineError::Write { batch, .. } | PipelineError::Injected { batch, .. },
+            ) => Some(*batch),
+            _ => None,
+        };
+        let stop_cause = crate::sync::lock(&self.stop_cause).take();
+        for batch in self.stats.take_all_in_flight() {
             let error = match &cause {
-                Cause::Upstream(error) | Cause::Handler(error) => error.to_string(),
-                Cause::Cancelled => format!("batch {}: cancelled", batch.seq),
+                Cause::Handler(error) if failed == Some(batch.seq) => error.to_string(),
+                _ if stop_cause.is_some() || failed.is_some() => {
+                    format!("batch {}: rolled back as the run stopped", batch.seq)
+                }
+                Cause::Upstream(error) => error.to_string(),
                 Cause::TimedOut(limit) => {
                     format!("batch {}: write timed out after {limit:?}", batch.seq)
                 }
-                // Causes a later version of the crate may add (the enum is non-exhaustive).
-                _ => format!("batch {}: stopped", batch.seq),
+                _ => format!("batch {}: cancelled", batch.seq),
             };
             self.rolled_back(&batch, error, &report, false);
         }
+        if let Some(stop) = stop_cause
+            && cause.is_cancelled()
+            && !self.cancel.is_cancelled()
+        {
+            // Stopped by a failure that skip-batch handling rolled back (see `skipped`).
+            return Outcome::Stopped {
+                cause: stop.cause,
+                rollback: stop.rollback,
+                rolled_back_cleanly: stop.rolled_back_cleanly && report.is_complete(),
+            };
+        }
         let (rollback, rolled_back_cleanly) = match &cause {
-            // Skip-batch mode rolled the batch back itself, incompletely, and stopped: that
-            // rollback is the one to report (the scope was empty when the run stopped).
-            // (The cause already quotes its report.)
-            Cause::Handler(PipelineError::RollbackIncomplete { batch, .. }) => {
-                (format!("batch {batch} was not rolled back cleanly"), false)
-            }
             _ if report.ran() == 0 => ("nothing to roll back".to_owned(), report.is_complete()),
             _ => (report.to_string(), report.is_complete()),
         };
         match cause {
-            Cause::Cancelled => Outcome::Cancelled {
-                rollback,
-                rolled_back_cleanly,
-            },
             Cause::Upstream(error) | Cause::Handler(error) => {
                 let cause = match (&error, self.failure.strict) {
                     (PipelineError::Invalid(_), true) => format!("{error} (--strict)"),
@@ -55,6 +67,10 @@ impl Ctx {
                     rolled_back_cleanly,
                 }
             }
+            Cause::Cancelled => Outcome::Cancelled {
+                rollback,
+                rolled_back_cleanly,
+            },
             Cause::TimedOut(limit) => Outcome::Stopped {
                 cause: format!("a batch write timed out after {limit:?}"),
                 rollback,

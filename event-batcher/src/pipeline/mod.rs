@@ -7,8 +7,9 @@
 //! (the outcome and the row counts).
 //!
 //! ```text
-//! source ─► map_ok_stream(validate) ─► invalid records diverted ─► chunks_timeout_result
-//!        ─► tagged with the flush reason ─► for_each_compensated(write the batch)
+//! source ─► map_ok_stream(validate) ─► invalid records diverted
+//!        ─► chunks_timeout_result (or chunks_timeout_by_key_result by tenant), with batch info
+//!        ─► numbered ─► for_each_compensated(write the batch), concurrent, retrying, skipping
 //! ```
 //!
 //! The crate documentation explains the design; the rules each step follows are on
@@ -24,7 +25,7 @@ mod outage;
 mod outputs;
 mod settle;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -41,7 +42,8 @@ use faults::FaultInjector;
 use outputs::{Outputs, check_outputs};
 
 pub use chain::REPORTED_REJECTS;
-pub use config::{Config, ConfigError, Faults, OnFailure, RollbackSettings};
+pub use chain::encoded_len;
+pub use config::{Config, ConfigError, Faults, OnFailure, RollbackSettings, WriteRetry};
 pub use error::{PipelineError, SetupError};
 pub use settle::REPORTED_ROLLBACKS;
 
@@ -129,13 +131,17 @@ impl Pipeline {
     ///   on standard error with its position (the first [`REPORTED_REJECTS`]), written to
     ///   `--rejects`, and dropped from the stream, unless `--strict`, where it stops the run
     ///   after the batch formed before it is written;
-    /// - valid events are batched by `chunks_timeout_result(max_batch, flush_every)` and each
-    ///   batch is tagged with why it was flushed;
+    /// - valid events are batched by `chunks_timeout_result(max_batch, flush_every)` (per
+    ///   tenant with [`Config::per_tenant`], at most [`Config::max_batch_bytes`] bytes when
+    ///   set) and each batch carries its batch info (why it closed, its weight, its age) and
+    ///   a number, given once (a retried batch keeps it);
     /// - the stop token ends the source (see [`Pipeline::stop`]); a NATS source also ends by
     ///   itself after `--idle-exit` without a message or `--max-events` messages;
     /// - each batch is written by `for_each_compensated` as described in the crate
-    ///   documentation, under the `--on-failure` policy; a batch that commits is counted as
-    ///   acknowledged and its events are acknowledged to the source;
+    ///   documentation, up to [`Config::concurrency`] at once, a failed write retried as
+    ///   [`Config::write_retry`] says, then under the `--on-failure` policy; a batch that
+    ///   commits is counted as acknowledged and its events are acknowledged to the source,
+    ///   whatever the batches beside it do;
     /// - a batch whose write fails because the database is unavailable
     ///   ([`PipelineError::is_database_unavailable`]) waits for the database, at most
     ///   [`Config::database_outage`], before it is rolled back; then, when its records carry
@@ -197,9 +203,17 @@ impl Pipeline {
         }
         // The server gives a rollback's DELETE up a little before the compensation attempt
         // times out, so a DELETE reported as timed out cannot commit later.
-        let store = Store::connect(&config.database, &config.table, config.connect_timeout)
-            .await?
-            .with_delete_timeout(config.rollback.attempt_timeout.mul_f64(0.9));
+        let connections = u32::try_from(config.concurrency)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let store = Store::connect_with_pool(
+            &config.database,
+            &config.table,
+            config.connect_timeout,
+            connections,
+        )
+        .await?
+        .with_delete_timeout(config.rollback.attempt_timeout.mul_f64(0.9));
         // Created (truncated) only now that the run can start: a setup error leaves existing
         // files as they were.
         let outputs = match Outputs::create(&config) {
@@ -221,6 +235,7 @@ impl Pipeline {
             None => label,
         };
         let progress = Progress::start(config.progress, expected, stats.clone(), console.clone());
+        let redelivers = nats.is_some();
         let ctx = Arc::new(Ctx {
             run_id: fastrand::i64(1..i64::MAX),
             store: store.clone(),
@@ -228,18 +243,22 @@ impl Pipeline {
             console,
             failure: FailurePolicy {
                 rollback: config.rollback.policy(),
+                retry: config.write_retry.policy(),
                 on_failure: config.on_failure,
                 max_deliveries: config.max_deliveries,
                 strict: config.strict,
             },
             faults: FaultInjector::new(config.faults),
             outputs,
-            cancel: cancel.clone(),
+            stopping: cancel.child_token(),
+            stop_cause: Mutex::new(None),
+            redelivers,
+            cancel,
             database_outage: config.database_outage,
         });
 
         let started = Instant::now();
-        let result = chain::drive(ctx.clone(), source, &config, cancel).await;
+        let result = chain::drive(ctx.clone(), source, &config).await;
         let elapsed = started.elapsed();
         progress.finish().await;
         // Every hook has been settled (or dropped, which gives its message back): wait until

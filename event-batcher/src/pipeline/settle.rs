@@ -3,7 +3,11 @@
 
 use std::sync::atomic::Ordering;
 
-use super::batch::Ctx;
+use result_stream::{Cause, CompensatedError};
+
+use super::batch::{Ctx, StopCause};
+use super::config::OnFailure;
+use super::error::PipelineError;
 use crate::event::Event;
 use crate::record::Ack;
 use crate::report::stats::InFlight;
@@ -13,6 +17,35 @@ use crate::report::stats::InFlight;
 pub const REPORTED_ROLLBACKS: u64 = 20;
 
 impl Ctx {
+    /// The `skip_failed_items` callback: batch number `index + 1` failed (after its
+    /// retries) and was rolled back alone, cleanly. It is recorded (counters, a message, the
+    /// dead-letter file); in stop mode, unless it failed because the database was
+    /// unavailable and its source redelivers, the run then stops (see [`StopCause`]).
+    pub(super) fn skipped(&self, index: u64, error: CompensatedError<PipelineError>) {
+        let seq = index + 1;
+        let (cause, report) = error.into_parts();
+        let (message, outage) = match &cause {
+            Cause::Handler(error) => (error.to_string(), error.is_database_unavailable()),
+            other => (format!("batch {seq}: {other}"), false),
+        };
+        let stops = self.failure.on_failure == OnFailure::Stop && !(outage && self.redelivers);
+        if let Some(batch) = self.stats.take_in_flight(seq) {
+            self.rolled_back(&batch, message.clone(), &report, !stops);
+        }
+        if stops {
+            let mut cause = crate::sync::lock(&self.stop_cause);
+            if cause.is_none() {
+                *cause = Some(StopCause {
+                    cause: message,
+                    rollback: report.to_string(),
+                    rolled_back_cleanly: report.is_complete(),
+                });
+            }
+            drop(cause);
+            self.stopping.cancel();
+        }
+    }
+
     /// Records a rolled-back batch: counters, a message, and the dead-letter file.
     /// `announce` prints a line on stderr (skip-batch mode; when the run stops, its final
     /// error line says it).

@@ -114,8 +114,9 @@ fn counts(stats: &Stats, elapsed: Duration) -> (u64, String) {
     let read = stats.read.load(Ordering::Relaxed);
     let rate = read as f64 / elapsed.as_secs_f64().max(1e-3);
     let message = format!(
-        "{rate:.0}/s, {} batches written, {} rolled back, {} invalid",
+        "{rate:.0} events/s, {} batches written, {} in flight, {} rolled back, {} invalid",
         stats.committed.load(Ordering::Relaxed),
+        stats.in_flight.load(Ordering::Relaxed),
         stats.rolled_back.load(Ordering::Relaxed),
         stats.invalid.load(Ordering::Relaxed),
     );

@@ -1,12 +1,14 @@
 //! Live counters of a run, shared by the pipeline and the progress display, and what the
 //! summary lists (invalid records, rolled-back batches).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use result_stream::{FlushReason, RollbackReport};
+use std::time::Duration;
+
+use result_stream::{BatchInfo, FlushReason, RollbackReport};
 
 use crate::event::Event;
 use crate::record::Position;
@@ -16,11 +18,15 @@ use crate::validate::Rejected;
 /// How many invalid records and failed batches are listed in the summary (all are counted).
 pub const LISTED: usize = 10;
 
-/// Batches written, by the reason `chunks_timeout_result` flushed them.
+/// Batches written, by the reason the batching adapter flushed them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlushCounts {
     /// Full: `--max-batch` events.
     pub size: u64,
+    /// Full by `--max-batch-bytes` (or one event larger than it).
+    pub weight: u64,
+    /// `--per-tenant`: flushed to make room for a new tenant (`--max-open-tenants`).
+    pub eviction: u64,
     /// The `--flush-every` deadline of the batch's first event passed.
     pub deadline: u64,
     /// The input ended.
@@ -33,7 +39,7 @@ pub struct FlushCounts {
 impl FlushCounts {
     /// All batches.
     pub fn total(&self) -> u64 {
-        self.size + self.deadline + self.end + self.before_error
+        self.size + self.weight + self.eviction + self.deadline + self.end + self.before_error
     }
 
     pub(crate) fn add(&mut self, reason: FlushReason) {
@@ -41,7 +47,9 @@ impl FlushCounts {
             FlushReason::Deadline => self.deadline += 1,
             FlushReason::End => self.end += 1,
             FlushReason::Error => self.before_error += 1,
-            // `Full`, and the reasons of caps the pipeline does not set (weight, eviction).
+            FlushReason::Weight => self.weight += 1,
+            FlushReason::Eviction => self.eviction += 1,
+            // `Full`, and reasons added to the (non-exhaustive) enum later.
             _ => self.size += 1,
         }
     }
@@ -93,10 +101,15 @@ pub(crate) struct Detail {
     /// The distinct ids behind `already_present`, checked against the table at the end.
     pub(crate) skipped_ids: HashSet<String>,
     pub(crate) flush: FlushCounts,
+    /// The age of each committed batch (first event to flush), in microseconds.
+    pub(crate) ages_micros: Vec<u32>,
+    /// Events of committed batches, by tenant.
+    pub(crate) tenants: HashMap<String, u64>,
     pub(crate) rejects: Vec<RejectNote>,
     pub(crate) failed: Vec<FailedBatch>,
     pub(crate) events_rolled_back: u64,
-    pub(crate) in_flight: Option<InFlight>,
+    /// The batches being written, by number.
+    pub(crate) in_flight: BTreeMap<u64, InFlight>,
     pub(crate) ack_failures: u64,
     pub(crate) warnings: Vec<String>,
 }
@@ -114,6 +127,10 @@ pub(crate) struct Stats {
     pub committed: AtomicU64,
     /// Rolled-back batches.
     pub rolled_back: AtomicU64,
+    /// Batch write attempts after the first (`--write-retries`).
+    pub retried: AtomicU64,
+    /// Batches being written now.
+    pub in_flight: AtomicU64,
     /// Events of rolled-back batches given up after `--max-deliveries` (NATS) and written to
     /// the dead-letter file.
     pub dead_lettered: AtomicU64,
@@ -136,32 +153,76 @@ impl Stats {
         }
     }
 
+    /// An attempt to write a batch starts (again, for a retry).
     pub fn begin_batch(&self, in_flight: InFlight) {
-        self.detail().in_flight = Some(in_flight);
+        let mut detail = self.detail();
+        detail.in_flight.insert(in_flight.seq, in_flight);
+        self.in_flight
+            .store(detail.in_flight.len() as u64, Ordering::Relaxed);
     }
 
-    pub fn take_in_flight(&self) -> Option<InFlight> {
-        self.detail().in_flight.take()
+    /// Batch `seq`, if it is being written, no longer counted as such.
+    pub fn take_in_flight(&self, seq: u64) -> Option<InFlight> {
+        let mut detail = self.detail();
+        let batch = detail.in_flight.remove(&seq);
+        self.in_flight
+            .store(detail.in_flight.len() as u64, Ordering::Relaxed);
+        batch
     }
 
-    /// A batch's writes are committed: `inserted` of its `events` rows were new, the events
-    /// with the `skipped` ids were already present (as the database reported).
+    /// Every batch being written, oldest first, no longer counted as such.
+    pub fn take_all_in_flight(&self) -> Vec<InFlight> {
+        let taken = std::mem::take(&mut self.detail().in_flight);
+        self.in_flight.store(0, Ordering::Relaxed);
+        taken.into_values().collect()
+    }
+
+    /// Batch `seq`'s writes are committed: `inserted` of its `events` rows were new, the
+    /// events with the `skipped` ids were already present (as the database reported);
+    /// `info` is how it was formed, `tenant` its tenant if batches are per tenant.
     pub fn batch_committed(
         &self,
-        reason: FlushReason,
-        events: usize,
+        seq: u64,
+        info: &BatchInfo,
+        tenant: Option<&str>,
+        events: &[Event],
         inserted: u64,
         skipped: Vec<String>,
     ) {
-        let events = events as u64;
+        // Counted before the lock is taken: one entry per tenant of the batch.
+        let mut by_tenant: HashMap<&str, u64> = HashMap::new();
+        match tenant {
+            Some(tenant) => {
+                by_tenant.insert(tenant, events.len() as u64);
+            }
+            None => {
+                for event in events {
+                    *by_tenant.entry(event.tenant.as_str()).or_default() += 1;
+                }
+            }
+        }
         let mut detail = self.detail();
-        detail.in_flight = None;
+        detail.in_flight.remove(&seq);
+        self.in_flight
+            .store(detail.in_flight.len() as u64, Ordering::Relaxed);
         detail.inserted += inserted;
         detail.already_present += skipped.len() as u64;
         detail.skipped_ids.extend(skipped);
-        detail.flush.add(reason);
+        detail.flush.add(info.reason());
+        detail
+            .ages_micros
+            .push(u32::try_from(info.age().as_micros()).unwrap_or(u32::MAX));
+        for (tenant, count) in by_tenant {
+            match detail.tenants.get_mut(tenant) {
+                Some(total) => *total += count,
+                None => {
+                    detail.tenants.insert(tenant.to_owned(), count);
+                }
+            }
+        }
         drop(detail);
-        self.acknowledged.fetch_add(events, Ordering::Relaxed);
+        self.acknowledged
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         self.committed.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -186,13 +247,9 @@ impl Stats {
             rolled_back_cleanly: report.is_complete(),
         };
         let mut detail = self.detail();
-        if detail
-            .in_flight
-            .as_ref()
-            .is_some_and(|f| f.seq == batch.seq)
-        {
-            detail.in_flight = None;
-        }
+        detail.in_flight.remove(&batch.seq);
+        self.in_flight
+            .store(detail.in_flight.len() as u64, Ordering::Relaxed);
         detail.events_rolled_back += batch.events.len() as u64;
         detail.failed.push(failed);
         drop(detail);
@@ -221,5 +278,33 @@ impl Stats {
     /// The distinct ids of the acknowledged events that were already present.
     pub fn skipped_ids(&self) -> Vec<String> {
         self.detail().skipped_ids.iter().cloned().collect()
+    }
+}
+
+/// The batch age at quantile `q` (0 to 1, nearest rank) of `ages_micros`, `None` when empty.
+pub(crate) fn age_quantile(ages_micros: &mut [u32], q: f64) -> Option<Duration> {
+    if ages_micros.is_empty() {
+        return None;
+    }
+    let rank = ((q * ages_micros.len() as f64).ceil() as usize).clamp(1, ages_micros.len());
+    let (_, nth, _) = ages_micros.select_nth_unstable(rank - 1);
+    Some(Duration::from_micros(u64::from(*nth)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn age_quantiles_are_nearest_rank() {
+        assert_eq!(age_quantile(&mut [], 0.5), None);
+        // 1..=100 ms, shuffled: p50 is the 50th value, p99 the 99th, p100 the largest.
+        let mut ages: Vec<u32> = (1..=100).map(|ms| ms * 1000).rev().collect();
+        ages.swap(3, 70);
+        let ms = |n: u64| Some(Duration::from_millis(n));
+        assert_eq!(age_quantile(&mut ages, 0.5), ms(50));
+        assert_eq!(age_quantile(&mut ages, 0.99), ms(99));
+        assert_eq!(age_quantile(&mut ages, 1.0), ms(100));
+        assert_eq!(age_quantile(&mut [7_000], 0.99), ms(7));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::check::{Check, DatabaseRows};
-use super::stats::{FailedBatch, FlushCounts, LISTED, RejectNote, Stats};
+use super::stats::{FailedBatch, FlushCounts, LISTED, RejectNote, Stats, age_quantile};
 use crate::source::NatsStats;
 
 /// How the run ended.
@@ -73,6 +73,17 @@ pub struct Summary {
     pub already_present: u64,
     /// Committed batches by flush reason.
     pub batches: FlushCounts,
+    /// Median age of the committed batches (first event to flush); `None` without any.
+    pub batch_age_p50: Option<Duration>,
+    /// 99th percentile of the committed batches' ages.
+    pub batch_age_p99: Option<Duration>,
+    /// The tenants with the most acknowledged events (at most [`TOP_TENANTS`]), most
+    /// first (ties by name).
+    pub top_tenants: Vec<(String, u64)>,
+    /// Tenants with acknowledged events.
+    pub tenants: usize,
+    /// Batch write attempts after the first (`--write-retries`).
+    pub write_retries: u64,
     /// Batches rolled back.
     pub batches_rolled_back: u64,
     /// Events in rolled-back batches.
@@ -97,6 +108,9 @@ pub struct Summary {
     pub check: Check,
 }
 
+/// How many tenants the summary lists.
+pub const TOP_TENANTS: usize = 5;
+
 /// What the pipeline hands over to build a [`Summary`].
 pub(crate) struct Ending {
     pub run_id: i64,
@@ -111,7 +125,17 @@ pub(crate) struct Ending {
 
 impl Summary {
     pub(crate) fn new(stats: &Stats, ending: Ending) -> Summary {
-        let detail = stats.detail();
+        let mut detail = stats.detail();
+        let mut ages = std::mem::take(&mut detail.ages_micros);
+        let (batch_age_p50, batch_age_p99) =
+            (age_quantile(&mut ages, 0.5), age_quantile(&mut ages, 0.99));
+        let mut top_tenants: Vec<(String, u64)> = detail
+            .tenants
+            .iter()
+            .map(|(tenant, events)| (tenant.clone(), *events))
+            .collect();
+        top_tenants.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top_tenants.truncate(TOP_TENANTS);
         let acknowledged = stats.acknowledged.load(Ordering::Relaxed);
         let read = stats.read.load(Ordering::Relaxed);
         let invalid = stats.invalid.load(Ordering::Relaxed);
@@ -146,6 +170,11 @@ impl Summary {
             inserted: detail.inserted,
             already_present: detail.already_present,
             batches: detail.flush,
+            batch_age_p50,
+            batch_age_p99,
+            top_tenants,
+            tenants: detail.tenants.len(),
+            write_retries: stats.retried.load(Ordering::Relaxed),
             batches_rolled_back: detail.failed.len() as u64,
             events_rolled_back: detail.events_rolled_back,
             events_dead_lettered: dead_lettered,
@@ -209,16 +238,46 @@ impl fmt::Display for Summary {
         )?;
         write!(
             f,
-            "  batches written      {} (size {}, deadline {}, end {}",
+            "  batches written      {} (size {}, weight {}, deadline {}, end {}, eviction {}",
             self.batches.total(),
             self.batches.size,
+            self.batches.weight,
             self.batches.deadline,
-            self.batches.end
+            self.batches.end,
+            self.batches.eviction,
         )?;
         if self.batches.before_error > 0 {
             write!(f, ", before an input error {}", self.batches.before_error)?;
         }
         writeln!(f, ")")?;
+        if let (Some(p50), Some(p99)) = (self.batch_age_p50, self.batch_age_p99) {
+            writeln!(
+                f,
+                "  batch age            p50 {:.1} ms, p99 {:.1} ms (first event to flush)",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3
+            )?;
+        }
+        if !self.top_tenants.is_empty() {
+            let top: Vec<String> = self
+                .top_tenants
+                .iter()
+                .map(|(tenant, events)| format!("{tenant} {events}"))
+                .collect();
+            writeln!(
+                f,
+                "  top tenants          {} (events; {} tenant(s))",
+                top.join(", "),
+                self.tenants
+            )?;
+        }
+        if self.write_retries > 0 {
+            writeln!(
+                f,
+                "  write retries        {} (failed attempts undone and written again)",
+                self.write_retries
+            )?;
+        }
         write!(
             f,
             "  batches rolled back  {} ({} events",
@@ -283,7 +342,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::AtomicU64;
 
-    use result_stream::{FlushReason, RollbackReport};
+    use result_stream::{BatchInfo, FlushReason, RollbackReport};
 
     use super::*;
     use crate::event::Event;
@@ -300,18 +359,43 @@ mod tests {
         })
     }
 
-    #[test]
-    fn counts_committed_and_rolled_back_batches() {
+    /// The info of the one batch a batcher of `max_items` makes of one value: full (1) or
+    /// at the end (more). (`BatchInfo` has no public constructor.)
+    async fn info(max_items: usize) -> BatchInfo {
+        use futures::StreamExt;
+        use result_stream::ResultStreamExt;
+        let mut batches = std::pin::pin!(
+            futures::stream::iter([Ok::<u8, ()>(0)])
+                .chunks_timeout_result(max_items, Duration::from_secs(1))
+                .with_batch_info()
+        );
+        let (_, info) = batches.next().await.unwrap().unwrap();
+        info
+    }
+
+    #[tokio::test]
+    async fn counts_committed_and_rolled_back_batches() {
         let stats = Stats::default();
-        stats.batch_committed(FlushReason::Full, 4, 3, vec!["x".into()]);
-        stats.batch_committed(FlushReason::End, 2, 2, Vec::new());
-        let events: Arc<[Event]> = vec![Event {
-            id: "e1".into(),
-            tenant: "t".into(),
+        let event = |id: &str, tenant: &str| Event {
+            id: id.into(),
+            tenant: tenant.into(),
             ts: 0,
             payload: serde_json::Value::Null,
-        }]
-        .into();
+        };
+        let four = [
+            event("a1", "acme"),
+            event("a2", "acme"),
+            event("b1", "beta"),
+            event("a3", "acme"),
+        ];
+        let full = info(1).await;
+        assert_eq!(full.reason(), FlushReason::Full);
+        stats.batch_committed(1, &full, None, &four, 3, vec!["x".into()]);
+        let two = [event("b2", "beta"), event("b3", "beta")];
+        let end = info(2).await;
+        assert_eq!(end.reason(), FlushReason::End);
+        stats.batch_committed(2, &end, Some("beta"), &two, 2, Vec::new());
+        let events: Arc<[Event]> = vec![event("e1", "t")].into();
         let batch = InFlight {
             seq: 3,
             events,
@@ -323,7 +407,7 @@ mod tests {
             rows_deleted: batch.rows_deleted.clone(),
         });
         stats.batch_rolled_back(&batch, "boom".into(), &RollbackReport::default());
-        assert!(stats.take_in_flight().is_none());
+        assert!(stats.take_in_flight(3).is_none());
         let summary = Summary::new(
             &stats,
             Ending {
@@ -341,6 +425,10 @@ mod tests {
         assert_eq!(summary.already_present, 1);
         assert_eq!(summary.batches.size, 1);
         assert_eq!(summary.batches.end, 1);
+        assert_eq!(
+            summary.top_tenants,
+            vec![("acme".to_owned(), 3), ("beta".to_owned(), 3)]
+        );
         assert_eq!(summary.batches_rolled_back, 1);
         assert_eq!(summary.failed_batches[0].first_id, "e1");
         assert!(summary.is_success());

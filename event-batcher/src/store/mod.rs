@@ -124,6 +124,17 @@ impl Store {
     /// Errors (all one line, password redacted): an unsupported or malformed URL, a database
     /// that cannot be reached or opened within `timeout`, a table with other columns.
     pub async fn connect(url: &str, table: &str, timeout: Duration) -> Result<Store, ConnectError> {
+        Self::connect_with_pool(url, table, timeout, 0).await
+    }
+
+    /// [`connect`](Self::connect) with a pool of at least `connections` connections (one
+    /// per batch written at once, and one more for probes and rollbacks).
+    pub async fn connect_with_pool(
+        url: &str,
+        table: &str,
+        timeout: Duration,
+        connections: u32,
+    ) -> Result<Store, ConnectError> {
         check_table_name(table).map_err(ConnectError::TableName)?;
         let shown = redact(url);
         let bad_url = |source: sqlx::Error| ConnectError::Url {
@@ -149,7 +160,7 @@ impl Store {
                     let probe = options.connect().await.map_err(unreachable)?;
                     probe.close().await.map_err(unreachable)?;
                     SqlitePoolOptions::new()
-                        .max_connections(SQLITE_POOL_SIZE)
+                        .max_connections(SQLITE_POOL_SIZE.max(connections))
                         .acquire_timeout(timeout)
                         .connect_with(options)
                         .await
@@ -161,7 +172,7 @@ impl Store {
                     let probe = options.connect().await.map_err(unreachable)?;
                     probe.close().await.map_err(unreachable)?;
                     PgPoolOptions::new()
-                        .max_connections(POSTGRES_POOL_SIZE)
+                        .max_connections(POSTGRES_POOL_SIZE.max(connections))
                         .acquire_timeout(timeout)
                         .connect_with(options)
                         .await

@@ -178,6 +178,35 @@ impl Db {
         u64::try_from(count).expect("a count is not negative")
     }
 
+    /// The rows run `run_id` left in `table`, by batch number: how many, and their
+    /// distinct tenants.
+    pub async fn batches(
+        &self,
+        table: &str,
+        run_id: i64,
+    ) -> std::collections::BTreeMap<i64, (u64, BTreeSet<String>)> {
+        let sql = format!("SELECT batch_seq, tenant FROM {table} WHERE run_id = ");
+        let rows: Vec<(i64, String)> = match self {
+            Db::Sqlite(pool) => sqlx::query_as(AssertSqlSafe(format!("{sql}?")))
+                .bind(run_id)
+                .fetch_all(pool)
+                .await
+                .expect("select batches"),
+            Db::Postgres(pool) => sqlx::query_as(AssertSqlSafe(format!("{sql}$1")))
+                .bind(run_id)
+                .fetch_all(pool)
+                .await
+                .expect("select batches"),
+        };
+        let mut batches = std::collections::BTreeMap::<i64, (u64, BTreeSet<String>)>::new();
+        for (seq, tenant) in rows {
+            let batch = batches.entry(seq).or_default();
+            batch.0 += 1;
+            batch.1.insert(tenant);
+        }
+        batches
+    }
+
     pub async fn execute(&self, sql: String) {
         match self {
             Db::Sqlite(pool) => sqlx::query(AssertSqlSafe(sql))

@@ -177,3 +177,75 @@ pub async fn duplicate_id_in_one_batch(url: &str, table: &str) {
     assert_eq!(db.payload(table, "dup").await, r#"{"n":1}"#);
     db.close().await;
 }
+
+/// `--concurrency 4` with skip-batch: every 3rd batch fails after writing its first half
+/// while up to three others are being written; each failed batch is rolled back alone, the
+/// others commit, and the summary matches the database exactly.
+pub async fn concurrent_skip_batch(url: &str, table: &str) {
+    let mut config = failing(synthetic(url, table, 3000, 100, 7), 3, OnFailure::SkipBatch);
+    config.concurrency = 4;
+    let summary = event_batcher::run(config).await.expect("the run starts");
+    assert_eq!(summary.outcome, Outcome::Finished, "{summary}");
+    let mut seqs: Vec<u64> = summary.failed_batches.iter().map(|b| b.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=10).map(|n| n * 3).collect::<Vec<_>>(),
+        "{summary}"
+    );
+    for batch in &summary.failed_batches {
+        assert_eq!(batch.rows_deleted, 50, "{summary}");
+        assert!(batch.rolled_back_cleanly, "{summary}");
+    }
+    assert_eq!(summary.acknowledged, 2000, "{summary}");
+    assert_eq!(summary.events_rolled_back, 1000, "{summary}");
+    assert_eq!(summary.batches.total(), 20, "{summary}");
+    assert!(summary.check.holds, "{summary}");
+    assert_eq!(summary.exit_code(), 0);
+
+    let db = Db::open(url).await;
+    assert_eq!(
+        db.ids(table).await,
+        ids_of_surviving_batches(7, 3000, 100, 3)
+    );
+    assert_eq!(db.rows_of_run(table, summary.run_id).await, 2000);
+    // Each committed batch's rows carry its own number, all of them.
+    let batches = db.batches(table, summary.run_id).await;
+    let numbers: Vec<i64> = batches.keys().copied().collect();
+    let expected: Vec<i64> = (1..=30).filter(|n| n % 3 != 0).collect();
+    assert_eq!(numbers, expected);
+    assert!(
+        batches.values().all(|(rows, _)| *rows == 100),
+        "{batches:?}"
+    );
+    db.close().await;
+}
+
+/// `--write-retries 2` with a failure injected into the first attempt of every 4th batch:
+/// each such attempt is rolled back (its first half deleted), retried, and commits; the
+/// run finishes in stop mode with every event stored once, nothing rolled back for good.
+pub async fn transient_failures_are_retried(url: &str, table: &str, concurrency: usize) {
+    let mut config = failing(synthetic(url, table, 2000, 100, 8), 4, OnFailure::Stop);
+    config.faults.fail_attempts = Some(1);
+    config.write_retry.retries = 2;
+    config.write_retry.backoff = std::time::Duration::ZERO;
+    config.concurrency = concurrency;
+    let summary = event_batcher::run(config).await.expect("the run starts");
+    assert_eq!(summary.outcome, Outcome::Finished, "{summary}");
+    assert_eq!(summary.write_retries, 5, "{summary}");
+    assert_eq!(summary.batches_rolled_back, 0, "{summary}");
+    assert_eq!(summary.acknowledged, 2000);
+    assert_eq!(summary.inserted, 2000, "{summary}");
+    assert_eq!(summary.already_present, 0, "{summary}");
+    assert!(summary.check.holds, "{summary}");
+
+    let db = Db::open(url).await;
+    assert_eq!(db.ids(table).await, ids(8, 1, 2000));
+    let batches = db.batches(table, summary.run_id).await;
+    assert_eq!(batches.len(), 20);
+    assert!(
+        batches.values().all(|(rows, _)| *rows == 100),
+        "{batches:?}"
+    );
+    db.close().await;
+}
