@@ -1,0 +1,128 @@
+//! Hostile tests of the compensation part (for_each_compensated, CompensationScope, Rollback).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use result_stream::{Cause, CompensationScope, ResultStreamExt, RollbackPolicy};
+use tokio_util::sync::CancellationToken;
+
+/// Counts of one compensation's starts and ends.
+#[derive(Default)]
+struct Counts {
+    started: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+/// Registers a compensation that takes `took` and succeeds, counting its runs.
+fn register_slow(scope: &CompensationScope, label: &'static str, took: Duration, counts: Arc<Counts>) {
+    scope.register_labeled(label, move || {
+        let counts = counts.clone();
+        async move {
+            counts.started.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(took).await;
+            counts.finished.fetch_add(1, Ordering::SeqCst);
+            Ok::<(), std::io::Error>(())
+        }
+    });
+}
+
+/// Registers a compensation that always fails at once.
+fn register_failing(scope: &CompensationScope, label: &'static str, runs: Arc<AtomicUsize>) {
+    scope.register_labeled(label, move || {
+        let runs = runs.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>("undo refused")
+        }
+    });
+}
+
+/// The undo of a failed attempt (retry) is in progress: its newest compensation already
+/// failed for good (it left the scope, its failure is in that undo's report) and the next
+/// one is running when the token fires. The failure must reach the run's report, and the
+/// running compensation must not be started twice.
+///
+/// README: "the error keeps ... a `RollbackReport` that tells a clean rollback
+/// (`is_complete()`) from an incomplete one, listing each compensation that still failed";
+/// SPEC §3: "every one that still failed after its retries, with its error"; README: "every
+/// attempt that did not commit is undone exactly once".
+#[tokio::test(start_paused = true)]
+async fn cancel_during_retry_undo_keeps_the_undo_failure_and_runs_nothing_twice() {
+    let scope = CompensationScope::new();
+    let slow = Arc::new(Counts::default());
+    let failing = Arc::new(AtomicUsize::new(0));
+    let token = CancellationToken::new();
+    let canceller = token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        canceller.cancel();
+    });
+    let (slow2, failing2) = (slow.clone(), failing.clone());
+    let result = stream::iter(vec![Ok::<u32, String>(1)])
+        .for_each_compensated(scope.clone(), move |_item, scope| {
+            let (slow, failing) = (slow2.clone(), failing2.clone());
+            async move {
+                register_slow(&scope, "slow", Duration::from_millis(10), slow);
+                register_failing(&scope, "refused", failing);
+                Err("write failed".to_owned())
+            }
+        })
+        .retry(RollbackPolicy::default().attempts(3))
+        .with_cancellation(token)
+        .await;
+    let error = result.expect_err("cancelled");
+    assert!(matches!(error.cause(), Cause::Cancelled), "{error}");
+    assert_eq!(failing.load(Ordering::SeqCst), 1);
+    assert!(
+        !error.report().is_complete(),
+        "the `refused` compensation failed and left the scope, yet the report says: {}",
+        error.report()
+    );
+    assert_eq!(slow.started.load(Ordering::SeqCst), 1, "`slow` started twice");
+    assert_eq!(slow.finished.load(Ordering::SeqCst), 1);
+    assert!(scope.is_empty());
+}
+
+/// Same with concurrency: item 0's failed attempt is being undone (skip) when the upstream
+/// yields an error. SPEC §3: the cause is the upstream error and the report lists "every one
+/// that still failed after its retries".
+#[tokio::test(start_paused = true)]
+async fn upstream_error_during_skip_undo_keeps_the_undo_failure() {
+    let scope = CompensationScope::new();
+    let slow = Arc::new(Counts::default());
+    let failing = Arc::new(AtomicUsize::new(0));
+    let upstream = stream::iter(vec![Ok::<u32, String>(0)]).chain(
+        stream::once(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Err("upstream broke".to_owned())
+        }),
+    );
+    let skipped = Arc::new(Mutex::new(Vec::new()));
+    let skipped2 = skipped.clone();
+    let (slow2, failing2) = (slow.clone(), failing.clone());
+    let result = upstream
+        .for_each_compensated(scope.clone(), move |_item, scope| {
+            let (slow, failing) = (slow2.clone(), failing2.clone());
+            async move {
+                register_slow(&scope, "slow", Duration::from_millis(10), slow);
+                register_failing(&scope, "refused", failing);
+                Err("write failed".to_owned())
+            }
+        })
+        .concurrency(2)
+        .skip_failed_items(move |index, _error| skipped2.lock().unwrap().push(index))
+        .await;
+    let error = result.expect_err("the upstream error stops the run");
+    assert!(matches!(error.cause(), Cause::Upstream(e) if e == "upstream broke"), "{error}");
+    assert!(skipped.lock().unwrap().is_empty());
+    assert_eq!(failing.load(Ordering::SeqCst), 1);
+    assert!(
+        !error.report().is_complete(),
+        "the `refused` compensation failed and left the scope, yet the report says: {}",
+        error.report()
+    );
+    assert_eq!(slow.started.load(Ordering::SeqCst), 1, "`slow` started twice");
+    assert!(scope.is_empty());
+}
