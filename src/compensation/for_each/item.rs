@@ -201,6 +201,12 @@ impl<T, Fut, E> ItemSlot<T, Fut, E> {
         self.mark
     }
 
+    /// Takes the undo of a failed attempt in progress, if any, for the run to finish when
+    /// it stops.
+    pub(super) fn take_undo(self: Pin<&mut Self>) -> Option<Rollback> {
+        self.project().undo.take().map(|(undo, _cause)| undo)
+    }
+
     /// Frees the slot, dropping whatever is in flight (its compensations stay in the scope).
     #[inline(always)]
     pub(super) fn clear(self: Pin<&mut Self>) {

@@ -35,8 +35,12 @@ enum Phase<E> {
     /// Pulling items and handling them.
     Running,
     /// Stopped by `cause`; undoing what is not committed. `earlier` is the report of a
-    /// failed item's own, incomplete, undo.
+    /// failed item's own, incomplete, undo, and of the undos in `finishing`: those of
+    /// failed attempts that were in progress when the run stopped. They are finished
+    /// first (dropping one would lose the failures it already recorded, and start its
+    /// running compensation again), then `rollback` runs what is left.
     RollingBack {
+        finishing: Vec<Rollback>,
         rollback: Rollback,
         cause: Option<Cause<E>>,
         earlier: Option<RollbackReport>,
@@ -154,10 +158,22 @@ where
             match this.phase {
                 Phase::Running => {}
                 Phase::RollingBack {
+                    finishing,
                     rollback,
                     cause,
                     earlier,
                 } => {
+                    finishing.retain_mut(|undo| match Pin::new(undo).poll(cx) {
+                        Poll::Ready(report) => {
+                            let before = earlier.take().unwrap_or_default();
+                            *earlier = Some(report.after(before));
+                            false
+                        }
+                        Poll::Pending => true,
+                    });
+                    if !finishing.is_empty() {
+                        return Poll::Pending;
+                    }
                     let mut report = ready!(Pin::new(rollback).poll(cx));
                     if let Some(earlier) = earlier.take() {
                         report = report.after(earlier);
@@ -357,11 +373,18 @@ where
             };
 
             // Stop pulling, drop the handlers in progress (their compensations are already
-            // registered), and roll back everything not committed.
+            // registered), finish the undos in progress, and roll back everything not
+            // committed.
+            let mut finishing = Vec::new();
             for at in 0..1 + this.extra.len() {
-                slot(&mut this.first, this.extra, at).clear();
+                let mut item = slot(&mut this.first, this.extra, at);
+                if let Some(undo) = item.as_mut().take_undo() {
+                    finishing.push(undo);
+                }
+                item.clear();
             }
             *this.phase = Phase::RollingBack {
+                finishing,
                 rollback: this.run.handle().rollback(*this.policy),
                 cause: Some(cause),
                 earlier,
