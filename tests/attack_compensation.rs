@@ -126,3 +126,91 @@ async fn upstream_error_during_skip_undo_keeps_the_undo_failure() {
     assert_eq!(slow.started.load(Ordering::SeqCst), 1, "`slow` started twice");
     assert!(scope.is_empty());
 }
+
+/// A rollback dropped midway (say, the losing branch of `select!`, or a time limit around
+/// it): the newest compensation already failed for good, the next one is running. The
+/// failed one has left the scope and its failure was in a report nobody will ever see.
+///
+/// SPEC §3: "Nothing is lost silently."; README: "a failed one stays retryable from the
+/// report"; `Rollback`: "if this future is dropped midway, the compensation in progress and
+/// those below it stay in the scope, and a later rollback runs them".
+#[tokio::test(start_paused = true)]
+async fn a_dropped_rollback_loses_no_failed_compensation() {
+    let scope = CompensationScope::new();
+    let slow = Arc::new(Counts::default());
+    let failing = Arc::new(AtomicUsize::new(0));
+    register_slow(&scope, "slow", Duration::from_millis(10), slow.clone());
+    register_failing(&scope, "refused", failing.clone());
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(5), scope.rollback(RollbackPolicy::default()))
+            .await;
+    assert!(dropped.is_err(), "the rollback is still running `slow`");
+    assert_eq!(failing.load(Ordering::SeqCst), 1);
+    // Both are still owed: `slow` was interrupted, `refused` failed and nobody was told.
+    assert_eq!(scope.len(), 2, "the failed compensation vanished with the dropped rollback");
+    let report = scope.rollback(RollbackPolicy::default()).await;
+    assert_eq!(report.ran(), 2);
+    assert_eq!(report.failures()[0].label(), Some("refused"));
+    assert!(scope.is_empty());
+}
+
+/// The same through `for_each_compensated`: the run's future is dropped while its rollback
+/// runs, after one compensation failed for good. SPEC §3: "If the future is dropped ...
+/// the compensations registered so far stay in the scope ... Nothing is lost silently."
+#[tokio::test(start_paused = true)]
+async fn a_run_dropped_during_its_rollback_loses_no_failed_compensation() {
+    let scope = CompensationScope::new();
+    let slow = Arc::new(Counts::default());
+    let failing = Arc::new(AtomicUsize::new(0));
+    let (slow2, failing2) = (slow.clone(), failing.clone());
+    let run = stream::iter(vec![Ok::<u32, String>(1)]).for_each_compensated(
+        scope.clone(),
+        move |_item, scope| {
+            let (slow, failing) = (slow2.clone(), failing2.clone());
+            async move {
+                register_slow(&scope, "slow", Duration::from_millis(10), slow);
+                register_failing(&scope, "refused", failing);
+                Err("write failed".to_owned())
+            }
+        },
+    );
+    assert!(tokio::time::timeout(Duration::from_millis(5), run).await.is_err());
+    assert_eq!(failing.load(Ordering::SeqCst), 1);
+    assert_eq!(scope.len(), 2, "the failed compensation vanished with the dropped run");
+}
+
+/// `RollbackPolicy::concurrent`: "Used by a handler's `retry`, only its undo runs
+/// concurrently." A retry policy with `concurrent(2)` must undo a failed attempt's two
+/// independent compensations at the same time.
+#[tokio::test(start_paused = true)]
+async fn retry_policy_concurrent_runs_the_attempts_undo_concurrently() {
+    let scope = CompensationScope::new();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let second_attempt_at = Arc::new(Mutex::new(None));
+    let start = tokio::time::Instant::now();
+    let (attempts2, at2) = (attempts.clone(), second_attempt_at.clone());
+    let done = stream::iter(vec![Ok::<u32, String>(1)])
+        .for_each_compensated(scope.clone(), move |_item, scope| {
+            let (attempts, at) = (attempts2.clone(), at2.clone());
+            async move {
+                if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                    for label in ["a", "b"] {
+                        register_slow(&scope, label, Duration::from_millis(10), Arc::default());
+                    }
+                    Err("transient".to_owned())
+                } else {
+                    *at.lock().unwrap() = Some(start.elapsed());
+                    Ok(())
+                }
+            }
+        })
+        .retry(RollbackPolicy::default().attempts(2).concurrent(2))
+        .await
+        .expect("the second attempt succeeds");
+    assert_eq!(done.items(), 1);
+    assert_eq!(
+        *second_attempt_at.lock().unwrap(),
+        Some(Duration::from_millis(10)),
+        "the two 10 ms compensations ran one after the other"
+    );
+}
