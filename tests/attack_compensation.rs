@@ -126,3 +126,97 @@ async fn upstream_error_during_skip_undo_keeps_the_undo_failure() {
     assert_eq!(slow.started.load(Ordering::SeqCst), 1, "`slow` started twice");
     assert!(scope.is_empty());
 }
+
+/// Registers a compensation that records its label in `ran` and succeeds.
+fn register_recorded(scope: &CompensationScope, label: &'static str, ran: Arc<Mutex<Vec<&'static str>>>) {
+    scope.register_labeled(label, move || {
+        let ran = ran.clone();
+        async move {
+            ran.lock().unwrap().push(label);
+            Ok::<(), std::io::Error>(())
+        }
+    });
+}
+
+/// What is registered through the run's own `scope()` handle while an item is in progress
+/// (by another task) belongs to the run, not to that item: `ForEachCompensated::scope`:
+/// "what is registered through it belongs to this run, like what the handler registers,
+/// whenever it is registered ...: it is committed when the run succeeds and rolled back when
+/// it fails". Here item 0 succeeds, item 1 fails: the run fails, so `run-level` must be
+/// undone, not committed along with item 0.
+#[tokio::test(start_paused = true)]
+async fn a_run_level_registration_during_an_item_is_not_committed_with_that_item() {
+    let scope = CompensationScope::new();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let ran2 = ran.clone();
+    let run = stream::iter(vec![Ok::<u32, String>(0), Ok(1)]).for_each_compensated(
+        scope.clone(),
+        move |item, scope| {
+            let ran = ran2.clone();
+            async move {
+                register_recorded(&scope, if item == 0 { "item 0" } else { "item 1" }, ran);
+                if item == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Ok(())
+                } else {
+                    Err("write 1 failed".to_owned())
+                }
+            }
+        },
+    );
+    let run_scope = run.scope().clone();
+    let ran3 = ran.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        register_recorded(&run_scope, "run-level", ran3);
+    });
+    let error = run.await.expect_err("item 1 fails");
+    assert!(matches!(error.cause(), Cause::Handler(_)));
+    assert_eq!(
+        *ran.lock().unwrap(),
+        vec!["item 1", "run-level"],
+        "the run-level compensation was committed with item 0 although the run failed"
+    );
+    assert!(scope.is_empty());
+}
+
+/// The same with retries: the undo of item 0's failed first attempt must undo that attempt
+/// only, not a run-level registration made meanwhile; the run then succeeds, so
+/// `run-level` is committed and never run.
+#[tokio::test(start_paused = true)]
+async fn a_failed_attempts_undo_leaves_a_run_level_registration_alone() {
+    let scope = CompensationScope::new();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (ran2, attempts2) = (ran.clone(), attempts.clone());
+    let run = stream::iter(vec![Ok::<u32, String>(0)]).for_each_compensated(
+        scope.clone(),
+        move |_item, scope| {
+            let (ran, attempts) = (ran2.clone(), attempts2.clone());
+            async move {
+                register_recorded(&scope, "attempt", ran);
+                if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Err("transient".to_owned())
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
+    .retry(RollbackPolicy::default().attempts(2));
+    let run_scope = run.scope().clone();
+    let ran3 = ran.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        register_recorded(&run_scope, "run-level", ran3);
+    });
+    let done = run.await.expect("the second attempt succeeds");
+    assert_eq!(done.items(), 1);
+    assert_eq!(
+        *ran.lock().unwrap(),
+        vec!["attempt"],
+        "the attempt's undo ran the run-level compensation although the run succeeded"
+    );
+    assert!(scope.is_empty());
+}
