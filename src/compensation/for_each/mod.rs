@@ -203,7 +203,7 @@ where
                             Poll::Ready(Ok(())) => {
                                 *this.items += 1;
                                 if rules.commit_each {
-                                    this.run.handle().commit_to(this.first.mark());
+                                    this.run.items().commit_to(this.first.mark());
                                 }
                             }
                             Poll::Ready(Err(error)) => break 'plain (Cause::Handler(error), None),
@@ -220,7 +220,7 @@ where
                     }
                     match this.stream.as_mut().try_poll_next(cx) {
                         Poll::Ready(Some(Ok(value))) => {
-                            let handle = this.run.handle();
+                            let handle = this.run.items();
                             let mark = handle.checkpoint();
                             let handler = (this.f)(value, handle.clone());
                             this.first.as_mut().start(handler, mark);
@@ -275,7 +275,7 @@ where
                             free.get_or_insert(at);
                             continue;
                         }
-                        match item.as_mut().poll_step(cx, &rules, this.run.handle()) {
+                        match item.as_mut().poll_step(cx, &rules, this.run.items()) {
                             Poll::Pending => pending = true,
                             Poll::Ready(Step::Committed) => {
                                 item.clear();
@@ -285,7 +285,7 @@ where
                             Poll::Ready(Step::Retry) => {
                                 let keep = this.keep.expect("retries keep the item");
                                 let next = keep(item.item().expect("retries keep the item"));
-                                let handle = item.handle(this.run.handle()).clone();
+                                let handle = item.handle(this.run.items()).clone();
                                 let mark = handle.checkpoint();
                                 let handler = (this.f)(next, handle);
                                 item.begin(handler, mark, time_limit);
@@ -322,11 +322,11 @@ where
                             match this.stream.as_mut().try_poll_next(cx) {
                                 Poll::Ready(Some(Ok(value))) => {
                                     let mut item = slot(&mut this.first, this.extra, at);
-                                    // One at a time, an item registers through the run's handle;
+                                    // One at a time, an item registers through the run's item handle;
                                     // concurrent items each through their own.
                                     let own = (this.limit.get() > 1)
                                         .then(|| this.run.handle().for_item());
-                                    let handle = own.as_ref().unwrap_or(this.run.handle());
+                                    let handle = own.as_ref().unwrap_or(this.run.items());
                                     let mark = handle.checkpoint();
                                     let (value, kept) = match this.keep {
                                         None => (value, None),
