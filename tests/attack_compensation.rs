@@ -220,3 +220,49 @@ async fn a_failed_attempts_undo_leaves_a_run_level_registration_alone() {
     );
     assert!(scope.is_empty());
 }
+
+/// With items in flight, a stop undoes every uncommitted item "newest registration first"
+/// (`ForEachCompensated::concurrency`). Item 0's failed attempt is being undone (skip) when
+/// the upstream fails: the compensation it is running finishes, then what is left goes
+/// newest first: item 1's `b0` (registered after item 0's `a0`) before `a0`.
+#[tokio::test(start_paused = true)]
+async fn a_stop_during_an_undo_runs_what_is_left_newest_first_across_items() {
+    let scope = CompensationScope::new();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let upstream = stream::iter(vec![Ok::<u32, String>(0), Ok(1)]).chain(stream::once(async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Err("upstream broke".to_owned())
+    }));
+    let ran2 = ran.clone();
+    let error = upstream
+        .for_each_compensated(scope.clone(), move |item, scope| {
+            let ran = ran2.clone();
+            async move {
+                if item == 0 {
+                    register_recorded(&scope, "a0", ran.clone());
+                    let ran = ran.clone();
+                    scope.register_labeled("a1", move || {
+                        let ran = ran.clone();
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            ran.lock().unwrap().push("a1");
+                            Ok::<(), std::io::Error>(())
+                        }
+                    });
+                    Err("write 0 failed".to_owned())
+                } else {
+                    register_recorded(&scope, "b0", ran);
+                    std::future::pending().await
+                }
+            }
+        })
+        .concurrency(3)
+        .skip_failed_items(|_, _| {})
+        .await
+        .expect_err("the upstream error stops the run");
+    assert!(matches!(error.cause(), Cause::Upstream(_)), "{error}");
+    assert!(error.report().is_complete());
+    assert_eq!(error.report().ran(), 3);
+    assert_eq!(*ran.lock().unwrap(), vec!["a1", "b0", "a0"]);
+    assert!(scope.is_empty());
+}
