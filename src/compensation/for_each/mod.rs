@@ -36,9 +36,10 @@ enum Phase<E> {
     Running,
     /// Stopped by `cause`; undoing what is not committed. `earlier` is the report of a
     /// failed item's own, incomplete, undo, and of the undos in `finishing`: those of
-    /// failed attempts that were in progress when the run stopped. They are finished
-    /// first (dropping one would lose the failures it already recorded, and start its
-    /// running compensation again), then `rollback` runs what is left.
+    /// failed attempts that were in progress when the run stopped. They are wound down
+    /// first: the compensations they are running finish (dropping one would lose the
+    /// failures it already recorded, and start its running compensation again), they start
+    /// no other; then `rollback` runs what is left, newest first.
     RollingBack {
         finishing: Vec<Rollback>,
         rollback: Rollback,
@@ -379,6 +380,9 @@ where
             for at in 0..1 + this.extra.len() {
                 let mut item = slot(&mut this.first, this.extra, at);
                 if let Some(undo) = item.as_mut().take_undo() {
+                    // Its compensation in progress finishes; the rest is the run's
+                    // rollback's, newest first across items.
+                    undo.wind_down();
                     finishing.push(undo);
                 }
                 item.clear();
