@@ -113,8 +113,10 @@ impl RollbackPolicy {
     /// Runs up to `n` compensations at the same time (default 1), for compensations that do
     /// not depend on each other (as Temporal's `parallelCompensation`). They still start
     /// newest first, and every failure is reported, in the order the compensations started.
-    /// Used by a handler's [`retry`](crate::ForEachCompensated::retry), only its undo runs
-    /// concurrently.
+    /// A handler's [`retry`](crate::ForEachCompensated::retry) policy does not use it: the
+    /// undo of a failed attempt runs under the run's
+    /// [`rollback_policy`](crate::ForEachCompensated::rollback_policy), with that policy's
+    /// concurrency.
     ///
     /// # Panics
     ///

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,6 +51,8 @@ type Body = Pin<Box<dyn Future<Output = RollbackReport> + Send>>;
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct Rollback {
     body: Option<Mutex<Body>>,
+    /// Set by [`wind_down`](Self::wind_down): start no further compensation.
+    wind_down: Option<Arc<AtomicBool>>,
 }
 
 impl fmt::Debug for Rollback {
@@ -71,8 +74,24 @@ impl Rollback {
     }
 
     fn taking(scope: CompensationScope, policy: RollbackPolicy, take: Take) -> Self {
+        // Only the undo of one failed attempt can be wound down (by its run's stop).
+        let wind_down = matches!(take, Take::Since(_)).then(Arc::default);
         Self {
-            body: Some(Mutex::new(Box::pin(run(scope, policy, take)))),
+            body: Some(Mutex::new(Box::pin(run(
+                scope,
+                policy,
+                take,
+                wind_down.clone(),
+            )))),
+            wind_down,
+        }
+    }
+
+    /// Starts no further compensation: the ones in progress finish (and are reported),
+    /// those not started stay in the scope. For a rollback made by [`since`](Self::since).
+    pub(crate) fn wind_down(&self) {
+        if let Some(flag) = &self.wind_down {
+            flag.store(true, Ordering::Release);
         }
     }
 }
@@ -124,14 +143,26 @@ impl Drop for Running<'_> {
     }
 }
 
-async fn run(scope: CompensationScope, policy: RollbackPolicy, take: Take) -> RollbackReport {
+/// Whether the rollback was [wound down](Rollback::wind_down).
+fn wound_down(flag: &Option<Arc<AtomicBool>>) -> bool {
+    flag.as_ref().is_some_and(|flag| flag.load(Ordering::Acquire))
+}
+
+async fn run(
+    scope: CompensationScope,
+    policy: RollbackPolicy,
+    take: Take,
+    wind_down: Option<Arc<AtomicBool>>,
+) -> RollbackReport {
     let _turn = scope.rollback_turn().await;
     let mut report = RollbackReport::default();
     if policy.concurrency_limit() > 1 {
-        run_concurrently(&scope, &policy, take, &mut report).await;
+        run_concurrently(&scope, &policy, take, &wind_down, &mut report).await;
         return report;
     }
-    while let Some(entry) = scope.start_newest(take) {
+    while !wound_down(&wind_down)
+        && let Some(entry) = scope.start_newest(take)
+    {
         let order = report.ran;
         report.ran += 1;
         let outcome = run_one(&scope, &entry, &policy).await;
@@ -145,11 +176,12 @@ async fn run_concurrently(
     scope: &CompensationScope,
     policy: &RollbackPolicy,
     take: Take,
+    wind_down: &Option<Arc<AtomicBool>>,
     report: &mut RollbackReport,
 ) {
     let mut running = FuturesUnordered::new();
     loop {
-        while running.len() < policy.concurrency_limit() {
+        while running.len() < policy.concurrency_limit() && !wound_down(wind_down) {
             let Some(entry) = scope.start_newest(take) else {
                 break;
             };

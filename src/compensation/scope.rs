@@ -390,20 +390,31 @@ pub(crate) enum Take {
 /// this is [ended](Self::end) or dropped.
 pub(crate) struct LiveRun {
     scope: CompensationScope,
+    /// The handle that items handled one at a time register through: the same run, an
+    /// owner of its own, so that an item commits and undoes only what its handler
+    /// registered, never what was registered meanwhile through the run's own handle
+    /// (which belongs to the whole run).
+    items: CompensationScope,
 }
 
 impl LiveRun {
     /// Starts a new run on `scope`.
     pub(crate) fn new(scope: &CompensationScope) -> Self {
-        Self {
-            scope: scope.for_new_run(),
-        }
+        let scope = scope.for_new_run();
+        let items = scope.for_item();
+        Self { scope, items }
     }
 
     /// The run's handle.
     #[inline]
     pub(crate) fn handle(&self) -> &CompensationScope {
         &self.scope
+    }
+
+    /// The handle of the items handled one at a time.
+    #[inline]
+    pub(crate) fn items(&self) -> &CompensationScope {
+        &self.items
     }
 
     /// Ends the run: what it left is the scope's. Ending twice is harmless.

@@ -43,7 +43,7 @@ pin_project! {
     /// One item in flight and its bookkeeping: the handler's attempt (with its time limit),
     /// the undo of a failed attempt, or the backoff before the next one.
     ///
-    /// An item registers through a handle of its own (the run's handle itself when items
+    /// An item registers through a handle of its own (the run's item handle when items
     /// are handled one at a time), so it commits and undoes only what it registered since
     /// its attempt's mark.
     pub(super) struct ItemSlot<T, Fut, E> {
@@ -54,7 +54,7 @@ pin_project! {
         timer: Option<Sleep>,
         undo: Option<(Rollback, Cause<E>)>,
         item: Option<T>,
-        // The item's own handle (concurrent items); `None`: the run's.
+        // The item's own handle (concurrent items); `None`: the run's item handle.
         own: Option<CompensationScope>,
         busy: bool,
         mark: u64,
@@ -94,12 +94,12 @@ impl<T, Fut, E> ItemSlot<T, Fut, E> {
         self.item.as_ref()
     }
 
-    /// The item's handle to the scope: its own, or the run's.
+    /// The item's handle to the scope: its own, or the run's item handle.
     pub(super) fn handle<'a>(&'a self, run: &'a CompensationScope) -> &'a CompensationScope {
         self.own.as_ref().unwrap_or(run)
     }
 
-    /// Takes item number `index`, to be handled through `own` (`None`: the run's handle);
+    /// Takes item number `index`, to be handled through `own` (`None`: the run's item handle);
     /// `item` is kept for retries.
     #[inline(always)]
     pub(super) fn occupy(
@@ -133,7 +133,7 @@ impl<T, Fut, E> ItemSlot<T, Fut, E> {
     }
 
     /// Starts the handler of an item handled the plain way (one at a time, through the
-    /// run's handle, no retry, no skip): see [`poll_handler`](Self::poll_handler).
+    /// run's item handle, no retry, no skip): see [`poll_handler`](Self::poll_handler).
     #[inline(always)]
     pub(super) fn start(self: Pin<&mut Self>, handler: Fut, mark: u64) {
         let mut this = self.project();
@@ -199,6 +199,12 @@ impl<T, Fut, E> ItemSlot<T, Fut, E> {
     #[inline(always)]
     pub(super) fn mark(&self) -> u64 {
         self.mark
+    }
+
+    /// Takes the undo of a failed attempt in progress, if any, for the run to finish when
+    /// it stops.
+    pub(super) fn take_undo(self: Pin<&mut Self>) -> Option<Rollback> {
+        self.project().undo.take().map(|(undo, _cause)| undo)
     }
 
     /// Frees the slot, dropping whatever is in flight (its compensations stay in the scope).

@@ -35,8 +35,13 @@ enum Phase<E> {
     /// Pulling items and handling them.
     Running,
     /// Stopped by `cause`; undoing what is not committed. `earlier` is the report of a
-    /// failed item's own, incomplete, undo.
+    /// failed item's own, incomplete, undo, and of the undos in `finishing`: those of
+    /// failed attempts that were in progress when the run stopped. They are wound down
+    /// first: the compensations they are running finish (dropping one would lose the
+    /// failures it already recorded, and start its running compensation again), they start
+    /// no other; then `rollback` runs what is left, newest first.
     RollingBack {
+        finishing: Vec<Rollback>,
         rollback: Rollback,
         cause: Option<Cause<E>>,
         earlier: Option<RollbackReport>,
@@ -154,10 +159,22 @@ where
             match this.phase {
                 Phase::Running => {}
                 Phase::RollingBack {
+                    finishing,
                     rollback,
                     cause,
                     earlier,
                 } => {
+                    finishing.retain_mut(|undo| match Pin::new(undo).poll(cx) {
+                        Poll::Ready(report) => {
+                            let before = earlier.take().unwrap_or_default();
+                            *earlier = Some(report.after(before));
+                            false
+                        }
+                        Poll::Pending => true,
+                    });
+                    if !finishing.is_empty() {
+                        return Poll::Pending;
+                    }
                     let mut report = ready!(Pin::new(rollback).poll(cx));
                     if let Some(earlier) = earlier.take() {
                         report = report.after(earlier);
@@ -187,7 +204,7 @@ where
                             Poll::Ready(Ok(())) => {
                                 *this.items += 1;
                                 if rules.commit_each {
-                                    this.run.handle().commit_to(this.first.mark());
+                                    this.run.items().commit_to(this.first.mark());
                                 }
                             }
                             Poll::Ready(Err(error)) => break 'plain (Cause::Handler(error), None),
@@ -204,7 +221,7 @@ where
                     }
                     match this.stream.as_mut().try_poll_next(cx) {
                         Poll::Ready(Some(Ok(value))) => {
-                            let handle = this.run.handle();
+                            let handle = this.run.items();
                             let mark = handle.checkpoint();
                             let handler = (this.f)(value, handle.clone());
                             this.first.as_mut().start(handler, mark);
@@ -259,7 +276,7 @@ where
                             free.get_or_insert(at);
                             continue;
                         }
-                        match item.as_mut().poll_step(cx, &rules, this.run.handle()) {
+                        match item.as_mut().poll_step(cx, &rules, this.run.items()) {
                             Poll::Pending => pending = true,
                             Poll::Ready(Step::Committed) => {
                                 item.clear();
@@ -269,7 +286,7 @@ where
                             Poll::Ready(Step::Retry) => {
                                 let keep = this.keep.expect("retries keep the item");
                                 let next = keep(item.item().expect("retries keep the item"));
-                                let handle = item.handle(this.run.handle()).clone();
+                                let handle = item.handle(this.run.items()).clone();
                                 let mark = handle.checkpoint();
                                 let handler = (this.f)(next, handle);
                                 item.begin(handler, mark, time_limit);
@@ -306,11 +323,11 @@ where
                             match this.stream.as_mut().try_poll_next(cx) {
                                 Poll::Ready(Some(Ok(value))) => {
                                     let mut item = slot(&mut this.first, this.extra, at);
-                                    // One at a time, an item registers through the run's handle;
+                                    // One at a time, an item registers through the run's item handle;
                                     // concurrent items each through their own.
                                     let own = (this.limit.get() > 1)
                                         .then(|| this.run.handle().for_item());
-                                    let handle = own.as_ref().unwrap_or(this.run.handle());
+                                    let handle = own.as_ref().unwrap_or(this.run.items());
                                     let mark = handle.checkpoint();
                                     let (value, kept) = match this.keep {
                                         None => (value, None),
@@ -357,11 +374,21 @@ where
             };
 
             // Stop pulling, drop the handlers in progress (their compensations are already
-            // registered), and roll back everything not committed.
+            // registered), finish the undos in progress, and roll back everything not
+            // committed.
+            let mut finishing = Vec::new();
             for at in 0..1 + this.extra.len() {
-                slot(&mut this.first, this.extra, at).clear();
+                let mut item = slot(&mut this.first, this.extra, at);
+                if let Some(undo) = item.as_mut().take_undo() {
+                    // Its compensation in progress finishes; the rest is the run's
+                    // rollback's, newest first across items.
+                    undo.wind_down();
+                    finishing.push(undo);
+                }
+                item.clear();
             }
             *this.phase = Phase::RollingBack {
+                finishing,
                 rollback: this.run.handle().rollback(*this.policy),
                 cause: Some(cause),
                 earlier,

@@ -47,7 +47,7 @@ where
                 Poll::Ready(Ok(())) => {
                     *this.items += 1;
                     if rules.commit_each {
-                        this.run.handle().commit_to(this.first.mark());
+                        this.run.items().commit_to(this.first.mark());
                     }
                     if KEEP {
                         this.first.as_mut().drop_item();
@@ -62,7 +62,7 @@ where
                         *this.pulled - 1,
                         Cause::Handler(error),
                         rules.undo,
-                        this.run.handle(),
+                        this.run.items(),
                     );
                     return Plain::HandOver;
                 }
@@ -79,7 +79,7 @@ where
         }
         match this.stream.as_mut().try_poll_next(cx) {
             Poll::Ready(Some(Ok(value))) => {
-                let handle = this.run.handle();
+                let handle = this.run.items();
                 let mark = handle.checkpoint();
                 *this.pulled += 1;
                 let handler = match this.keep {
