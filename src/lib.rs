@@ -71,7 +71,7 @@
 //! # }
 //! ```
 //!
-//! The three adapters, all on [`ResultStreamExt`]:
+//! The adapters, all on [`ResultStreamExt`]:
 //! - [`map_ok_stream`](ResultStreamExt::map_ok_stream): an async map over the `Ok` values,
 //!   one at a time, errors passed through;
 //! - [`chunks_timeout_result`](ResultStreamExt::chunks_timeout_result): batches of up to
@@ -79,10 +79,16 @@
 //!   optionally capped by weight too ([`max_weight`](ChunksTimeoutResult::max_weight)) and
 //!   tagged with why and when each batch closed
 //!   ([`with_batch_info`](ChunksTimeoutResult::with_batch_info));
+//! - [`chunks_timeout_by_key_result`](ResultStreamExt::chunks_timeout_by_key_result): one
+//!   open batch per key, each with its own deadline, the same caps and an optional bound on
+//!   the open keys ([`max_open_keys`](ChunksTimeoutByKeyResult::max_open_keys));
 //! - [`for_each_compensated`](ResultStreamExt::for_each_compensated): the terminal step,
 //!   persisting each item with compensations that are rolled back, newest first, when a
 //!   handler fails, the upstream fails, or a [`CancellationToken`](tokio_util::sync::CancellationToken)
-//!   fires.
+//!   fires; with up to `n` items in flight
+//!   ([`concurrency`](ForEachCompensated::concurrency)), failed attempts undone and retried
+//!   ([`retry`](ForEachCompensated::retry)), or items that still fail undone and skipped
+//!   ([`skip_failed_items`](ForEachCompensated::skip_failed_items)).
 //!
 //! Every adapter is a hand-written, pin-projected `Stream` or `Future`, timed by `tokio::time`
 //! (so a paused test clock makes it deterministic) and constructible without a runtime.
