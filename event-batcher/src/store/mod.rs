@@ -45,6 +45,7 @@
 //! statement failed). The SQL itself is in `queries`, the names in [`names`].
 
 mod error;
+mod insert;
 pub mod names;
 mod queries;
 
@@ -59,8 +60,8 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection};
 
 pub use error::{ConnectError, QueryError, describe};
+pub use insert::{Inserted, POSTGRES_MAX_ROWS_PER_STATEMENT};
 pub use names::{MAX_TABLE_NAME, check_table_name, redact};
-pub use queries::Inserted;
 
 /// Most rows written by one `INSERT` statement.
 pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
