@@ -10,15 +10,19 @@
 //! - A row already present is never overwritten; when another batch (of any run) owns it,
 //!   the statement that meets it sets `claimed = 1` (fencing, see [`Store::insert`]).
 //!
-//! PostgreSQL: each statement is `INSERT … SELECT … FROM unnest($1::text[], $2::text[],
-//! $3::int8[], $4::text[]) … ON CONFLICT … RETURNING id, run_id, batch_seq`: four array
-//! parameters whatever the row count, so the statement text never changes (prepared once per
-//! connection), there is no bind-parameter limit to split for below
-//! [`POSTGRES_MAX_ROWS_PER_STATEMENT`], and a part is one round trip and one commit.
+//! PostgreSQL: a part is first written by one plain `INSERT … SELECT … FROM
+//! unnest($1::text[], $2::text[], $3::int8[], $4::text[])` (four array parameters whatever the
+//! row count: the statement text never changes, so it is prepared once per connection, and a
+//! part is one round trip and one commit). It inserts all the rows or, if one id is already
+//! stored (SQLSTATE 23505), none; only then is the part written again by the upsert, the
+//! same `unnest` with `ON CONFLICT (id) DO UPDATE SET claimed = 1 WHERE …  RETURNING id,
+//! run_id, batch_seq`. Most parts are new rows, and a plain insert skips the conflict
+//! check of every row and the `RETURNING`. A part over [`POSTGRES_MAX_ROWS_PER_STATEMENT`]
+//! rows goes to the upsert directly, in one transaction.
 //!
 //! SQLite: the part runs in one `BEGIN IMMEDIATE` transaction (the write lock is taken first,
 //! so no other writer can insert between the two statements). Per chunk of at most
-//! [`MAX_ROWS_PER_STATEMENT`] rows, a `SELECT id, run_id, batch_seq … WHERE id IN (…)` finds
+//! [`MAX_ROWS_PER_STATEMENT`] rows, a `SELECT id … WHERE id IN (…)` finds
 //! the ids already present, then a multi-row `INSERT … ON CONFLICT …` without `RETURNING`
 //! writes the rest (and claims the present rows another batch owns). The driver hands every
 //! result row from its worker thread to the caller through a channel, one wake-up each: a
@@ -27,7 +31,9 @@
 
 use std::collections::HashSet;
 
-use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
+use sqlx::postgres::{PgArguments, PgConnection};
+use sqlx::query::{Query, QueryAs};
+use sqlx::{AssertSqlSafe, Connection, Postgres, QueryBuilder, Sqlite};
 
 use super::{MAX_ROWS_PER_STATEMENT, Pool, QueryError, Store};
 use crate::event::Event;
@@ -35,6 +41,9 @@ use crate::event::Event;
 /// Most rows in one PostgreSQL `INSERT` (its arrays have no parameter limit; this bounds the
 /// size of one message and of one statement's work).
 pub const POSTGRES_MAX_ROWS_PER_STATEMENT: usize = 10_000;
+
+/// SQLSTATE `unique_violation`.
+const UNIQUE_VIOLATION: &str = "23505";
 
 /// What [`Store::insert`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -104,16 +113,54 @@ impl Store {
         Ok(inserted)
     }
 
-    /// The PostgreSQL part: `unnest` statements; returns the ids inserted.
-    async fn insert_postgres<'r, 'a>(
+    /// The PostgreSQL part: first a plain `INSERT … SELECT … FROM unnest(…)` of all its rows
+    /// (no `ON CONFLICT`, no `RETURNING`), which inserts every row or, on a unique violation
+    /// (some id is already stored), none; then, only in that case, the upsert. Returns the
+    /// ids inserted.
+    async fn insert_postgres<'a>(
         &self,
         run: i64,
         batch: i64,
-        rows: &'r [Row<'a>],
+        rows: &[Row<'a>],
     ) -> Result<HashSet<&'a str>, QueryError> {
         let Pool::Postgres(pool) = &self.pool else {
             unreachable!("insert_postgres is only called with a PostgreSQL pool")
         };
+        if rows.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut conn = pool.acquire().await?;
+        if rows.len() <= POSTGRES_MAX_ROWS_PER_STATEMENT {
+            let sql = format!(
+                "INSERT INTO {} (id, tenant, ts, payload, run_id, batch_seq) \
+                 SELECT id, tenant, ts, payload, $5, $6 \
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(id, tenant, ts, payload)",
+                self.table
+            );
+            let plain = bind_rows(sqlx::query(AssertSqlSafe(sql)), rows)
+                .bind(run)
+                .bind(batch)
+                .execute(&mut *conn)
+                .await;
+            match plain {
+                Ok(_) => return Ok(rows.iter().map(|r| r.event.id.as_str()).collect()),
+                Err(sqlx::Error::Database(error))
+                    if error.code().as_deref() == Some(UNIQUE_VIOLATION) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        self.upsert_postgres(&mut conn, run, batch, rows).await
+    }
+
+    /// The PostgreSQL upsert: `unnest` statements on `conn`, in one transaction when there
+    /// are several; returns the ids inserted.
+    async fn upsert_postgres<'r, 'a>(
+        &self,
+        conn: &mut PgConnection,
+        run: i64,
+        batch: i64,
+        rows: &'r [Row<'a>],
+    ) -> Result<HashSet<&'a str>, QueryError> {
         let table = &self.table;
         let sql = format!(
             "INSERT INTO {table} (id, tenant, ts, payload, run_id, batch_seq) \
@@ -124,25 +171,20 @@ impl Store {
              RETURNING id, run_id, batch_seq"
         );
         let statement = |chunk: &'r [Row<'a>]| {
-            let ids: Vec<&str> = chunk.iter().map(|r| r.event.id.as_str()).collect();
-            let tenants: Vec<&str> = chunk.iter().map(|r| r.event.tenant.as_str()).collect();
-            let ts: Vec<i64> = chunk.iter().map(|r| r.event.ts).collect();
-            let payloads: Vec<&str> = chunk.iter().map(|r| r.payload.as_str()).collect();
-            sqlx::query_as::<_, (String, i64, i64)>(AssertSqlSafe(sql.clone()))
-                .bind(ids)
-                .bind(tenants)
-                .bind(ts)
-                .bind(payloads)
-                .bind(run)
-                .bind(batch)
+            bind_rows(
+                sqlx::query_as::<_, (String, i64, i64)>(AssertSqlSafe(sql.clone())),
+                chunk,
+            )
+            .bind(run)
+            .bind(batch)
         };
         let mut returned = Vec::with_capacity(rows.len());
         if rows.len() <= POSTGRES_MAX_ROWS_PER_STATEMENT {
             if !rows.is_empty() {
-                returned = statement(rows).fetch_all(pool).await?;
+                returned = statement(rows).fetch_all(&mut *conn).await?;
             }
         } else {
-            let mut tx = pool.begin().await?;
+            let mut tx = conn.begin().await?;
             for chunk in rows.chunks(POSTGRES_MAX_ROWS_PER_STATEMENT) {
                 returned.extend(statement(chunk).fetch_all(&mut *tx).await?);
             }
@@ -221,3 +263,44 @@ impl Store {
         Ok(new)
     }
 }
+
+/// Binds `rows` as the four arrays `$1` (ids), `$2` (tenants), `$3` (timestamps) and `$4`
+/// (payloads) of an `unnest` statement.
+fn bind_rows<'q, Q: BindArrays<'q>>(query: Q, rows: &'q [Row<'_>]) -> Q {
+    let ids: Vec<&str> = rows.iter().map(|r| r.event.id.as_str()).collect();
+    let tenants: Vec<&str> = rows.iter().map(|r| r.event.tenant.as_str()).collect();
+    let ts: Vec<i64> = rows.iter().map(|r| r.event.ts).collect();
+    let payloads: Vec<&str> = rows.iter().map(|r| r.payload.as_str()).collect();
+    query
+        .bind_strs(ids)
+        .bind_strs(tenants)
+        .bind_ints(ts)
+        .bind_strs(payloads)
+}
+
+/// The binds [`bind_rows`] needs, of a PostgreSQL query with or without output rows.
+trait BindArrays<'q>: Sized {
+    fn bind_strs(self, values: Vec<&'q str>) -> Self;
+    fn bind_ints(self, values: Vec<i64>) -> Self;
+}
+
+impl<'q> BindArrays<'q> for Query<'q, Postgres, PgArguments> {
+    fn bind_strs(self, values: Vec<&'q str>) -> Self {
+        self.bind(values)
+    }
+    fn bind_ints(self, values: Vec<i64>) -> Self {
+        self.bind(values)
+    }
+}
+
+impl<'q, O> BindArrays<'q> for QueryAs<'q, Postgres, O, PgArguments> {
+    fn bind_strs(self, values: Vec<&'q str>) -> Self {
+        self.bind(values)
+    }
+    fn bind_ints(self, values: Vec<i64>) -> Self {
+        self.bind(values)
+    }
+}
+
+#[cfg(test)]
+mod tests;
