@@ -23,9 +23,9 @@
 //! A batch is deliberately **not** written as one database transaction: a transaction that
 //! aborts leaves nothing to undo, and would prove nothing about the library. Instead, as a
 //! real sink without transactions would (an HTTP API, a queue, several databases), a batch is
-//! written in two parts, its first half and then the rest, each part its own autocommitted
-//! multi-row `INSERT … ON CONFLICT (id)` that inserts nothing twice (split further into statements of at
-//! most [`store::MAX_ROWS_PER_STATEMENT`] rows to stay under the bind-parameter limits).
+//! written in two parts, its first half and then the rest, each part committed on its own
+//! (one multi-row statement, or one transaction when it takes several) by inserts that store
+//! no id twice (see [`store`]).
 //! Between the two parts the first half is committed and visible: a failure there — an
 //! injected one (`--fail-every N`, `--fail-rate P`), or a real one such as a lost connection
 //! — is a genuine partial write.

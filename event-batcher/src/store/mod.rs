@@ -20,17 +20,19 @@
 //! it existed).
 //!
 //! # Rules
-//! - Inserts are `INSERT … ON CONFLICT (id) DO UPDATE SET claimed = 1 WHERE` *(the row
-//!   belongs to another batch)*: an event whose id is already stored (by an earlier run, an
-//!   earlier batch, or a redelivery) is skipped, never duplicated, and the existing row
-//!   keeps its values; it is only marked as claimed, which fences it off from its owner's
-//!   compensation. [`Store::insert`] returns how many rows it actually inserted and, from
-//!   `RETURNING id, run_id, batch_seq`, the ids it skipped.
-//! - Each call to [`Store::insert`] is one or more autocommitted multi-row statements of at
-//!   most [`MAX_ROWS_PER_STATEMENT`] rows (6 bind parameters per row: well under SQLite's
-//!   32766 and PostgreSQL's 65535 parameter limits). It is deliberately *not* one
-//!   transaction: the pipeline writes a batch in parts, and its compensation, not a database
-//!   transaction, undoes a batch that fails halfway (see the crate documentation).
+//! - Inserts never store an id twice and never change a stored row: an event whose id is
+//!   already stored (by an earlier run, an earlier batch, or a redelivery) is skipped, and
+//!   the existing row is only marked as claimed (`ON CONFLICT (id) DO UPDATE SET claimed = 1
+//!   WHERE` *the row belongs to another batch*), which fences it off from its owner's
+//!   compensation. [`Store::insert`] returns how many rows it actually inserted and the ids
+//!   it skipped.
+//! - Each call to [`Store::insert`] writes one part of a batch and commits it whole or not
+//!   at all (one statement, or one transaction when it takes several). It deliberately does
+//!   not span parts: the pipeline writes a batch in parts, and its compensation, not a
+//!   database transaction, undoes a batch that fails halfway (see the crate documentation).
+//!   How each backend writes a part, and why (PostgreSQL: a plain `INSERT … FROM unnest`
+//!   of arrays, the upsert only after a unique violation; SQLite: statements of at most
+//!   [`MAX_ROWS_PER_STATEMENT`] rows in a `BEGIN IMMEDIATE` transaction), is in `insert`.
 //! - [`Store::delete_batch`] deletes exactly the rows that one batch of one run inserted
 //!   (`run_id` and `batch_seq`) and that nobody claimed (`claimed = 0`), so a rollback never
 //!   deletes a row another run or batch stored, nor one another batch found present and
@@ -42,9 +44,11 @@
 //!   PostgreSQL: a pool of [`POSTGRES_POOL_SIZE`] connections.
 //!
 //! The store owns its errors: [`ConnectError`] (the run cannot start) and [`QueryError`] (a
-//! statement failed). The SQL itself is in `queries`, the names in [`names`].
+//! statement failed). The inserts are in `insert`, the other SQL in `queries`, the names in
+//! [`names`].
 
 mod error;
+mod insert;
 pub mod names;
 mod queries;
 
@@ -59,10 +63,11 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection};
 
 pub use error::{ConnectError, QueryError, describe};
+pub use insert::{Inserted, POSTGRES_MAX_ROWS_PER_STATEMENT};
 pub use names::{MAX_TABLE_NAME, check_table_name, redact};
-pub use queries::Inserted;
 
-/// Most rows written by one `INSERT` statement.
+/// Most rows written by one SQLite `INSERT` statement (6 bind parameters per row: well under
+/// SQLite's limit of 32766).
 pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
 /// Connections in the SQLite pool.
 pub const SQLITE_POOL_SIZE: u32 = 2;

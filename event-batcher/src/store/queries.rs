@@ -1,23 +1,11 @@
-//! The SQL: the schema, the idempotent inserts, the deletion of one batch, the counts.
+//! The SQL: the schema, the deletion of one batch, the counts (the inserts: `insert`).
 
-use std::collections::HashSet;
+use sqlx::AssertSqlSafe;
 
-use sqlx::{AssertSqlSafe, Database, Encode, QueryBuilder, Type};
-
-use super::{MAX_ROWS_PER_STATEMENT, Pool, QueryError, Store};
-use crate::event::Event;
+use super::{Pool, QueryError, Store};
 
 /// Most batch numbers in one `IN (…)` list of [`Store::count_batches`].
 const MAX_IDS_PER_QUERY: usize = 1000;
-
-/// What [`Store::insert`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Inserted {
-    /// Rows inserted.
-    pub rows: u64,
-    /// Ids of the events skipped because a row with the id was already there.
-    pub skipped: Vec<String>,
-}
 
 impl Store {
     /// Creates the table and its index when missing, checks the columns of an existing one,
@@ -117,77 +105,6 @@ impl Store {
             }
         };
         Ok(u64::try_from(count).unwrap_or(0))
-    }
-
-    /// Inserts `events` as rows of batch `batch` of run `run`, skipping every id already
-    /// stored, in autocommitted statements of at most [`MAX_ROWS_PER_STATEMENT`] rows.
-    /// Returns how many rows were inserted and the ids of the events that were skipped.
-    ///
-    /// A row found already present that another batch (of any run) inserted is **claimed**
-    /// by the same statement (`… ON CONFLICT (id) DO UPDATE SET claimed = 1 WHERE` the row's
-    /// `run_id`/`batch_seq` are not this batch's): its owner's compensation
-    /// ([`delete_batch`](Self::delete_batch)) no longer deletes it, so a row that this batch
-    /// acknowledges as present cannot disappear under it, however late the owner rolls
-    /// back. The row itself (its owner, its values) is left as it is. An id twice in
-    /// `events` is inserted once (the first occurrence) and skipped the other times.
-    ///
-    /// If a statement fails, the statements before it stay committed: undoing them is the
-    /// job of [`delete_batch`](Self::delete_batch), registered as a compensation before the
-    /// first call.
-    pub async fn insert(
-        &self,
-        run: i64,
-        batch: i64,
-        events: &[Event],
-    ) -> Result<Inserted, QueryError> {
-        let mut inserted = Inserted::default();
-        for chunk in events.chunks(MAX_ROWS_PER_STATEMENT) {
-            // One row per id and statement: PostgreSQL refuses an upsert that meets the
-            // same row twice.
-            let mut seen = HashSet::with_capacity(chunk.len());
-            let rows: Vec<&Event> = chunk
-                .iter()
-                .filter(|event| seen.insert(event.id.as_str()))
-                .collect();
-            let payloads: Vec<String> = rows.iter().map(|e| e.payload.to_string()).collect();
-            let table = &self.table;
-            let prefix =
-                format!("INSERT INTO {table} (id, tenant, ts, payload, run_id, batch_seq) ");
-            let suffix = format!(
-                " ON CONFLICT (id) DO UPDATE SET claimed = 1 \
-                 WHERE {table}.run_id <> excluded.run_id OR {table}.batch_seq <> excluded.batch_seq \
-                 RETURNING id, run_id, batch_seq"
-            );
-            let returned: Vec<(String, i64, i64)> = match &self.pool {
-                Pool::Sqlite(pool) => {
-                    let mut builder =
-                        insert_statement(prefix, &suffix, run, batch, &rows, &payloads);
-                    builder.build_query_as().fetch_all(pool).await?
-                }
-                Pool::Postgres(pool) => {
-                    let mut builder =
-                        insert_statement(prefix, &suffix, run, batch, &rows, &payloads);
-                    builder.build_query_as().fetch_all(pool).await?
-                }
-            };
-            // Returned: the rows inserted (owned by this batch) and the rows claimed (owned
-            // by another); not returned: rows this batch inserted in an earlier statement.
-            let new: HashSet<String> = returned
-                .into_iter()
-                .filter(|(_, owner_run, owner_batch)| (*owner_run, *owner_batch) == (run, batch))
-                .map(|(id, _, _)| id)
-                .collect();
-            inserted.rows += new.len() as u64;
-            // In the chunk's order: the first occurrence of an inserted id is the inserted
-            // event, every other event was skipped.
-            let mut counted = HashSet::with_capacity(new.len());
-            for event in chunk {
-                if !(new.contains(&event.id) && counted.insert(event.id.as_str())) {
-                    inserted.skipped.push(event.id.clone());
-                }
-            }
-        }
-        Ok(inserted)
     }
 
     /// How many of `ids` (distinct) have a row in the table, in queries of at most
@@ -314,33 +231,4 @@ impl Store {
             Pool::Postgres(_) => format!("${n}"),
         }
     }
-}
-
-/// `prefix VALUES (…), (…) suffix` for `rows`, for either backend (SQLite has upserts with
-/// `RETURNING` since 3.35; sqlx bundles a newer one).
-fn insert_statement<DB>(
-    prefix: String,
-    suffix: &str,
-    run: i64,
-    batch: i64,
-    rows: &[&Event],
-    payloads: &[String],
-) -> QueryBuilder<DB>
-where
-    DB: Database,
-    DB::Arguments: Default,
-    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
-    for<'a> i64: Encode<'a, DB> + Type<DB>,
-{
-    let mut builder = QueryBuilder::<DB>::new(prefix);
-    builder.push_values(rows.iter().zip(payloads), |mut row, (event, payload)| {
-        row.push_bind(event.id.as_str())
-            .push_bind(event.tenant.as_str())
-            .push_bind(event.ts)
-            .push_bind(payload.as_str())
-            .push_bind(run)
-            .push_bind(batch);
-    });
-    builder.push(suffix);
-    builder
 }

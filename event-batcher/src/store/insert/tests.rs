@@ -1,0 +1,240 @@
+//! The write path's rules on both backends: a part is committed whole or not at all, a
+//! re-run inserts nothing, present rows are claimed (fencing), a batch's rollback deletes
+//! exactly its unclaimed rows. The PostgreSQL tests are `#[ignore]`d (run with `--ignored`
+//! and `EVENT_BATCHER_POSTGRES_URL` set); each uses a table of its own, dropped afterwards.
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use sqlx::AssertSqlSafe;
+
+use super::super::{MAX_ROWS_PER_STATEMENT, POSTGRES_MAX_ROWS_PER_STATEMENT, Pool, Store};
+use crate::event::Event;
+
+fn event(id: &str) -> Event {
+    Event {
+        id: id.into(),
+        tenant: "t".into(),
+        ts: 1,
+        payload: serde_json::json!({"text": "tab\there, newline\nhere, backslash \\ and é"}),
+    }
+}
+
+fn events(prefix: &str, n: usize) -> Vec<Event> {
+    (0..n).map(|i| event(&format!("{prefix}{i}"))).collect()
+}
+
+async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    Store::connect(&url, "events", Duration::from_secs(5))
+        .await
+        .unwrap()
+}
+
+/// Runs `body` on a PostgreSQL table of its own, dropped afterwards even when `body` panics.
+async fn with_postgres_table<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let url = std::env::var("EVENT_BATCHER_POSTGRES_URL")
+        .expect("set EVENT_BATCHER_POSTGRES_URL to run the PostgreSQL tests");
+    let table = format!("store_{name}_{}", std::process::id());
+    let store = Store::connect(&url, &table, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let outcome = std::panic::AssertUnwindSafe(body(store.clone()))
+        .catch_unwind()
+        .await;
+    execute(&store, &format!("DROP TABLE {table}")).await;
+    execute(&store, &format!("DROP FUNCTION IF EXISTS {table}_refuse()")).await;
+    store.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn execute(store: &Store, sql: &str) {
+    let query = AssertSqlSafe(sql.to_owned());
+    match &store.pool {
+        Pool::Sqlite(pool) => sqlx::query(query).execute(pool).await.map(drop),
+        Pool::Postgres(pool) => sqlx::query(query).execute(pool).await.map(drop),
+    }
+    .unwrap();
+}
+
+/// Makes every insert of the id `bad` fail (a trigger raising an error).
+async fn refuse_bad_id(store: &Store) {
+    let table = store.table().to_owned();
+    match store.backend() {
+        super::super::Backend::Sqlite => {
+            execute(
+                store,
+                &format!(
+                    "CREATE TRIGGER {table}_refuse BEFORE INSERT ON {table} \
+                     WHEN NEW.id = 'bad' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                ),
+            )
+            .await;
+        }
+        super::super::Backend::Postgres => {
+            execute(
+                store,
+                &format!(
+                    "CREATE FUNCTION {table}_refuse() RETURNS trigger LANGUAGE plpgsql AS \
+                     $$ BEGIN IF NEW.id = 'bad' THEN RAISE EXCEPTION 'refused'; END IF; \
+                     RETURN NEW; END $$"
+                ),
+            )
+            .await;
+            execute(
+                store,
+                &format!(
+                    "CREATE TRIGGER {table}_refuse BEFORE INSERT ON {table} \
+                     FOR EACH ROW EXECUTE FUNCTION {table}_refuse()"
+                ),
+            )
+            .await;
+        }
+    }
+}
+
+/// A part of several statements whose last statement fails leaves no row: the statements
+/// before it are rolled back with it. The same part without the bad event then inserts all.
+async fn a_failing_part_leaves_no_row(store: &Store, statement_rows: usize) {
+    refuse_bad_id(store).await;
+    let mut part = events("p", statement_rows + 5);
+    part.push(event("bad"));
+    let error = store.insert(1, 1, &part).await.unwrap_err().to_string();
+    assert!(error.contains("refused"), "{error}");
+    assert_eq!(store.count_all().await.unwrap(), 0);
+    part.pop();
+    let inserted = store.insert(1, 1, &part).await.unwrap();
+    assert_eq!(
+        (inserted.rows, inserted.skipped.len()),
+        (part.len() as u64, 0)
+    );
+}
+
+/// A part whose ids are all new, a re-run of it (another run), a mixed part with duplicates,
+/// the batch's own rows met again, and the rollbacks.
+async fn rerun_claims_and_rollback(store: &Store) {
+    let first = events("a", 300);
+    let inserted = store.insert(1, 1, &first).await.unwrap();
+    assert_eq!((inserted.rows, inserted.skipped.len()), (300, 0));
+    assert_eq!(
+        store.count_batches(1, &[1], Some(false)).await.unwrap(),
+        300
+    );
+
+    // A re-run (run 2) of the same events inserts nothing and claims every row.
+    let rerun = store.insert(2, 1, &first).await.unwrap();
+    assert_eq!(rerun.rows, 0);
+    assert_eq!(rerun.skipped.len(), 300);
+    assert_eq!(store.count_batches(1, &[1], Some(true)).await.unwrap(), 300);
+    // So run 1's late rollback deletes none of them.
+    assert_eq!(store.delete_batch(1, 1).await.unwrap(), 0);
+    assert_eq!(store.count_all().await.unwrap(), 300);
+
+    // A part mixing present ids, new ids and a new id twice: the new ones are inserted once,
+    // in the events' order the first occurrence counts, the rest is skipped.
+    let mixed = [
+        event("a0"),
+        event("n1"),
+        event("n2"),
+        event("n1"),
+        event("a1"),
+    ];
+    let inserted = store.insert(3, 4, &mixed).await.unwrap();
+    assert_eq!(inserted.rows, 2);
+    assert_eq!(inserted.skipped, ["a0", "n1", "a1"]);
+    // The batch meeting its own rows again (its second part) skips them without claiming.
+    let again = store
+        .insert(3, 4, &[event("n2"), event("n3")])
+        .await
+        .unwrap();
+    assert_eq!((again.rows, again.skipped), (1, vec!["n2".to_owned()]));
+    assert_eq!(store.count_batches(3, &[4], Some(true)).await.unwrap(), 0);
+    // Its rollback deletes exactly the three rows it inserted, once.
+    assert_eq!(store.delete_batch(3, 4).await.unwrap(), 3);
+    assert_eq!(store.delete_batch(3, 4).await.unwrap(), 0);
+    assert_eq!(store.count_all().await.unwrap(), 300);
+
+    // Text with tabs, newlines, backslashes and non-ASCII survives the write unchanged.
+    let payload: String = match &store.pool {
+        Pool::Sqlite(pool) => sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT payload FROM {} WHERE id = 'a0'",
+            store.table()
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap(),
+        Pool::Postgres(pool) => sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT payload FROM {} WHERE id = 'a0'",
+            store.table()
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap(),
+    };
+    assert_eq!(payload, event("a0").payload.to_string());
+}
+
+#[tokio::test]
+async fn sqlite_a_failing_part_leaves_no_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    a_failing_part_leaves_no_row(&store, MAX_ROWS_PER_STATEMENT).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_rerun_claims_and_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    rerun_claims_and_rollback(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
+async fn postgres_a_failing_plain_insert_leaves_no_row() {
+    // All ids new: the part is one plain INSERT, refused as a whole (and not retried as an
+    // upsert: the error is not a unique violation).
+    with_postgres_table("plain_fails", |store| async move {
+        a_failing_part_leaves_no_row(&store, 10).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
+async fn postgres_a_failing_upsert_of_several_statements_leaves_no_row() {
+    // One id present: the upsert takes two statements in one transaction, the second
+    // refused.
+    with_postgres_table("upsert_fails", |store| async move {
+        store.insert(9, 9, &[event("p0")]).await.unwrap();
+        refuse_bad_id(&store).await;
+        let mut part = events("p", POSTGRES_MAX_ROWS_PER_STATEMENT + 5);
+        part.push(event("bad"));
+        let error = store.insert(1, 1, &part).await.unwrap_err().to_string();
+        assert!(error.contains("refused"), "{error}");
+        assert_eq!(store.count_all().await.unwrap(), 1);
+        assert_eq!(store.count_batches(9, &[9], Some(false)).await.unwrap(), 1);
+        part.pop();
+        let inserted = store.insert(1, 1, &part).await.unwrap();
+        assert_eq!(inserted.rows, part.len() as u64 - 1);
+        assert_eq!(inserted.skipped, ["p0"]);
+        assert_eq!(store.count_batches(9, &[9], Some(true)).await.unwrap(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
+async fn postgres_rerun_claims_and_rollback() {
+    with_postgres_table("rerun", |store| async move {
+        rerun_claims_and_rollback(&store).await;
+    })
+    .await;
+}
