@@ -1,0 +1,259 @@
+//! Hostile tests: claims of `event-batcher/README.md`, the root README and the rustdoc of
+//! `src/**` that the code does not keep. Each test names the claim it checks; a test here
+//! that fails is a finding (see the commit message / report), not a flaky test.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{Db, TempSqlite, run_binary, summary_value, texts};
+
+fn event_line(id: &str) -> String {
+    format!("{{\"id\":\"{id}\",\"tenant\":\"t\",\"ts\":1,\"payload\":{{\"n\":1}}}}\n")
+}
+
+fn input_of(ids: &[&str]) -> String {
+    ids.iter().map(|id| event_line(id)).collect()
+}
+
+/// Claim (src/pipeline/outputs.rs, src/pipeline/mod.rs `Pipeline::run`): "an output file
+/// that is the `--input` file [...] is refused before anything is opened"; cli/mod.rs: exit 2,
+/// "Nothing was written". A hard link *is* the input file (same inode), but `check_outputs`
+/// compares canonical paths only, so `--rejects` is created with `File::create` (O_TRUNC)
+/// after the input was opened: the input is truncated under the reader.
+#[test]
+fn a_hard_link_to_the_input_given_as_rejects_is_refused_and_the_input_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_of(&["a1", "a2", "a3", "a4", "a5"]);
+    std::fs::write(dir.path().join("in.ndjson"), &input).unwrap();
+    std::fs::hard_link(dir.path().join("in.ndjson"), dir.path().join("link.ndjson")).unwrap();
+    let output = run_binary(
+        dir.path(),
+        &[
+            "--input",
+            "in.ndjson",
+            "--rejects",
+            "link.ndjson",
+            "--progress",
+            "none",
+        ],
+        None,
+    );
+    let (stdout, stderr) = texts(&output);
+    let kept = std::fs::read_to_string(dir.path().join("in.ndjson")).unwrap();
+    assert_eq!(
+        kept, input,
+        "the input file was truncated (exit {:?}):\n{stdout}\n{stderr}",
+        output.status.code()
+    );
+    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
+}
+
+/// Same claim with `--input -`: stdin redirected from a file and `--rejects /dev/stdin`.
+/// Nothing compares an output with standard input, and creating `/dev/stdin` truncates the
+/// file being read: the run "finishes" with 0 events read, exit 0, and the file is empty.
+#[test]
+fn rejects_on_dev_stdin_does_not_truncate_the_file_read_as_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_of(&["s1", "s2", "s3"]);
+    let path = dir.path().join("in.ndjson");
+    std::fs::write(&path, &input).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_event-batcher"))
+        .args(["--input", "-", "--rejects", "/dev/stdin", "--progress", "none"])
+        .current_dir(dir.path())
+        .stdin(Stdio::from(std::fs::File::open(&path).unwrap()))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&output);
+    let kept = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        kept, input,
+        "the file read as stdin was truncated (exit {:?}):\n{stdout}\n{stderr}",
+        output.status.code()
+    );
+}
+
+/// Claim (README, Exit codes): "**2** the run could not start (...), with a one-line error
+/// and nothing written"; cli/mod.rs: "an output file that cannot be created. Nothing was
+/// written." `Pipeline::run` connects (creating the SQLite file) and creates the table
+/// *before* it creates the output files, so a `--rejects` in a missing directory exits 2
+/// but leaves a new database file with the table behind.
+#[test]
+fn an_output_file_that_cannot_be_created_leaves_no_database_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("new.db");
+    let url = format!("sqlite://{}", db.display());
+    let output = run_binary(
+        dir.path(),
+        &[
+            "--events",
+            "10",
+            "--database",
+            &url,
+            "--rejects",
+            "no-such-dir/rejects.ndjson",
+        ],
+        None,
+    );
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        !db.exists(),
+        "exit 2 (\"nothing written\"), yet the database file {} was created:\n{stderr}",
+        db.display()
+    );
+}
+
+/// Claim (README, bad input table): a wrong database URL → "exit 2, one line (`bad database
+/// URL …` / `cannot connect to …`, password shown as `***`)"; rustdoc of `Store::connect`:
+/// "Errors (all one line, password redacted)". sqlx reads the password from a `password`
+/// URL parameter as well; `redact` only masks `user:password@`.
+#[test]
+fn a_password_given_as_a_url_parameter_is_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 1: nothing listens there.
+    let output = run_binary(
+        dir.path(),
+        &[
+            "--database",
+            "postgres://postgres@127.0.0.1:1/test?password=hunter2",
+            "--connect-timeout",
+            "2s",
+        ],
+        None,
+    );
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("hunter2") && !stdout.contains("hunter2"),
+        "the password is shown: {stderr}"
+    );
+}
+
+/// Claim (README, "How a batch is written, and undone"): "a row that some other batch found
+/// present (and therefore acknowledges) is never deleted by its owner's rollback"; check.rs:
+/// a claimed row of a rolled-back batch "is kept on purpose (that batch acknowledges its
+/// event)". The claim is made by the INSERT, before the claiming batch knows whether it
+/// commits, and is never released: a claiming batch that is itself rolled back (and so
+/// acknowledges nothing) still fences the row off from its owner's compensation.
+///
+/// Run A (another instance, simulated here by its row: run 111, batch 1, in flight) has
+/// inserted `x`. Run B (the binary, every batch failing, skip-batch) finds `x` present,
+/// claims it, fails and rolls back: B acknowledges nothing. A then rolls its batch back:
+/// nobody acknowledged `x`, yet its row stays (claimed), and A's check would call it
+/// "found present and acknowledged by another batch".
+#[tokio::test]
+async fn a_claim_by_a_batch_that_is_rolled_back_does_not_fence_the_row() {
+    let db = TempSqlite::new();
+    // Create the schema with a run of its own (one unrelated event).
+    std::fs::write(db.dir.path().join("seed.ndjson"), input_of(&["seed"])).unwrap();
+    let output = run_binary(
+        db.dir.path(),
+        &["--input", "seed.ndjson", "--database", &db.url, "-q"],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(0), "{:?}", texts(&output));
+    let conn = Db::open(&db.url).await;
+    // Run A's batch 1, in flight: its first half (x) written, not yet committed or undone.
+    conn.execute(
+        "INSERT INTO events (id, tenant, ts, payload, run_id, batch_seq) \
+         VALUES ('x', 't', 1, '{\"n\":1}', 111, 1)"
+            .to_owned(),
+    )
+    .await;
+    // Run B: x is in the first half of its only batch, which fails and is rolled back.
+    std::fs::write(db.dir.path().join("b.ndjson"), input_of(&["x", "y"])).unwrap();
+    let output = run_binary(
+        db.dir.path(),
+        &[
+            "--input",
+            "b.ndjson",
+            "--database",
+            &db.url,
+            "--fail-every",
+            "1",
+            "--on-failure",
+            "skip-batch",
+            "--progress",
+            "none",
+        ],
+        None,
+    );
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        summary_value(&stdout, "events acknowledged").starts_with("0 "),
+        "{stdout}"
+    );
+    // Run A's late compensation: exactly what `delete_batch` runs.
+    conn.execute(
+        "DELETE FROM events WHERE run_id = 111 AND batch_seq = 1 AND claimed = 0".to_owned(),
+    )
+    .await;
+    let ids = conn.ids("events").await;
+    conn.close().await;
+    assert!(
+        !ids.contains("x"),
+        "x was acknowledged by no batch (A and B both rolled back), yet A's rollback kept \
+         its row because B's rolled-back batch had claimed it: {ids:?}"
+    );
+}
+
+/// Claim (README, bad input table): "a table name that is SQL (`events; DROP TABLE events`,
+/// quotes, spaces) | exit 2, `invalid table name …`; nothing is run against the database";
+/// store/names.rs: the name "is written into SQL, so nothing else is accepted". A reserved
+/// word passes `check_table_name` (letters only), is written unquoted into
+/// `CREATE TABLE IF NOT EXISTS order (…)`, and fails there: the database is connected to,
+/// the SQLite file created, SQL run, and the error is `cannot use table … syntax error`.
+#[test]
+fn a_table_name_that_is_an_sql_keyword_is_refused_before_touching_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let url = format!("sqlite://{}", db.display());
+    for table in ["order", "select", "table"] {
+        let output = run_binary(
+            dir.path(),
+            &["--events", "5", "--database", &url, "--table", table],
+            None,
+        );
+        let (stdout, stderr) = texts(&output);
+        assert_eq!(output.status.code(), Some(2), "{table}: {stdout}\n{stderr}");
+        assert!(
+            stderr.starts_with("event-batcher: error: invalid table name"),
+            "{table}: {stderr}"
+        );
+        assert!(
+            !db.exists(),
+            "{table}: the database file was created: {stderr}"
+        );
+    }
+}
+
+/// Claims: README, "How a batch is written, and undone": "its rollback deletes only the rows
+/// *it* inserted, never the earlier ones"; outputs.rs: an output file that is the input or
+/// the other output is refused, "the files are created (truncated) only once the run can
+/// start". Nothing compares `--dead-letter`/`--rejects` with the SQLite database file: a
+/// second run given `--dead-letter events.db` truncates the database with every row of the
+/// first run in it (after the store has opened it).
+#[test]
+fn an_output_file_that_is_the_sqlite_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_binary(dir.path(), &["--events", "100", "-q"], None);
+    assert_eq!(output.status.code(), Some(0), "{:?}", texts(&output));
+    let before = std::fs::metadata(dir.path().join("events.db")).unwrap().len();
+    assert!(before > 0);
+    let output = run_binary(
+        dir.path(),
+        &["--events", "100", "-q", "--rejects", "events.db"],
+        None,
+    );
+    let (stdout, stderr) = texts(&output);
+    let after = std::fs::metadata(dir.path().join("events.db")).unwrap().len();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "the run used the database file as its rejects file (size {before} → {after}):\n\
+         {stdout}\n{stderr}"
+    );
+}
