@@ -257,3 +257,80 @@ fn an_output_file_that_is_the_sqlite_database_is_refused() {
          {stdout}\n{stderr}"
     );
 }
+
+/// Claims: README, Exit codes: "**2** the run could not start (bad option, …), with a
+/// one-line error"; README, bad input table: "Never a panic". `--rate` is checked only for
+/// being finite and >= 0: a tiny positive rate passes, and the synthetic source then panics
+/// in `Duration::from_secs_f64((n - 1) / rate)` ("cannot convert float seconds to Duration")
+/// at its second event: exit 101, no summary, a panic message instead of one line.
+#[test]
+fn a_tiny_positive_rate_is_refused_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_binary(dir.path(), &["--events", "3", "--rate", "1e-300", "-q"], None);
+    let (stdout, stderr) = texts(&output);
+    assert!(!stderr.contains("panicked"), "a panic: {stderr}");
+    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
+}
+
+/// Claim (README, `--on-failure skip-batch`): the failed batch is rolled back and "records
+/// the batch as failed (its events go to `--dead-letter PATH`, replayable with `--input`)";
+/// README, Bad input: "never a lost valid event". The dead-letter file of a non-NATS run is
+/// a `BufWriter` flushed only at the end of the run: when the process dies afterwards
+/// (SIGKILL, OOM, or the documented second Ctrl-C "exits at once"), batches that were
+/// rolled back and announced on stderr long before are neither in the table nor in the
+/// dead-letter file. (The NATS `--max-deliveries` file is synced before the give-up; this one
+/// never is.)
+#[test]
+fn a_rolled_back_batch_is_in_the_dead_letter_file_once_announced() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_event-batcher"))
+        .args([
+            "--events",
+            "100000",
+            "--rate",
+            "200",
+            "--max-batch",
+            "10",
+            "--fail-every",
+            "2",
+            "--on-failure",
+            "skip-batch",
+            "--dead-letter",
+            "dead.ndjson",
+            "--progress",
+            "none",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut announced = Vec::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("rolled back") {
+                announced.push(line);
+                let _ = tx.send(announced.len());
+            }
+        }
+        announced
+    });
+    // Killed once 3 batches were announced as rolled back (the dead letters are written
+    // before the announcement's batch ends, and a batch of 10 takes 50 ms to fill).
+    while rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap() < 3 {}
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let announced = reader.join().unwrap();
+    let dead = std::fs::read_to_string(dir.path().join("dead.ndjson")).unwrap_or_default();
+    assert!(
+        dead.lines().count() >= 10 * announced.len(),
+        "{} batches of 10 rolled back and announced ({announced:#?}), but the dead-letter \
+         file holds {} line(s) after the process died",
+        announced.len(),
+        dead.lines().count()
+    );
+}
