@@ -334,3 +334,34 @@ fn a_rolled_back_batch_is_in_the_dead_letter_file_once_announced() {
         dead.lines().count()
     );
 }
+
+/// Claim (README, bad input table): "a wrong database URL (unknown scheme, **no scheme**,
+/// unreachable server, missing directory) | exit 2, one line (`bad database URL …` /
+/// `cannot connect to …`, password shown as `***`)". `redact` masks only
+/// `scheme://user:password@host`: without `://`, or with a `/` or `?` in the password
+/// (the authority is cut at the first `/` or `?`, so no `@` is seen), the whole URL is
+/// printed, password included.
+#[test]
+fn a_malformed_database_url_never_shows_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        // No scheme (the user forgot `postgres://`).
+        "u:hunter2@127.0.0.1:1/test",
+        "//u:hunter2@127.0.0.1:1/test",
+        // A password with a `/` or `?` not percent-encoded.
+        "postgres://u:hun/ter2@127.0.0.1:1/test",
+        "postgres://u:hun?ter2@127.0.0.1:1/test",
+    ] {
+        let output = run_binary(
+            dir.path(),
+            &["--database", url, "--connect-timeout", "2s"],
+            None,
+        );
+        let (stdout, stderr) = texts(&output);
+        assert_eq!(output.status.code(), Some(2), "{url}: {stdout}\n{stderr}");
+        assert!(
+            !stderr.contains("hunter2") && !stderr.contains("ter2"),
+            "{url}: the password is shown: {stderr}"
+        );
+    }
+}
