@@ -365,3 +365,39 @@ fn a_malformed_database_url_never_shows_its_password() {
         );
     }
 }
+
+/// Claims: README: "`payload` (any JSON) [is] required"; src/event.rs: "`payload`: any JSON
+/// value, stored as JSON text"; README, Bad input: "never a lost valid event". The payload
+/// goes through `serde_json::Value` (no `arbitrary_precision`) and is stored re-serialised:
+/// an integer beyond `u64`/`i64` is silently stored as a rounded float
+/// (`12345678901234567890123` → `1.2345678901234568e+22`), and a number beyond `f64`
+/// (`1e400`, valid JSON per RFC 8259) makes a valid event a reject ("number out of range").
+#[tokio::test]
+async fn a_payload_is_stored_as_given_whatever_its_numbers() {
+    let db = TempSqlite::new();
+    let input = "{\"id\":\"big\",\"tenant\":\"t\",\"ts\":1,\"payload\":{\"n\":12345678901234567890123}}\n\
+                 {\"id\":\"huge\",\"tenant\":\"t\",\"ts\":1,\"payload\":1e400}\n";
+    std::fs::write(db.dir.path().join("in.ndjson"), input).unwrap();
+    let output = run_binary(
+        db.dir.path(),
+        &["--input", "in.ndjson", "--database", &db.url, "--progress", "none"],
+        None,
+    );
+    let (stdout, stderr) = texts(&output);
+    let conn = Db::open(&db.url).await;
+    let ids = conn.ids("events").await;
+    let big = if ids.contains("big") {
+        conn.payload("events", "big").await
+    } else {
+        String::new()
+    };
+    conn.close().await;
+    assert!(
+        big.contains("12345678901234567890123"),
+        "the payload was altered: stored {big:?}\n{stdout}\n{stderr}"
+    );
+    assert!(
+        ids.contains("huge"),
+        "a payload of valid JSON (1e400) was rejected: {stderr}"
+    );
+}
