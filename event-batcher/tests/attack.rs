@@ -401,3 +401,41 @@ async fn a_payload_is_stored_as_given_whatever_its_numbers() {
         "a payload of valid JSON (1e400) was rejected: {stderr}"
     );
 }
+
+/// Claims: README, Exit codes: "**2** the run could not start (…, unusable table, …), with
+/// a one-line error and nothing written"; `Store::connect`: "Errors […]: a table with other
+/// columns"; store/mod.rs: "an existing table must have these columns". The schema check
+/// only selects the columns by name: an existing table without the `id` primary key (or
+/// with another NOT NULL column) is accepted, the run starts, and the first batch fails on
+/// `ON CONFLICT (id)` (no unique constraint): exit 1, a batch written and rolled back,
+/// instead of exit 2 before anything is written.
+#[tokio::test]
+async fn an_existing_table_without_the_id_key_is_refused_at_start() {
+    let db = TempSqlite::new();
+    {
+        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::query(
+            "CREATE TABLE events (id TEXT NOT NULL, tenant TEXT NOT NULL, ts BIGINT NOT NULL, \
+             payload TEXT NOT NULL, run_id BIGINT NOT NULL, batch_seq BIGINT NOT NULL, \
+             claimed SMALLINT NOT NULL DEFAULT 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let output = run_binary(
+        db.dir.path(),
+        &["--events", "10", "--database", &db.url, "--progress", "none"],
+        None,
+    );
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a table on which the idempotent insert cannot work was accepted:\n{stdout}\n{stderr}"
+    );
+}
