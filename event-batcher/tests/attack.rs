@@ -439,3 +439,89 @@ async fn an_existing_table_without_the_id_key_is_refused_at_start() {
         "a table on which the idempotent insert cannot work was accepted:\n{stdout}\n{stderr}"
     );
 }
+
+/// The outage mode when the database never comes back within `--database-outage` (no
+/// existing test covers it). Claims: README, Exit codes: "**1** the run stopped (…,
+/// incomplete rollback, …) or the check failed, the summary is printed anyway", one error
+/// line; the outage waits "up to `--database-outage`". Checked: the run ends within the
+/// bound (outage wait + 3 rollback attempts + counting), exit 1, the summary printed, one
+/// error line naming the database error and saying the batch was not rolled back cleanly.
+#[test]
+#[ignore = "needs the PostgreSQL server binaries (initdb, postgres): run with --ignored"]
+fn postgres_that_never_comes_back_ends_the_run_within_the_outage_bound() {
+    use common::private_postgres::PrivatePostgres;
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let mut server = PrivatePostgres::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_event-batcher"))
+        .args([
+            "--database",
+            url.as_str(),
+            "--table",
+            "never_back",
+            "--events",
+            "20000",
+            "--rate",
+            "2000",
+            "--max-batch",
+            "100",
+            "--connect-timeout",
+            "1s",
+            "--database-outage",
+            "2s",
+            "--rollback-timeout",
+            "2s",
+            "--progress",
+            "none",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+    server.kill();
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if killed.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the run did not end within 60 s of the outage: {}",
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = killed.elapsed();
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(took < Duration::from_secs(30), "took {took:?}:\n{stderr}");
+    assert!(stdout.contains("event-batcher summary"), "{stdout}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("event-batcher: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].starts_with("event-batcher: error: run stopped: batch ")
+            && errors[0].contains("database write failed")
+            && errors[0].contains("rollback incomplete"),
+        "{stderr}"
+    );
+}
