@@ -525,3 +525,27 @@ fn postgres_that_never_comes_back_ends_the_run_within_the_outage_bound() {
         "{stderr}"
     );
 }
+
+/// Claims: README, Options: `--max-events N` is a NATS option ("`--max-events N` ends an
+/// instance the same way"), and Exit codes: "**2** the run could not start (bad option, …)";
+/// the configuration refuses the other NATS-only limit without NATS (`--max-deliveries
+/// needs --source`). `--max-events` without `--source` is silently ignored: asked for 5
+/// events, the run writes all 30 and exits 0.
+#[test]
+fn max_events_without_a_nats_source_is_refused_or_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_binary(
+        dir.path(),
+        &["--events", "30", "--max-batch", "10", "--max-events", "5", "-q"],
+        None,
+    );
+    let (stdout, stderr) = texts(&output);
+    let refused = output.status.code() == Some(2);
+    let honoured = output.status.code() == Some(0)
+        && summary_value(&stdout, "events acknowledged").starts_with("5 ");
+    assert!(
+        refused || honoured,
+        "--max-events 5 was ignored (exit {:?}):\n{stdout}\n{stderr}",
+        output.status.code()
+    );
+}
