@@ -42,7 +42,8 @@ fn a_hard_link_to_the_input_given_as_rejects_is_refused_and_the_input_kept() {
     let (stdout, stderr) = texts(&output);
     let kept = std::fs::read_to_string(dir.path().join("in.ndjson")).unwrap();
     assert_eq!(
-        kept, input,
+        kept,
+        input,
         "the input file was truncated (exit {:?}):\n{stdout}\n{stderr}",
         output.status.code()
     );
@@ -59,7 +60,14 @@ fn rejects_on_dev_stdin_does_not_truncate_the_file_read_as_stdin() {
     let path = dir.path().join("in.ndjson");
     std::fs::write(&path, &input).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_event-batcher"))
-        .args(["--input", "-", "--rejects", "/dev/stdin", "--progress", "none"])
+        .args([
+            "--input",
+            "-",
+            "--rejects",
+            "/dev/stdin",
+            "--progress",
+            "none",
+        ])
         .current_dir(dir.path())
         .stdin(Stdio::from(std::fs::File::open(&path).unwrap()))
         .output()
@@ -67,7 +75,8 @@ fn rejects_on_dev_stdin_does_not_truncate_the_file_read_as_stdin() {
     let (stdout, stderr) = texts(&output);
     let kept = std::fs::read_to_string(&path).unwrap();
     assert_eq!(
-        kept, input,
+        kept,
+        input,
         "the file read as stdin was truncated (exit {:?}):\n{stdout}\n{stderr}",
         output.status.code()
     );
@@ -241,7 +250,9 @@ fn an_output_file_that_is_the_sqlite_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let output = run_binary(dir.path(), &["--events", "100", "-q"], None);
     assert_eq!(output.status.code(), Some(0), "{:?}", texts(&output));
-    let before = std::fs::metadata(dir.path().join("events.db")).unwrap().len();
+    let before = std::fs::metadata(dir.path().join("events.db"))
+        .unwrap()
+        .len();
     assert!(before > 0);
     let output = run_binary(
         dir.path(),
@@ -249,7 +260,9 @@ fn an_output_file_that_is_the_sqlite_database_is_refused() {
         None,
     );
     let (stdout, stderr) = texts(&output);
-    let after = std::fs::metadata(dir.path().join("events.db")).unwrap().len();
+    let after = std::fs::metadata(dir.path().join("events.db"))
+        .unwrap()
+        .len();
     assert_eq!(
         output.status.code(),
         Some(2),
@@ -266,7 +279,11 @@ fn an_output_file_that_is_the_sqlite_database_is_refused() {
 #[test]
 fn a_tiny_positive_rate_is_refused_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let output = run_binary(dir.path(), &["--events", "3", "--rate", "1e-300", "-q"], None);
+    let output = run_binary(
+        dir.path(),
+        &["--events", "3", "--rate", "1e-300", "-q"],
+        None,
+    );
     let (stdout, stderr) = texts(&output);
     assert!(!stderr.contains("panicked"), "a panic: {stderr}");
     assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
@@ -380,7 +397,14 @@ async fn a_payload_is_stored_as_given_whatever_its_numbers() {
     std::fs::write(db.dir.path().join("in.ndjson"), input).unwrap();
     let output = run_binary(
         db.dir.path(),
-        &["--input", "in.ndjson", "--database", &db.url, "--progress", "none"],
+        &[
+            "--input",
+            "in.ndjson",
+            "--database",
+            &db.url,
+            "--progress",
+            "none",
+        ],
         None,
     );
     let (stdout, stderr) = texts(&output);
@@ -429,7 +453,14 @@ async fn an_existing_table_without_the_id_key_is_refused_at_start() {
     }
     let output = run_binary(
         db.dir.path(),
-        &["--events", "10", "--database", &db.url, "--progress", "none"],
+        &[
+            "--events",
+            "10",
+            "--database",
+            &db.url,
+            "--progress",
+            "none",
+        ],
         None,
     );
     let (stdout, stderr) = texts(&output);
@@ -536,7 +567,15 @@ fn max_events_without_a_nats_source_is_refused_or_honoured() {
     let dir = tempfile::tempdir().unwrap();
     let output = run_binary(
         dir.path(),
-        &["--events", "30", "--max-batch", "10", "--max-events", "5", "-q"],
+        &[
+            "--events",
+            "30",
+            "--max-batch",
+            "10",
+            "--max-events",
+            "5",
+            "-q",
+        ],
         None,
     );
     let (stdout, stderr) = texts(&output);
