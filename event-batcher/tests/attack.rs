@@ -588,3 +588,25 @@ fn max_events_without_a_nats_source_is_refused_or_honoured() {
         output.status.code()
     );
 }
+
+/// Claims: README, Exit codes: "**2** the run could not start (…, unreadable input), with a
+/// one-line error"; README, bad input table: "exit 2, one line". Paths (and URLs) are
+/// printed with `Display`, unescaped: a file name with a newline (legal on Linux) makes the
+/// error two lines. (Table names are quoted with `{:?}` and stay on one line.)
+#[test]
+fn setup_errors_stay_on_one_line_whatever_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        ["--input", "no\nsuch.ndjson"],
+        ["--rejects", "no-dir/a\nb.ndjson"],
+    ] {
+        let output = run_binary(dir.path(), &args, None);
+        let (stdout, stderr) = texts(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {stdout}\n{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
+    }
+}
