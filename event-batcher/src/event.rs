@@ -14,10 +14,13 @@
 //! - `tenant`: 1 to [`MAX_TENANT_BYTES`] bytes, no control characters;
 //! - `ts`: milliseconds since the Unix epoch, an integer from 0 to [`MAX_TS_MILLIS`]
 //!   (the last millisecond of the year 9999);
-//! - `payload`: any JSON value, stored as JSON text;
+//! - `payload`: any JSON value, stored as JSON text exactly as given (numbers of any size or
+//!   precision are kept as written, not parsed into a float), except that a line break
+//!   between its tokens becomes a space, so that the event stays one NDJSON line;
 //! - an empty (or whitespace-only) line is invalid too: it is reported, not skipped.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 
 /// The longest accepted event id, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
@@ -27,7 +30,7 @@ pub const MAX_TENANT_BYTES: usize = 64;
 pub const MAX_TS_MILLIS: i64 = 253_402_300_799_999;
 
 /// One event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
     /// Unique id; the primary key in the database and the idempotency key.
@@ -36,8 +39,26 @@ pub struct Event {
     pub tenant: String,
     /// When the event happened, in milliseconds since the Unix epoch.
     pub ts: i64,
-    /// Free-form JSON payload.
-    pub payload: serde_json::Value,
+    /// Free-form JSON payload: its text as given (see the [module documentation](self)).
+    #[serde(deserialize_with = "one_line_payload")]
+    pub payload: Box<RawValue>,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.id, &self.tenant, self.ts, self.payload.get())
+            == (&other.id, &other.tenant, other.ts, other.payload.get())
+    }
+}
+
+/// The payload as given, its line breaks (whitespace between tokens: a JSON string cannot
+/// hold a raw one) turned into spaces.
+fn one_line_payload<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Box<RawValue>, D::Error> {
+    let raw = Box::<RawValue>::deserialize(deserializer)?;
+    if !raw.get().contains(['\n', '\r']) {
+        return Ok(raw);
+    }
+    RawValue::from_string(raw.get().replace(['\n', '\r'], " ")).map_err(serde::de::Error::custom)
 }
 
 impl Event {

@@ -309,7 +309,7 @@ mod tests {
             id: "e1".into(),
             tenant: "t".into(),
             ts: 0,
-            payload: serde_json::Value::Null,
+            payload: serde_json::value::RawValue::NULL.to_owned(),
         }]
         .into();
         let batch = InFlight {

@@ -142,11 +142,12 @@ fn generate(rng: &mut fastrand::Rng, seed: u64, n: u64) -> Event {
         id: event_id(seed, n),
         tenant: TENANTS[rng.usize(..TENANTS.len())].to_owned(),
         ts,
-        payload: serde_json::json!({
+        payload: serde_json::value::to_raw_value(&serde_json::json!({
             "seq": n,
             "kind": KINDS[rng.usize(..KINDS.len())],
             "amount": rng.u32(0..10_000),
-        }),
+        }))
+        .expect("a JSON value serialises"),
     }
 }
 
