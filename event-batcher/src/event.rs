@@ -51,10 +51,19 @@ impl PartialEq for Event {
     }
 }
 
+/// The deepest nesting of arrays and objects accepted in a payload: serde_json's own limit
+/// for a whole document (128) less the event object around the payload.
+pub const MAX_PAYLOAD_DEPTH: usize = 127;
+
 /// The payload as given, its line breaks (whitespace between tokens: a JSON string cannot
-/// hold a raw one) turned into spaces.
+/// hold a raw one) turned into spaces. Deeper than [`MAX_PAYLOAD_DEPTH`], it is refused
+/// (`recursion limit exceeded`), as serde_json refuses a deeper document: the raw value is
+/// captured without that limit.
 fn one_line_payload<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Box<RawValue>, D::Error> {
     let raw = Box::<RawValue>::deserialize(deserializer)?;
+    if depth(raw.get()) > MAX_PAYLOAD_DEPTH {
+        return Err(serde::de::Error::custom("recursion limit exceeded"));
+    }
     if !raw.get().contains(['\n', '\r']) {
         return Ok(raw);
     }
@@ -91,4 +100,36 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), String> {
         return Err(format!("field `{field}` contains a control character"));
     }
     Ok(())
+}
+
+/// The deepest nesting of arrays and objects in `json` (valid JSON).
+fn depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        match (in_string, escaped, byte) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            (false, _, _) => {}
+        }
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn measures_nesting_outside_strings() {
+        assert_eq!(super::depth("1"), 0);
+        assert_eq!(super::depth(r#"{"a":[1,{"b":"[[[\"{"}]}"#), 3);
+        assert_eq!(super::depth(r#"[[],[[]]]"#), 3);
+    }
 }
