@@ -47,7 +47,9 @@ impl RunArgs {
                 ));
             }
             if self.idle_exit.is_some() {
-                return Err(ConfigError("--idle-exit needs --source (a NATS source)".into()));
+                return Err(ConfigError(
+                    "--idle-exit needs --source (a NATS source)".into(),
+                ));
             }
         }
         let source = match (self.source, self.input) {

@@ -104,7 +104,10 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(config) => config,
         Err(error) => {
             // One line, whatever a path or URL in it holds.
-            console.println(format!("event-batcher: error: {}", one_line(&error.to_string())));
+            console.println(format!(
+                "event-batcher: error: {}",
+                one_line(&error.to_string())
+            ));
             return ExitCode::from(2);
         }
     };
@@ -139,7 +142,10 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(summary) => summary,
         Err(error) => {
             // One line, whatever a path or URL in it holds.
-            console.println(format!("event-batcher: error: {}", one_line(&error.to_string())));
+            console.println(format!(
+                "event-batcher: error: {}",
+                one_line(&error.to_string())
+            ));
             return ExitCode::from(2);
         }
     };

@@ -70,10 +70,7 @@ impl PreparedOutputs {
         Ok(prepared)
     }
 
-    fn open_output(
-        &mut self,
-        path: Option<&Path>,
-    ) -> Result<Option<(File, PathBuf)>, SetupError> {
+    fn open_output(&mut self, path: Option<&Path>) -> Result<Option<(File, PathBuf)>, SetupError> {
         let Some(path) = path else { return Ok(None) };
         let existed = std::fs::symlink_metadata(path).is_ok();
         let file = OpenOptions::new()

@@ -60,7 +60,11 @@ impl SyntheticSpec {
         if !(self.rate.is_finite() && self.rate >= 0.0) {
             return Err(format!("--rate must be a number >= 0, got {}", self.rate));
         }
-        if self.rate > 0.0 && self.due(self.events).is_none_or(|due| due > Self::MAX_SCHEDULE) {
+        if self.rate > 0.0
+            && self
+                .due(self.events)
+                .is_none_or(|due| due > Self::MAX_SCHEDULE)
+        {
             return Err(format!(
                 "--rate {} is too slow: the last of {} events would be due more than a year \
                  after the first",
