@@ -16,7 +16,12 @@ struct Counts {
 }
 
 /// Registers a compensation that takes `took` and succeeds, counting its runs.
-fn register_slow(scope: &CompensationScope, label: &'static str, took: Duration, counts: Arc<Counts>) {
+fn register_slow(
+    scope: &CompensationScope,
+    label: &'static str,
+    took: Duration,
+    counts: Arc<Counts>,
+) {
     scope.register_labeled(label, move || {
         let counts = counts.clone();
         async move {
@@ -80,7 +85,11 @@ async fn cancel_during_retry_undo_keeps_the_undo_failure_and_runs_nothing_twice(
         "the `refused` compensation failed and left the scope, yet the report says: {}",
         error.report()
     );
-    assert_eq!(slow.started.load(Ordering::SeqCst), 1, "`slow` started twice");
+    assert_eq!(
+        slow.started.load(Ordering::SeqCst),
+        1,
+        "`slow` started twice"
+    );
     assert_eq!(slow.finished.load(Ordering::SeqCst), 1);
     assert!(scope.is_empty());
 }
@@ -93,12 +102,10 @@ async fn upstream_error_during_skip_undo_keeps_the_undo_failure() {
     let scope = CompensationScope::new();
     let slow = Arc::new(Counts::default());
     let failing = Arc::new(AtomicUsize::new(0));
-    let upstream = stream::iter(vec![Ok::<u32, String>(0)]).chain(
-        stream::once(async {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            Err("upstream broke".to_owned())
-        }),
-    );
+    let upstream = stream::iter(vec![Ok::<u32, String>(0)]).chain(stream::once(async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Err("upstream broke".to_owned())
+    }));
     let skipped = Arc::new(Mutex::new(Vec::new()));
     let skipped2 = skipped.clone();
     let (slow2, failing2) = (slow.clone(), failing.clone());
@@ -115,7 +122,10 @@ async fn upstream_error_during_skip_undo_keeps_the_undo_failure() {
         .skip_failed_items(move |index, _error| skipped2.lock().unwrap().push(index))
         .await;
     let error = result.expect_err("the upstream error stops the run");
-    assert!(matches!(error.cause(), Cause::Upstream(e) if e == "upstream broke"), "{error}");
+    assert!(
+        matches!(error.cause(), Cause::Upstream(e) if e == "upstream broke"),
+        "{error}"
+    );
     assert!(skipped.lock().unwrap().is_empty());
     assert_eq!(failing.load(Ordering::SeqCst), 1);
     assert!(
@@ -123,12 +133,20 @@ async fn upstream_error_during_skip_undo_keeps_the_undo_failure() {
         "the `refused` compensation failed and left the scope, yet the report says: {}",
         error.report()
     );
-    assert_eq!(slow.started.load(Ordering::SeqCst), 1, "`slow` started twice");
+    assert_eq!(
+        slow.started.load(Ordering::SeqCst),
+        1,
+        "`slow` started twice"
+    );
     assert!(scope.is_empty());
 }
 
 /// Registers a compensation that records its label in `ran` and succeeds.
-fn register_recorded(scope: &CompensationScope, label: &'static str, ran: Arc<Mutex<Vec<&'static str>>>) {
+fn register_recorded(
+    scope: &CompensationScope,
+    label: &'static str,
+    ran: Arc<Mutex<Vec<&'static str>>>,
+) {
     scope.register_labeled(label, move || {
         let ran = ran.clone();
         async move {
@@ -189,9 +207,8 @@ async fn a_failed_attempts_undo_leaves_a_run_level_registration_alone() {
     let ran = Arc::new(Mutex::new(Vec::new()));
     let attempts = Arc::new(AtomicUsize::new(0));
     let (ran2, attempts2) = (ran.clone(), attempts.clone());
-    let run = stream::iter(vec![Ok::<u32, String>(0)]).for_each_compensated(
-        scope.clone(),
-        move |_item, scope| {
+    let run = stream::iter(vec![Ok::<u32, String>(0)])
+        .for_each_compensated(scope.clone(), move |_item, scope| {
             let (ran, attempts) = (ran2.clone(), attempts2.clone());
             async move {
                 register_recorded(&scope, "attempt", ran);
@@ -202,9 +219,8 @@ async fn a_failed_attempts_undo_leaves_a_run_level_registration_alone() {
                     Ok(())
                 }
             }
-        },
-    )
-    .retry(RollbackPolicy::default().attempts(2));
+        })
+        .retry(RollbackPolicy::default().attempts(2));
     let run_scope = run.scope().clone();
     let ran3 = ran.clone();
     tokio::spawn(async move {

@@ -42,3 +42,25 @@ impl Console {
         lock(&self.bar).take()
     }
 }
+
+/// `text` with its control characters (a newline in a file name, say) escaped as Rust does
+/// (`\n`, `\u{1b}`), so that a message quoting it stays on one line.
+pub fn one_line(text: &str) -> String {
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_escapes_control_characters_only() {
+        assert_eq!(super::one_line("a\nb\tc\u{1b}é"), "a\\nb\\tc\\u{1b}é");
+    }
+}

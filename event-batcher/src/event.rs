@@ -14,10 +14,13 @@
 //! - `tenant`: 1 to [`MAX_TENANT_BYTES`] bytes, no control characters;
 //! - `ts`: milliseconds since the Unix epoch, an integer from 0 to [`MAX_TS_MILLIS`]
 //!   (the last millisecond of the year 9999);
-//! - `payload`: any JSON value, stored as JSON text;
+//! - `payload`: any JSON value, stored as JSON text exactly as given (numbers of any size or
+//!   precision are kept as written, not parsed into a float), except that a line break
+//!   between its tokens becomes a space, so that the event stays one NDJSON line;
 //! - an empty (or whitespace-only) line is invalid too: it is reported, not skipped.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 
 /// The longest accepted event id, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
@@ -27,7 +30,7 @@ pub const MAX_TENANT_BYTES: usize = 64;
 pub const MAX_TS_MILLIS: i64 = 253_402_300_799_999;
 
 /// One event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
     /// Unique id; the primary key in the database and the idempotency key.
@@ -36,8 +39,35 @@ pub struct Event {
     pub tenant: String,
     /// When the event happened, in milliseconds since the Unix epoch.
     pub ts: i64,
-    /// Free-form JSON payload.
-    pub payload: serde_json::Value,
+    /// Free-form JSON payload: its text as given (see the [module documentation](self)).
+    #[serde(deserialize_with = "one_line_payload")]
+    pub payload: Box<RawValue>,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.id, &self.tenant, self.ts, self.payload.get())
+            == (&other.id, &other.tenant, other.ts, other.payload.get())
+    }
+}
+
+/// The deepest nesting of arrays and objects accepted in a payload: serde_json's own limit
+/// for a whole document (128) less the event object around the payload.
+pub const MAX_PAYLOAD_DEPTH: usize = 127;
+
+/// The payload as given, its line breaks (whitespace between tokens: a JSON string cannot
+/// hold a raw one) turned into spaces. Deeper than [`MAX_PAYLOAD_DEPTH`], it is refused
+/// (`recursion limit exceeded`), as serde_json refuses a deeper document: the raw value is
+/// captured without that limit.
+fn one_line_payload<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Box<RawValue>, D::Error> {
+    let raw = Box::<RawValue>::deserialize(deserializer)?;
+    if depth(raw.get()) > MAX_PAYLOAD_DEPTH {
+        return Err(serde::de::Error::custom("recursion limit exceeded"));
+    }
+    if !raw.get().contains(['\n', '\r']) {
+        return Ok(raw);
+    }
+    RawValue::from_string(raw.get().replace(['\n', '\r'], " ")).map_err(serde::de::Error::custom)
 }
 
 impl Event {
@@ -70,4 +100,36 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), String> {
         return Err(format!("field `{field}` contains a control character"));
     }
     Ok(())
+}
+
+/// The deepest nesting of arrays and objects in `json` (valid JSON).
+fn depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        match (in_string, escaped, byte) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            (false, _, _) => {}
+        }
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn measures_nesting_outside_strings() {
+        assert_eq!(super::depth("1"), 0);
+        assert_eq!(super::depth(r#"{"a":[1,{"b":"[[[\"{"}]}"#), 3);
+        assert_eq!(super::depth(r#"[[],[[]]]"#), 3);
+    }
 }

@@ -25,27 +25,30 @@
 //! real sink without transactions would (an HTTP API, a queue, several databases), a batch is
 //! written in two parts, its first half and then the rest, each part committed on its own
 //! (one multi-row statement, or one transaction when it takes several) by inserts that store
-//! no id twice (see [`store`]).
+//! no id twice and *claim* a row they find present (`ON CONFLICT (id) DO UPDATE SET
+//! claimed = 1 WHERE …`, see below and [`store`]).
 //! Between the two parts the first half is committed and visible: a failure there — an
 //! injected one (`--fail-every N`, `--fail-rate P`), or a real one such as a lost connection
 //! — is a genuine partial write.
 //!
 //! What makes the batch atomic is the compensation, registered with the library *before*
-//! the first statement: `DELETE FROM events WHERE run_id = ? AND batch_seq = ?`. If the
+//! the first statement: `DELETE FROM events WHERE run_id = ? AND batch_seq = ? AND claimed = 0`.
+//! If the
 //! batch fails, the library runs it (with retries under the rollback policy) and the partial
 //! write disappears; if the batch succeeds, it is committed (dropped) and the batch's events
 //! count as acknowledged.
 //!
 //! # Idempotency, and why the compensation does not delete by id alone
 //!
-//! Writes are idempotent by event id (`id` is the primary key, `ON CONFLICT (id) DO
-//! NOTHING`): a re-run of the same input, or a redelivered message, never duplicates a row.
+//! Writes are idempotent by event id (`id` is the primary key, `ON CONFLICT (id) DO UPDATE
+//! SET claimed = 1 WHERE` the row belongs to another batch, which inserts nothing): a re-run of the same input, or a redelivered message, never duplicates a row.
 //! That interacts with rollback: if a batch of a re-run holds ids that an earlier run
 //! already committed, a compensation `DELETE … WHERE id IN (batch ids)` would delete those
 //! earlier, committed rows, which this batch never wrote. So every row records who inserted
 //! it, `run_id` (random per run) and `batch_seq` (the batch number within the run), and the
-//! compensation deletes `WHERE run_id = ? AND batch_seq = ?`: exactly the rows this batch
-//! inserted, never a row that was already there. It is indexed, needs no list of ids (no
+//! compensation deletes `WHERE run_id = ? AND batch_seq = ? AND claimed = 0`: the rows this
+//! batch inserted and that no other batch has since found present (and acknowledged), never
+//! a row that was already there. It is indexed, needs no list of ids (no
 //! bind-parameter limit), and is idempotent, so the library may retry it safely.
 //!
 //! The same columns give the consistency check its meaning (see [`report::check`]): the rows of

@@ -145,7 +145,7 @@ mod tests {
         let incoming =
             validate(json(r#"{"id":"a","tenant":"t","ts":5,"payload":{"x":1}}"#)).unwrap();
         assert_eq!(incoming.event.id, "a");
-        assert_eq!(incoming.event.payload, serde_json::json!({"x": 1}));
+        assert_eq!(incoming.event.payload.get(), r#"{"x":1}"#);
         assert_eq!(incoming.position, Position::Line(7));
     }
 
@@ -205,12 +205,32 @@ mod tests {
     }
 
     #[test]
+    fn keeps_the_payload_text_as_given_on_one_line() {
+        for (line, payload) in [
+            (
+                r#"{"id":"a","tenant":"t","ts":5,"payload":{"n":12345678901234567890123}}"#,
+                r#"{"n":12345678901234567890123}"#,
+            ),
+            (r#"{"id":"a","tenant":"t","ts":5,"payload":1e400}"#, "1e400"),
+            (
+                "{\"id\":\"a\",\"tenant\":\"t\",\"ts\":5,\"payload\":{\"s\":\"x\\ny\",\r\n\"n\":1.50}}",
+                r#"{"s":"x\ny",  "n":1.50}"#,
+            ),
+        ] {
+            let incoming = validate(json(line)).unwrap();
+            assert_eq!(incoming.event.payload.get(), payload, "{line}");
+            let written = serde_json::to_string(&incoming.event).unwrap();
+            assert!(!written.contains('\n'), "{written}");
+        }
+    }
+
+    #[test]
     fn checks_built_events_too() {
         let event = Event {
             id: "x".repeat(crate::event::MAX_ID_BYTES + 1),
             tenant: "t".into(),
             ts: 0,
-            payload: serde_json::Value::Null,
+            payload: serde_json::value::RawValue::NULL.to_owned(),
         };
         let record = Record {
             position: Position::Sequence(3),

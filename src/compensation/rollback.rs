@@ -145,7 +145,8 @@ impl Drop for Running<'_> {
 
 /// Whether the rollback was [wound down](Rollback::wind_down).
 fn wound_down(flag: &Option<Arc<AtomicBool>>) -> bool {
-    flag.as_ref().is_some_and(|flag| flag.load(Ordering::Acquire))
+    flag.as_ref()
+        .is_some_and(|flag| flag.load(Ordering::Acquire))
 }
 
 async fn run(

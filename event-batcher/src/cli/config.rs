@@ -36,6 +36,22 @@ impl RunArgs {
     /// The pipeline configuration these options describe, checked ([`Config::check`]).
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let max_batch = usize::try_from(self.max_batch).unwrap_or(usize::MAX);
+        // NATS-only limits are refused without NATS rather than ignored (clap's `requires`
+        // is not enough when `--source` is absent from the command line).
+        if self.source.is_none() {
+            if self.max_events.is_some() {
+                return Err(ConfigError(
+                    "--max-events needs --source (a NATS source); use --events for the \
+                     synthetic source"
+                        .into(),
+                ));
+            }
+            if self.idle_exit.is_some() {
+                return Err(ConfigError(
+                    "--idle-exit needs --source (a NATS source)".into(),
+                ));
+            }
+        }
         let source = match (self.source, self.input) {
             (Some(url), _) => {
                 let mut options = NatsOptions::new(url, self.stream, self.subject, self.consumer)
@@ -194,7 +210,12 @@ mod tests {
             Cli::try_parse_from(["event-batcher", "--source", "nats://h:1", "--input", "x"])
                 .is_err()
         );
-        assert!(Cli::try_parse_from(["event-batcher", "--max-events", "3"]).is_err());
+        assert!(
+            Cli::try_parse_from(["event-batcher", "--max-events", "3"])
+                .map_err(|e| e.to_string())
+                .and_then(|cli| cli.run.into_config().map_err(|e| e.to_string()))
+                .is_err()
+        );
         let cli = Cli::try_parse_from(["event-batcher", "publish", "--events", "5"]).unwrap();
         let Some(Command::Publish(args)) = cli.command else {
             panic!("expected the publish subcommand");

@@ -37,7 +37,7 @@ use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::console::Console;
+use crate::console::{Console, one_line};
 use crate::pipeline::Pipeline;
 use crate::report::Outcome;
 use crate::source::nats::{self, NatsError, NatsOptions, PublishReport};
@@ -103,7 +103,11 @@ async fn run(args: RunArgs) -> ExitCode {
     let config = match args.into_config() {
         Ok(config) => config,
         Err(error) => {
-            console.println(format!("event-batcher: error: {error}"));
+            // One line, whatever a path or URL in it holds.
+            console.println(format!(
+                "event-batcher: error: {}",
+                one_line(&error.to_string())
+            ));
             return ExitCode::from(2);
         }
     };
@@ -137,7 +141,11 @@ async fn run(args: RunArgs) -> ExitCode {
     let summary = match result {
         Ok(summary) => summary,
         Err(error) => {
-            console.println(format!("event-batcher: error: {error}"));
+            // One line, whatever a path or URL in it holds.
+            console.println(format!(
+                "event-batcher: error: {}",
+                one_line(&error.to_string())
+            ));
             return ExitCode::from(2);
         }
     };
@@ -155,7 +163,7 @@ async fn run(args: RunArgs) -> ExitCode {
         Outcome::Finished => None,
     };
     if let Some(error) = error {
-        console.println(format!("event-batcher: error: {error}"));
+        console.println(format!("event-batcher: error: {}", one_line(&error)));
     }
     ExitCode::from(summary.exit_code())
 }

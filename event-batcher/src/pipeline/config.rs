@@ -277,10 +277,8 @@ impl Config {
                     .into(),
             );
         }
-        if let SourceSpec::Synthetic(spec) = &self.source
-            && !(spec.rate.is_finite() && spec.rate >= 0.0)
-        {
-            return invalid(format!("--rate must be a number >= 0, got {}", spec.rate));
+        if let SourceSpec::Synthetic(spec) = &self.source {
+            spec.check().map_err(ConfigError)?;
         }
         if let SourceSpec::Nats(nats) = &self.source {
             // Below a batch, the broker stops delivering before a batch is full and every

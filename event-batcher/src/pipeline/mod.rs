@@ -39,7 +39,7 @@ use crate::source::{OpenedSource, RecordStream};
 use crate::store::Store;
 use batch::{Ctx, FailurePolicy};
 use faults::FaultInjector;
-use outputs::{Outputs, check_outputs};
+use outputs::{PreparedOutputs, check_outputs};
 
 pub use chain::REPORTED_REJECTS;
 pub use chain::encoded_len;
@@ -124,9 +124,10 @@ impl Pipeline {
     ///
     /// Rules:
     /// - before anything is read, the options are checked, the input opened, the database
-    ///   connected, the table created and then the output files created: a problem there is
-    ///   a [`SetupError`] (exit code 2), and nothing has been written (an output file that is
-    ///   the input, or both outputs the same file, is refused before anything is opened);
+    ///   output files opened, the database connected, the table created, and then the
+    ///   output files truncated: a problem there is a [`SetupError`] (exit code 2), and
+    ///   nothing has been written (an output file that is the input, the SQLite database, or
+    ///   both outputs the same file, is refused before anything is opened);
     /// - every record is validated in `map_ok_stream`; an invalid one is counted, reported
     ///   on standard error with its position (the first [`REPORTED_REJECTS`]), written to
     ///   `--rejects`, and dropped from the stream, unless `--strict`, where it stops the run
@@ -201,6 +202,10 @@ impl Pipeline {
                  {limit}, or a consumer with unlimited deliveries"
             ))));
         }
+        // Opened (not truncated) before the database is touched: an output that cannot be
+        // created stops the run before anything is written; dropped, it removes what it
+        // created.
+        let outputs = PreparedOutputs::open(&config)?;
         // The server gives a rollback's DELETE up a little before the compensation attempt
         // times out, so a DELETE reported as timed out cannot commit later.
         let connections = u32::try_from(config.concurrency)
@@ -214,9 +219,9 @@ impl Pipeline {
         )
         .await?
         .with_delete_timeout(config.rollback.attempt_timeout.mul_f64(0.9));
-        // Created (truncated) only now that the run can start: a setup error leaves existing
-        // files as they were.
-        let outputs = match Outputs::create(&config) {
+        // Truncated only now that the run can start: a setup error leaves existing files as
+        // they were.
+        let outputs = match outputs.start() {
             Ok(outputs) => outputs,
             Err(error) => {
                 store.close().await;

@@ -56,6 +56,11 @@ impl Ctx {
         report: &result_stream::RollbackReport,
         announce: bool,
     ) {
+        // Durable (flushed and synced) before the batch is announced.
+        if let Err(error) = self.outputs.dead_letter(batch.events.iter()) {
+            self.stats
+                .warn(format!("cannot write to the dead-letter file: {error}"));
+        }
         let count = self.stats.rolled_back.load(Ordering::Relaxed) + 1;
         if announce && count <= REPORTED_ROLLBACKS {
             self.console.println(format!(
@@ -69,10 +74,6 @@ impl Ctx {
             );
         }
         self.stats.batch_rolled_back(batch, error, report);
-        if let Err(error) = self.outputs.dead_letter(batch.events.iter()) {
-            self.stats
-                .warn(format!("cannot write to the dead-letter file: {error}"));
-        }
     }
 
     /// Settles the hooks of a rolled-back batch, once its compensation deleted its rows

@@ -380,7 +380,7 @@ mod tests {
             id: id.into(),
             tenant: tenant.into(),
             ts: 0,
-            payload: serde_json::Value::Null,
+            payload: serde_json::value::RawValue::NULL.to_owned(),
         };
         let four = [
             event("a1", "acme"),

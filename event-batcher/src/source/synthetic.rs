@@ -49,6 +49,38 @@ impl fmt::Display for SyntheticSpec {
     }
 }
 
+impl SyntheticSpec {
+    /// The longest run a `rate` may schedule: the last event is due at most this long after
+    /// the first (a slower rate is refused, rather than overflow the schedule).
+    pub const MAX_SCHEDULE: Duration = Duration::from_secs(366 * 24 * 3600);
+
+    /// Checks the rate: `0` (as fast as possible), or a finite positive number at which the
+    /// last event is due within [`MAX_SCHEDULE`](Self::MAX_SCHEDULE).
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.rate.is_finite() && self.rate >= 0.0) {
+            return Err(format!("--rate must be a number >= 0, got {}", self.rate));
+        }
+        if self.rate > 0.0
+            && self
+                .due(self.events)
+                .is_none_or(|due| due > Self::MAX_SCHEDULE)
+        {
+            return Err(format!(
+                "--rate {} is too slow: the last of {} events would be due more than a year \
+                 after the first",
+                self.rate, self.events
+            ));
+        }
+        Ok(())
+    }
+
+    /// When event `n` (1-based) is due after the first at `rate > 0`; `None` beyond
+    /// `Duration`.
+    fn due(&self, n: u64) -> Option<Duration> {
+        Duration::try_from_secs_f64(n.saturating_sub(1) as f64 / self.rate).ok()
+    }
+}
+
 /// The id of event `n` (1-based) for `seed`.
 pub fn event_id(seed: u64, n: u64) -> String {
     format!("evt-{seed}-{n:010}")
@@ -78,9 +110,12 @@ pub fn stream(spec: SyntheticSpec) -> RecordStream {
         state.next += 1;
         if state.spec.rate > 0.0 {
             let started = *state.started.get_or_insert_with(Instant::now);
-            let due = started + Duration::from_secs_f64((n - 1) as f64 / state.spec.rate);
-            if due > Instant::now() {
-                tokio::time::sleep_until(due).await;
+            // Never a panic, even for a spec that did not pass `check`: an event due beyond
+            // what the clock can represent is never released.
+            match state.spec.due(n).and_then(|due| started.checked_add(due)) {
+                Some(due) if due > Instant::now() => tokio::time::sleep_until(due).await,
+                Some(_) => {}
+                None => std::future::pending().await,
             }
         }
         let event = generate(&mut state.rng, state.spec.seed, n);
@@ -111,11 +146,12 @@ fn generate(rng: &mut fastrand::Rng, seed: u64, n: u64) -> Event {
         id: event_id(seed, n),
         tenant: TENANTS[rng.usize(..TENANTS.len())].to_owned(),
         ts,
-        payload: serde_json::json!({
+        payload: serde_json::value::to_raw_value(&serde_json::json!({
             "seq": n,
             "kind": KINDS[rng.usize(..KINDS.len())],
             "amount": rng.u32(0..10_000),
-        }),
+        }))
+        .expect("a JSON value serialises"),
     }
 }
 

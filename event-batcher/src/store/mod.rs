@@ -270,7 +270,7 @@ mod tests {
             id: id.into(),
             tenant: "t".into(),
             ts: 1,
-            payload: serde_json::json!({"n": 1}),
+            payload: serde_json::value::RawValue::from_string(r#"{"n":1}"#.into()).unwrap(),
         }
     }
 

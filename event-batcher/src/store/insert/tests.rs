@@ -16,7 +16,10 @@ fn event(id: &str) -> Event {
         id: id.into(),
         tenant: "t".into(),
         ts: 1,
-        payload: serde_json::json!({"text": "tab\there, newline\nhere, backslash \\ and é"}),
+        payload: serde_json::value::to_raw_value(&serde_json::json!({
+            "text": "tab\there, newline\nhere, backslash \\ and é"
+        }))
+        .expect("a JSON value serialises"),
     }
 }
 
