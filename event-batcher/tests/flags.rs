@@ -95,7 +95,7 @@ async fn a_failure_at_concurrency_4_stops_with_the_table_exact() {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no batch number in the cause:\n{summary}"));
         assert!(
-            failed % 5 == 0 && cause.contains(": injected failure"),
+            failed.is_multiple_of(5) && cause.contains(": injected failure"),
             "{summary}"
         );
         assert!(
