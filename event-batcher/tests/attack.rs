@@ -466,3 +466,78 @@ fn setup_errors_stay_on_one_line_whatever_the_path() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
     }
 }
+
+/// Claim (README, bad input table): "a table name that is SQL (`events; DROP TABLE events`,
+/// quotes, spaces) | exit 2, `invalid table name …`; nothing is run against the database";
+/// store/names.rs: the name "is written into SQL, so nothing else is accepted". A reserved
+/// word passed `check_table_name` (letters only), was written unquoted into
+/// `CREATE TABLE IF NOT EXISTS order (…)`, and failed there: the database was connected to,
+/// the SQLite file created, SQL run. (Fixed: SQL keywords are refused as table names.)
+#[test]
+fn a_table_name_that_is_an_sql_keyword_is_refused_before_touching_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let url = format!("sqlite://{}", db.display());
+    for table in ["order", "select", "table"] {
+        let output = run_binary(
+            dir.path(),
+            &["--events", "5", "--database", &url, "--table", table],
+            None,
+        );
+        let (stdout, stderr) = texts(&output);
+        assert_eq!(output.status.code(), Some(2), "{table}: {stdout}\n{stderr}");
+        assert!(
+            stderr.starts_with("event-batcher: error: invalid table name"),
+            "{table}: {stderr}"
+        );
+        assert!(
+            !db.exists(),
+            "{table}: the database file was created: {stderr}"
+        );
+    }
+}
+
+/// Claims: README, Exit codes: "**2** the run could not start (…, unusable table, …), with
+/// a one-line error and nothing written"; `Store::connect`: "Errors […]: a table with other
+/// columns"; store/mod.rs: "an existing table must have these columns". The schema check
+/// selected the columns by name only: an existing table without the `id` primary key was
+/// accepted, the run started, and the first batch failed on `ON CONFLICT (id)` (no unique
+/// constraint): exit 1, a batch written and rolled back, instead of exit 2 before anything
+/// is written. (Fixed: the schema check prepares the idempotent insert.)
+#[tokio::test]
+async fn an_existing_table_without_the_id_key_is_refused_at_start() {
+    let db = TempSqlite::new();
+    {
+        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::query(
+            "CREATE TABLE events (id TEXT NOT NULL, tenant TEXT NOT NULL, ts BIGINT NOT NULL, \
+             payload TEXT NOT NULL, run_id BIGINT NOT NULL, batch_seq BIGINT NOT NULL, \
+             claimed SMALLINT NOT NULL DEFAULT 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let output = run_binary(
+        db.dir.path(),
+        &[
+            "--events",
+            "10",
+            "--database",
+            &db.url,
+            "--progress",
+            "none",
+        ],
+        None,
+    );
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a table on which the idempotent insert cannot work was accepted:\n{stdout}\n{stderr}"
+    );
+}

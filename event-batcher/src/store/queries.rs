@@ -8,8 +8,9 @@ use super::{Pool, QueryError, Store};
 const MAX_IDS_PER_QUERY: usize = 1000;
 
 impl Store {
-    /// Creates the table and its index when missing, checks the columns of an existing one,
-    /// and adds `claimed` to a table created before it existed.
+    /// Creates the table and its index when missing, checks the columns of an existing one
+    /// and that its `id` is unique (a primary key or a unique index), and adds `claimed` to a
+    /// table created before it existed.
     pub(super) async fn create_schema(&self) -> Result<(), QueryError> {
         let table = &self.table;
         let statements = [
@@ -22,6 +23,15 @@ impl Store {
             format!("CREATE INDEX IF NOT EXISTS {table}_run_batch ON {table} (run_id, batch_seq)"),
             // Fails when an existing table lacks one of the columns (before it is altered).
             format!("SELECT id, tenant, ts, payload, run_id, batch_seq FROM {table} WHERE 1 = 0"),
+            // Fails when `id` has no unique or primary key constraint, which the idempotent
+            // insert (`ON CONFLICT (id)`) needs: checked when the statement is prepared, and
+            // it inserts nothing. (`WHERE` before `ON CONFLICT` keeps SQLite's parser from
+            // reading it as a join constraint.)
+            format!(
+                "INSERT INTO {table} (id, tenant, ts, payload, run_id, batch_seq) \
+                 SELECT id, tenant, ts, payload, run_id, batch_seq FROM {table} WHERE 1 = 0 \
+                 ON CONFLICT (id) DO NOTHING"
+            ),
         ];
         let add_claimed =
             format!("ALTER TABLE {table} ADD COLUMN claimed SMALLINT NOT NULL DEFAULT 0");
