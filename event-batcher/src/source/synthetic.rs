@@ -195,4 +195,20 @@ mod tests {
         // 11 events at 10 per second: the last is due 1 s after the first.
         assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
+
+    /// Each event is released at its own time, not all in a burst at the end (a pacing that
+    /// only got the total right would pass the test above): event `n` (1-based) arrives
+    /// exactly `(n - 1) / rate` after the first, on the paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn releases_each_event_at_its_own_time() {
+        let spec = SyntheticSpec {
+            events: 6,
+            rate: 4.0,
+            seed: 1,
+        };
+        let started = Instant::now();
+        let arrivals: Vec<Duration> = stream(spec).map(|_| started.elapsed()).collect().await;
+        let expected: Vec<Duration> = (0..6u64).map(|i| Duration::from_millis(250 * i)).collect();
+        assert_eq!(arrivals, expected);
+    }
 }
