@@ -282,3 +282,151 @@ async fn a_stop_during_an_undo_runs_what_is_left_newest_first_across_items() {
     assert_eq!(*ran.lock().unwrap(), vec!["a1", "b0", "a0"]);
     assert!(scope.is_empty());
 }
+
+/// A rollback dropped midway (say, the losing branch of `select!`, or a time limit around
+/// it): the newest compensation already failed for good, the next one is running. The
+/// failed one has left the scope and its failure was in a report nobody will ever see.
+///
+/// SPEC §3: "Nothing is lost silently."; README: "a failed one stays retryable from the
+/// report"; `Rollback`: "if this future is dropped midway, the compensation in progress and
+/// those below it stay in the scope, and a later rollback runs them".
+#[tokio::test(start_paused = true)]
+async fn a_dropped_rollback_loses_no_failed_compensation() {
+    let scope = CompensationScope::new();
+    let slow = Arc::new(Counts::default());
+    let failing = Arc::new(AtomicUsize::new(0));
+    register_slow(&scope, "slow", Duration::from_millis(10), slow.clone());
+    register_failing(&scope, "refused", failing.clone());
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(5),
+        scope.rollback(RollbackPolicy::default()),
+    )
+    .await;
+    assert!(dropped.is_err(), "the rollback is still running `slow`");
+    assert_eq!(failing.load(Ordering::SeqCst), 1);
+    // Both are still owed: `slow` was interrupted, `refused` failed and nobody was told.
+    assert_eq!(
+        scope.len(),
+        2,
+        "the failed compensation vanished with the dropped rollback"
+    );
+    let report = scope.rollback(RollbackPolicy::default()).await;
+    assert_eq!(report.ran(), 2);
+    assert_eq!(report.failures()[0].label(), Some("refused"));
+    assert!(scope.is_empty());
+    // Each ran again from its first attempt; `slow` succeeded once.
+    assert_eq!(failing.load(Ordering::SeqCst), 2);
+    assert_eq!(slow.started.load(Ordering::SeqCst), 2);
+    assert_eq!(slow.finished.load(Ordering::SeqCst), 1);
+}
+
+/// The same through `for_each_compensated`: the run's future is dropped while its rollback
+/// runs, after one compensation failed for good. SPEC §3: "If the future is dropped ...
+/// the compensations registered so far stay in the scope ... Nothing is lost silently."
+#[tokio::test(start_paused = true)]
+async fn a_run_dropped_during_its_rollback_loses_no_failed_compensation() {
+    let scope = CompensationScope::new();
+    let slow = Arc::new(Counts::default());
+    let failing = Arc::new(AtomicUsize::new(0));
+    let (slow2, failing2) = (slow.clone(), failing.clone());
+    let run = stream::iter(vec![Ok::<u32, String>(1)]).for_each_compensated(
+        scope.clone(),
+        move |_item, scope| {
+            let (slow, failing) = (slow2.clone(), failing2.clone());
+            async move {
+                register_slow(&scope, "slow", Duration::from_millis(10), slow);
+                register_failing(&scope, "refused", failing);
+                Err("write failed".to_owned())
+            }
+        },
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(5), run)
+            .await
+            .is_err()
+    );
+    assert_eq!(failing.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        scope.len(),
+        2,
+        "the failed compensation vanished with the dropped run"
+    );
+    // The run is over: what it left is the scope's to roll back.
+    let report = scope.rollback(RollbackPolicy::default()).await;
+    assert_eq!(report.ran(), 2);
+    assert_eq!(report.failures().len(), 1);
+    assert_eq!(report.failures()[0].label(), Some("refused"));
+    assert_eq!(slow.finished.load(Ordering::SeqCst), 1);
+    assert!(scope.is_empty());
+}
+
+/// The same with compensations run concurrently: `refused` fails at once while `slow` runs
+/// next to it, then the rollback is dropped. Both go back to the scope.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_concurrent_rollback_loses_no_failed_compensation() {
+    let scope = CompensationScope::new();
+    let slow = Arc::new(Counts::default());
+    let failing = Arc::new(AtomicUsize::new(0));
+    register_slow(&scope, "slow", Duration::from_millis(10), slow.clone());
+    register_failing(&scope, "refused", failing.clone());
+    let rollback = scope.rollback(RollbackPolicy::default().concurrent(2));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(5), rollback)
+            .await
+            .is_err()
+    );
+    assert_eq!(failing.load(Ordering::SeqCst), 1);
+    assert_eq!(slow.started.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        scope.len(),
+        2,
+        "the failed compensation vanished with the dropped rollback"
+    );
+    let report = scope
+        .rollback(RollbackPolicy::default().concurrent(2))
+        .await;
+    assert_eq!(report.ran(), 2);
+    assert_eq!(report.failures()[0].label(), Some("refused"));
+    assert!(scope.is_empty());
+}
+
+/// A rollback that resolves keeps today's rule: a compensation that failed for good is in
+/// its report (retryable from there) and out of the scope. Until the rollback resolves the
+/// failed one is still the rollback's: `commit()` neither takes nor counts it, and a
+/// second rollback does not run it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_compensation_is_the_rollbacks_until_it_resolves() {
+    let scope = CompensationScope::new();
+    let slow = Arc::new(Counts::default());
+    let failing = Arc::new(AtomicUsize::new(0));
+    register_slow(&scope, "slow", Duration::from_millis(10), slow.clone());
+    register_failing(&scope, "refused", failing.clone());
+    let first = tokio::spawn(scope.rollback(RollbackPolicy::default()));
+    tokio::time::sleep(Duration::from_millis(5)).await; // `refused` failed, `slow` runs
+    assert_eq!(failing.load(Ordering::SeqCst), 1);
+    assert_eq!(scope.len(), 2);
+    assert_eq!(
+        scope.commit(),
+        0,
+        "commit took a compensation the rollback has"
+    );
+    let second = scope.rollback(RollbackPolicy::default()).await;
+    assert_eq!(
+        second.ran(),
+        0,
+        "the second rollback waits for the first, then finds nothing"
+    );
+    let report = first.await.unwrap();
+    assert_eq!(report.ran(), 2);
+    assert_eq!(report.failures().len(), 1);
+    assert!(
+        scope.is_empty(),
+        "a failure of a resolved rollback is in its report only"
+    );
+    assert_eq!(failing.load(Ordering::SeqCst), 1);
+    report.failures()[0]
+        .retry()
+        .await
+        .expect_err("still refused");
+    assert_eq!(failing.load(Ordering::SeqCst), 2);
+}

@@ -8,9 +8,14 @@
 //! compensation is a probe that counts how often it started and finished and when it was
 //! dropped. At the end (after a final owner rollback) the test checks:
 //! - every probe was dropped exactly once and the scope is empty: nothing left behind;
-//! - no probe finished twice; one started twice only in a seed where a rollback was dropped
-//!   midway (the owner's, or a run's own when the run was dropped while rolling back): the
-//!   documented rerun after an interruption;
+//! - no probe succeeded twice, nor started again after it succeeded (each compensation that
+//!   succeeded runs once); one started twice only in a seed where a rollback was dropped
+//!   midway (the owner's, or a run's own when the run was dropped while rolling back), and
+//!   finished twice only if it fails on purpose: the documented rerun of the interrupted
+//!   compensation and of those that failed, which a dropped rollback returns to the scope;
+//! - every probe that fails on purpose and was not committed is in exactly one report of a
+//!   rollback that resolved (a run's error, the owner's rollbacks, the final one): a failure
+//!   is never lost with a dropped rollback, nor reported by two;
 //! - a run that succeeded had none of its compensations run (all committed);
 //! - a run that failed or was cancelled ran, exactly once, every compensation of each item
 //!   its handler did not complete (all of them in all-or-nothing mode), and none of a
@@ -43,7 +48,8 @@ use std::sync::{Arc, Mutex};
 use futures::future::{self, Either};
 use futures::stream;
 use result_stream::{
-    BoxError, Compensation, CompensationScope, ResultStreamExt, RollbackPolicy, UnitOfWork,
+    BoxError, Compensation, CompensationScope, ResultStreamExt, RollbackPolicy, RollbackReport,
+    UnitOfWork,
 };
 use tokio::task::yield_now;
 use tokio_util::sync::CancellationToken;
@@ -78,6 +84,9 @@ async fn yields(n: u64) {
 struct Counts {
     started: AtomicU32,
     finished: AtomicU32,
+    succeeded: AtomicU32,
+    /// Starts after it had succeeded.
+    rerun_after_success: AtomicU32,
     dropped: AtomicU32,
 }
 
@@ -90,22 +99,35 @@ enum Registrar {
 
 #[derive(Default)]
 struct Ledger {
-    probes: Mutex<Vec<(Registrar, Arc<Counts>)>>,
+    /// Who registered each probe, what happened to it, and whether it fails on purpose.
+    probes: Mutex<Vec<(Registrar, Arc<Counts>, bool)>>,
 }
 
 impl Ledger {
-    fn probe(&self, registrar: Registrar, yields: u64, fails: bool) -> Probe {
+    /// A new probe and its label (its index in the ledger).
+    fn probe(&self, registrar: Registrar, yields: u64, fails: bool) -> (String, Probe) {
         let counts = Arc::new(Counts::default());
-        self.probes
-            .lock()
-            .unwrap()
-            .push((registrar, counts.clone()));
-        Probe {
-            counts,
-            yields,
-            fails,
-        }
+        let mut probes = self.probes.lock().unwrap();
+        let label = probes.len().to_string();
+        probes.push((registrar, counts.clone(), fails));
+        (
+            label,
+            Probe {
+                counts,
+                yields,
+                fails,
+            },
+        )
     }
+}
+
+/// The labels of the failures in `report`: the failing probes it took out of the scope.
+fn failed_labels(report: &RollbackReport) -> Vec<String> {
+    report
+        .failures()
+        .iter()
+        .filter_map(|failure| failure.label().map(str::to_owned))
+        .collect()
 }
 
 /// A compensation that records its starts, finishes and drop.
@@ -118,12 +140,18 @@ struct Probe {
 #[result_stream::async_trait]
 impl Compensation for Probe {
     async fn compensate(&self) -> Result<(), BoxError> {
+        if self.counts.succeeded.load(Ordering::SeqCst) > 0 {
+            self.counts
+                .rerun_after_success
+                .fetch_add(1, Ordering::SeqCst);
+        }
         self.counts.started.fetch_add(1, Ordering::SeqCst);
         yields(self.yields).await;
         self.counts.finished.fetch_add(1, Ordering::SeqCst);
         if self.fails {
             return Err("probe failed on purpose".into());
         }
+        self.counts.succeeded.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -203,11 +231,9 @@ async fn one_seed(seed: u64) {
             .for_each_compensated(scope.clone(), move |item, scope| {
                 let (registrations, wait, fails) = steps[item];
                 for _ in 0..registrations {
-                    scope.register(ledger.probe(
-                        Registrar::Item { run, item },
-                        probe_yields,
-                        false,
-                    ));
+                    let (label, probe) =
+                        ledger.probe(Registrar::Item { run, item }, probe_yields, false);
+                    scope.register_labeled(label, probe);
                 }
                 let completed = completed.clone();
                 async move {
@@ -236,7 +262,10 @@ async fn one_seed(seed: u64) {
             };
             match result {
                 Ok(_) => (Ended::Succeeded, None),
-                Err(error) => (Ended::Failed, Some(error.report().ran())),
+                Err(error) => (
+                    Ended::Failed,
+                    Some((error.report().ran(), failed_labels(error.report()))),
+                ),
             }
         }));
     }
@@ -249,25 +278,29 @@ async fn one_seed(seed: u64) {
         let (scope, ledger, interrupted) = (scope.clone(), ledger.clone(), interrupted.clone());
         tokio::spawn(async move {
             let mut committed = 0;
+            let mut reported = Vec::new();
             for (action, wait) in owner_actions {
                 yields(wait).await;
                 match action {
-                    0 => scope.register(ledger.probe(Registrar::Owner, wait % 3, wait == 7)),
+                    0 => {
+                        let (label, probe) = ledger.probe(Registrar::Owner, wait % 3, wait == 7);
+                        scope.register_labeled(label, probe);
+                    }
                     1 => committed += scope.commit(),
                     2 => {
-                        let _report = scope.rollback(RollbackPolicy::default()).await;
+                        let report = scope.rollback(RollbackPolicy::default()).await;
+                        reported.extend(failed_labels(&report));
                     }
                     _ => {
                         let rollback = scope.rollback(RollbackPolicy::default());
-                        if let Either::Right(_) =
-                            future::select(rollback, Box::pin(yields(wait))).await
-                        {
-                            interrupted.store(true, Ordering::SeqCst);
+                        match future::select(rollback, Box::pin(yields(wait))).await {
+                            Either::Left((report, _)) => reported.extend(failed_labels(&report)),
+                            Either::Right(_) => interrupted.store(true, Ordering::SeqCst),
                         }
                     }
                 }
             }
-            committed
+            (committed, reported)
         })
     };
 
@@ -275,11 +308,18 @@ async fn one_seed(seed: u64) {
     for task in tasks {
         ended.push(task.await.expect("no run panicked"));
     }
-    let owner_committed = owner.await.expect("the owner did not panic");
+    let (owner_committed, mut reported) = owner.await.expect("the owner did not panic");
 
     // What is left (dropped runs, the owner's) is the owner's to roll back.
-    drop(scope.rollback(RollbackPolicy::default()).await); // its failures hold probes
+    let last = scope.rollback(RollbackPolicy::default()).await;
+    reported.extend(failed_labels(&last));
+    drop(last); // its failures hold probes
     assert!(scope.is_empty(), "seed {seed}: {} left", scope.len());
+    for (_, run_report) in &ended {
+        if let Some((_, labels)) = run_report {
+            reported.extend(labels.iter().cloned());
+        }
+    }
 
     // A run dropped while rolling back interrupts its rollback too.
     let interrupted =
@@ -288,19 +328,49 @@ async fn one_seed(seed: u64) {
     // Probes only the owner's `commit` could have committed (its own, and what dropped runs
     // left): those it counted, and no more, were never run.
     let mut kept_by_owner = 0;
-    for (registrar, counts) in probes.iter() {
+    for (index, (registrar, counts, fails)) in probes.iter().enumerate() {
         let started = counts.started.load(Ordering::SeqCst);
         let finished = counts.finished.load(Ordering::SeqCst);
         let dropped = counts.dropped.load(Ordering::SeqCst);
         let what = format!("seed {seed}, {registrar:?}: started {started}, finished {finished}");
         assert_eq!(dropped, 1, "{what}: dropped {dropped} times");
-        assert!(finished <= 1, "{what}: ran twice");
+        assert!(
+            counts.succeeded.load(Ordering::SeqCst) <= 1,
+            "{what}: succeeded twice"
+        );
+        assert_eq!(
+            counts.rerun_after_success.load(Ordering::SeqCst),
+            0,
+            "{what}: ran again after it succeeded"
+        );
+        assert!(
+            finished <= 1 || (*fails && interrupted),
+            "{what}: ran twice"
+        );
         assert!(
             started <= 1 || interrupted,
             "{what}: rerun with no interrupted rollback"
         );
+        let label = index.to_string();
+        let reports = reported.iter().filter(|l| **l == label).count();
+        if !*fails {
+            assert_eq!(reports, 0, "{what}: reported as failed");
+        } else {
+            assert!(reports <= 1, "{what}: in {reports} reports");
+            assert!(
+                finished == 0 || reports == 1 || interrupted,
+                "{what}: failed, in no report, with no interrupted rollback"
+            );
+        }
         let Registrar::Item { run, item } = *registrar else {
-            kept_by_owner += usize::from(finished == 0);
+            // A failing probe left the scope by a resolved rollback (in its report), or
+            // was committed; any other by succeeding, or was committed.
+            let kept = if *fails {
+                reports == 0
+            } else {
+                counts.succeeded.load(Ordering::SeqCst) == 0
+            };
+            kept_by_owner += usize::from(kept);
             continue;
         };
         let completed = completed_items[run][item].load(Ordering::SeqCst);
@@ -323,10 +393,10 @@ async fn one_seed(seed: u64) {
         "seed {seed}: the owner's commits counted {owner_committed}, kept {kept_by_owner}"
     );
     for (run, (how, ran)) in ended.iter().enumerate() {
-        if let (Ended::Failed, Some(ran)) = (how, ran) {
+        if let (Ended::Failed, Some((ran, _))) = (how, ran) {
             let own = probes
                 .iter()
-                .filter(|(registrar, counts)| {
+                .filter(|(registrar, counts, _)| {
                     matches!(registrar, Registrar::Item { run: r, .. } if *r == run)
                         && counts.finished.load(Ordering::SeqCst) == 1
                 })

@@ -31,12 +31,15 @@ type Body = Pin<Box<dyn Future<Output = RollbackReport> + Send>>;
 ///   while it runs) or times out is recorded in the report, and the rollback goes on with the
 ///   next one: one failure never stops the others;
 /// - rollbacks of one scope take turns: a second one waits, then runs what the first left;
-/// - a compensation leaves the scope only once it has finished (succeeded, or failed for the
-///   last time); while it runs, no [`commit`](CompensationScope::commit) can take it;
-/// - each compensation runs once, with one exception: if this future is dropped midway, the
-///   compensation in progress and those below it stay in the scope, and a later rollback runs
-///   them, the interrupted one again from its first attempt. A compensation must therefore be
-///   idempotent (see [`Compensation`]).
+/// - a compensation that succeeded leaves the scope at once; one that failed for the last
+///   time leaves it when this future resolves (its failure is then in the report, retryable
+///   from there); until then no [`commit`](CompensationScope::commit) and no other rollback
+///   can take it;
+/// - each compensation that succeeded runs once. A rollback dropped midway returns the
+///   interrupted one and those that failed to the scope: they stay there with those it had
+///   not started, and a later rollback runs them again, each from its first attempt (the
+///   failures of a report nobody receives are never lost silently). A compensation must
+///   therefore be idempotent (see [`Compensation`]).
 ///
 /// # Panics
 ///
@@ -119,26 +122,78 @@ impl FusedFuture for Rollback {
     }
 }
 
-/// Marks one compensation as run when dropped after [`done`](Self::done), or puts it back
-/// (not running) when its rollback is dropped before.
+/// Settles one compensation that [`start_newest`](CompensationScope::start_newest) marked
+/// running: when it succeeded, removes it from the scope; when it failed for good, leaves it
+/// there, still running, for the rollback's [`Failed`] to settle; when its rollback is
+/// dropped before it finished, puts it back (not running).
 struct Running<'a> {
     scope: &'a CompensationScope,
     seq: u64,
-    done: bool,
+    outcome: Option<bool>,
 }
 
 impl Running<'_> {
-    fn done(mut self) {
-        self.done = true;
+    /// The compensation finished: `succeeded`, or failed after its last attempt.
+    fn done(mut self, succeeded: bool) {
+        self.outcome = Some(succeeded);
     }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        if self.done {
-            self.scope.finish(self.seq);
-        } else {
-            self.scope.interrupt(self.seq);
+        match self.outcome {
+            Some(true) => self.scope.finish(self.seq),
+            Some(false) => {}
+            None => self.scope.interrupt(self.seq),
+        }
+    }
+}
+
+/// The compensations a rollback ran that failed for good. They stay in the scope, marked
+/// running (no commit and no other rollback takes them), until the rollback resolves:
+/// [`settle`](Self::settle) then removes them (their failures are in its report). If the
+/// rollback is dropped before, nobody would ever see that report: they are put back, not
+/// running, and a later rollback runs them again.
+struct Failed<'a> {
+    scope: &'a CompensationScope,
+    /// Registration numbers. Allocated only when a compensation fails.
+    seqs: Vec<u64>,
+}
+
+impl<'a> Failed<'a> {
+    fn new(scope: &'a CompensationScope) -> Self {
+        Self {
+            scope,
+            seqs: Vec::new(),
+        }
+    }
+
+    /// Records `outcome` in `report` and holds the compensation if it failed.
+    fn record(
+        &mut self,
+        report: &mut RollbackReport,
+        order: usize,
+        entry: &Entry,
+        outcome: Result<(), (u32, FailureKind)>,
+    ) {
+        if outcome.is_err() {
+            self.seqs.push(entry.seq);
+        }
+        report.record(order, entry, outcome);
+    }
+
+    /// The rollback resolves with its report: the failed compensations leave the scope.
+    fn settle(mut self) {
+        for seq in std::mem::take(&mut self.seqs) {
+            self.scope.finish(seq);
+        }
+    }
+}
+
+impl Drop for Failed<'_> {
+    fn drop(&mut self) {
+        for &seq in &self.seqs {
+            self.scope.interrupt(seq);
         }
     }
 }
@@ -156,19 +211,24 @@ async fn run(
     wind_down: Option<Arc<AtomicBool>>,
 ) -> RollbackReport {
     let _turn = scope.rollback_turn().await;
+    // Declared after the turn, so dropped before it: what it puts back is there for the
+    // next rollback.
+    let mut failed = Failed::new(&scope);
     let mut report = RollbackReport::default();
     if policy.concurrency_limit() > 1 {
-        run_concurrently(&scope, &policy, take, &wind_down, &mut report).await;
-        return report;
+        run_concurrently(&scope, &policy, take, &wind_down, &mut report, &mut failed).await;
+    } else {
+        while !wound_down(&wind_down)
+            && let Some(entry) = scope.start_newest(take)
+        {
+            let order = report.ran;
+            report.ran += 1;
+            let outcome = run_one(&scope, &entry, &policy).await;
+            failed.record(&mut report, order, &entry, outcome);
+        }
     }
-    while !wound_down(&wind_down)
-        && let Some(entry) = scope.start_newest(take)
-    {
-        let order = report.ran;
-        report.ran += 1;
-        let outcome = run_one(&scope, &entry, &policy).await;
-        report.record(order, &entry, outcome);
-    }
+    // No await from here on: the report is returned in this same poll.
+    failed.settle();
     report
 }
 
@@ -179,6 +239,7 @@ async fn run_concurrently(
     take: Take,
     wind_down: &Option<Arc<AtomicBool>>,
     report: &mut RollbackReport,
+    failed: &mut Failed<'_>,
 ) {
     let mut running = FuturesUnordered::new();
     loop {
@@ -196,13 +257,14 @@ async fn run_concurrently(
         let Some((order, entry, outcome)) = running.next().await else {
             break;
         };
-        report.record(order, &entry, outcome);
+        failed.record(report, order, &entry, outcome);
     }
     report.failures.sort_by_key(|failure| failure.order);
 }
 
 /// Runs `entry`, which [`start_newest`](CompensationScope::start_newest) marked running, and
-/// removes it from the scope once done (or puts it back if this future is dropped first).
+/// removes it from the scope if it succeeded (see [`Running`]; one that failed for good is
+/// left to the rollback's [`Failed`], and one whose future is dropped first is put back).
 async fn run_one(
     scope: &CompensationScope,
     entry: &Entry,
@@ -211,10 +273,10 @@ async fn run_one(
     let running = Running {
         scope,
         seq: entry.seq,
-        done: false,
+        outcome: None,
     };
     let outcome = run_with_retries(entry, policy).await;
-    running.done();
+    running.done(outcome.is_ok());
     outcome
 }
 
@@ -291,7 +353,7 @@ impl fmt::Display for FailureKind {
 
 /// A compensation that still failed after its last attempt.
 ///
-/// It has left the scope, but not the program: [`retry`](Self::retry) runs it again (say,
+/// Once its rollback has resolved, it has left the scope, but not the program: [`retry`](Self::retry) runs it again (say,
 /// once the database is back), and [`action`](Self::action) hands it out to be registered
 /// again or run elsewhere.
 pub struct CompensationFailure {

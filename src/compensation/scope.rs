@@ -20,8 +20,9 @@ pub(crate) struct Entry {
     pub(crate) run: u64,
     pub(crate) label: Option<Cow<'static, str>>,
     pub(crate) action: Arc<dyn Compensation>,
-    /// A rollback is running it: no commit may take it, and it leaves the stack when that
-    /// rollback is done with it (or is put back, not running, if the rollback is dropped).
+    /// A rollback is running it (or ran it, and it failed for good, until that rollback
+    /// resolves): no commit may take it, and it leaves the stack when that rollback is done
+    /// with it (or is put back, not running, if the rollback is dropped).
     pub(crate) running: bool,
 }
 
@@ -53,11 +54,14 @@ struct Inner {
 ///
 /// Compensations stay in the scope until they are committed ([`commit`](Self::commit), or
 /// by [`ForEachCompensated`](crate::ForEachCompensated) when its work succeeds) or run by a
-/// [`rollback`](Self::rollback). Nothing else removes them: when the future that drove a
-/// pipeline is dropped, or a handler panics, what was registered is still here to roll back.
+/// [`rollback`](Self::rollback) (one that failed for good leaves when its rollback
+/// resolves, with the failure in the report; a rollback dropped midway gives it back).
+/// Nothing else removes them: when the future that drove a pipeline is dropped, or a handler
+/// panics, what was registered is still here to roll back.
 ///
-/// A compensation is either committed or run, never both: one that a rollback is running
-/// cannot be committed ([`commit`](Self::commit) does not count it).
+/// A compensation is never both committed and undone: one that a rollback is running, or
+/// that failed in a rollback that has not resolved yet, cannot be committed
+/// ([`commit`](Self::commit) does not count it).
 ///
 /// # Sharing a scope between runs
 ///
@@ -145,8 +149,8 @@ impl CompensationScope {
         self.push(Some(label.into()), Arc::new(action));
     }
 
-    /// How many compensations are pending in the scope (all runs included, and those a
-    /// rollback is running).
+    /// How many compensations are pending in the scope (all runs included, those a rollback
+    /// is running, and those that failed in a rollback that has not resolved yet).
     pub fn len(&self) -> usize {
         self.inner.len.load(Ordering::Acquire)
     }
@@ -159,8 +163,9 @@ impl CompensationScope {
     /// Drops, without running them (the effects are kept), the pending compensations this
     /// handle may [`rollback`](Self::rollback), and returns how many it dropped.
     ///
-    /// A compensation that a rollback is running at that moment is not committed (nor
-    /// counted): it is being undone, and leaves the scope when its rollback is done with it.
+    /// A compensation that a rollback is running at that moment (or that failed in a
+    /// rollback that has not resolved yet) is not committed (nor counted): it is being
+    /// undone, and leaves the scope when its rollback is done with it.
     pub fn commit(&self) -> usize {
         let mut committed = 0;
         while let Some(entry) = self.take_newest(|entry, live| self.may_take(entry, live)) {
@@ -326,7 +331,8 @@ impl CompensationScope {
         drop(removed);
     }
 
-    /// Puts back `entry`, not running, when its rollback was dropped before it finished.
+    /// Puts back `entry`, not running, when its rollback was dropped before it finished or
+    /// before the rollback resolved after it failed.
     pub(crate) fn interrupt(&self, seq: u64) {
         let mut state = self.lock();
         if let Some(entry) = state

@@ -37,9 +37,10 @@ enum Phase<E> {
     /// Stopped by `cause`; undoing what is not committed. `earlier` is the report of a
     /// failed item's own, incomplete, undo, and of the undos in `finishing`: those of
     /// failed attempts that were in progress when the run stopped. They are wound down
-    /// first: the compensations they are running finish (dropping one would lose the
-    /// failures it already recorded, and start its running compensation again), they start
-    /// no other; then `rollback` runs what is left, newest first.
+    /// first: the compensations they are running finish (dropping one would give back to
+    /// the scope its running compensation and those that already failed, and `rollback`
+    /// would run them again), they start no other; then `rollback` runs what is left,
+    /// newest first.
     RollingBack {
         finishing: Vec<Rollback>,
         rollback: Rollback,
