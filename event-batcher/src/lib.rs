@@ -25,8 +25,9 @@
 //! real sink without transactions would (an HTTP API, a queue, several databases), a batch is
 //! written in two parts, its first half and then the rest, each part committed on its own
 //! (one multi-row statement, or one transaction when it takes several) by inserts that store
-//! no id twice and *claim* a row they find present (`ON CONFLICT (id) DO UPDATE SET
-//! claimed = 1 WHERE …`, see below and [`store`]).
+//! no id twice and skip a row they find present (`ON CONFLICT (id) DO NOTHING`); the batch
+//! *claims* those rows as its last write, when it is about to commit (see below and
+//! [`store`]).
 //! Between the two parts the first half is committed and visible: a failure there — an
 //! injected one (`--fail-every N`, `--fail-rate P`), or a real one such as a lost connection
 //! — is a genuine partial write.
@@ -40,8 +41,8 @@
 //!
 //! # Idempotency, and why the compensation does not delete by id alone
 //!
-//! Writes are idempotent by event id (`id` is the primary key, `ON CONFLICT (id) DO UPDATE
-//! SET claimed = 1 WHERE` the row belongs to another batch, which inserts nothing): a re-run of the same input, or a redelivered message, never duplicates a row.
+//! Writes are idempotent by event id (`id` is the primary key, `ON CONFLICT (id) DO
+//! NOTHING`): a re-run of the same input, or a redelivered message, never duplicates a row.
 //! That interacts with rollback: if a batch of a re-run holds ids that an earlier run
 //! already committed, a compensation `DELETE … WHERE id IN (batch ids)` would delete those
 //! earlier, committed rows, which this batch never wrote. So every row records who inserted

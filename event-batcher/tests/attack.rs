@@ -541,3 +541,111 @@ async fn an_existing_table_without_the_id_key_is_refused_at_start() {
         "a table on which the idempotent insert cannot work was accepted:\n{stdout}\n{stderr}"
     );
 }
+
+/// Claim (README, "How a batch is written, and undone"): "a row that some other batch found
+/// present (and therefore acknowledges) is never deleted by its owner's rollback"; a batch
+/// that is rolled back acknowledges nothing, so it claims nothing: only a batch about to
+/// commit claims the rows it found present (`Store::claim`, its last write).
+///
+/// Run A (another instance, simulated here by its row: run 111, batch 1, in flight) has
+/// inserted `x`. Run B (the binary, every batch failing, skip-batch) finds `x` present,
+/// fails and rolls back: B acknowledges nothing. A then rolls its batch back: nobody
+/// acknowledged `x`, so its row must go.
+async fn a_rolled_back_finder_does_not_fence(dir: &std::path::Path, url: &str, table: &str) {
+    // Create the schema with a run of its own (one unrelated event).
+    std::fs::write(dir.join("seed.ndjson"), input_of(&["seed"])).unwrap();
+    let output = run_binary(
+        dir,
+        &[
+            "--input",
+            "seed.ndjson",
+            "--database",
+            url,
+            "--table",
+            table,
+            "-q",
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(0), "{:?}", texts(&output));
+    let conn = Db::open(url).await;
+    // Run A's batch 1, in flight: its first half (x) written, not yet committed or undone.
+    conn.execute(format!(
+        "INSERT INTO {table} (id, tenant, ts, payload, run_id, batch_seq) \
+         VALUES ('x', 't', 1, '{{\"n\":1}}', 111, 1)"
+    ))
+    .await;
+    // Run B: x is in the first half of its only batch, which fails and is rolled back.
+    std::fs::write(dir.join("b.ndjson"), input_of(&["x", "y"])).unwrap();
+    let output = run_binary(
+        dir,
+        &[
+            "--input",
+            "b.ndjson",
+            "--database",
+            url,
+            "--table",
+            table,
+            "--fail-every",
+            "1",
+            "--on-failure",
+            "skip-batch",
+            "--progress",
+            "none",
+        ],
+        None,
+    );
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        summary_value(&stdout, "events acknowledged").starts_with("0 "),
+        "{stdout}"
+    );
+    // Run A's late compensation: exactly what `delete_batch` runs.
+    conn.execute(format!(
+        "DELETE FROM {table} WHERE run_id = 111 AND batch_seq = 1 AND claimed = 0"
+    ))
+    .await;
+    let ids = conn.ids(table).await;
+    conn.close().await;
+    assert!(
+        !ids.contains("x"),
+        "x was acknowledged by no batch (A and B both rolled back), yet A's rollback kept \
+         its row because B's rolled-back batch had claimed it: {ids:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_claim_by_a_batch_that_is_rolled_back_does_not_fence_the_row() {
+    let db = TempSqlite::new();
+    a_rolled_back_finder_does_not_fence(db.dir.path(), &db.url, "events").await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
+async fn postgres_a_claim_by_a_batch_that_is_rolled_back_does_not_fence_the_row() {
+    let url = common::required_env(
+        common::POSTGRES_ENV,
+        "postgres://postgres@127.0.0.1:5432/test",
+    );
+    let table = format!(
+        "eb_attack_fence_{}_{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    use futures::FutureExt;
+    let outcome = std::panic::AssertUnwindSafe(a_rolled_back_finder_does_not_fence(
+        dir.path(),
+        &url,
+        &table,
+    ))
+    .catch_unwind()
+    .await;
+    let conn = Db::open(&url).await;
+    conn.execute(format!("DROP TABLE IF EXISTS {table}")).await;
+    conn.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -135,8 +135,12 @@ impl Batch {
 ///   stops, as configured) or the run stops while the batch is not committed;
 /// - a write that fails because the database is unavailable first waits for it (bounded by
 ///   `--database-outage`), so that the rollback and a retry can reach it;
-/// - once written, the batch is committed for its compensations (they do nothing from then
-///   on), counted, and only then are its events acknowledged to the source.
+/// - once written, the batch claims the rows it found present (its last write, see
+///   [`Store::claim`]); if one of them is gone (its owner rolled back meanwhile) the
+///   attempt fails, and is rolled back like any other;
+/// - once written and claimed, the batch is committed for its compensations (they do
+///   nothing from then on), counted, and only then are its events acknowledged to the
+///   source.
 pub(super) async fn write_batch(
     ctx: Arc<Ctx>,
     batch: Batch,
@@ -166,6 +170,29 @@ pub(super) async fn write_batch(
     };
     if hang {
         ctx.faults.hang(seq, &ctx.console).await;
+    }
+    // The batch's last write: claim the rows it found present, now that it commits (a
+    // batch rolled back claims nothing, so it fences nothing), and check they are all still
+    // there (see `Store::claim`).
+    let missing = ctx
+        .store
+        .claim(ctx.run_id, batch_number(seq), &inserted.skipped)
+        .await
+        .map_err(|source| PipelineError::Write { batch: seq, source });
+    match missing {
+        Ok(0) => {}
+        Ok(missing) => {
+            return Err(PipelineError::Vanished {
+                batch: seq,
+                missing,
+            });
+        }
+        Err(error) => {
+            if error.is_database_unavailable() {
+                ctx.await_database(seq, &error).await;
+            }
+            return Err(error);
+        }
     }
     // Not `scope.commit()`: under `.concurrency(n)` an item's handle commits the
     // compensations of every item in flight, not only this batch's. The flag makes this

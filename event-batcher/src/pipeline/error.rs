@@ -25,6 +25,19 @@ pub enum PipelineError {
         #[source]
         source: QueryError,
     },
+    /// Rows the batch found present (and skipped) were gone when it came to claim them
+    /// before committing: their owner rolled back in between. The batch is not acknowledged
+    /// as it is (it is rolled back, then retried or redelivered, and the ids inserted anew).
+    #[error(
+        "batch {batch}: {missing} row(s) found present were deleted by their owner's rollback \
+         before this batch committed; not acknowledged"
+    )]
+    Vanished {
+        /// The batch number.
+        batch: u64,
+        /// Distinct ids found present whose rows are gone.
+        missing: u64,
+    },
     /// An injected failure (`--fail-every`, `--fail-rate`).
     #[error("batch {batch}: injected failure after writing the first {written} of {len} events")]
     Injected {

@@ -21,7 +21,9 @@ impl Ctx {
         // failed, and those it dropped in flight (`--concurrency`).
         let failed = match &cause {
             Cause::Handler(
-                PipelineError::Write { batch, .. } | PipelineError::Injected { batch, .. },
+                PipelineError::Write { batch, .. }
+                | PipelineError::Injected { batch, .. }
+                | PipelineError::Vanished { batch, .. },
             ) => Some(*batch),
             _ => None,
         };

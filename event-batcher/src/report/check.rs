@@ -12,8 +12,8 @@
 //!    else of this run is there;
 //! 2. no unclaimed row carries the number of a rolled-back batch: every compensation undid
 //!    its partial write. A row of a rolled-back batch that another batch found present and
-//!    claimed (see [`crate::store`]) is kept on purpose (that batch acknowledges its
-//!    event) and reported;
+//!    claimed (only a batch about to commit claims, see [`crate::store`]) is kept on
+//!    purpose (that batch acknowledges its event) and reported;
 //! 3. every id skipped as already present has a row (`SELECT COUNT(*) … WHERE id IN (…)`,
 //!    in chunks): an acknowledged event that was not inserted by this run is really stored;
 //! 4. inserted + already present == events acknowledged.

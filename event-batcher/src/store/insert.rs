@@ -7,24 +7,24 @@
 //!   compensation deletes it: a failure *between* parts is undone by the compensation, not
 //!   by the database.
 //! - An id twice in a part is written once (its first occurrence); the others are skipped.
-//! - A row already present is never overwritten; when another batch (of any run) owns it,
-//!   the statement that meets it sets `claimed = 1` (fencing, see [`Store::insert`]).
+//! - A row already present is never overwritten, nor claimed: it is skipped. The claim that
+//!   fences it off from its owner's rollback is made later, by [`Store::claim`], when the
+//!   batch is about to commit (see [`Store::insert`]).
 //!
 //! PostgreSQL: a part is first written by one plain `INSERT … SELECT … FROM
 //! unnest($1::text[], $2::text[], $3::int8[], $4::text[])` (four array parameters whatever the
 //! row count: the statement text never changes, so it is prepared once per connection, and a
 //! part is one round trip and one commit). It inserts all the rows or, if one id is already
 //! stored (SQLSTATE 23505), none; only then is the part written again by the upsert, the
-//! same `unnest` with `ON CONFLICT (id) DO UPDATE SET claimed = 1 WHERE …  RETURNING id,
-//! run_id, batch_seq`. Most parts are new rows, and a plain insert skips the conflict
+//! same `unnest` with `ON CONFLICT (id) DO NOTHING RETURNING id, run_id, batch_seq`. Most parts are new rows, and a plain insert skips the conflict
 //! check of every row and the `RETURNING`. A part over [`POSTGRES_MAX_ROWS_PER_STATEMENT`]
 //! rows goes to the upsert directly, in one transaction.
 //!
 //! SQLite: the part runs in one `BEGIN IMMEDIATE` transaction (the write lock is taken first,
 //! so no other writer can insert between the two statements). Per chunk of at most
 //! [`MAX_ROWS_PER_STATEMENT`] rows, a `SELECT id … WHERE id IN (…)` finds
-//! the ids already present, then a multi-row `INSERT … ON CONFLICT …` without `RETURNING`
-//! writes the rest (and claims the present rows another batch owns). The driver hands every
+//! the ids already present, then a multi-row `INSERT … ON CONFLICT (id) DO NOTHING` without
+//! `RETURNING` writes the rest. The driver hands every
 //! result row from its worker thread to the caller through a channel, one wake-up each: a
 //! `RETURNING` of every inserted row cost more than the insert; the `SELECT` usually
 //! returns nothing.
@@ -65,13 +65,13 @@ impl Store {
     /// stored; returns how many rows were inserted and the ids of the events that were
     /// skipped.
     ///
-    /// A row found already present that another batch (of any run) inserted is **claimed**
-    /// by the same statement (`… ON CONFLICT (id) DO UPDATE SET claimed = 1 WHERE` the row's
-    /// `run_id`/`batch_seq` are not this batch's): its owner's compensation
-    /// ([`delete_batch`](Self::delete_batch)) no longer deletes it, so a row that this batch
-    /// acknowledges as present cannot disappear under it, however late the owner rolls
-    /// back. The row itself (its owner, its values) is left as it is. An id twice in
-    /// `events` is inserted once (the first occurrence) and skipped the other times.
+    /// A row found already present is left as it is (its owner, its values, its `claimed`)
+    /// and **not claimed** here (`ON CONFLICT (id) DO NOTHING`): this batch does not know yet
+    /// whether it commits, and a batch that is rolled back acknowledges nothing, so its
+    /// claim must not fence the row. The caller claims the skipped ids with
+    /// [`claim`](Self::claim) as the batch's last write before it is acknowledged. An id
+    /// twice in `events` is inserted once (the first occurrence) and skipped the other
+    /// times.
     ///
     /// The call is one part of a batch: committed whole (one statement, or one transaction
     /// when it takes several), or, on error, not at all. Parts committed by earlier calls
@@ -166,8 +166,7 @@ impl Store {
             "INSERT INTO {table} (id, tenant, ts, payload, run_id, batch_seq) \
              SELECT id, tenant, ts, payload, $5, $6 \
              FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(id, tenant, ts, payload) \
-             ON CONFLICT (id) DO UPDATE SET claimed = 1 \
-             WHERE {table}.run_id <> excluded.run_id OR {table}.batch_seq <> excluded.batch_seq \
+             ON CONFLICT (id) DO NOTHING \
              RETURNING id, run_id, batch_seq"
         );
         let statement = |chunk: &'r [Row<'a>]| {
@@ -190,8 +189,8 @@ impl Store {
             }
             tx.commit().await?;
         }
-        // Returned: the rows inserted (owned by this batch) and the rows claimed (owned by
-        // another); not returned: rows this batch inserted in an earlier part.
+        // Returned: the rows inserted (owned by this batch); not returned: the rows already
+        // present (another batch's, or this batch's from an earlier part).
         let new: HashSet<String> = returned
             .into_iter()
             .filter(|(_, owner_run, owner_batch)| (*owner_run, *owner_batch) == (run, batch))
@@ -247,10 +246,7 @@ impl Store {
                     .push_bind(run)
                     .push_bind(batch);
             });
-            insert.push(format!(
-                " ON CONFLICT (id) DO UPDATE SET claimed = 1 \
-                 WHERE {table}.run_id <> excluded.run_id OR {table}.batch_seq <> excluded.batch_seq"
-            ));
+            insert.push(" ON CONFLICT (id) DO NOTHING");
             insert.build().execute(&mut *tx).await?;
             new.extend(
                 chunk

@@ -10,7 +10,7 @@
 //!     payload   TEXT   NOT NULL,   -- JSON text
 //!     run_id    BIGINT NOT NULL,   -- the run that inserted the row
 //!     batch_seq BIGINT NOT NULL,   -- the batch of that run that inserted the row
-//!     claimed   SMALLINT NOT NULL DEFAULT 0  -- 1 once another batch found the row present
+//!     claimed   SMALLINT NOT NULL DEFAULT 0  -- 1 once another batch found the row present and committed
 //! );
 //! CREATE INDEX IF NOT EXISTS events_run_batch ON events (run_id, batch_seq);
 //! ```
@@ -21,11 +21,16 @@
 //!
 //! # Rules
 //! - Inserts never store an id twice and never change a stored row: an event whose id is
-//!   already stored (by an earlier run, an earlier batch, or a redelivery) is skipped, and
-//!   the existing row is only marked as claimed (`ON CONFLICT (id) DO UPDATE SET claimed = 1
-//!   WHERE` *the row belongs to another batch*), which fences it off from its owner's
-//!   compensation. [`Store::insert`] returns how many rows it actually inserted and the ids
-//!   it skipped.
+//!   already stored (by an earlier run, an earlier batch, or a redelivery) is skipped
+//!   (`ON CONFLICT (id) DO NOTHING`), the existing row left as it is. [`Store::insert`]
+//!   returns how many rows it actually inserted and the ids it skipped.
+//! - Claim rule (fencing): only a batch about to commit claims. As its last write before it
+//!   is acknowledged, the batch calls [`Store::claim`] with the ids it skipped: in one
+//!   transaction it sets `claimed = 1` on those rows that are not its own and counts them;
+//!   it commits only if every one is still there, and otherwise claims nothing and the
+//!   batch fails (rolled back, retried or redelivered). A batch that is rolled back has
+//!   therefore claimed nothing (but for a claim whose `COMMIT` succeeded while the batch saw
+//!   an error), and a claimed row is one some committed batch acknowledges.
 //! - Each call to [`Store::insert`] writes one part of a batch and commits it whole or not
 //!   at all (one statement, or one transaction when it takes several). It deliberately does
 //!   not span parts: the pipeline writes a batch in parts, and its compensation, not a
@@ -308,9 +313,9 @@ mod tests {
         store.close().await;
     }
 
-    /// Fencing: a row found present by another batch is claimed in the same statement, and
-    /// its owner's late compensation no longer deletes it; a batch's own rows are never
-    /// claimed by itself, so its compensation still deletes all of them.
+    /// Fencing: a row found present by another batch is claimed when that batch commits
+    /// ([`Store::claim`]), and its owner's late compensation no longer deletes it; a batch's
+    /// own rows are never claimed by itself, so its compensation still deletes all of them.
     #[tokio::test]
     async fn a_row_found_present_by_another_batch_survives_its_owners_rollback() {
         let dir = tempfile::tempdir().unwrap();
@@ -327,9 +332,12 @@ mod tests {
                 .rows,
             2
         );
-        // Run 2, batch 7 got a's message again: a is present, claimed, skipped.
+        // Run 2, batch 7 got a's message again: a is present and skipped, not yet claimed;
+        // claimed as batch 7 commits.
         let other = store.insert(2, 7, &[event("a"), event("c")]).await.unwrap();
-        assert_eq!((other.rows, other.skipped), (1, vec!["a".to_owned()]));
+        assert_eq!((other.rows, &other.skipped), (1, &vec!["a".to_owned()]));
+        assert_eq!(store.count_batches(1, &[1], Some(true)).await.unwrap(), 0);
+        assert_eq!(store.claim(2, 7, &other.skipped).await.unwrap(), 0);
         assert_eq!(store.count_batches(1, &[1], Some(true)).await.unwrap(), 1);
         // Run 1's late rollback deletes b only: a is acknowledged by run 2.
         assert_eq!(store.delete_batch(1, 1).await.unwrap(), 1);
@@ -339,8 +347,51 @@ mod tests {
         // The same batch meeting its own row again (a second statement) claims nothing.
         assert_eq!(store.insert(3, 1, &[event("d")]).await.unwrap().rows, 1);
         let again = store.insert(3, 1, &[event("d")]).await.unwrap();
-        assert_eq!((again.rows, again.skipped), (0, vec!["d".to_owned()]));
+        assert_eq!((again.rows, &again.skipped), (0, &vec!["d".to_owned()]));
+        assert_eq!(store.claim(3, 1, &again.skipped).await.unwrap(), 0);
         assert_eq!(store.delete_batch(3, 1).await.unwrap(), 1);
+        store.close().await;
+    }
+
+    /// A batch that finds a row present and is then rolled back (it never claims) does not
+    /// fence it: the owner's rollback still deletes it. A batch whose found-present row was
+    /// deleted by its owner's rollback before it claims learns it, and claims nothing.
+    #[tokio::test]
+    async fn only_a_committing_batch_fences_and_a_vanished_row_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url, "events", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .insert(1, 1, &[event("a"), event("b")])
+                .await
+                .unwrap()
+                .rows,
+            2
+        );
+        // Run 2, batch 1 finds a and b present, then is rolled back: no claim.
+        let found = store.insert(2, 1, &[event("a"), event("b")]).await.unwrap();
+        assert_eq!(found.skipped.len(), 2);
+        assert_eq!(store.delete_batch(2, 1).await.unwrap(), 0);
+        // Run 3, batch 1 finds a and b present; run 1 rolls back before run 3 commits.
+        let found = store
+            .insert(3, 1, &[event("a"), event("b"), event("a")])
+            .await
+            .unwrap();
+        assert_eq!(found.skipped.len(), 3);
+        assert_eq!(store.delete_batch(1, 1).await.unwrap(), 2);
+        assert_eq!(store.count_all().await.unwrap(), 0);
+        // Both are gone: run 3 must not commit as is.
+        assert_eq!(store.claim(3, 1, &found.skipped).await.unwrap(), 2);
+        // One found present and still there, one gone: nothing is claimed.
+        assert_eq!(store.insert(4, 1, &[event("a")]).await.unwrap().rows, 1);
+        assert_eq!(store.claim(3, 1, &found.skipped).await.unwrap(), 1);
+        assert_eq!(store.count_batches(4, &[1], Some(true)).await.unwrap(), 0);
+        assert_eq!(store.claim(3, 1, &["a".to_owned()]).await.unwrap(), 0);
+        assert_eq!(store.count_batches(4, &[1], Some(true)).await.unwrap(), 1);
+        assert_eq!(store.delete_batch(4, 1).await.unwrap(), 0);
         store.close().await;
     }
 

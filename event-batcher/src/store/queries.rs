@@ -1,5 +1,7 @@
 //! The SQL: the schema, the deletion of one batch, the counts (the inserts: `insert`).
 
+use std::collections::HashSet;
+
 use sqlx::AssertSqlSafe;
 
 use super::{Pool, QueryError, Store};
@@ -149,8 +151,106 @@ impl Store {
         Ok(total)
     }
 
+    /// Claims, for batch `batch` of run `run` that is about to commit, the rows of `ids` (the
+    /// ids its inserts skipped as already present) and checks that every one of them is
+    /// still there; returns how many of them (distinct) are missing.
+    ///
+    /// In one transaction (SQLite: `BEGIN IMMEDIATE`), per 1,000 ids: `UPDATE … SET claimed
+    /// = 1 WHERE id IN (…) AND NOT (run_id = ? AND batch_seq = ?)` (a batch never claims its
+    /// own rows), then `SELECT COUNT(*) … WHERE id IN (…)`. It commits only when none is
+    /// missing: a claimed row can no longer be deleted by its owner's compensation
+    /// ([`delete_batch`](Self::delete_batch): `… AND claimed = 0`), so every row the batch
+    /// acknowledges as present stays. When one is missing (its owner rolled back between
+    /// this batch's insert and now), the transaction is rolled back, nothing is claimed,
+    /// and the caller must not acknowledge the batch as it is (it fails it: rolled back,
+    /// then retried or redelivered, when the id is inserted anew). PostgreSQL: the `UPDATE`
+    /// waits for an owner's `DELETE` in progress on the same row and then skips the row if
+    /// it is gone; a `DELETE` that comes after it waits for this transaction, then finds
+    /// the row claimed; the `COUNT` (a new snapshot under read committed) sees the result.
+    pub async fn claim(&self, run: i64, batch: i64, ids: &[String]) -> Result<u64, QueryError> {
+        let mut seen = HashSet::with_capacity(ids.len());
+        let ids: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| seen.insert(*id))
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let statements = |n: usize| {
+            let update: Vec<String> = (0..n).map(|i| self.placeholder(i + 3)).collect();
+            let count: Vec<String> = (0..n).map(|i| self.placeholder(i + 1)).collect();
+            (
+                format!(
+                    "UPDATE {} SET claimed = 1 WHERE id IN ({}) AND NOT (run_id = {} AND batch_seq = {})",
+                    self.table,
+                    update.join(", "),
+                    self.placeholder(1),
+                    self.placeholder(2)
+                ),
+                format!(
+                    "SELECT COUNT(*) FROM {} WHERE id IN ({})",
+                    self.table,
+                    count.join(", ")
+                ),
+            )
+        };
+        let mut present: i64 = 0;
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                for chunk in ids.chunks(MAX_IDS_PER_QUERY) {
+                    let (update, count) = statements(chunk.len());
+                    let mut query = sqlx::query(AssertSqlSafe(update)).bind(run).bind(batch);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    query.execute(&mut *tx).await?;
+                    let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(count));
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    present += query.fetch_one(&mut *tx).await?;
+                }
+                let missing =
+                    (ids.len() as u64).saturating_sub(u64::try_from(present).unwrap_or(0));
+                if missing == 0 {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
+                }
+                Ok(missing)
+            }
+            Pool::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                for chunk in ids.chunks(MAX_IDS_PER_QUERY) {
+                    let (update, count) = statements(chunk.len());
+                    let mut query = sqlx::query(AssertSqlSafe(update)).bind(run).bind(batch);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    query.execute(&mut *tx).await?;
+                    let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(count));
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    present += query.fetch_one(&mut *tx).await?;
+                }
+                let missing =
+                    (ids.len() as u64).saturating_sub(u64::try_from(present).unwrap_or(0));
+                if missing == 0 {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
+                }
+                Ok(missing)
+            }
+        }
+    }
+
     /// Deletes the rows that batch `batch` of run `run` inserted and that no other batch has
-    /// claimed (see [`insert`](Self::insert)); returns how many.
+    /// claimed (see [`claim`](Self::claim): only a batch about to commit claims); returns
+    /// how many.
     pub async fn delete_batch(&self, run: i64, batch: i64) -> Result<u64, QueryError> {
         let sql = format!(
             "DELETE FROM {} WHERE run_id = {} AND batch_seq = {} AND claimed = 0",

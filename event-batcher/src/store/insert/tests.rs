@@ -1,6 +1,7 @@
 //! The write path's rules on both backends: a part is committed whole or not at all, a
-//! re-run inserts nothing, present rows are claimed (fencing), a batch's rollback deletes
-//! exactly its unclaimed rows. The PostgreSQL tests are `#[ignore]`d (run with `--ignored`
+//! re-run inserts nothing and claims nothing, the rows it found present are claimed when it
+//! commits ([`Store::claim`], fencing), a batch's rollback deletes exactly its unclaimed
+//! rows, a claim finds the rows that vanished before it. The PostgreSQL tests are `#[ignore]`d (run with `--ignored`
 //! and `EVENT_BATCHER_POSTGRES_URL` set); each uses a table of its own, dropped afterwards.
 
 use std::time::Duration;
@@ -130,10 +131,13 @@ async fn rerun_claims_and_rollback(store: &Store) {
         300
     );
 
-    // A re-run (run 2) of the same events inserts nothing and claims every row.
+    // A re-run (run 2) of the same events inserts nothing, claims nothing until it commits,
+    // then claims every row.
     let rerun = store.insert(2, 1, &first).await.unwrap();
     assert_eq!(rerun.rows, 0);
     assert_eq!(rerun.skipped.len(), 300);
+    assert_eq!(store.count_batches(1, &[1], Some(true)).await.unwrap(), 0);
+    assert_eq!(store.claim(2, 1, &rerun.skipped).await.unwrap(), 0);
     assert_eq!(store.count_batches(1, &[1], Some(true)).await.unwrap(), 300);
     // So run 1's late rollback deletes none of them.
     assert_eq!(store.delete_batch(1, 1).await.unwrap(), 0);
@@ -156,7 +160,10 @@ async fn rerun_claims_and_rollback(store: &Store) {
         .insert(3, 4, &[event("n2"), event("n3")])
         .await
         .unwrap();
-    assert_eq!((again.rows, again.skipped), (1, vec!["n2".to_owned()]));
+    assert_eq!((again.rows, &again.skipped), (1, &vec!["n2".to_owned()]));
+    assert_eq!(store.count_batches(3, &[4], Some(true)).await.unwrap(), 0);
+    // A claim of its own rows claims nothing.
+    assert_eq!(store.claim(3, 4, &again.skipped).await.unwrap(), 0);
     assert_eq!(store.count_batches(3, &[4], Some(true)).await.unwrap(), 0);
     // Its rollback deletes exactly the three rows it inserted, once.
     assert_eq!(store.delete_batch(3, 4).await.unwrap(), 3);
@@ -181,6 +188,27 @@ async fn rerun_claims_and_rollback(store: &Store) {
         .unwrap(),
     };
     assert_eq!(payload, event("a0").payload.to_string());
+
+    // A batch that found rows present whose owner then rolled back: the claim reports them
+    // missing and claims none of those still there.
+    store
+        .insert(5, 1, &[event("v1"), event("v2")])
+        .await
+        .unwrap();
+    let found = store
+        .insert(6, 1, &[event("v1"), event("v2")])
+        .await
+        .unwrap();
+    assert_eq!(found.skipped.len(), 2);
+    execute(
+        store,
+        &format!("DELETE FROM {} WHERE id = 'v1'", store.table()),
+    )
+    .await;
+    assert_eq!(store.claim(6, 1, &found.skipped).await.unwrap(), 1);
+    assert_eq!(store.count_batches(5, &[1], Some(true)).await.unwrap(), 0);
+    assert_eq!(store.delete_batch(5, 1).await.unwrap(), 1);
+    assert_eq!(store.claim(6, 1, &found.skipped).await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -228,6 +256,8 @@ async fn postgres_a_failing_upsert_of_several_statements_leaves_no_row() {
         let inserted = store.insert(1, 1, &part).await.unwrap();
         assert_eq!(inserted.rows, part.len() as u64 - 1);
         assert_eq!(inserted.skipped, ["p0"]);
+        assert_eq!(store.count_batches(9, &[9], Some(true)).await.unwrap(), 0);
+        assert_eq!(store.claim(1, 1, &inserted.skipped).await.unwrap(), 0);
         assert_eq!(store.count_batches(9, &[9], Some(true)).await.unwrap(), 1);
     })
     .await;
