@@ -56,6 +56,13 @@ impl PipelineError {
     pub fn is_database_unavailable(&self) -> bool {
         matches!(self, PipelineError::Write { source, .. } if source.is_unavailable())
     }
+
+    /// Whether the batch failed for a reason that says nothing about its events and that a
+    /// redelivery clears: the database was unavailable, or rows it found present vanished
+    /// before it could claim them ([`PipelineError::Vanished`]: their owner rolled back).
+    pub fn is_redeliverable(&self) -> bool {
+        self.is_database_unavailable() || matches!(self, PipelineError::Vanished { .. })
+    }
 }
 
 /// An error that prevents the run from starting: exit code 2.

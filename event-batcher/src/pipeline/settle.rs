@@ -19,16 +19,19 @@ pub const REPORTED_ROLLBACKS: u64 = 20;
 impl Ctx {
     /// The `skip_failed_items` callback: batch number `index + 1` failed (after its
     /// retries) and was rolled back alone, cleanly. It is recorded (counters, a message, the
-    /// dead-letter file); in stop mode, unless it failed because the database was
-    /// unavailable and its source redelivers, the run then stops (see [`StopCause`]).
+    /// dead-letter file); in stop mode, unless it failed for a reason a redelivery clears
+    /// (the database was unavailable, or rows it found present vanished before its claim:
+    /// [`PipelineError::is_redeliverable`]) and its source redelivers, the run then stops
+    /// (see [`StopCause`]).
     pub(super) fn skipped(&self, index: u64, error: CompensatedError<PipelineError>) {
         let seq = index + 1;
         let (cause, report) = error.into_parts();
-        let (message, outage) = match &cause {
-            Cause::Handler(error) => (error.to_string(), error.is_database_unavailable()),
+        let (message, redeliverable) = match &cause {
+            Cause::Handler(error) => (error.to_string(), error.is_redeliverable()),
             other => (format!("batch {seq}: {other}"), false),
         };
-        let stops = self.failure.on_failure == OnFailure::Stop && !(outage && self.redelivers);
+        let stops =
+            self.failure.on_failure == OnFailure::Stop && !(redeliverable && self.redelivers);
         if let Some(batch) = self.stats.take_in_flight(seq) {
             self.rolled_back(&batch, message.clone(), &report, !stops);
         }
