@@ -22,7 +22,11 @@
 //! - `map_ok`: [`READY_ITEMS`] values each mapped by an async closure: `map_ok_stream`,
 //!   `TryStreamExt::and_then`, and `map_ok` (a synchronous closure) as the floor.
 //! - `for_each`: [`FOR_EACH_VALUES`] values pre-built as batches of 8 and 500; the handler
-//!   sums its batch: `for_each_compensated` with nothing registered against `try_for_each`.
+//!   sums its batch: `for_each_compensated` with nothing registered against `try_for_each`;
+//!   and with one compensation registered per item (a closure capturing the batch's first
+//!   value, committed when the handler returns) against `try_for_each_undo_log`, the same
+//!   bookkeeping by hand (the closure boxed onto a `Mutex<Vec<Box<dyn Fn>>>`, truncated after
+//!   the item), as in group 4 of `benches/batching.rs`.
 //! - `timer`: on a paused clock, [`TIMER_ITEMS`] values 3 ms apart from one `Sleep`-driven
 //!   producer, `max_items` 500 and a 10 ms timeout, so every batch (4 values) is closed by its
 //!   deadline: `chunks_timeout_result` and tokio-stream's `chunks_timeout`, with
@@ -321,9 +325,61 @@ fn try_for_each((rt, input): (Runtime, Batches)) -> u64 {
     0
 }
 
+/// The undo log of `try_for_each_undo_log`: what a user would write by hand.
+type UndoLog = std::sync::Mutex<
+    Vec<Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), E>> + Send + Sync>>,
+>;
+
+#[library_benchmark(setup = batches)]
+#[benches::cap(8, 500)]
+fn for_each_compensated_one_per_item((rt, input): (Runtime, Batches)) -> u64 {
+    let done = rt.block_on(stream::iter(input).for_each_compensated(
+        CompensationScope::new(),
+        |batch, scope| async move {
+            let first = batch[0];
+            scope.register(move || async move {
+                black_box(first);
+                Ok::<(), E>(())
+            });
+            work(&batch);
+            Ok(())
+        },
+    ));
+    done.unwrap().items()
+}
+
+#[library_benchmark(setup = batches)]
+#[benches::cap(8, 500)]
+fn try_for_each_undo_log((rt, input): (Runtime, Batches)) -> u64 {
+    let log = UndoLog::default();
+    let log = &log;
+    rt.block_on(stream::iter(input).try_for_each(|batch| async move {
+        let first = batch[0];
+        let mark = {
+            let mut log = log.lock().unwrap();
+            log.push(Box::new(move || {
+                Box::pin(async move {
+                    black_box(first);
+                    Ok::<(), E>(())
+                })
+            }));
+            log.len() - 1
+        };
+        work(&batch);
+        log.lock().unwrap().truncate(mark);
+        Ok(())
+    }))
+    .unwrap();
+    0
+}
+
 library_benchmark_group!(
     name = for_each;
-    benchmarks = for_each_compensated, try_for_each
+    benchmarks =
+        for_each_compensated,
+        try_for_each,
+        for_each_compensated_one_per_item,
+        try_for_each_undo_log
 );
 
 // Timer-bound, on a paused clock: every batch is closed by its deadline, so every batch arms

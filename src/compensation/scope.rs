@@ -9,27 +9,89 @@ use super::{Compensation, Rollback, RollbackPolicy};
 /// out: their registrations belong to no run.
 const SCOPE_OWNER: u64 = 0;
 
-/// A registered compensation.
-#[derive(Clone)]
-pub(crate) struct Entry {
+/// A registered compensation, in the stack.
+struct Registered {
     /// Registration number, unique in the scope and increasing up the stack.
-    pub(crate) seq: u64,
+    seq: u64,
     /// The handle (a run, one item of a run, or the scope itself) that registered it.
-    pub(crate) owner: u64,
+    owner: u64,
     /// The run that handle belongs to ([`SCOPE_OWNER`] for the scope's own handles).
-    pub(crate) run: u64,
-    pub(crate) label: Option<Cow<'static, str>>,
-    pub(crate) action: Arc<dyn Compensation>,
+    run: u64,
+    label: Option<Cow<'static, str>>,
+    action: Action,
+}
+
+impl Registered {
     /// A rollback is running it (or ran it, and it failed for good, until that rollback
     /// resolves): no commit may take it, and it leaves the stack when that rollback is done
     /// with it (or is put back, not running, if the rollback is dropped).
-    pub(crate) running: bool,
+    #[inline]
+    fn is_running(&self) -> bool {
+        matches!(self.action, Action::Running(_))
+    }
+}
+
+/// A compensation's action, and whether a rollback is running it (one word of tag, so an
+/// entry is no larger for the flag).
+enum Action {
+    /// Pending, as registered: boxed, so that committing it (the common case) is one
+    /// deallocation, with no reference count to touch.
+    Boxed(Box<dyn Compensation>),
+    /// Pending, shared: a rollback that was dropped before it was done with it put it back.
+    Shared(Arc<dyn Compensation>),
+    /// A rollback is running it, through a clone of this `Arc` (see
+    /// [`Registered::is_running`]). A rollback shares the action rather than moving it out,
+    /// so that it stays in the stack, and its failure can keep it; the `Box` is turned into
+    /// an `Arc` (one allocation) when a rollback first starts it.
+    Running(Arc<dyn Compensation>),
+}
+
+impl Action {
+    /// Marks the action running and returns the shared handle the rollback runs.
+    fn start(&mut self) -> Arc<dyn Compensation> {
+        let shared = match self {
+            // A zero-sized placeholder takes the box's place for the conversion (no
+            // allocation), and is overwritten at once.
+            Action::Boxed(boxed) => Arc::from(std::mem::replace(boxed, Box::new(Placeholder))),
+            Action::Shared(shared) | Action::Running(shared) => shared.clone(),
+        };
+        *self = Action::Running(shared.clone());
+        shared
+    }
+
+    /// Marks the action pending again (its rollback was dropped).
+    fn interrupt(&mut self) {
+        if let Action::Running(shared) = self {
+            *self = Action::Shared(shared.clone());
+        }
+    }
+}
+
+/// Stands in for an action for the instant it is moved from its `Box` into an `Arc` (in
+/// [`Action::start`], under the stack's lock, which nothing can observe it through). Zero
+/// sized, so boxing it allocates nothing. It undoes nothing.
+struct Placeholder;
+
+#[async_trait::async_trait]
+impl Compensation for Placeholder {
+    async fn compensate(&self) -> Result<(), super::BoxError> {
+        Ok(())
+    }
+}
+
+/// A compensation a rollback runs: what it needs of a [`Registered`] one, taken out of the
+/// stack's lock.
+pub(crate) struct Entry {
+    /// Its registration number, by which the rollback settles it.
+    pub(crate) seq: u64,
+    pub(crate) label: Option<Cow<'static, str>>,
+    pub(crate) action: Arc<dyn Compensation>,
 }
 
 /// The stack and who may touch what in it, behind one lock.
 #[derive(Default)]
 struct State {
-    entries: Vec<Entry>,
+    entries: Vec<Registered>,
     /// Runs (`for_each_compensated` futures) that have neither resolved nor been dropped:
     /// their entries are theirs alone.
     live_runs: Vec<u64>,
@@ -132,11 +194,12 @@ impl CompensationScope {
 
     /// Pushes a compensation on top of the stack.
     ///
-    /// Costs one heap allocation (the `Arc` holding the action) plus the stack's amortised
-    /// growth; the stack keeps its capacity when compensations are committed, so a steady
-    /// register-then-commit loop allocates only the `Arc`.
+    /// Costs at most one heap allocation (the `Box` holding the action: none for a
+    /// zero-sized one) plus the stack's amortised growth; the stack keeps its capacity when
+    /// compensations are committed, so a steady register-then-commit loop allocates only the
+    /// `Box`. (A rollback that runs the compensation moves it into an `Arc`, once.)
     pub fn register<C: Compensation + 'static>(&self, action: C) {
-        self.push(None, Arc::new(action));
+        self.push(None, Box::new(action));
     }
 
     /// Like [`register`](Self::register), with a label that a
@@ -146,7 +209,7 @@ impl CompensationScope {
         label: impl Into<Cow<'static, str>>,
         action: C,
     ) {
-        self.push(Some(label.into()), Arc::new(action));
+        self.push(Some(label.into()), Box::new(action));
     }
 
     /// How many compensations are pending in the scope (all runs included, those a rollback
@@ -243,35 +306,34 @@ impl CompensationScope {
 
     /// [`commit_to`](Self::commit_to) once something was registered since `mark`.
     fn commit_since(&self, mark: u64) {
-        let ours = |entry: &Entry| entry.owner == self.owner && !entry.running;
+        let ours = |entry: &Registered| entry.owner == self.owner && !entry.is_running();
         loop {
-            let (entry, more) = {
-                let mut state = self.lock();
-                let stack = &mut state.entries;
-                // Entries are in registration order, so those since `mark` are the top ones.
-                let Some(at) = stack
-                    .iter()
-                    .rposition(|entry| entry.seq < mark || ours(entry))
-                else {
-                    return;
-                };
-                if stack[at].seq < mark {
-                    return;
-                }
-                // Usually the top one: `pop` it, with no shifting to do.
-                let entry = if at + 1 == stack.len() {
-                    stack.pop().expect("`at` is in the stack")
-                } else {
-                    stack.remove(at)
-                };
-                self.inner.len.store(stack.len(), Ordering::Release);
-                let more = stack[..at]
-                    .iter()
-                    .rev()
-                    .take_while(|entry| entry.seq >= mark)
-                    .any(ours);
-                (entry, more)
+            let mut state = self.lock();
+            let stack = &mut state.entries;
+            // Entries are in registration order, so those since `mark` are the top ones.
+            let Some(at) = stack
+                .iter()
+                .rposition(|entry| entry.seq < mark || ours(entry))
+            else {
+                return;
             };
+            if stack[at].seq < mark {
+                return;
+            }
+            let more = stack[..at]
+                .iter()
+                .rev()
+                .take_while(|entry| entry.seq >= mark)
+                .any(ours);
+            // Usually the top one: `pop` it, with no shifting to do. Moved once, into this
+            // local, and dropped (a user's destructor) once the lock is released.
+            let entry = if at + 1 == stack.len() {
+                stack.pop()
+            } else {
+                Some(stack.remove(at))
+            };
+            self.inner.len.store(stack.len(), Ordering::Release);
+            drop(state);
             drop(entry);
             if !more {
                 return;
@@ -289,7 +351,7 @@ impl CompensationScope {
     }
 
     /// Whether a rollback or commit through this handle takes `entry`, given the live runs.
-    fn may_take(&self, entry: &Entry, live_runs: &[u64]) -> bool {
+    fn may_take(&self, entry: &Registered, live_runs: &[u64]) -> bool {
         if self.run == SCOPE_OWNER {
             entry.run == SCOPE_OWNER || !live_runs.contains(&entry.run)
         } else {
@@ -308,14 +370,17 @@ impl CompensationScope {
         let mut state = self.lock();
         let State { entries, live_runs } = &mut *state;
         let entry = entries.iter_mut().rev().find(|entry| {
-            !entry.running
+            !entry.is_running()
                 && match take {
                     Take::Handle => self.may_take(entry, live_runs),
                     Take::Since(mark) => entry.owner == self.owner && entry.seq >= mark,
                 }
         })?;
-        entry.running = true;
-        Some(entry.clone())
+        Some(Entry {
+            seq: entry.seq,
+            label: entry.label.clone(),
+            action: entry.action.start(),
+        })
     }
 
     /// Removes `entry` once it has run.
@@ -341,32 +406,34 @@ impl CompensationScope {
             .rev()
             .find(|entry| entry.seq == seq)
         {
-            entry.running = false;
+            entry.action.interrupt();
         }
     }
 
     /// Removes and returns the newest entry that is not running and matches.
-    fn take_newest(&self, matches: impl Fn(&Entry, &[u64]) -> bool) -> Option<Entry> {
+    fn take_newest(&self, matches: impl Fn(&Registered, &[u64]) -> bool) -> Option<Registered> {
         let mut state = self.lock();
         let State { entries, live_runs } = &mut *state;
         let at = entries
             .iter()
-            .rposition(|entry| !entry.running && matches(entry, live_runs))?;
+            .rposition(|entry| !entry.is_running() && matches(entry, live_runs))?;
         let entry = entries.remove(at);
         self.inner.len.store(entries.len(), Ordering::Release);
         Some(entry)
     }
 
-    fn push(&self, label: Option<Cow<'static, str>>, action: Arc<dyn Compensation>) {
+    /// Inlined into `register`, so that the label (`None` there) and the box are not
+    /// passed through memory, to be read back before they are written into the stack.
+    #[inline]
+    fn push(&self, label: Option<Cow<'static, str>>, action: Box<dyn Compensation>) {
         let mut state = self.lock();
         let seq = self.inner.next_seq.load(Ordering::Relaxed);
-        state.entries.push(Entry {
+        state.entries.push(Registered {
             seq,
             owner: self.owner,
             run: self.run,
             label,
-            action,
-            running: false,
+            action: Action::Boxed(action),
         });
         self.inner.next_seq.store(seq + 1, Ordering::Release);
         self.inner.len.store(state.entries.len(), Ordering::Release);
