@@ -45,14 +45,9 @@
 //! # Pulling
 //!
 //! One pull request at a time (`consumer.batch()`, [`NatsOptions::pull_batch`] messages,
-//! [`NatsOptions::pull_expires`]), received by a task of its own, which makes a record of each
-//! message as it arrives: the message is held, and kept alive, from then on, even while the
-//! pipeline writes and does not read the stream. The next request is sent as soon as the open
-//! one has handed out everything it asked for (typically the last event of a batch), so it is
-//! filled while that batch is written: an instance prefetches at most one pull batch beyond
-//! the batches it has formed, and on shutdown knows every message it was sent. (Measured, one
-//! instance, PostgreSQL: the request sent only when the pipeline asked for more left the pull
-//! round trip between every two batches.) async-nats' continuous `consumer.stream()` was
+//! [`NatsOptions::pull_expires`]), the next one only when the pipeline asks for more: an instance
+//! prefetches at most one pull batch, pulls nothing while it writes (fair sharing), and on
+//! shutdown knows every message it was sent. async-nats' continuous `consumer.stream()` was
 //! measured to strand up to a whole pull batch (delivered to the client, never seen) until
 //! `ack_wait` when dropped.
 //!
@@ -255,7 +250,6 @@ impl NatsSource {
             consumer: self.consumer.clone(),
             pull_batch: self.opts.pull_batch.max(1),
             pull_expires: self.opts.pull_expires,
-            due: 0,
             drain_timeout: self.opts.drain_timeout,
             shared: self.shared.clone(),
             state: PullState::Idle,

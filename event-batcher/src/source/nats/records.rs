@@ -1,5 +1,4 @@
-//! The record stream: one pull request at a time, received by a task of its own, the
-//! graceful stop, the idle exit.
+//! The record stream: one pull request at a time, the graceful stop, the idle exit.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,12 +7,11 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::ack::Shared;
+use super::ack::{Shared, Verdict};
 use super::error::one_line;
 use super::stats::SourceEnd;
 use crate::console::Console;
@@ -21,26 +19,13 @@ use crate::record::{Position, Record, RecordBody};
 use crate::source::SourceError;
 use crate::sync::lock;
 
-/// What the task of the open pull request hands over.
-pub(super) enum Delivery {
-    /// A message, already held (see [`Shared::hold`]).
-    Record(Record),
-    /// The request or its delivery failed (one line); the request is over.
-    Failed(String),
-}
-
-/// The open pull request. A task sends it, then receives its messages and makes records of
-/// them as they arrive: each is held, and kept alive (`+WPI`), from the moment it arrives,
-/// also while the pipeline writes a batch and does not poll the stream. The records wait in
-/// `rx`, which ends when the request is over. Dropping the feed stops the task: it gives
-/// back what it still receives at once, and ends.
-pub(super) struct Feed {
-    rx: mpsc::UnboundedReceiver<Delivery>,
-}
+pub(super) type BatchFuture =
+    Pin<Box<dyn Future<Output = Result<pull::Batch, pull::BatchError>> + Send>>;
 
 pub(super) enum PullState {
     Idle,
-    Open(Feed),
+    Requesting(BatchFuture),
+    Receiving(Box<pull::Batch>),
 }
 
 /// Pause before the next pull request after a failed one.
@@ -50,9 +35,6 @@ pub(super) struct Records {
     pub(super) consumer: PullConsumer,
     pub(super) pull_batch: usize,
     pub(super) pull_expires: Duration,
-    /// Messages the open pull request may still deliver (what it asked for, less what it
-    /// handed out).
-    pub(super) due: usize,
     pub(super) drain_timeout: Duration,
     pub(super) shared: Arc<Shared>,
     pub(super) state: PullState,
@@ -71,34 +53,31 @@ pub(super) struct Records {
 }
 
 impl Records {
-    /// Opens the next pull request, for at most what `--max-events` leaves.
-    fn open(&mut self) -> PullState {
+    fn request(&self) -> BatchFuture {
+        let consumer = self.consumer.clone();
         let batch = match self.remaining {
             Some(left) => self
                 .pull_batch
                 .min(usize::try_from(left).unwrap_or(usize::MAX)),
             None => self.pull_batch,
         };
-        self.due = batch;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(feed(
-            self.consumer.clone(),
-            batch,
-            self.pull_expires,
-            self.shared.clone(),
-            tx,
-        ));
-        PullState::Open(Feed { rx })
+        let expires = self.pull_expires;
+        // No idle heartbeat: async-nats 0.51's `Batch` returns `Pending` without arranging a
+        // wake-up after it consumed a heartbeat. A lost request ends at `expires` + 5 s instead.
+        Box::pin(async move {
+            consumer
+                .batch()
+                .max_messages(batch)
+                .expires(expires)
+                .messages()
+                .await
+        })
     }
 
-    /// The open request has handed out all it asked for: opens the next one now, while the
-    /// pipeline writes the batch these messages complete, unless the stream is stopping,
-    /// pausing after a failed pull, or at the message limit. The pull round trip then
-    /// overlaps the write instead of following it; the instance still holds at most one
-    /// pull batch that it has not handed out.
-    fn open_early(&mut self) {
-        if self.draining.is_none() && self.backoff.is_none() && self.remaining != Some(0) {
-            self.state = self.open();
+    /// Gives a delivered message back (`-NAK`, no delay) without making a record of it.
+    fn give_back(&self, msg: &jetstream::Message) {
+        if let Some(reply) = msg.reply.clone() {
+            let _ = self.shared.send(reply, Verdict::GiveBack);
         }
     }
 
@@ -121,13 +100,16 @@ impl Records {
         self.state = PullState::Idle;
     }
 
-    /// Gives back whatever the open request has already delivered to the client: the
-    /// records waiting are dropped (each hook gives its message back); the task, once the
-    /// feed is dropped, gives back what it still receives at once.
+    /// Gives back whatever the open request has already delivered to the client.
     fn drain_ready(&mut self) {
-        if let PullState::Open(feed) = &mut self.state {
-            while let Ok(delivery) = feed.rx.try_recv() {
-                drop(delivery);
+        if let PullState::Receiving(batch) = &mut self.state {
+            while let Some(Some(item)) = batch.next().now_or_never() {
+                if let Ok(msg) = item
+                    && let Some(reply) = msg.reply.clone()
+                {
+                    self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.shared.send(reply, Verdict::GiveBack);
+                }
             }
         }
     }
@@ -152,6 +134,25 @@ impl Records {
         ));
         self.backoff = Some(Box::pin(tokio::time::sleep(PULL_RETRY)));
         None
+    }
+
+    fn record(&self, msg: jetstream::Message) -> Option<Record> {
+        let reply = msg.reply.clone()?; // not a JetStream delivery: cannot be acked, skip
+        let (stream_seq, delivered) = msg
+            .info()
+            .map(|i| (i.stream_sequence, i.delivered))
+            .unwrap_or((0, 1));
+        let stats = &self.shared.stats;
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        if delivered > 1 {
+            stats.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+        let ack = self.shared.hold(reply, stream_seq, delivered);
+        Some(Record {
+            position: Position::Sequence(stream_seq),
+            body: RecordBody::Json(msg.message.payload.to_vec()),
+            ack: Some(Box::new(ack)),
+        })
     }
 }
 
@@ -237,111 +238,42 @@ impl Records {
                         }
                         this.backoff = None;
                     }
-                    this.state = this.open();
+                    this.state = PullState::Requesting(this.request());
                 }
-                PullState::Open(feed) => match feed.rx.poll_recv(cx) {
+                PullState::Requesting(fut) => match fut.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(None) => this.state = PullState::Idle,
-                    Poll::Ready(Some(Delivery::Failed(reason))) => {
-                        if let Some(err) = this.pull_failed(reason) {
+                    Poll::Ready(Ok(batch)) => this.state = PullState::Receiving(Box::new(batch)),
+                    Poll::Ready(Err(e)) => {
+                        if let Some(err) = this.pull_failed(one_line(&e)) {
                             return Poll::Ready(Some(Err(err)));
                         }
                     }
-                    Poll::Ready(Some(Delivery::Record(record))) => {
+                },
+                PullState::Receiving(batch) => match batch.poll_next_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => this.state = PullState::Idle,
+                    Poll::Ready(Some(Err(e))) => {
+                        if let Some(err) = this.pull_failed(one_line(&*e)) {
+                            return Poll::Ready(Some(Err(err)));
+                        }
+                    }
+                    Poll::Ready(Some(Ok(msg))) => {
                         if this.draining.is_some() {
-                            drop(record); // its hook gives the message back
+                            this.shared.stats.received.fetch_add(1, Ordering::Relaxed);
+                            this.give_back(&msg);
                             continue;
                         }
-                        this.due = this.due.saturating_sub(1);
-                        if let Some(left) = this.remaining.as_mut() {
-                            *left = left.saturating_sub(1);
+                        if let Some(record) = this.record(msg) {
+                            if let Some(left) = this.remaining.as_mut() {
+                                *left = left.saturating_sub(1);
+                            }
+                            return Poll::Ready(Some(Ok(record)));
                         }
-                        if this.due == 0 {
-                            this.open_early();
-                        }
-                        return Poll::Ready(Some(Ok(record)));
                     }
                 },
             }
         }
     }
-}
-
-/// The task of one pull request (see [`Feed`]): sends it, then makes a record of each message
-/// as it arrives, until the request is over or the feed is dropped.
-async fn feed(
-    consumer: PullConsumer,
-    batch: usize,
-    expires: Duration,
-    shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Delivery>,
-) {
-    // No idle heartbeat: async-nats 0.51's `Batch` returns `Pending` without arranging a
-    // wake-up after it consumed a heartbeat. A lost request ends at `expires` + 5 s instead.
-    let request = consumer
-        .batch()
-        .max_messages(batch)
-        .expires(expires)
-        .messages();
-    let mut messages = tokio::select! {
-        opened = request => match opened {
-            Ok(messages) => messages,
-            Err(e) => {
-                let _ = tx.send(Delivery::Failed(one_line(&e)));
-                return;
-            }
-        },
-        () = tx.closed() => return,
-    };
-    loop {
-        let item = tokio::select! {
-            item = messages.next() => item,
-            () = tx.closed() => break,
-        };
-        match item {
-            None => return,
-            Some(Err(e)) => {
-                let _ = tx.send(Delivery::Failed(one_line(&*e)));
-                return;
-            }
-            Some(Ok(msg)) => {
-                if let Some(record) = record(&shared, msg)
-                    && tx.send(Delivery::Record(record)).is_err()
-                {
-                    // The feed is gone: the record is dropped, its hook gives it back.
-                    break;
-                }
-            }
-        }
-    }
-    // The stream stopped or was dropped: give back what has already arrived (what arrives
-    // after the request is dropped waits for `ack_wait`).
-    while let Some(Some(item)) = messages.next().now_or_never() {
-        if let Ok(msg) = item {
-            drop(record(&shared, msg));
-        }
-    }
-}
-
-/// The record of a delivered message, held from now on; `None` (skipped) for a message that
-/// is not a JetStream delivery and cannot be acknowledged.
-fn record(shared: &Arc<Shared>, msg: jetstream::Message) -> Option<Record> {
-    let reply = msg.reply.clone()?;
-    let (stream_seq, delivered) = msg
-        .info()
-        .map(|i| (i.stream_sequence, i.delivered))
-        .unwrap_or((0, 1));
-    let stats = &shared.stats;
-    stats.received.fetch_add(1, Ordering::Relaxed);
-    if delivered > 1 {
-        stats.redelivered.fetch_add(1, Ordering::Relaxed);
-    }
-    let ack = shared.hold(reply, stream_seq, delivered);
-    Some(Record {
-        position: Position::Sequence(stream_seq),
-        body: RecordBody::Json(msg.message.payload.to_vec()),
-        ack: Some(Box::new(ack)),
-    })
 }
 
 /// Whether a failed pull means the consumer can no longer deliver (deleted, or not a pull
