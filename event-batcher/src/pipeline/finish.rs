@@ -90,21 +90,30 @@ impl Ctx {
     /// The row counts of the consistency check.
     pub(super) async fn count_rows(&self) -> Result<DatabaseRows, String> {
         let rolled_back: Vec<i64> = self.stats_failed_batches();
-        let skipped = self.stats.skipped_ids();
+        let skipped = self.stats.take_skipped_ids();
+        let store = &self.store;
+        let run = self.run_id;
         let counting = async {
-            let store = &self.store;
-            let run = self.run_id;
             let of_rolled_back = store.count_batches(run, &rolled_back, None).await?;
             Ok::<_, crate::store::QueryError>(DatabaseRows {
                 total: store.count_all().await?,
                 of_run: store.count_run(run).await?.saturating_sub(of_rolled_back),
                 left_by_rolled_back: store.count_batches(run, &rolled_back, Some(false)).await?,
                 kept_claimed: store.count_batches(run, &rolled_back, Some(true)).await?,
-                skipped_ids: skipped.len() as u64,
-                skipped_found: store.count_ids(&skipped).await?,
+                skipped_ids: 0,
+                skipped_found: 0,
             })
         };
-        counting.await.map_err(|error| error.to_string())
+        let rows = counting.await.map_err(|error| error.to_string())?;
+        // In chunks read back from disk: the ids are not all in memory at once.
+        let (skipped_ids, skipped_found) = skipped
+            .verify(|chunk| async move { store.count_ids(&chunk).await })
+            .await?;
+        Ok(DatabaseRows {
+            skipped_ids,
+            skipped_found,
+            ..rows
+        })
     }
 
     fn stats_failed_batches(&self) -> Vec<i64> {

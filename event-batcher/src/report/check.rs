@@ -15,12 +15,16 @@
 //!    claimed (only a batch about to commit claims, see [`crate::store`]) is kept on
 //!    purpose (that batch acknowledges its event) and reported;
 //! 3. every id skipped as already present has a row (`SELECT COUNT(*) … WHERE id IN (…)`,
-//!    in chunks): an acknowledged event that was not inserted by this run is really stored;
+//!    in chunks): an acknowledged event that was not inserted by this run is really stored.
+//!    The ids are read back from a temporary file ([`skipped`](super::skipped)), so the run
+//!    does not hold them in memory;
 //! 4. inserted + already present == events acknowledged.
 //!
 //! Together: a row exists for every acknowledged event. It costs four indexed `COUNT(*)`
-//! queries plus one per 1,000 skipped ids and rolled-back batches, and keeps in memory only the ids of the events
-//! found already present (none in a first run; every id in a re-run of the same input).
+//! queries plus one per 1,000 skipped ids and rolled-back batches. Its memory does not grow
+//! with the skipped ids (every id in a re-run of the same input): they are appended to an
+//! unnamed temporary file as batches commit (about 4 bytes + the id each) and checked in
+//! chunks of 1,000.
 //!
 //! For a NATS source the check also holds the broker to account, from the verdicts actually
 //! sent (counted by the source's acknowledgement task after `NatsSource::close` waited for
@@ -52,7 +56,8 @@ pub struct DatabaseRows {
     /// Rows of rolled-back batches of this run that its compensation left on purpose:
     /// another batch found them present and claimed them (it acknowledges their events).
     pub kept_claimed: u64,
-    /// Distinct ids of the acknowledged events that were skipped as already present.
+    /// Ids of the acknowledged events that were skipped as already present (distinct per
+    /// batch and per chunk of the check: an id skipped by two batches may count twice).
     pub skipped_ids: u64,
     /// Of those, the ids that have a row in the table.
     pub skipped_found: u64,

@@ -1,7 +1,7 @@
 //! Live counters of a run, shared by the pipeline and the progress display, and what the
 //! summary lists (invalid records, rolled-back batches).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use result_stream::{BatchInfo, FlushReason, RollbackReport};
 
+use super::skipped::SkippedIds;
 use crate::event::Event;
 use crate::record::Position;
 use crate::sync::lock;
@@ -98,8 +99,9 @@ pub(crate) struct InFlight {
 pub(crate) struct Detail {
     pub(crate) inserted: u64,
     pub(crate) already_present: u64,
-    /// The distinct ids behind `already_present`, checked against the table at the end.
-    pub(crate) skipped_ids: HashSet<String>,
+    /// The ids behind `already_present` (distinct per batch), checked against the table at
+    /// the end; kept on disk, not in memory (see [`SkippedIds`]).
+    pub(crate) skipped_ids: SkippedIds,
     pub(crate) flush: FlushCounts,
     /// The age of each committed batch (first event to flush), in microseconds.
     pub(crate) ages_micros: Vec<u32>,
@@ -207,7 +209,7 @@ impl Stats {
             .store(detail.in_flight.len() as u64, Ordering::Relaxed);
         detail.inserted += inserted;
         detail.already_present += skipped.len() as u64;
-        detail.skipped_ids.extend(skipped);
+        detail.skipped_ids.record(&skipped);
         detail.flush.add(info.reason());
         detail
             .ages_micros
@@ -275,9 +277,11 @@ impl Stats {
         self.detail().warnings.push(warning);
     }
 
-    /// The distinct ids of the acknowledged events that were already present.
-    pub fn skipped_ids(&self) -> Vec<String> {
-        self.detail().skipped_ids.iter().cloned().collect()
+    /// The ids of the acknowledged events that were already present (distinct per batch),
+    /// taken out for the consistency check: the ids of batches committed after this call
+    /// are not in it.
+    pub fn take_skipped_ids(&self) -> SkippedIds {
+        std::mem::take(&mut self.detail().skipped_ids)
     }
 }
 
