@@ -307,10 +307,10 @@ impl Store {
     /// ([`count_run`](Self::count_run)), read at once.
     ///
     /// PostgreSQL: one statement, `SELECT COUNT(*), COUNT(*) FILTER (WHERE run_id = $1)`, so
-    /// one scan of the table (the first scan after a bulk insert also sets every row's hint
-    /// bits, which the second would not repeat but still read; two statements took about
-    /// three times as long on 1,000,000 rows). Both counts come from one snapshot. SQLite:
-    /// the two counts, each answered from an index.
+    /// one scan of the table instead of two (on 1,000,000 rows: 0.23 s against 0.63 s for
+    /// the two statements; the first scan after a bulk insert costs more again, as it sets
+    /// every row's hint bits). Both counts come from one snapshot. SQLite: the two counts,
+    /// each its own statement, as before.
     pub async fn count_all_and_run(&self, run: i64) -> Result<(u64, u64), QueryError> {
         match &self.pool {
             Pool::Postgres(pool) => {
