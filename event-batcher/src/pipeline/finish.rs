@@ -95,9 +95,10 @@ impl Ctx {
         let run = self.run_id;
         let counting = async {
             let of_rolled_back = store.count_batches(run, &rolled_back, None).await?;
+            let (total, of_run) = store.count_all_and_run(run).await?;
             Ok::<_, crate::store::QueryError>(DatabaseRows {
-                total: store.count_all().await?,
-                of_run: store.count_run(run).await?.saturating_sub(of_rolled_back),
+                total,
+                of_run: of_run.saturating_sub(of_rolled_back),
                 left_by_rolled_back: store.count_batches(run, &rolled_back, Some(false)).await?,
                 kept_claimed: store.count_batches(run, &rolled_back, Some(true)).await?,
                 skipped_ids: 0,

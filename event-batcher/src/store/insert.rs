@@ -57,7 +57,15 @@ pub struct Inserted {
 /// One row to write: the event and its payload as JSON text.
 struct Row<'a> {
     event: &'a Event,
-    payload: String,
+    payload: &'a str,
+}
+
+/// Which rows of a part a backend inserted.
+enum New<'a> {
+    /// Every row (the part's first occurrence of each id).
+    All,
+    /// These ids.
+    Only(HashSet<&'a str>),
 }
 
 impl Store {
@@ -83,20 +91,34 @@ impl Store {
         batch: i64,
         events: &[Event],
     ) -> Result<Inserted, QueryError> {
-        // One row per id: PostgreSQL refuses an upsert that meets the same row twice.
+        // One row per id: PostgreSQL refuses an upsert that meets the same row twice. The
+        // later occurrences are skipped whatever the backend does, in the events' order.
         let mut seen = HashSet::with_capacity(events.len());
-        let rows: Vec<Row<'_>> = events
-            .iter()
-            .filter(|event| seen.insert(event.id.as_str()))
-            .map(|event| Row {
-                event,
-                payload: event.payload.to_string(),
-            })
-            .collect();
+        let mut repeated = Vec::new();
+        let mut rows: Vec<Row<'_>> = Vec::with_capacity(events.len());
+        for event in events {
+            if seen.insert(event.id.as_str()) {
+                rows.push(Row {
+                    event,
+                    payload: event.payload.get(),
+                });
+            } else {
+                repeated.push(event.id.as_str());
+            }
+        }
         drop(seen);
         let new = match &self.pool {
             Pool::Postgres(_) => self.insert_postgres(run, batch, &rows).await?,
-            Pool::Sqlite(_) => self.insert_sqlite(run, batch, &rows).await?,
+            Pool::Sqlite(_) => New::Only(self.insert_sqlite(run, batch, &rows).await?),
+        };
+        let new = match new {
+            New::All => {
+                return Ok(Inserted {
+                    rows: rows.len() as u64,
+                    skipped: repeated.into_iter().map(str::to_owned).collect(),
+                });
+            }
+            New::Only(new) => new,
         };
         // In the events' order: the first occurrence of an inserted id is the inserted
         // event, every other event was skipped.
@@ -115,19 +137,20 @@ impl Store {
 
     /// The PostgreSQL part: first a plain `INSERT … SELECT … FROM unnest(…)` of all its rows
     /// (no `ON CONFLICT`, no `RETURNING`), which inserts every row or, on a unique violation
-    /// (some id is already stored), none; then, only in that case, the upsert. Returns the
-    /// ids inserted.
+    /// (some id is already stored), none; then, only in that case, the upsert. Returns
+    /// [`New::All`] when the plain insert wrote every row (no set of ids to build), else the
+    /// ids the upsert inserted.
     async fn insert_postgres<'a>(
         &self,
         run: i64,
         batch: i64,
         rows: &[Row<'a>],
-    ) -> Result<HashSet<&'a str>, QueryError> {
+    ) -> Result<New<'a>, QueryError> {
         let Pool::Postgres(pool) = &self.pool else {
             unreachable!("insert_postgres is only called with a PostgreSQL pool")
         };
         if rows.is_empty() {
-            return Ok(HashSet::new());
+            return Ok(New::All);
         }
         let mut conn = pool.acquire().await?;
         if rows.len() <= POSTGRES_MAX_ROWS_PER_STATEMENT {
@@ -143,13 +166,15 @@ impl Store {
                 .execute(&mut *conn)
                 .await;
             match plain {
-                Ok(_) => return Ok(rows.iter().map(|r| r.event.id.as_str()).collect()),
+                Ok(_) => return Ok(New::All),
                 Err(sqlx::Error::Database(error))
                     if error.code().as_deref() == Some(UNIQUE_VIOLATION) => {}
                 Err(error) => return Err(error.into()),
             }
         }
-        self.upsert_postgres(&mut conn, run, batch, rows).await
+        Ok(New::Only(
+            self.upsert_postgres(&mut conn, run, batch, rows).await?,
+        ))
     }
 
     /// The PostgreSQL upsert: `unnest` statements on `conn`, in one transaction when there
@@ -242,7 +267,7 @@ impl Store {
                     .push_bind(row.event.id.as_str())
                     .push_bind(row.event.tenant.as_str())
                     .push_bind(row.event.ts)
-                    .push_bind(row.payload.as_str())
+                    .push_bind(row.payload)
                     .push_bind(run)
                     .push_bind(batch);
             });
@@ -266,7 +291,7 @@ fn bind_rows<'q, Q: BindArrays<'q>>(query: Q, rows: &'q [Row<'_>]) -> Q {
     let ids: Vec<&str> = rows.iter().map(|r| r.event.id.as_str()).collect();
     let tenants: Vec<&str> = rows.iter().map(|r| r.event.tenant.as_str()).collect();
     let ts: Vec<i64> = rows.iter().map(|r| r.event.ts).collect();
-    let payloads: Vec<&str> = rows.iter().map(|r| r.payload.as_str()).collect();
+    let payloads: Vec<&str> = rows.iter().map(|r| r.payload).collect();
     query
         .bind_strs(ids)
         .bind_strs(tenants)

@@ -46,7 +46,9 @@
 //! - SQLite: the file is created if missing, in WAL journal mode with `synchronous = NORMAL`
 //!   (a committed statement survives a crash of the process; the last ones may be lost on a
 //!   power failure), a busy timeout, and a pool of [`SQLITE_POOL_SIZE`] connections.
-//!   PostgreSQL: a pool of [`POSTGRES_POOL_SIZE`] connections.
+//!   PostgreSQL: a pool of [`POSTGRES_POOL_SIZE`] connections (at least; one more than the
+//!   batches written at once), a connection probed before it is handed out only when it was
+//!   idle for [`POSTGRES_PING_AFTER_IDLE`] or more.
 //!
 //! The store owns its errors: [`ConnectError`] (the run cannot start) and [`QueryError`] (a
 //! statement failed). The inserts are in `insert`, the other SQL in `queries`, the names in
@@ -78,6 +80,17 @@ pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
 pub const SQLITE_POOL_SIZE: u32 = 2;
 /// Connections in the PostgreSQL pool.
 pub const POSTGRES_POOL_SIZE: u32 = 4;
+/// A PostgreSQL connection idle in the pool this long is probed (`Sync`, one round trip)
+/// before it is handed out; one used more recently is handed out as it is.
+///
+/// The pool already probes every connection as it is given back; probing it again when it is
+/// taken, a millisecond later, cost one round trip per statement on the write path (two per
+/// batch). A connection can die between any probe and its next statement anyway (a server
+/// restart), and that is handled as a database outage whatever the age of the probe: the
+/// statement fails, the batch waits for the database (probing it at most every 100 ms to
+/// 1 s, by when every dead connection has been idle long enough to be probed and dropped)
+/// and is rolled back.
+pub const POSTGRES_PING_AFTER_IDLE: Duration = Duration::from_millis(100);
 
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +197,15 @@ impl Store {
                     PgPoolOptions::new()
                         .max_connections(POSTGRES_POOL_SIZE.max(connections))
                         .acquire_timeout(timeout)
+                        .test_before_acquire(false)
+                        .before_acquire(|conn, meta| {
+                            Box::pin(async move {
+                                if meta.idle_for >= POSTGRES_PING_AFTER_IDLE {
+                                    conn.ping().await?;
+                                }
+                                Ok(true)
+                            })
+                        })
                         .connect_with(options)
                         .await
                         .map(Pool::Postgres)
