@@ -545,3 +545,46 @@ async fn an_item_that_registered_nothing_never_commits_another_runs_registration
     assert_eq!(b.unwrap_err().report().ran(), 1, "A's commit took B's undo");
     assert_eq!(log.entries(), vec!["b"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_item_commits_only_what_was_registered_since_it_started() {
+    for retry in [false, true] {
+        let log = Log::default();
+        let (tx, rx) = mpsc::unbounded::<Result<u32, AppError>>();
+        let kept: Arc<Mutex<Option<CompensationScope>>> = Arc::default();
+        let kept2 = kept.clone();
+        let mut run = rx.for_each_compensated(CompensationScope::new(), move |item, scope| {
+            if item == 1 {
+                *lock(&kept2) = Some(scope);
+            }
+            async move {
+                match item {
+                    3 => Err(AppError::Write(3)),
+                    _ => Ok(()),
+                }
+            }
+        });
+        if retry {
+            // One attempt: the run takes the path that keeps a copy of each item.
+            run = run.retry(RollbackPolicy::default());
+        }
+        let log2 = log.clone();
+        tokio::spawn(async move {
+            tx.unbounded_send(Ok(1)).unwrap();
+            sleep(ms(10)).await; // item 1 is committed; the run waits for item 2
+            let handle = lock(&kept).take().expect("item 1 ran");
+            handle.register(undo(&log2, "registered between items"));
+            tx.unbounded_send(Ok(2)).unwrap();
+            sleep(ms(10)).await;
+            tx.unbounded_send(Ok(3)).unwrap();
+        });
+
+        let error = run.await.unwrap_err();
+
+        assert_eq!(error.cause(), &Cause::Handler(AppError::Write(3)));
+        // Item 2 registered nothing: its commit took nothing, and the run's rollback undid
+        // what was registered before item 2 started.
+        assert_eq!(error.report().ran(), 1, "retry: {retry}");
+        assert_eq!(log.entries(), vec!["registered between items"]);
+    }
+}

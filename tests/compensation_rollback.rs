@@ -472,6 +472,25 @@ async fn a_failed_compensation_can_be_retried_from_the_report() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failures_debug_shows_its_place_label_attempts_and_how_it_failed() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    scope.register_labeled("drop staging", failing(&log, "drop", "table locked"));
+    scope.register(undo(&log, "newer"));
+    let report = scope.rollback(RollbackPolicy::default().attempts(2)).await;
+    let debug = format!("{:?}", report.failures()[0]);
+    for part in [
+        "CompensationFailure",
+        "order: 1",
+        "label: Some(\"drop staging\")",
+        "attempts: 2",
+        "table locked",
+    ] {
+        assert!(debug.contains(part), "{part} missing from {debug}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn concurrent_rollbacks_of_one_scope_run_each_compensation_once_newest_first() {
     let log = Log::default();
     let scope = CompensationScope::new();
