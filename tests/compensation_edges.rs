@@ -72,7 +72,9 @@
 //!   real hang, so caught: `kept && retries left` → `||` in `poll_step` retries an item
 //!   that always fails forever (with retries on, the item is always kept);
 //! - `plain.rs`: 11 of 15 tested, in the rerun with the tests above (no count before them):
-//!   10 caught, 1 missed, equivalent: the match guard `Some(keep) if KEEP` replaced by
+//!   10 caught (`max_attempts() > 1` → `>=` / `==`, a one-attempt retry handed to the
+//!   retry machinery, also by `a_retry_policy_of_one_attempt_fails_the_item_as_without_retries`
+//!   in `compensation_load.rs`, checked by hand), 1 missed, equivalent: the match guard `Some(keep) if KEEP` replaced by
 //!   `if true`. `plain::poll::<false, ..>` is only called when the run keeps no item
 //!   (`keep` is `None`, so that arm never matches), and in `plain::poll::<true, ..>` the
 //!   guard is `true` already.
