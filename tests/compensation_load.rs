@@ -5,12 +5,14 @@
 mod common;
 mod compensation_common;
 
+use std::pin::pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{ms, secs};
 use compensation_common::*;
+use futures::channel::mpsc;
 use futures::stream;
 use result_stream::{Backoff, Cause, CompensationScope, ResultStreamExt, RollbackPolicy};
 use tokio::time::{Instant, sleep};
@@ -361,6 +363,88 @@ async fn an_incomplete_undo_of_an_attempt_stops_the_run_instead_of_retrying() {
     assert_eq!(error.report().ran(), 1);
     assert_eq!(error.report().failures()[0].label(), Some("stuck"));
     assert_eq!(log.entries(), vec!["undo"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_policy_of_one_attempt_fails_the_item_as_without_retries() {
+    let (log, table) = (Log::default(), Table::default());
+    let error = stream::iter((1..=3).map(Ok::<u32, AppError>))
+        .for_each_compensated(
+            CompensationScope::new(),
+            scripted(
+                &log,
+                &table,
+                |_| ms(10),
+                |item, _| match item {
+                    2 => Err(AppError::Write(2)),
+                    _ => Ok(()),
+                },
+            ),
+        )
+        .retry(RollbackPolicy::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.cause(), &Cause::Handler(AppError::Write(2)));
+    // No second attempt: item 2 is undone by the run's rollback, item 3 never pulled.
+    assert_eq!(log.entries(), vec!["write 1#1", "write 2#1", "undo 2"]);
+    assert_eq!(error.report().ran(), 1);
+    assert_eq!(table.rows(), vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_releases_its_copy_of_an_item_once_the_item_succeeded() {
+    let (tx, rx) = mpsc::unbounded::<Result<Arc<Vec<u32>>, AppError>>();
+    let batch = Arc::new(vec![1, 2, 3]);
+    tx.unbounded_send(Ok(batch.clone())).unwrap();
+    let mut run = pin!(
+        rx.for_each_compensated(CompensationScope::new(), |_batch, _scope| async { Ok(()) })
+            .retry(RollbackPolicy::default().attempts(3))
+    );
+    // The batch is written; the run waits for the next one.
+    assert!(futures::poll!(run.as_mut()).is_pending());
+    assert_eq!(
+        Arc::strong_count(&batch),
+        1,
+        "the run still holds its retry copy of a batch that succeeded"
+    );
+    drop(tx);
+    assert_eq!(run.await.unwrap().items(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_incomplete_attempt_undo_and_the_runs_rollback_report_as_one_in_the_order_they_ran() {
+    let log = Log::default();
+    let log2 = log.clone();
+    let error = stream::iter((1..=2).map(Ok::<u32, AppError>))
+        .for_each_compensated(CompensationScope::new(), move |item, scope| {
+            let name = format!("undo {item}");
+            scope.register_labeled(name.clone(), failing(&log2, name, "row locked"));
+            async move {
+                match item {
+                    2 => Err(AppError::Write(2)),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .all_or_nothing()
+        .retry(RollbackPolicy::default().attempts(2))
+        .await
+        .unwrap_err();
+    assert_eq!(error.cause(), &Cause::Handler(AppError::Write(2)));
+    // Item 2's failed attempt is undone first (incompletely: no retry), then the run's
+    // rollback undoes item 1: one report, numbered across both.
+    assert_eq!(log.entries(), vec!["undo 2", "undo 1"]);
+    let report = error.report();
+    assert_eq!(report.ran(), 2);
+    let failed: Vec<_> = report
+        .failures()
+        .iter()
+        .map(|failure| (failure.order(), failure.label().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        failed,
+        vec![(0, "undo 2".to_owned()), (1, "undo 1".to_owned())]
+    );
 }
 
 /// A stream of `0..n` that panics if polled again after it ended.

@@ -1,6 +1,29 @@
 //! `CompensationScope` and `Rollback` (SPEC §3): the rollback policy (attempts, backoff,
 //! time limits), failures that never stop the others, interrupted and concurrent rollbacks,
 //! and the reports and errors that describe them.
+//!
+//! # `cargo mutants` over `rollback.rs`, `policy.rs` and `action.rs`
+//!
+//! A second pass (2026-12-01, cargo-mutants 27.1, in place on 2 shared cores; the commands
+//! are in `compensation_edges.rs`) tested the mutants of these files that the first, partial
+//! pass had not reached and that are not plainly unviable (generic `Default`s), against
+//! `compensation`, `compensation_edges`, `compensation_rollback`, `compensation_load`,
+//! `compensation_skip`, `compensation_cancel` and `attack_compensation`:
+//! - `action.rs`: 2 of 2 tested, 2 caught (the `Arc` impl is how the scope stores every
+//!   compensation, so the attack tests see it).
+//! - `policy.rs`: 6 of 12 tested (`Backoff::delay`, the builders `attempts`, `backoff`,
+//!   `attempt_timeout`, `concurrency_limit` returning 0 or 1), 6 caught.
+//! - `rollback.rs`: 14 of 78 tested: 10 caught, 1 timeout, 3 missed, all 3 now killed (a
+//!   rerun: 3 of 3 caught):
+//!   - `CompensationFailure`'s `Debug` printing nothing:
+//!     `a_failures_debug_shows_its_place_label_attempts_and_how_it_failed`;
+//!   - `failure.order += offset` → `-=` / `*=` in `RollbackReport::after` (the numbering of
+//!     the run's rollback after an attempt's own, incomplete, undo):
+//!     `an_incomplete_attempt_undo_and_the_runs_rollback_report_as_one_in_the_order_they_ran`
+//!     in `compensation_load.rs`.
+//!   - The timeout is a real hang, so caught: `Running::done` replaced by `()` leaves every
+//!     compensation that succeeded "interrupted", so it is put back in the scope, and the
+//!     rollback's loop takes it again, forever.
 
 mod common;
 mod compensation_common;
@@ -469,6 +492,25 @@ async fn a_failed_compensation_can_be_retried_from_the_report() {
     let again = CompensationScope::new();
     again.register(failure.action().clone());
     assert_eq!(again.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failures_debug_shows_its_place_label_attempts_and_how_it_failed() {
+    let log = Log::default();
+    let scope = CompensationScope::new();
+    scope.register_labeled("drop staging", failing(&log, "drop", "table locked"));
+    scope.register(undo(&log, "newer"));
+    let report = scope.rollback(RollbackPolicy::default().attempts(2)).await;
+    let debug = format!("{:?}", report.failures()[0]);
+    for part in [
+        "CompensationFailure",
+        "order: 1",
+        "label: Some(\"drop staging\")",
+        "attempts: 2",
+        "table locked",
+    ] {
+        assert!(debug.contains(part), "{part} missing from {debug}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
