@@ -57,7 +57,7 @@ pub struct Inserted {
 /// One row to write: the event and its payload as JSON text.
 struct Row<'a> {
     event: &'a Event,
-    payload: String,
+    payload: &'a str,
 }
 
 impl Store {
@@ -90,7 +90,7 @@ impl Store {
             .filter(|event| seen.insert(event.id.as_str()))
             .map(|event| Row {
                 event,
-                payload: event.payload.to_string(),
+                payload: event.payload.get(),
             })
             .collect();
         drop(seen);
@@ -203,8 +203,9 @@ impl Store {
             .collect())
     }
 
-    /// The SQLite part: one `BEGIN IMMEDIATE` transaction, a `SELECT` of the ids present and
-    /// an `INSERT` per chunk; returns the ids inserted.
+    /// The SQLite part: one `BEGIN IMMEDIATE` transaction and, per chunk, a plain `INSERT`,
+    /// or (when an id of the chunk is already stored) a `SELECT` of the ids present and an
+    /// `INSERT … ON CONFLICT (id) DO NOTHING`; returns the ids inserted.
     async fn insert_sqlite<'a>(
         &self,
         run: i64,
@@ -219,8 +220,43 @@ impl Store {
         if rows.is_empty() {
             return Ok(new);
         }
+        let ids = |chunk: &[Row<'a>]| {
+            chunk
+                .iter()
+                .map(|r| r.event.id.as_str())
+                .collect::<Vec<_>>()
+        };
+        let insert = |chunk: &[Row<'a>], upsert: bool| {
+            let mut insert = QueryBuilder::<Sqlite>::new(format!(
+                "INSERT INTO {table} (id, tenant, ts, payload, run_id, batch_seq) "
+            ));
+            insert.push_values(chunk, |mut values, row| {
+                values
+                    .push_bind(row.event.id.as_str())
+                    .push_bind(row.event.tenant.as_str())
+                    .push_bind(row.event.ts)
+                    .push_bind(row.payload)
+                    .push_bind(run)
+                    .push_bind(batch);
+            });
+            if upsert {
+                insert.push(" ON CONFLICT (id) DO NOTHING");
+            }
+            insert
+        };
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
+            // A constraint violation aborts the statement alone (SQLite's default `ABORT`):
+            // none of its rows is inserted, the transaction goes on.
+            match insert(chunk, false).build().execute(&mut *tx).await {
+                Ok(_) => {
+                    new.extend(ids(chunk));
+                    continue;
+                }
+                Err(sqlx::Error::Database(error))
+                    if error.kind() == sqlx::error::ErrorKind::UniqueViolation => {}
+                Err(error) => return Err(error.into()),
+            }
             let mut select =
                 QueryBuilder::<Sqlite>::new(format!("SELECT id FROM {table} WHERE id IN ("));
             let mut list = select.separated(", ");
@@ -234,26 +270,8 @@ impl Store {
                 .await?
                 .into_iter()
                 .collect();
-            let mut insert = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO {table} (id, tenant, ts, payload, run_id, batch_seq) "
-            ));
-            insert.push_values(chunk, |mut values, row| {
-                values
-                    .push_bind(row.event.id.as_str())
-                    .push_bind(row.event.tenant.as_str())
-                    .push_bind(row.event.ts)
-                    .push_bind(row.payload.as_str())
-                    .push_bind(run)
-                    .push_bind(batch);
-            });
-            insert.push(" ON CONFLICT (id) DO NOTHING");
-            insert.build().execute(&mut *tx).await?;
-            new.extend(
-                chunk
-                    .iter()
-                    .map(|r| r.event.id.as_str())
-                    .filter(|id| !present.contains(*id)),
-            );
+            insert(chunk, true).build().execute(&mut *tx).await?;
+            new.extend(ids(chunk).into_iter().filter(|id| !present.contains(*id)));
         }
         tx.commit().await?;
         Ok(new)
@@ -266,7 +284,7 @@ fn bind_rows<'q, Q: BindArrays<'q>>(query: Q, rows: &'q [Row<'_>]) -> Q {
     let ids: Vec<&str> = rows.iter().map(|r| r.event.id.as_str()).collect();
     let tenants: Vec<&str> = rows.iter().map(|r| r.event.tenant.as_str()).collect();
     let ts: Vec<i64> = rows.iter().map(|r| r.event.ts).collect();
-    let payloads: Vec<&str> = rows.iter().map(|r| r.payload.as_str()).collect();
+    let payloads: Vec<&str> = rows.iter().map(|r| r.payload).collect();
     query
         .bind_strs(ids)
         .bind_strs(tenants)
