@@ -21,10 +21,14 @@
 //! rows goes to the upsert directly, in one transaction.
 //!
 //! SQLite: the part runs in one `BEGIN IMMEDIATE` transaction (the write lock is taken first,
-//! so no other writer can insert between the two statements). Per chunk of at most
-//! [`MAX_ROWS_PER_STATEMENT`] rows, a `SELECT id … WHERE id IN (…)` finds
-//! the ids already present, then a multi-row `INSERT … ON CONFLICT (id) DO NOTHING` without
-//! `RETURNING` writes the rest. The driver hands every
+//! so no other writer can insert between its statements). Per chunk of at most
+//! [`MAX_ROWS_PER_STATEMENT`] rows, a plain multi-row `INSERT` (no `ON CONFLICT`) is tried
+//! first: it inserts every row of the chunk or, when one id is already stored (a unique
+//! violation), none (SQLite's default `ABORT` undoes that statement alone and the
+//! transaction goes on). Only then is the chunk written the slow way: a
+//! `SELECT id … WHERE id IN (…)` finds the ids already present, then a multi-row
+//! `INSERT … ON CONFLICT (id) DO NOTHING` without `RETURNING` writes the rest. Most chunks
+//! are new rows, and the plain insert spares them the `SELECT`. The driver hands every
 //! result row from its worker thread to the caller through a channel, one wake-up each: a
 //! `RETURNING` of every inserted row cost more than the insert; the `SELECT` usually
 //! returns nothing.
@@ -226,29 +230,38 @@ impl Store {
                 .map(|r| r.event.id.as_str())
                 .collect::<Vec<_>>()
         };
-        let insert = |chunk: &[Row<'a>], upsert: bool| {
-            let mut insert = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO {table} (id, tenant, ts, payload, run_id, batch_seq) "
-            ));
-            insert.push_values(chunk, |mut values, row| {
-                values
-                    .push_bind(row.event.id.as_str())
-                    .push_bind(row.event.tenant.as_str())
-                    .push_bind(row.event.ts)
-                    .push_bind(row.payload)
-                    .push_bind(run)
-                    .push_bind(batch);
-            });
-            if upsert {
-                insert.push(" ON CONFLICT (id) DO NOTHING");
+        // Six anonymous parameters per row (a numbered `?NNN` would make the driver look
+        // each one up by name, in time proportional to their number). The text depends only
+        // on the row count (a full chunk always has the same): the driver prepares it once
+        // per connection and reuses it.
+        let insert = |chunk: &'_ [Row<'a>], upsert: bool| {
+            let mut sql =
+                format!("INSERT INTO {table} (id, tenant, ts, payload, run_id, batch_seq) VALUES ");
+            sql.reserve(chunk.len() * 20 + 32);
+            for i in 0..chunk.len() {
+                sql.push_str(if i == 0 { "" } else { ", " });
+                sql.push_str("(?, ?, ?, ?, ?, ?)");
             }
-            insert
+            if upsert {
+                sql.push_str(" ON CONFLICT (id) DO NOTHING");
+            }
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for row in chunk {
+                query = query
+                    .bind(row.event.id.as_str())
+                    .bind(row.event.tenant.as_str())
+                    .bind(row.event.ts)
+                    .bind(row.payload)
+                    .bind(run)
+                    .bind(batch);
+            }
+            query
         };
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
             // A constraint violation aborts the statement alone (SQLite's default `ABORT`):
             // none of its rows is inserted, the transaction goes on.
-            match insert(chunk, false).build().execute(&mut *tx).await {
+            match insert(chunk, false).execute(&mut *tx).await {
                 Ok(_) => {
                     new.extend(ids(chunk));
                     continue;
@@ -270,7 +283,7 @@ impl Store {
                 .await?
                 .into_iter()
                 .collect();
-            insert(chunk, true).build().execute(&mut *tx).await?;
+            insert(chunk, true).execute(&mut *tx).await?;
             new.extend(ids(chunk).into_iter().filter(|id| !present.contains(*id)));
         }
         tx.commit().await?;
