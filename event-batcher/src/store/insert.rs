@@ -21,10 +21,14 @@
 //! rows goes to the upsert directly, in one transaction.
 //!
 //! SQLite: the part runs in one `BEGIN IMMEDIATE` transaction (the write lock is taken first,
-//! so no other writer can insert between the two statements). Per chunk of at most
-//! [`MAX_ROWS_PER_STATEMENT`] rows, a `SELECT id … WHERE id IN (…)` finds
-//! the ids already present, then a multi-row `INSERT … ON CONFLICT (id) DO NOTHING` without
-//! `RETURNING` writes the rest. The driver hands every
+//! so no other writer can insert between its statements). Per chunk of at most
+//! [`MAX_ROWS_PER_STATEMENT`] rows, a plain multi-row `INSERT` (no `ON CONFLICT`) is tried
+//! first: it inserts every row of the chunk or, when one id is already stored (a unique
+//! violation), none (SQLite's default `ABORT` undoes that statement alone and the
+//! transaction goes on). Only then is the chunk written the slow way: a
+//! `SELECT id … WHERE id IN (…)` finds the ids already present, then a multi-row
+//! `INSERT … ON CONFLICT (id) DO NOTHING` without `RETURNING` writes the rest. Most chunks
+//! are new rows, and the plain insert spares them the `SELECT`. The driver hands every
 //! result row from its worker thread to the caller through a channel, one wake-up each: a
 //! `RETURNING` of every inserted row cost more than the insert; the `SELECT` usually
 //! returns nothing.
@@ -109,7 +113,7 @@ impl Store {
         drop(seen);
         let new = match &self.pool {
             Pool::Postgres(_) => self.insert_postgres(run, batch, &rows).await?,
-            Pool::Sqlite(_) => New::Only(self.insert_sqlite(run, batch, &rows).await?),
+            Pool::Sqlite(_) => self.insert_sqlite(run, batch, &rows).await?,
         };
         let new = match new {
             New::All => {
@@ -228,24 +232,73 @@ impl Store {
             .collect())
     }
 
-    /// The SQLite part: one `BEGIN IMMEDIATE` transaction, a `SELECT` of the ids present and
-    /// an `INSERT` per chunk; returns the ids inserted.
+    /// The SQLite part: one `BEGIN IMMEDIATE` transaction and, per chunk, a plain `INSERT`,
+    /// or (when an id of the chunk is already stored) a `SELECT` of the ids present and an
+    /// `INSERT … ON CONFLICT (id) DO NOTHING`. Returns [`New::All`] when every chunk was
+    /// written by its plain insert (no set of ids to build), else the ids inserted.
     async fn insert_sqlite<'a>(
         &self,
         run: i64,
         batch: i64,
         rows: &[Row<'a>],
-    ) -> Result<HashSet<&'a str>, QueryError> {
+    ) -> Result<New<'a>, QueryError> {
         let Pool::Sqlite(pool) = &self.pool else {
             unreachable!("insert_sqlite is only called with a SQLite pool")
         };
         let table = &self.table;
-        let mut new = HashSet::with_capacity(rows.len());
         if rows.is_empty() {
-            return Ok(new);
+            return Ok(New::All);
         }
+        // Built at the first chunk that meets a present id, with the chunks written before.
+        let mut new: Option<HashSet<&'a str>> = None;
+        let ids = |chunk: &[Row<'a>]| {
+            chunk
+                .iter()
+                .map(|r| r.event.id.as_str())
+                .collect::<Vec<_>>()
+        };
+        // Six anonymous parameters per row (a numbered `?NNN` would make the driver look
+        // each one up by name, in time proportional to their number). The text depends only
+        // on the row count (a full chunk always has the same): the driver prepares it once
+        // per connection and reuses it.
+        let insert = |chunk: &'_ [Row<'a>], upsert: bool| {
+            let mut sql =
+                format!("INSERT INTO {table} (id, tenant, ts, payload, run_id, batch_seq) VALUES ");
+            sql.reserve(chunk.len() * 20 + 32);
+            for i in 0..chunk.len() {
+                sql.push_str(if i == 0 { "" } else { ", " });
+                sql.push_str("(?, ?, ?, ?, ?, ?)");
+            }
+            if upsert {
+                sql.push_str(" ON CONFLICT (id) DO NOTHING");
+            }
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for row in chunk {
+                query = query
+                    .bind(row.event.id.as_str())
+                    .bind(row.event.tenant.as_str())
+                    .bind(row.event.ts)
+                    .bind(row.payload)
+                    .bind(run)
+                    .bind(batch);
+            }
+            query
+        };
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
+        for (index, chunk) in rows.chunks(MAX_ROWS_PER_STATEMENT).enumerate() {
+            // A constraint violation aborts the statement alone (SQLite's default `ABORT`):
+            // none of its rows is inserted, the transaction goes on.
+            match insert(chunk, false).execute(&mut *tx).await {
+                Ok(_) => {
+                    if let Some(new) = &mut new {
+                        new.extend(ids(chunk));
+                    }
+                    continue;
+                }
+                Err(sqlx::Error::Database(error))
+                    if error.kind() == sqlx::error::ErrorKind::UniqueViolation => {}
+                Err(error) => return Err(error.into()),
+            }
             let mut select =
                 QueryBuilder::<Sqlite>::new(format!("SELECT id FROM {table} WHERE id IN ("));
             let mut list = select.separated(", ");
@@ -259,29 +312,16 @@ impl Store {
                 .await?
                 .into_iter()
                 .collect();
-            let mut insert = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO {table} (id, tenant, ts, payload, run_id, batch_seq) "
-            ));
-            insert.push_values(chunk, |mut values, row| {
-                values
-                    .push_bind(row.event.id.as_str())
-                    .push_bind(row.event.tenant.as_str())
-                    .push_bind(row.event.ts)
-                    .push_bind(row.payload)
-                    .push_bind(run)
-                    .push_bind(batch);
+            insert(chunk, true).execute(&mut *tx).await?;
+            let new = new.get_or_insert_with(|| {
+                let mut set = HashSet::with_capacity(rows.len());
+                set.extend(ids(&rows[..index * MAX_ROWS_PER_STATEMENT]));
+                set
             });
-            insert.push(" ON CONFLICT (id) DO NOTHING");
-            insert.build().execute(&mut *tx).await?;
-            new.extend(
-                chunk
-                    .iter()
-                    .map(|r| r.event.id.as_str())
-                    .filter(|id| !present.contains(*id)),
-            );
+            new.extend(ids(chunk).into_iter().filter(|id| !present.contains(*id)));
         }
         tx.commit().await?;
-        Ok(new)
+        Ok(new.map_or(New::All, New::Only))
     }
 }
 
