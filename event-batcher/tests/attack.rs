@@ -649,3 +649,199 @@ async fn postgres_a_claim_by_a_batch_that_is_rolled_back_does_not_fence_the_row(
         std::panic::resume_unwind(panic);
     }
 }
+
+/// A run of the NDJSON `lines` into `url`/`events`, in batches of `max_batch`, `concurrency`
+/// at once.
+async fn run_lines(
+    dir: &std::path::Path,
+    url: &str,
+    lines: &[String],
+    max_batch: usize,
+    concurrency: usize,
+    fail_every: Option<u64>,
+) -> event_batcher::report::Summary {
+    let path = dir.join(format!("in-{}.ndjson", lines.len()));
+    std::fs::write(&path, lines.concat()).unwrap();
+    let mut config = event_batcher::Config {
+        source: event_batcher::source::SourceSpec::Ndjson(event_batcher::source::Input::File(path)),
+        concurrency,
+        ..common::synthetic(url, "events", 0, max_batch, 13)
+    };
+    if let Some(n) = fail_every {
+        config = common::failing(config, n, event_batcher::pipeline::OnFailure::SkipBatch);
+    }
+    event_batcher::run(config).await.expect("the run starts")
+}
+
+/// The ids of `events` whose `claimed` is set.
+async fn claimed_ids(url: &str) -> std::collections::BTreeSet<String> {
+    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM events WHERE claimed <> 0")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    ids.into_iter().collect()
+}
+
+/// Present before the re-runs: ids at the start of a part's second SQLite chunk (x1000),
+/// in a part's second chunk (x1100, also repeated in the next batch), in a first chunk
+/// (x2600), in the second chunk of a part whose first chunk is new (x8100), at the end of
+/// batches (x4999, x9999), and one the input does not hold.
+const PRESENT: [&str; 7] = ["x1000", "x1100", "x2600", "x4999", "x8100", "x9999", "zzz"];
+
+/// 10,000 lines x0..x9999, except: position 1200 repeats x10 (same part, other chunk),
+/// 3700 repeats x1100 (present, so skipped by two batches), 6000 repeats x10 (another
+/// batch).
+fn rerun_lines() -> Vec<String> {
+    (0..10_000)
+        .map(|i| match i {
+            1200 | 6000 => event_line("x10"),
+            3700 => event_line("x1100"),
+            _ => event_line(&format!("x{i}")),
+        })
+        .collect()
+}
+
+/// Claims (README "consistency check", store/insert.rs, report/skipped.rs): with parts of
+/// several SQLite chunks (`--max-batch 2500`: parts of 1,250 rows, chunks of 1,000 + 250)
+/// whose first chunk is new and a later one meets present ids, the summary counts every new
+/// row as inserted and every other event as already present, the rows found present are
+/// claimed (and only those, plus this run's own x10 met by another of its batches), the
+/// check holds; a second re-run inserts nothing.
+async fn rerun_of_partly_present_parts(concurrency: usize) {
+    let db = TempSqlite::new();
+    let lines: Vec<String> = PRESENT.iter().map(|id| event_line(id)).collect();
+    let first = run_lines(db.dir.path(), &db.url, &lines, 2500, 1, None).await;
+    assert!(first.is_success(), "{first}");
+
+    let lines = rerun_lines();
+    let second = run_lines(db.dir.path(), &db.url, &lines, 2500, concurrency, None).await;
+    assert!(second.is_success(), "{second}");
+    assert!(second.check.holds, "{second}");
+    assert_eq!(second.acknowledged, 10_000, "{second}");
+    // 9,997 distinct ids, 6 of them present.
+    assert_eq!(
+        (second.inserted, second.already_present),
+        (9_991, 9),
+        "{second}"
+    );
+    let rows = second.rows.clone().unwrap();
+    assert_eq!((rows.total, rows.of_run), (9_998, 9_991), "{second}");
+    assert_eq!(rows.skipped_found, rows.skipped_ids, "{second}");
+    assert!(rows.skipped_ids >= 6, "{second}");
+    let db_rows = Db::open(&db.url).await;
+    assert_eq!(db_rows.rows_of_run("events", second.run_id).await, 9_991);
+    let mut expected: std::collections::BTreeSet<String> =
+        (0..10_000).map(|i| format!("x{i}")).collect();
+    for gone in ["x1200", "x3700", "x6000"] {
+        expected.remove(gone);
+    }
+    expected.insert("zzz".to_owned());
+    assert_eq!(db_rows.ids("events").await, expected);
+    db_rows.close().await;
+    let claimed: std::collections::BTreeSet<String> =
+        ["x10", "x1000", "x1100", "x2600", "x4999", "x8100", "x9999"]
+            .map(String::from)
+            .into();
+    assert_eq!(claimed_ids(&db.url).await, claimed);
+
+    let third = run_lines(db.dir.path(), &db.url, &lines, 2500, concurrency, None).await;
+    assert!(third.is_success(), "{third}");
+    assert_eq!(
+        (third.inserted, third.already_present),
+        (0, 10_000),
+        "{third}"
+    );
+    let rows = third.rows.clone().unwrap();
+    assert_eq!((rows.total, rows.of_run), (9_998, 0), "{third}");
+    assert_eq!(rows.skipped_found, rows.skipped_ids, "{third}");
+    assert!(rows.skipped_ids >= 9_997, "{third}");
+}
+
+#[tokio::test]
+async fn a_rerun_of_partly_present_multi_chunk_parts_counts_and_checks_exactly() {
+    common::within(rerun_of_partly_present_parts(1)).await;
+}
+
+#[tokio::test]
+async fn a_concurrent_rerun_of_partly_present_multi_chunk_parts_counts_and_checks_exactly() {
+    common::within(rerun_of_partly_present_parts(4)).await;
+}
+
+/// Claims (README rollback rules, store/insert.rs): at `--concurrency 4` with every second
+/// batch failing after its first part (skip-batch), the rolled-back batches whose first
+/// part met present ids in a later chunk delete exactly their own rows: the rows present
+/// before stay, the check holds; a clean re-run then fills in the rest exactly.
+#[tokio::test]
+async fn a_concurrent_rerun_with_rollbacks_keeps_the_rows_present_before() {
+    common::within(async {
+        let db = TempSqlite::new();
+        let lines: Vec<String> = PRESENT.iter().map(|id| event_line(id)).collect();
+        let first = run_lines(db.dir.path(), &db.url, &lines, 2500, 1, None).await;
+        assert!(first.is_success(), "{first}");
+
+        let lines = rerun_lines();
+        let failed = run_lines(db.dir.path(), &db.url, &lines, 2500, 4, Some(2)).await;
+        assert!(failed.check.holds, "{failed}");
+        assert_eq!(failed.batches_rolled_back, 2, "{failed}");
+        assert_eq!(
+            failed.inserted + failed.already_present,
+            failed.acknowledged,
+            "{failed}"
+        );
+        let db_rows = Db::open(&db.url).await;
+        let ids = db_rows.ids("events").await;
+        for id in PRESENT {
+            assert!(ids.contains(id), "{id} was deleted by a rollback: {failed}");
+        }
+        assert_eq!(
+            db_rows.rows_of_run("events", failed.run_id).await,
+            failed.inserted
+        );
+        // Batches 1 and 3 committed: positions 0..2500 and 5000..7500.
+        for i in (0..2500).chain(5000..7500) {
+            if ![1200, 6000].contains(&i) {
+                assert!(ids.contains(&format!("x{i}")), "x{i} missing: {failed}");
+            }
+        }
+
+        let clean = run_lines(db.dir.path(), &db.url, &lines, 2500, 4, None).await;
+        assert!(clean.is_success(), "{clean}");
+        assert_eq!(clean.inserted + failed.inserted, 9_991, "{failed}\n{clean}");
+        assert_eq!(clean.rows.clone().unwrap().total, 9_998, "{clean}");
+        db_rows.close().await;
+    })
+    .await;
+}
+
+/// Claim (report/skipped.rs): "when the file cannot be created or written, the first error
+/// is kept and verify returns it (the check then fails: it could not count)". A run with no
+/// skipped id never needs the file.
+#[test]
+fn the_check_fails_when_the_skipped_ids_cannot_be_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.ndjson"), input_of(&["t1", "t2", "t3"])).unwrap();
+    let run = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_event-batcher"));
+        command
+            .args(["--input", "in.ndjson", "--progress", "none"])
+            .current_dir(dir.path())
+            .env("TMPDIR", dir.path().join("no-such-dir"));
+        common::output_within(&mut command, None, std::time::Duration::from_secs(60))
+    };
+    let output = run();
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let output = run();
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("could not keep the skipped ids"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("FAILED") || stdout.contains("could not count"),
+        "{stdout}"
+    );
+}

@@ -271,3 +271,75 @@ async fn postgres_rerun_claims_and_rollback() {
     })
     .await;
 }
+
+/// A part of several statements (`statement_rows` rows each) whose first statement is all
+/// new rows and whose later statements meet present ids, with an id repeated across
+/// statements: every new row is counted inserted (those of the statements before the first
+/// conflict too), exactly the present ids and the repeat are skipped, in the events' order,
+/// and nothing present is claimed or overwritten.
+async fn later_statement_conflicts(store: &Store, statement_rows: usize) {
+    let n = statement_rows * 2 + statement_rows / 2;
+    // Present before the part: one id in the second statement, one at the very start of the
+    // third, and one that the part does not hold.
+    let in_second = format!("p{}", statement_rows + 7);
+    let third_first = format!("p{}", statement_rows * 2);
+    store
+        .insert(
+            1,
+            1,
+            &[event(&in_second), event(&third_first), event("other")],
+        )
+        .await
+        .unwrap();
+    let mut part = events("p", n);
+    // The first statement's id 3 again in the last statement (replacing p{n-2}).
+    part[n - 2] = event("p3");
+    let inserted = store.insert(2, 1, &part).await.unwrap();
+    assert_eq!(inserted.rows, n as u64 - 3, "{:?}", inserted.skipped);
+    assert_eq!(
+        inserted.skipped,
+        [in_second.clone(), third_first.clone(), "p3".to_owned()]
+    );
+    assert_eq!(store.count_all().await.unwrap(), n as u64);
+    assert_eq!(store.count_run(2).await.unwrap(), n as u64 - 3);
+    assert_eq!(store.count_batches(1, &[1], Some(true)).await.unwrap(), 0);
+    assert_eq!(store.count_batches(1, &[1], None).await.unwrap(), 3);
+    // The first statement's rows are this batch's: its rollback deletes every row it
+    // counted inserted, none of the present ones.
+    assert_eq!(store.claim(2, 1, &inserted.skipped).await.unwrap(), 0);
+    assert_eq!(store.count_batches(1, &[1], Some(true)).await.unwrap(), 2);
+    assert_eq!(store.delete_batch(2, 1).await.unwrap(), n as u64 - 3);
+    assert_eq!(store.count_all().await.unwrap(), 3);
+
+    // A part of several statements with no present id, an id of its first statement
+    // repeated in its last: every distinct row inserted, the repeat alone skipped.
+    let mut head = part[..statement_rows + 5].to_vec();
+    head.push(event("p3"));
+    let inserted = store.insert(3, 1, &head).await.unwrap();
+    assert_eq!(
+        (inserted.rows, &inserted.skipped),
+        (statement_rows as u64 + 5, &vec!["p3".to_owned()])
+    );
+    // Then a part whose only present id is that one, in its last statement.
+    let tail = &part[statement_rows * 2 + 1..];
+    let inserted = store.insert(3, 2, tail).await.unwrap();
+    assert_eq!(inserted.rows, tail.len() as u64 - 1);
+    assert_eq!(inserted.skipped, ["p3"]);
+}
+
+#[tokio::test]
+async fn sqlite_a_later_chunk_with_a_present_id_counts_the_earlier_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    later_statement_conflicts(&store, MAX_ROWS_PER_STATEMENT).await;
+    store.close().await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
+async fn postgres_a_later_statement_with_a_present_id_counts_the_earlier_ones() {
+    with_postgres_table("later_conflict", |store| async move {
+        later_statement_conflicts(&store, POSTGRES_MAX_ROWS_PER_STATEMENT).await;
+    })
+    .await;
+}
