@@ -28,7 +28,11 @@
 //! transaction goes on). Only then is the chunk written the slow way: a
 //! `SELECT id … WHERE id IN (…)` finds the ids already present, then a multi-row
 //! `INSERT … ON CONFLICT (id) DO NOTHING` without `RETURNING` writes the rest. Most chunks
-//! are new rows, and the plain insert spares them the `SELECT`. The driver hands every
+//! are new rows, and the plain insert spares them the `SELECT`. When that insert wrote fewer
+//! rows than the ids not found present (the table's `id` equates distinct strings, e.g.
+//! `COLLATE NOCASE`), the ids inserted are read back: those of the chunk this batch owns
+//! now, minus those present before; an id equal to a stored one by the table's rule is
+//! skipped, never counted inserted. The driver hands every
 //! result row from its worker thread to the caller through a channel, one wake-up each: a
 //! `RETURNING` of every inserted row cost more than the insert; the `SELECT` usually
 //! returns nothing.
@@ -312,13 +316,43 @@ impl Store {
                 .await?
                 .into_iter()
                 .collect();
-            insert(chunk, true).execute(&mut *tx).await?;
+            let written = insert(chunk, true).execute(&mut *tx).await?.rows_affected();
+            let mut chunk_new: Vec<&'a str> = ids(chunk)
+                .into_iter()
+                .filter(|id| !present.contains(*id))
+                .collect();
+            // No id present is inserted (a row equals itself under any collation), so when
+            // the counts agree the ids are these. They differ when the table's `id` equates
+            // distinct strings (`COLLATE NOCASE`: "a" conflicts with "A", stored or of this
+            // chunk): then the rows this batch owns now, minus those present before, say
+            // which ids were inserted (rare; it costs one more `SELECT` of the chunk).
+            if written != chunk_new.len() as u64 {
+                let mut select =
+                    QueryBuilder::<Sqlite>::new(format!("SELECT id FROM {table} WHERE run_id = "));
+                select
+                    .push_bind(run)
+                    .push(" AND batch_seq = ")
+                    .push_bind(batch);
+                select.push(" AND id IN (");
+                let mut list = select.separated(", ");
+                for row in chunk {
+                    list.push_bind(row.event.id.as_str());
+                }
+                select.push(")");
+                let owned: HashSet<String> = select
+                    .build_query_scalar::<String>()
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+                chunk_new.retain(|id| owned.contains(*id));
+            }
             let new = new.get_or_insert_with(|| {
                 let mut set = HashSet::with_capacity(rows.len());
                 set.extend(ids(&rows[..index * MAX_ROWS_PER_STATEMENT]));
                 set
             });
-            new.extend(ids(chunk).into_iter().filter(|id| !present.contains(*id)));
+            new.extend(chunk_new);
         }
         tx.commit().await?;
         Ok(new.map_or(New::All, New::Only))

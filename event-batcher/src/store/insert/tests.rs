@@ -295,7 +295,12 @@ async fn later_statement_conflicts(store: &Store, statement_rows: usize) {
     // The first statement's id 3 again in the last statement (replacing p{n-2}).
     part[n - 2] = event("p3");
     let inserted = store.insert(2, 1, &part).await.unwrap();
-    assert_eq!(inserted.rows, n as u64 - 3, "{:?}", inserted.skipped);
+    assert_eq!(
+        inserted.rows,
+        n as u64 - 3,
+        "{} skipped",
+        inserted.skipped.len()
+    );
     assert_eq!(
         inserted.skipped,
         [in_second.clone(), third_first.clone(), "p3".to_owned()]
@@ -342,4 +347,42 @@ async fn postgres_a_later_statement_with_a_present_id_counts_the_earlier_ones() 
         later_statement_conflicts(&store, POSTGRES_MAX_ROWS_PER_STATEMENT).await;
     })
     .await;
+}
+
+/// An existing SQLite table whose `id` compares without case (`COLLATE NOCASE`): "A" and
+/// "a" are one row to it. The rules hold by the table's own equality: the second is
+/// skipped as present (not counted inserted), in one part and across parts.
+#[tokio::test]
+async fn sqlite_ids_equal_by_the_tables_collation_are_skipped_not_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+            .await
+            .unwrap();
+        sqlx::query(
+            "CREATE TABLE events (id TEXT COLLATE NOCASE PRIMARY KEY, tenant TEXT NOT NULL, \
+             ts INTEGER NOT NULL, payload TEXT NOT NULL, run_id INTEGER NOT NULL, \
+             batch_seq INTEGER NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let store = Store::connect(&url, "events", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let inserted = store
+        .insert(1, 1, &[event("A"), event("b"), event("a")])
+        .await
+        .unwrap();
+    assert_eq!(store.count_all().await.unwrap(), 2);
+    assert_eq!(
+        (inserted.rows, &inserted.skipped),
+        (2, &vec!["a".to_owned()])
+    );
+    let again = store.insert(2, 1, &[event("B"), event("c")]).await.unwrap();
+    assert_eq!((again.rows, &again.skipped), (1, &vec!["B".to_owned()]));
+    store.close().await;
 }
