@@ -781,10 +781,17 @@ async fn postgres_a_concurrent_rerun_of_partly_present_parts_counts_and_checks_e
         "postgres://postgres@127.0.0.1:5432/test",
     );
     let table = format!("attack_partly_present_{}", std::process::id());
-    common::within(rerun_of_partly_present_parts(&url, &table, 4)).await;
+    // The table is dropped even when the test fails.
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(common::within(
+        rerun_of_partly_present_parts(&url, &table, 4),
+    )))
+    .await;
     let db = Db::open(&url).await;
-    db.execute(format!("DROP TABLE {table}")).await;
+    db.execute(format!("DROP TABLE IF EXISTS {table}")).await;
     db.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// Claims (README rollback rules, store/insert.rs): at `--concurrency 4` with every second
