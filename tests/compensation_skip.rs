@@ -66,6 +66,37 @@ async fn skipped_items_are_rolled_back_alone_and_the_run_goes_on_with_concurrenc
     assert!(scope.is_empty());
 }
 
+/// The default shape, one item at a time with no retry: a failed item is skipped there too
+/// (rolled back alone, the run goes on), not treated as the run's failure.
+#[tokio::test(start_paused = true)]
+async fn a_failed_item_is_skipped_one_at_a_time_without_retry() {
+    let log = Log::default();
+    let skips = Skips::default();
+    let scope = CompensationScope::new();
+    let log2 = log.clone();
+    let done = stream::iter((1..=4).map(Ok::<u32, AppError>))
+        .for_each_compensated(scope.clone(), move |item, scope| {
+            scope.register(undo(&log2, format!("undo {item}")));
+            async move {
+                match item {
+                    3 => Err(AppError::Write(3)),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .skip_failed_items(recorder(&skips))
+        .await
+        .expect("the failed item is skipped, not the run's failure");
+    assert_eq!((done.items(), done.skipped()), (3, 1));
+    assert_eq!(log.entries(), vec!["undo 3"]);
+    let skips = skips.lock().unwrap();
+    assert_eq!(skips.len(), 1);
+    assert_eq!(skips[0].0, 2, "the third item");
+    assert_eq!(skips[0].1.cause(), &Cause::Handler(AppError::Write(3)));
+    assert_eq!(skips[0].1.report().ran(), 1);
+    assert!(scope.is_empty(), "the other items were committed");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_skipped_item_whose_rollback_is_incomplete_stops_the_run() {
     let log = Log::default();
