@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use result_stream::{BatchInfo, FlushReason, RollbackReport};
 
-use super::skipped::SkippedIds;
+use super::already_present::SkippedIds;
 use crate::event::Event;
+use crate::mutex::lock;
 use crate::record::Position;
-use crate::sync::lock;
 use crate::validate::Rejected;
 
 /// How many invalid records and failed batches are listed in the summary (all are counted).

@@ -51,13 +51,14 @@
 //!   idle for [`POSTGRES_PING_AFTER_IDLE`] or more.
 //!
 //! The store owns its errors: [`ConnectError`] (the run cannot start) and [`QueryError`] (a
-//! statement failed). The inserts are in `insert`, the other SQL in `queries`, the names in
-//! [`names`].
+//! statement failed). The inserts are in `insert`, the other SQL in `queries`, the accepted
+//! table names in [`table_name`], the URL shown in messages in [`redact`](mod@redact).
 
 mod error;
 mod insert;
-pub mod names;
 mod queries;
+pub mod redact;
+pub mod table_name;
 
 use std::fmt;
 use std::str::FromStr;
@@ -71,7 +72,8 @@ use sqlx::{ConnectOptions, Connection};
 
 pub use error::{ConnectError, QueryError, describe};
 pub use insert::{Inserted, POSTGRES_MAX_ROWS_PER_STATEMENT};
-pub use names::{MAX_TABLE_NAME, check_table_name, redact};
+pub use redact::redact;
+pub use table_name::{MAX_TABLE_NAME, check_table_name};
 
 /// Most rows written by one SQLite `INSERT` statement (6 bind parameters per row: well under
 /// SQLite's limit of 32766).

@@ -36,7 +36,7 @@ impl Ctx {
             self.rolled_back(&batch, message.clone(), &report, !stops);
         }
         if stops {
-            let mut cause = crate::sync::lock(&self.stop_cause);
+            let mut cause = crate::mutex::lock(&self.stop_cause);
             if cause.is_none() {
                 *cause = Some(StopCause {
                     cause: message,
