@@ -862,7 +862,7 @@ fn the_check_fails_when_the_skipped_ids_cannot_be_kept() {
     let (stdout, stderr) = texts(&output);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("could not keep the skipped ids"),
+        stdout.contains("could not keep the ids found already present"),
         "{stdout}\n{stderr}"
     );
     assert!(

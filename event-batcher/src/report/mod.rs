@@ -1,5 +1,5 @@
 //! What a run reports: its live counters ([`stats`]), the consistency check ([`check`]) and
-//! the skipped ids it verifies, kept on disk ([`already_present`]), the final [`summary`], and the
+//! the ids found already present it verifies, kept on disk ([`already_present`]), the final [`summary`], and the
 //! progress display ([`progress`]).
 //!
 //! This layer sits above the sources and the store (it reads the NATS source's counters) and
