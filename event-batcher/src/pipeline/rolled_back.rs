@@ -28,6 +28,10 @@ impl Ctx {
         let (cause, report) = error.into_parts();
         let (message, redeliverable) = match &cause {
             Cause::Handler(error) => (error.to_string(), error.is_redeliverable()),
+            Cause::TimedOut(limit) => (
+                format!("batch {seq}: write timed out after {limit:?}"),
+                false,
+            ),
             other => (format!("batch {seq}: {other}"), false),
         };
         let stops =

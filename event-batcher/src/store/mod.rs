@@ -70,6 +70,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection};
 
+use crate::console::one_line;
+
 pub use error::{ConnectError, QueryError, describe};
 pub use insert::{Inserted, POSTGRES_MAX_ROWS_PER_STATEMENT};
 pub use redact::redact;
@@ -182,7 +184,16 @@ impl Store {
                         .journal_mode(SqliteJournalMode::Wal)
                         .synchronous(SqliteSynchronous::Normal)
                         .busy_timeout(timeout);
-                    let probe = options.connect().await.map_err(unreachable)?;
+                    let probe =
+                        options.connect().await.map_err(|source| {
+                            match missing_directory(options.get_filename()) {
+                                Some(directory) => ConnectError::MissingDirectory {
+                                    file: one_line(&options.get_filename().display().to_string()),
+                                    directory: one_line(&directory.display().to_string()),
+                                },
+                                None => unreachable(source),
+                            }
+                        })?;
                     probe.close().await.map_err(unreachable)?;
                     SqlitePoolOptions::new()
                         .max_connections(SQLITE_POOL_SIZE.max(connections))
@@ -275,6 +286,13 @@ impl Store {
             Pool::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// The directory of the SQLite file `file` when it does not exist: SQLite creates a missing
+/// file, not a missing directory, and says only "unable to open database file".
+fn missing_directory(file: &std::path::Path) -> Option<&std::path::Path> {
+    let directory = file.parent().filter(|dir| !dir.as_os_str().is_empty())?;
+    (!directory.is_dir()).then_some(directory)
 }
 
 #[cfg(test)]
