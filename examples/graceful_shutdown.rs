@@ -96,7 +96,7 @@ async fn insert(pool: &SqlitePool, batch: i64, ids: &[i64]) -> sqlx::Result<()> 
     tx.commit().await
 }
 
-/// The compensation: deletes what batch `no` wrote.
+/// The compensation: deletes what batch `no` wrote. Idempotent, so it may be retried.
 async fn delete_batch(pool: SqlitePool, no: i64) -> sqlx::Result<()> {
     let delete = sqlx::query("DELETE FROM events WHERE batch = ?").bind(no);
     let deleted = delete.execute(&pool).await?.rows_affected();

@@ -23,9 +23,8 @@ struct Event {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let file = dir.path().join("events.db");
     let options = SqliteConnectOptions::new()
-        .filename(file)
+        .filename(dir.path().join("events.db"))
         .create_if_missing(true);
     let pool = SqlitePool::connect_with(options).await?;
     sqlx::query(
@@ -64,18 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             async move {
                 // Registered before the first write: if anything below fails, it runs.
                 let undo = pool.clone();
-                scope.register(move || {
-                    let undo = undo.clone();
-                    async move {
-                        let sql = "DELETE FROM events WHERE batch = ?";
-                        let deleted = sqlx::query(sql).bind(no).execute(&undo).await?;
-                        println!(
-                            "batch {no}: rolled back, {} rows deleted",
-                            deleted.rows_affected()
-                        );
-                        Ok::<_, sqlx::Error>(())
-                    }
-                });
+                scope.register(move || delete_batch(undo.clone(), no));
                 let (first, rest) = batch.split_at(batch.len() / 2);
                 insert(&pool, no, first).await?; // committed: the batch is now partly written
                 insert(&pool, no, rest).await
@@ -100,7 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Writes `events` in one transaction: all of them, or none.
-async fn insert(pool: &SqlitePool, batch: i64, events: &[Event]) -> Result<(), sqlx::Error> {
+async fn insert(pool: &SqlitePool, batch: i64, events: &[Event]) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     for event in events {
         sqlx::query("INSERT INTO events (id, batch, amount) VALUES (?, ?, ?)")
@@ -111,4 +99,12 @@ async fn insert(pool: &SqlitePool, batch: i64, events: &[Event]) -> Result<(), s
             .await?;
     }
     tx.commit().await
+}
+
+/// The compensation: deletes what batch `no` wrote. Idempotent, so it may be retried.
+async fn delete_batch(pool: SqlitePool, no: i64) -> sqlx::Result<()> {
+    let delete = sqlx::query("DELETE FROM events WHERE batch = ?").bind(no);
+    let deleted = delete.execute(&pool).await?.rows_affected();
+    println!("batch {no}: rolled back, {deleted} rows deleted");
+    Ok(())
 }

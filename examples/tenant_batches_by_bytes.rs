@@ -15,23 +15,26 @@ const MAX_BYTES: usize = 4 * 1024;
 #[derive(Debug, Clone, PartialEq)]
 struct Event {
     tenant: &'static str,
-    seq: u32,
+    seq: usize,
     payload: String,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), std::io::Error> {
     let tenants = ["acme", "globex", "initech"];
+    // 200 to 899 bytes each; event 40 is 10 KB, larger than a whole batch may be.
+    let size = |seq| {
+        if seq == 40 {
+            10_000
+        } else {
+            200 + seq * 37 % 700
+        }
+    };
     let events: Vec<Event> = (0..90)
         .map(|seq| Event {
-            tenant: tenants[seq as usize % 3],
+            tenant: tenants[seq % 3],
             seq,
-            // 200 to 899 bytes; event 40 is 10 KB, larger than a whole batch may be.
-            payload: "x".repeat(if seq == 40 {
-                10_000
-            } else {
-                200 + (seq as usize * 37) % 700
-            }),
+            payload: "x".repeat(size(seq)),
         })
         .collect();
 
