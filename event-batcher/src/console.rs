@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use indicatif::ProgressBar;
 
-use crate::sync::lock;
+use crate::mutex::lock;
 
 /// Prints lines on standard error, above the progress bar while one is attached. Cheap to
 /// clone: the clones share the bar.

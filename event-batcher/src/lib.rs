@@ -121,12 +121,12 @@
 pub mod cli;
 pub mod console;
 pub mod event;
+mod mutex;
 pub mod pipeline;
 pub mod record;
 pub mod report;
 pub mod source;
 pub mod store;
-mod sync;
 pub mod validate;
 
 pub use pipeline::{Config, Pipeline, PipelineError, SetupError, run};

@@ -1,5 +1,5 @@
 //! `event-batcher`: see the library documentation (`cargo doc -p event-batcher --open`) and
-//! `event-batcher --help`.
+//! `cargo run --release -p event-batcher -- --help`.
 
 use std::process::ExitCode;
 

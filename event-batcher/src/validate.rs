@@ -112,10 +112,19 @@ pub fn validate(record: Record) -> Result<Incoming, Rejected> {
     }
 }
 
+/// The reason given for a record that is not a JSON object (plain text, an array, a
+/// number, …).
+const NOT_AN_OBJECT: &str = r#"invalid event: not a JSON object (an event is one object per line: {"id":"…","tenant":"…","ts":<milliseconds>,"payload":<any JSON>})"#;
+
 /// Parses one JSON record into an event, with a one-line reason on failure.
 fn parse_json(bytes: &[u8]) -> Result<Event, String> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err("empty line".to_owned());
+    let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace());
+    match first {
+        None => return Err("empty line".to_owned()),
+        // serde_json would say "expected ident (column 2)" or "expected value (column 1)":
+        // say what an event looks like instead.
+        Some(byte) if *byte != b'{' => return Err(NOT_AN_OBJECT.to_owned()),
+        Some(_) => {}
     }
     serde_json::from_slice::<Event>(bytes).map_err(|error| {
         // serde_json ends its message with " at line L column C"; within one record the line
@@ -154,7 +163,12 @@ mod tests {
         let cases = [
             ("", "empty line"),
             ("   ", "empty line"),
-            ("not json", "invalid event: expected"),
+            ("not json", "invalid event: not a JSON object (an event is"),
+            ("  [1, 2]", "not a JSON object"),
+            (
+                "{not json",
+                "invalid event: key must be a string (column 2)",
+            ),
             (
                 r#"{"id":"a","tenant":"t","ts":5}"#,
                 "missing field `payload`",

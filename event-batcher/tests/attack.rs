@@ -469,7 +469,7 @@ fn setup_errors_stay_on_one_line_whatever_the_path() {
 
 /// Claim (README, bad input table): "a table name that is SQL (`events; DROP TABLE events`,
 /// quotes, spaces) | exit 2, `invalid table name …`; nothing is run against the database";
-/// store/names.rs: the name "is written into SQL, so nothing else is accepted". A reserved
+/// store/table_name.rs: the name "is written into SQL, so nothing else is accepted". A reserved
 /// word passed `check_table_name` (letters only), was written unquoted into
 /// `CREATE TABLE IF NOT EXISTS order (…)`, and failed there: the database was connected to,
 /// the SQLite file created, SQL run. (Fixed: SQL keywords are refused as table names.)
@@ -703,7 +703,7 @@ fn rerun_lines() -> Vec<String> {
         .collect()
 }
 
-/// Claims (README "consistency check", store/insert.rs, report/skipped.rs): with parts of
+/// Claims (README "consistency check", store/insert.rs, report/already_present.rs): with parts of
 /// several SQLite chunks (`--max-batch 2500`: parts of 1,250 rows, chunks of 1,000 + 250)
 /// whose first chunk is new and a later one meets present ids, the summary counts every new
 /// row as inserted and every other event as already present, the rows found present are
@@ -840,7 +840,7 @@ async fn a_concurrent_rerun_with_rollbacks_keeps_the_rows_present_before() {
     .await;
 }
 
-/// Claim (report/skipped.rs): "when the file cannot be created or written, the first error
+/// Claim (report/already_present.rs): "when the file cannot be created or written, the first error
 /// is kept and verify returns it (the check then fails: it could not count)". A run with no
 /// skipped id never needs the file.
 #[test]
@@ -862,7 +862,7 @@ fn the_check_fails_when_the_skipped_ids_cannot_be_kept() {
     let (stdout, stderr) = texts(&output);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("could not keep the skipped ids"),
+        stdout.contains("could not keep the ids found already present"),
         "{stdout}\n{stderr}"
     );
     assert!(

@@ -238,7 +238,7 @@ async fn a_wrong_database_url_refuses_to_start_and_creates_nothing() {
             "postgres://u:secret@127.0.0.1:1/test",
             "cannot connect to postgres://u:***@127.0.0.1:1/test",
         ),
-        (missing_dir.as_str(), "cannot connect to sqlite://"),
+        (missing_dir.as_str(), "cannot create the SQLite file "),
     ];
     for (url, expected) in cases {
         let config = common::synthetic(url, "events", 10, 5, 1);
@@ -277,4 +277,53 @@ async fn a_table_name_that_is_sql_refuses_to_start_and_touches_nothing() {
     assert_eq!(read.ids("events").await.len(), 10);
     read.close().await;
     assert!(Path::new(&db.dir.path().join("events.db")).exists());
+}
+
+/// A SQLite file in a directory that does not exist: the message names the file and the
+/// missing directory (SQLite itself says only "unable to open database file (code 14)"),
+/// the binary exits 2 and creates nothing.
+#[test]
+fn a_missing_sqlite_directory_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no").join("such");
+    let file = missing.join("events.db");
+    let url = format!("sqlite://{}", file.display());
+    let output = common::run_binary(dir.path(), &["--database", &url, "-q"], None);
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
+    let expected = format!(
+        "cannot create the SQLite file {}: its directory {} does not exist (create the \
+         directory first, or choose another path)",
+        file.display(),
+        missing.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains("code 14"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// A line that is not JSON: the message says it is not a JSON object and what an event
+/// looks like (serde_json would say "expected ident (column 2)"), with its line number and
+/// an excerpt of the line; the run goes on.
+#[test]
+fn a_line_that_is_not_json_says_what_an_event_is() {
+    let db = TempSqlite::new();
+    let mut input = around(b"hello world, this is not an event");
+    input.extend_from_slice(b"[1, 2, 3]\n");
+    std::fs::write(db.dir.path().join("in.ndjson"), input).unwrap();
+    let args = ["--database", &db.url, "--input", "in.ndjson", "-q"];
+    let output = common::run_binary(db.dir.path(), &args, None);
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let object = r#"invalid event: not a JSON object (an event is one object per line: {"id":"…","tenant":"…","ts":<milliseconds>,"payload":<any JSON>})"#;
+    for (line, excerpt) in [(2, "hello world, this is not an event"), (4, "[1, 2, 3]")] {
+        let reported = format!("event-batcher: invalid line {line}: {object} (in {excerpt:?})");
+        assert!(stderr.contains(&reported), "{reported}\nnot in:\n{stderr}");
+    }
+    assert!(!stderr.contains("expected ident"), "{stderr}");
+    assert_eq!(
+        summary_value(&stdout, "invalid lines").lines().next(),
+        Some("2")
+    );
 }

@@ -297,3 +297,69 @@ fn the_binary_takes_the_new_flags_and_reports_them() {
         );
     }
 }
+
+/// A count that must be positive, given as 0: the error names the flag and says "must be
+/// at least 1" (not clap's "0 is not in 1..18446744073709551615"); a non-number says a whole
+/// number is expected. Exit code 2, nothing written.
+#[test]
+fn a_zero_count_says_the_flag_must_be_at_least_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for flag in [
+        "--max-batch",
+        "--concurrency",
+        "--max-batch-bytes",
+        "--rollback-attempts",
+        "--fail-every",
+        "--max-ack-pending",
+    ] {
+        for (value, reason) in [
+            ("0", "must be at least 1"),
+            ("x", "expected a whole number"),
+        ] {
+            let output = run_binary(dir.path(), &[flag, value], None);
+            let (stdout, stderr) = texts(&output);
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{flag} {value}: {stdout}\n{stderr}"
+            );
+            let expected = format!("invalid value '{value}' for '{flag} <N>': {reason}");
+            assert!(stderr.contains(&expected), "{flag} {value}: {stderr}");
+            assert!(!stderr.contains("18446744073709551615"), "{stderr}");
+        }
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// A duration without a unit (`--flush-every 2`) is refused, not read as seconds: the error
+/// shows how to write it. `0` needs no unit; `2s` and `500ms` are accepted.
+#[test]
+fn a_duration_needs_a_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    for flag in ["--flush-every", "--write-backoff", "--connect-timeout"] {
+        let output = run_binary(dir.path(), &[flag, "2"], None);
+        let (stdout, stderr) = texts(&output);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {stdout}\n{stderr}");
+        let expected = format!(
+            "invalid value '2' for '{flag} <DURATION>': a duration needs a unit: write 2s for \
+             seconds or 2ms for milliseconds"
+        );
+        assert!(stderr.contains(&expected), "{flag}: {stderr}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let db = TempSqlite::new();
+    for (flag, value) in [
+        ("--flush-every", "500ms"),
+        ("--flush-every", "2s"),
+        ("--write-backoff", "0"),
+    ] {
+        let args = ["--database", &db.url, "--events", "10", flag, value, "-q"];
+        let output = run_binary(db.dir.path(), &args, None);
+        let (stdout, stderr) = texts(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{flag} {value}: {stdout}\n{stderr}"
+        );
+    }
+}

@@ -254,7 +254,8 @@ fn setup_errors_exit_2_with_one_line_and_write_nothing() {
         ),
         (
             &["--database", "sqlite:///nonexistent-dir/x/events.db"],
-            "cannot connect to sqlite:",
+            "cannot create the SQLite file /nonexistent-dir/x/events.db: its directory \
+             /nonexistent-dir/x does not exist",
         ),
         (
             &["--input", "missing.ndjson"],

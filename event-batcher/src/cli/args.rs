@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-const EXIT_CODES: &str = "\
+const AFTER_HELP: &str = "\
+Durations take a unit: 500ms, 2s, 1.5s, 1m (a bare 0 is allowed).
+
 Exit codes:
   0  the run finished and the consistency check holds
   1  the run stopped (failed batch with --on-failure stop, invalid line with --strict,
@@ -24,7 +26,7 @@ rolls the batch in flight back. Other sources: the first rolls back and stops.";
     name = "event-batcher",
     version,
     args_conflicts_with_subcommands = true,
-    after_help = EXIT_CODES
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// What to do (default: `run`).
@@ -40,7 +42,7 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run the pipeline (the default when no subcommand is given).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = AFTER_HELP)]
     Run(RunArgs),
     /// Publish synthetic events (the ids and fields of `run --events N --seed S`) to a NATS
     /// JetStream subject, creating the stream if missing. Each message carries its event id
@@ -72,7 +74,7 @@ pub struct PublishArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub malformed: u64,
     /// Most publish acknowledgements awaited at a time.
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = at_least_one::<u64>)]
     pub in_flight: u64,
 }
 
@@ -150,32 +152,32 @@ pub struct RunArgs {
     pub nak_delay: Duration,
     /// Messages delivered but not yet acknowledged, across all instances (consumer creation
     /// only); must exceed --max-batch [default: 8 × --max-batch × 4 instances].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..), help_heading = "NATS source")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<i64>, help_heading = "NATS source")]
     pub max_ack_pending: Option<i64>,
     /// Stop once no message has arrived for DURATION while none is held (at once: the open
     /// pull request is dropped, not waited for).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "source", help_heading = "NATS source")]
     pub idle_exit: Option<Duration>,
     /// Stop gracefully after N messages.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "source", help_heading = "NATS source")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<u64>, requires = "source", help_heading = "NATS source")]
     pub max_events: Option<u64>,
 
     /// Most events per batch.
-    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batching")]
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = at_least_one::<u64>, help_heading = "Batching")]
     pub max_batch: u64,
     /// Longest time an event waits for its batch to be written (e.g. 2s, 500ms).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, help_heading = "Batching")]
     pub flush_every: Duration,
     /// Most bytes per batch, each event counting as its encoded NDJSON line; an event
     /// larger than N on its own is written alone. Applies beside --max-batch.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batching")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<u64>, help_heading = "Batching")]
     pub max_batch_bytes: Option<u64>,
     /// One batch per tenant, each with its own --flush-every deadline from its first event.
     #[arg(long, help_heading = "Batching")]
     pub per_tenant: bool,
     /// With --per-tenant: most tenants with an open batch; a new tenant's event first
     /// flushes the oldest open batch (an eviction). Default: unbounded.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "per_tenant", help_heading = "Batching")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<u64>, requires = "per_tenant", help_heading = "Batching")]
     pub max_open_tenants: Option<u64>,
 
     /// Database URL: sqlite://PATH (file created if missing) or postgres://USER@HOST:PORT/DB.
@@ -202,7 +204,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, help_heading = "Database")]
     pub database_outage: Duration,
     /// Batches written at once (the connection pool holds one more connection than this).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Database")]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one::<u64>, help_heading = "Database")]
     pub concurrency: u64,
 
     /// What a batch that cannot be written does: stop (roll back, exit 1) or skip-batch
@@ -217,7 +219,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration, help_heading = "Failures")]
     pub write_backoff: Duration,
     /// Attempts per compensation (the rollback of a batch), the first included.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Failures")]
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = at_least_one::<u32>, help_heading = "Failures")]
     pub rollback_attempts: u32,
     /// Wait before the first retry of a compensation; doubles with each retry, up to 2s.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration, help_heading = "Failures")]
@@ -232,11 +234,11 @@ pub struct RunArgs {
     /// NATS: give up on a message of a rolled-back batch once it has been delivered N times:
     /// its event goes to --dead-letter (required), the message is terminated. Default: it is
     /// redelivered until its batch commits.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "source", help_heading = "Failures")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<u64>, requires = "source", help_heading = "Failures")]
     pub max_deliveries: Option<u64>,
 
     /// Inject a failure into every Nth batch, after its first half is written.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Fault injection")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<u64>, help_heading = "Fault injection")]
     pub fail_every: Option<u64>,
     /// Inject a failure into each batch with probability P (0 to 1), after its first half
     /// is written.
@@ -249,7 +251,7 @@ pub struct RunArgs {
     pub fail_rate: f64,
     /// A batch chosen by --fail-every or --fail-rate fails only its first N write attempts
     /// (a transient failure, for --write-retries). Default: every attempt.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Fault injection")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<u32>, help_heading = "Fault injection")]
     pub fail_attempts: Option<u32>,
     /// Make the first N attempts of every row-deleting compensation fail.
     #[arg(
@@ -261,12 +263,12 @@ pub struct RunArgs {
     pub fail_rollback_attempts: u32,
     /// Write batch N, then hang before committing and acknowledging it (a stuck instance;
     /// kill it to see its messages redelivered to the others).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Fault injection")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<u64>, help_heading = "Fault injection")]
     pub hang_at_batch: Option<u64>,
     /// Write the first half of batch N, then stop this process (SIGSTOP, like a paused VM)
     /// until it is continued (SIGCONT), then fail the batch: a frozen instance that resumes
     /// into a rollback.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Fault injection")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<u64>, help_heading = "Fault injection")]
     pub freeze_at_batch: Option<u64>,
 
     /// Progress display on stderr: a bar on a terminal, plain lines otherwise (auto).
@@ -299,7 +301,28 @@ pub enum ProgressArg {
     None,
 }
 
-/// Parses `500ms`, `2s`, `1.5s`, `1m` or a bare number of seconds.
+/// Parses a whole number of at least 1, for the options where 0 means nothing sensible.
+///
+/// Refusals say what to type: clap prints them as
+/// `invalid value '0' for '--max-batch <N>': must be at least 1`.
+pub fn at_least_one<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+{
+    let number: T = text
+        .trim()
+        .parse()
+        .map_err(|_| "expected a whole number, at least 1".to_owned())?;
+    if number < T::from(1) {
+        return Err("must be at least 1".to_owned());
+    }
+    Ok(number)
+}
+
+/// Parses a duration with its unit: `500ms`, `2s`, `1.5s`, `1m`, or `0`.
+///
+/// A number without a unit is refused (is `2` two seconds or two milliseconds?), but for
+/// `0`, which means the same in every unit.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -311,8 +334,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 2s, 1.5s, 1m"))?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
-        "" | "s" => value,
+        "s" => value,
         "m" | "min" => value * 60.0,
+        "" if value == 0.0 => 0.0,
+        "" => {
+            return Err(format!(
+                "a duration needs a unit: write {number}s for seconds or {number}ms for milliseconds"
+            ));
+        }
         other => return Err(format!("invalid duration unit {other:?}: use ms, s or m")),
     };
     Duration::try_from_secs_f64(seconds)

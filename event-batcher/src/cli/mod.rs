@@ -5,9 +5,11 @@
 //! reach the pipeline), `signals` turns SIGINT/SIGTERM into the pipeline's stop and
 //! cancellation tokens, and this file runs a command and picks the exit code.
 //!
-//! `event-batcher [run] [OPTIONS]`: `run` is the default subcommand, so `event-batcher` with
-//! no arguments runs the default pipeline. `event-batcher publish` loads synthetic events into
-//! a NATS JetStream stream, for `run --source nats://…` instances to consume.
+//! From the workspace, `cargo run --release -p event-batcher -- [run] [OPTIONS]` (the binary
+//! is then `target/release/event-batcher`; `cargo install --path event-batcher` puts it on
+//! `PATH`): `run` is the default subcommand, so no arguments runs the default pipeline. The
+//! `publish` subcommand loads synthetic events into a NATS JetStream stream, for
+//! `run --source nats://…` instances to consume.
 //!
 //! Signals (SIGINT = Ctrl-C, SIGTERM):
 //! - NATS source: the first stops the source gracefully: no more pulls, the events already

@@ -13,10 +13,10 @@ use super::faults::FaultInjector;
 use super::outputs::Outputs;
 use crate::console::Console;
 use crate::event::Event;
+use crate::mutex::lock;
 use crate::record::Ack;
 use crate::report::stats::{InFlight, Stats};
 use crate::store::{self, Store};
-use crate::sync::lock;
 use crate::validate::Incoming;
 
 /// How failures are handled.

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use super::config::Faults;
 use crate::console::Console;
-use crate::sync::lock;
+use crate::mutex::lock;
 
 /// Decides which batches fail, from [`Faults`] and a generator seeded with its seed.
 #[derive(Debug)]

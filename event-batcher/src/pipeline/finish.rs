@@ -27,7 +27,7 @@ impl Ctx {
             ) => Some(*batch),
             _ => None,
         };
-        let stop_cause = crate::sync::lock(&self.stop_cause).take();
+        let stop_cause = crate::mutex::lock(&self.stop_cause).take();
         for batch in self.stats.take_all_in_flight() {
             let error = match &cause {
                 Cause::Handler(error) if failed == Some(batch.seq) => error.to_string(),

@@ -2,9 +2,9 @@
 //!
 //! Layout (imports flow down this list, never up): [`config`] (the validated configuration),
 //! [`error`] (what stops a run or keeps it from starting), `chain` (the adapter chain),
-//! `batch` (writing one batch, and the state batches share), `settle` (a rolled-back batch),
-//! `faults` (injected failures), `outputs` (the rejects and dead-letter files), `finish`
-//! (the outcome and the row counts).
+//! `batch` (writing one batch, and the state batches share), `rolled_back` (recording a
+//! rolled-back batch and settling its records), `faults` (injected failures), `outputs` (the
+//! rejects and dead-letter files), `finish` (the outcome and the row counts).
 //!
 //! ```text
 //! source ─► map_ok_stream(validate) ─► invalid records diverted
@@ -23,7 +23,7 @@ mod faults;
 mod finish;
 mod outage;
 mod outputs;
-mod settle;
+mod rolled_back;
 
 use std::sync::{Arc, Mutex};
 
@@ -45,7 +45,7 @@ pub use chain::REPORTED_REJECTS;
 pub use chain::encoded_len;
 pub use config::{Config, ConfigError, Faults, OnFailure, RollbackSettings, WriteRetry};
 pub use error::{PipelineError, SetupError};
-pub use settle::REPORTED_ROLLBACKS;
+pub use rolled_back::REPORTED_ROLLBACKS;
 
 /// A configured run. [`run`] is the short way; use this to plug in another source or a
 /// cancellation token.

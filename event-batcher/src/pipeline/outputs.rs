@@ -24,9 +24,9 @@ use std::sync::Mutex;
 use super::config::{Config, ConfigError};
 use super::error::SetupError;
 use crate::event::Event;
+use crate::mutex::lock;
 use crate::record::Position;
 use crate::source::{Input, SourceSpec};
-use crate::sync::lock;
 use crate::validate::Rejected;
 
 /// The output files of a run.

@@ -16,7 +16,7 @@
 //!    purpose (that batch acknowledges its event) and reported;
 //! 3. every id skipped as already present has a row (`SELECT COUNT(*) … WHERE id IN (…)`,
 //!    in chunks): an acknowledged event that was not inserted by this run is really stored.
-//!    The ids are read back from a temporary file ([`skipped`](super::skipped)), so the run
+//!    The ids are read back from a temporary file ([`already_present`](super::already_present)), so the run
 //!    does not hold them in memory;
 //! 4. inserted + already present == events acknowledged.
 //!

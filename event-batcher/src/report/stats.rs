@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use result_stream::{BatchInfo, FlushReason, RollbackReport};
 
-use super::skipped::SkippedIds;
+use super::already_present::AlreadyPresentIds;
 use crate::event::Event;
+use crate::mutex::lock;
 use crate::record::Position;
-use crate::sync::lock;
 use crate::validate::Rejected;
 
 /// How many invalid records and failed batches are listed in the summary (all are counted).
@@ -100,8 +100,8 @@ pub(crate) struct Detail {
     pub(crate) inserted: u64,
     pub(crate) already_present: u64,
     /// The ids behind `already_present` (distinct per batch), checked against the table at
-    /// the end; kept on disk, not in memory (see [`SkippedIds`]).
-    pub(crate) skipped_ids: SkippedIds,
+    /// the end; kept on disk, not in memory (see [`AlreadyPresentIds`]).
+    pub(crate) skipped_ids: AlreadyPresentIds,
     pub(crate) flush: FlushCounts,
     /// The age of each committed batch (first event to flush), in microseconds.
     pub(crate) ages_micros: Vec<u32>,
@@ -280,7 +280,7 @@ impl Stats {
     /// The ids of the acknowledged events that were already present (distinct per batch),
     /// taken out for the consistency check: the ids of batches committed after this call
     /// are not in it.
-    pub fn take_skipped_ids(&self) -> SkippedIds {
+    pub fn take_skipped_ids(&self) -> AlreadyPresentIds {
         std::mem::take(&mut self.detail().skipped_ids)
     }
 }

@@ -31,6 +31,17 @@ pub enum ConnectError {
         #[source]
         source: sqlx::Error,
     },
+    /// The directory of the SQLite file does not exist (SQLite creates the file, not its
+    /// directory).
+    #[error(
+        "cannot create the SQLite file {file}: its directory {directory} does not exist (create the directory first, or choose another path)"
+    )]
+    MissingDirectory {
+        /// The database file, as the URL names it.
+        file: String,
+        /// Its missing directory.
+        directory: String,
+    },
     /// No connection was made within the connect timeout.
     #[error("cannot connect to {url}: no connection within {timeout:?}")]
     Timeout {

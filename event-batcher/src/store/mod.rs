@@ -51,13 +51,14 @@
 //!   idle for [`POSTGRES_PING_AFTER_IDLE`] or more.
 //!
 //! The store owns its errors: [`ConnectError`] (the run cannot start) and [`QueryError`] (a
-//! statement failed). The inserts are in `insert`, the other SQL in `queries`, the names in
-//! [`names`].
+//! statement failed). The inserts are in `insert`, the other SQL in `queries`, the accepted
+//! table names in [`table_name`], the URL shown in messages in [`redact`](mod@redact).
 
 mod error;
 mod insert;
-pub mod names;
 mod queries;
+pub mod redact;
+pub mod table_name;
 
 use std::fmt;
 use std::str::FromStr;
@@ -69,9 +70,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection};
 
+use crate::console::one_line;
+
 pub use error::{ConnectError, QueryError, describe};
 pub use insert::{Inserted, POSTGRES_MAX_ROWS_PER_STATEMENT};
-pub use names::{MAX_TABLE_NAME, check_table_name, redact};
+pub use redact::redact;
+pub use table_name::{MAX_TABLE_NAME, check_table_name};
 
 /// Most rows written by one SQLite `INSERT` statement (6 bind parameters per row: well under
 /// SQLite's limit of 32766).
@@ -180,7 +184,16 @@ impl Store {
                         .journal_mode(SqliteJournalMode::Wal)
                         .synchronous(SqliteSynchronous::Normal)
                         .busy_timeout(timeout);
-                    let probe = options.connect().await.map_err(unreachable)?;
+                    let probe =
+                        options.connect().await.map_err(|source| {
+                            match missing_directory(options.get_filename()) {
+                                Some(directory) => ConnectError::MissingDirectory {
+                                    file: one_line(&options.get_filename().display().to_string()),
+                                    directory: one_line(&directory.display().to_string()),
+                                },
+                                None => unreachable(source),
+                            }
+                        })?;
                     probe.close().await.map_err(unreachable)?;
                     SqlitePoolOptions::new()
                         .max_connections(SQLITE_POOL_SIZE.max(connections))
@@ -273,6 +286,13 @@ impl Store {
             Pool::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// The directory of the SQLite file `file` when it does not exist: SQLite creates a missing
+/// file, not a missing directory, and says only "unable to open database file".
+fn missing_directory(file: &std::path::Path) -> Option<&std::path::Path> {
+    let directory = file.parent().filter(|dir| !dir.as_os_str().is_empty())?;
+    (!directory.is_dir()).then_some(directory)
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::SourceStats;
+use crate::mutex::lock;
 use crate::record::AckHandle;
-use crate::sync::lock;
 
 /// What is sent for a message.
 #[derive(Debug, Clone, Copy)]

@@ -105,8 +105,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::console::Console;
+use crate::mutex::lock;
 use crate::source::RecordStream;
-use crate::sync::lock;
 use ack::{Shared, ack_task, keep_alive};
 use records::{PullState, Records};
 use stats::SourceStats;

@@ -15,9 +15,9 @@ use super::ack::{Shared, Verdict};
 use super::error::one_line;
 use super::stats::SourceEnd;
 use crate::console::Console;
+use crate::mutex::lock;
 use crate::record::{Position, Record, RecordBody};
 use crate::source::SourceError;
-use crate::sync::lock;
 
 pub(super) type BatchFuture =
     Pin<Box<dyn Future<Output = Result<pull::Batch, pull::BatchError>> + Send>>;

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::sync::lock;
+use crate::mutex::lock;
 
 /// Counters for the summary (relaxed atomics).
 #[derive(Debug, Default)]

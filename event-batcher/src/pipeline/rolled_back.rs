@@ -28,6 +28,10 @@ impl Ctx {
         let (cause, report) = error.into_parts();
         let (message, redeliverable) = match &cause {
             Cause::Handler(error) => (error.to_string(), error.is_redeliverable()),
+            Cause::TimedOut(limit) => (
+                format!("batch {seq}: write timed out after {limit:?}"),
+                false,
+            ),
             other => (format!("batch {seq}: {other}"), false),
         };
         let stops =
@@ -36,7 +40,7 @@ impl Ctx {
             self.rolled_back(&batch, message.clone(), &report, !stops);
         }
         if stops {
-            let mut cause = crate::sync::lock(&self.stop_cause);
+            let mut cause = crate::mutex::lock(&self.stop_cause);
             if cause.is_none() {
                 *cause = Some(StopCause {
                     cause: message,

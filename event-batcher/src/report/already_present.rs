@@ -7,7 +7,7 @@
 //!   is closed, even if the process dies), through a buffer of [`BUFFER_BYTES`]. What stays
 //!   in memory does not grow with the number of ids: the buffer, the counts, and, at the
 //!   check, one chunk of at most [`CHUNK_IDS`] ids.
-//! - At the end of the run, [`SkippedIds::verify`] reads them back in chunks of at most
+//! - At the end of the run, [`AlreadyPresentIds::verify`] reads them back in chunks of at most
 //!   [`CHUNK_IDS`] entries and asks the database, per chunk, how many of the chunk's distinct
 //!   ids have a row. It returns (ids checked, ids found): the check holds only when they are
 //!   equal, so one id without a row fails it, however many ids there are.
@@ -15,7 +15,7 @@
 //!   need every id in memory): an id skipped by two batches of the run (a redelivery) may
 //!   be checked, and counted, twice. Each time it must have a row.
 //! - Nothing is lost silently: when the file cannot be created or written, the first error
-//!   is kept and [`verify`](SkippedIds::verify) returns it (the check then fails: it could
+//!   is kept and [`verify`](AlreadyPresentIds::verify) returns it (the check then fails: it could
 //!   not count).
 
 use std::collections::HashSet;
@@ -30,9 +30,9 @@ pub const BUFFER_BYTES: usize = 64 * 1024;
 /// Most ids in one database query of the check.
 pub const CHUNK_IDS: usize = 1000;
 
-/// The skipped ids of a run, on disk (see the [module documentation](self)).
+/// The ids a run found already present, on disk (see the [module documentation](self)).
 #[derive(Default)]
-pub struct SkippedIds {
+pub struct AlreadyPresentIds {
     /// Ids written to the file.
     entries: u64,
     /// The file, once an id was skipped.
@@ -41,16 +41,16 @@ pub struct SkippedIds {
     error: Option<String>,
 }
 
-impl fmt::Debug for SkippedIds {
+impl fmt::Debug for AlreadyPresentIds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SkippedIds")
+        f.debug_struct("AlreadyPresentIds")
             .field("entries", &self.entries)
             .field("error", &self.error)
             .finish_non_exhaustive()
     }
 }
 
-impl SkippedIds {
+impl AlreadyPresentIds {
     /// Keeps the distinct ids of `ids`, the ids one committed batch skipped.
     pub fn record(&mut self, ids: &[String]) {
         if ids.is_empty() || self.error.is_some() {
@@ -69,7 +69,9 @@ impl SkippedIds {
         match written {
             Ok(entries) => self.entries += entries,
             Err(error) => {
-                self.error = Some(format!("could not keep the skipped ids: {error}"));
+                self.error = Some(format!(
+                    "could not keep the ids found already present: {error}"
+                ));
                 self.file = None;
             }
         }
@@ -108,7 +110,9 @@ impl SkippedIds {
         let Some(file) = self.file else {
             return Ok((0, 0));
         };
-        let reading = |error: io::Error| format!("could not read the skipped ids back: {error}");
+        let reading = |error: io::Error| {
+            format!("could not read the ids found already present back: {error}")
+        };
         let mut file = file.into_inner().map_err(|e| reading(e.into_error()))?;
         file.rewind().map_err(reading)?;
         let mut reader = BufReader::with_capacity(BUFFER_BYTES, file);
@@ -167,7 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_does_not_grow_with_the_ids_and_every_id_is_checked() {
-        let mut skipped = SkippedIds::default();
+        let mut skipped = AlreadyPresentIds::default();
         let empty = skipped.memory();
         assert!(empty < 256, "{empty}");
         skipped.record(&ids(0..1000));
@@ -200,14 +204,14 @@ mod tests {
 
     #[tokio::test]
     async fn ids_are_distinct_per_batch_and_nothing_kept_is_nothing_asked() {
-        let none = SkippedIds::default();
+        let none = AlreadyPresentIds::default();
         assert!(none.is_empty());
         let (checked, found) = none
             .verify(|_| async { Err::<u64, _>("never asked") })
             .await
             .unwrap();
         assert_eq!((checked, found), (0, 0));
-        let mut skipped = SkippedIds::default();
+        let mut skipped = AlreadyPresentIds::default();
         skipped.record(&["a".into(), "b".into(), "a".into()]);
         skipped.record(&[]);
         skipped.record(&["é".into()]);
@@ -225,7 +229,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_count_fails_the_verification() {
-        let mut skipped = SkippedIds::default();
+        let mut skipped = AlreadyPresentIds::default();
         skipped.record(&ids(0..10));
         let got = skipped
             .verify(|_| async { Err::<u64, _>("database down") })
