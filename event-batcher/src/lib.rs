@@ -121,6 +121,8 @@
 pub mod cli;
 pub mod console;
 pub mod event;
+pub mod logs;
+pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod report;

@@ -1,4 +1,4 @@
-//! What a run reports: its live counters ([`stats`]), the consistency check ([`check`]) and
+//! What a run reports: its live counters ([`stats`]) and histograms ([`histogram`]), the consistency check ([`check`]) and
 //! the skipped ids it verifies, kept on disk ([`skipped`]), the final [`summary`], and the
 //! progress display ([`progress`]).
 //!
@@ -6,6 +6,7 @@
 //! below the pipeline, which feeds it.
 
 pub mod check;
+pub mod histogram;
 pub mod progress;
 pub mod skipped;
 pub mod stats;
