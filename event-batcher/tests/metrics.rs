@@ -76,61 +76,48 @@ fn assert_agrees(summary: &Summary, scraped: &str) {
         .iter()
         .filter(|b| !b.rolled_back_cleanly)
         .count() as u64;
-    let batches = &summary.batches;
-    for (key, expected) in [
-        ("event_batcher_events_read_total", summary.events_read),
-        ("event_batcher_events_invalid_total", summary.invalid),
+    let b = &summary.batches;
+    let reasons = [
+        ("size", b.size),
+        ("weight", b.weight),
+        ("deadline", b.deadline),
+        ("end", b.end),
+        ("eviction", b.eviction),
+        ("error", b.before_error),
+    ];
+    let by_reason = reasons.map(|(reason, n)| {
         (
-            "event_batcher_events_acknowledged_total",
-            summary.acknowledged,
-        ),
-        (
-            "event_batcher_events_rolled_back_total",
-            summary.events_rolled_back,
-        ),
-        (
-            "event_batcher_events_dead_lettered_total",
-            summary.events_dead_lettered,
-        ),
-        (
-            r#"event_batcher_batches_total{reason="size"}"#,
-            batches.size,
-        ),
-        (
-            r#"event_batcher_batches_total{reason="weight"}"#,
-            batches.weight,
-        ),
-        (
-            r#"event_batcher_batches_total{reason="deadline"}"#,
-            batches.deadline,
-        ),
-        (r#"event_batcher_batches_total{reason="end"}"#, batches.end),
-        (
-            r#"event_batcher_batches_total{reason="eviction"}"#,
-            batches.eviction,
-        ),
-        (
-            r#"event_batcher_batches_total{reason="error"}"#,
-            batches.before_error,
-        ),
-        (
-            r#"event_batcher_batch_rollbacks_total{outcome="complete"}"#,
-            summary.batches_rolled_back - incomplete,
-        ),
-        (
-            r#"event_batcher_batch_rollbacks_total{outcome="incomplete"}"#,
-            incomplete,
-        ),
-        ("event_batcher_write_retries_total", summary.write_retries),
-        ("event_batcher_batches_in_flight", 0),
-        ("event_batcher_batch_age_seconds_count", batches.total()),
+            format!(r#"event_batcher_batches_total{{reason="{reason}"}}"#),
+            n,
+        )
+    });
+    let rollbacks = [
+        ("complete", summary.batches_rolled_back - incomplete),
+        ("incomplete", incomplete),
+    ]
+    .map(|(outcome, n)| {
+        let key = format!(r#"event_batcher_batch_rollbacks_total{{outcome="{outcome}"}}"#);
+        (key, n)
+    });
+    let totals = [
+        ("events_read_total", summary.events_read),
+        ("events_invalid_total", summary.invalid),
+        ("events_acknowledged_total", summary.acknowledged),
+        ("events_rolled_back_total", summary.events_rolled_back),
+        ("events_dead_lettered_total", summary.events_dead_lettered),
+        ("write_retries_total", summary.write_retries),
+        ("batches_in_flight", 0),
+        ("batch_age_seconds_count", b.total()),
         // Every attempt ended: each committed, or failed and was rolled back (then
         // retried, or its batch rolled back for good).
         (
-            "event_batcher_batch_write_seconds_count",
-            batches.total() + summary.write_retries + summary.batches_rolled_back,
+            "batch_write_seconds_count",
+            b.total() + summary.write_retries + summary.batches_rolled_back,
         ),
-    ] {
+    ]
+    .map(|(name, n)| (format!("event_batcher_{name}"), n));
+    for (key, expected) in totals.into_iter().chain(by_reason).chain(rollbacks) {
+        let key = key.as_str();
         assert_eq!(get(&s, key), expected, "{key}\n{summary}\n{scraped}");
     }
 }
@@ -246,13 +233,17 @@ fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
-/// The number that starts the summary value `label`.
-fn leading_number(stdout: &str, label: &str) -> u64 {
-    let value = summary_value(stdout, label);
-    let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+/// The number right after `label` in `text`.
+fn number_after(text: &str, label: &str) -> u64 {
+    let rest = text
+        .split_once(label)
+        .map_or("", |(_, rest)| rest.trim_start());
+    let digits = &rest[..rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len())];
     digits
         .parse()
-        .unwrap_or_else(|_| panic!("{label}: {value}"))
+        .unwrap_or_else(|_| panic!("no number after {label:?} in {text}"))
 }
 
 #[test]
@@ -309,7 +300,7 @@ fn the_binary_serves_live_counters_and_after_the_summary_exactly_its_values() {
         "no scrape while the run went on"
     );
     let s = samples(&last);
-    assert_eq!(get(&s, read), leading_number(&summary, "events read"));
+    assert_eq!(get(&s, read), number_after(&summary, "events read"));
     for (key, label) in [
         ("event_batcher_events_invalid_total", "invalid lines"),
         (
@@ -318,9 +309,9 @@ fn the_binary_serves_live_counters_and_after_the_summary_exactly_its_values() {
         ),
         ("event_batcher_write_retries_total", "write retries"),
     ] {
-        assert_eq!(get(&s, key), leading_number(&summary, label), "{key}");
+        assert_eq!(get(&s, key), number_after(&summary, label), "{key}");
     }
-    let rolled_back = leading_number(&summary, "batches rolled back");
+    let rolled_back = number_after(&summary, "batches rolled back");
     assert_eq!(
         get(
             &s,
@@ -330,13 +321,8 @@ fn the_binary_serves_live_counters_and_after_the_summary_exactly_its_values() {
     );
     let written = summary_value(&summary, "batches written");
     for reason in ["size", "weight", "deadline", "end", "eviction"] {
-        let count: u64 = written
-            .split_once(&format!("{reason} "))
-            .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).collect())
-            .and_then(|digits: String| digits.parse().ok())
-            .unwrap_or_else(|| panic!("{reason} in {written}"));
         let key = format!(r#"event_batcher_batches_total{{reason="{reason}"}}"#);
-        assert_eq!(get(&s, &key), count, "{key}: {written}");
+        assert_eq!(get(&s, &key), number_after(written, &format!("{reason} ")));
     }
 
     // SIGTERM ends the linger; the exit code is the run's.
@@ -367,16 +353,9 @@ fn a_bad_address_or_a_port_in_use_exits_2_before_anything_is_written() {
         (taken.as_str(), "cannot listen"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let args = [
-            "--events",
-            "10",
-            "--database",
-            "sqlite://events.db",
-            "--rejects",
-            "rejects.ndjson",
-            "--metrics",
-            addr,
-        ];
+        let args =
+            format!("--events 10 --database sqlite://db --rejects r.ndjson --metrics {addr}");
+        let args: Vec<&str> = args.split(' ').collect();
         let output = run_binary(dir.path(), &args, None);
         let (stdout, stderr) = texts(&output);
         assert_eq!(output.status.code(), Some(2), "{addr}: {stdout}\n{stderr}");
@@ -387,10 +366,7 @@ fn a_bad_address_or_a_port_in_use_exits_2_before_anything_is_written() {
         );
         assert!(stdout.is_empty(), "{addr}: {stdout}");
         let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert!(
-            written.is_empty(),
-            "{addr}: files were written: {written:?}"
-        );
+        assert!(written.is_empty(), "{addr}: written: {written:?}");
     }
 }
 
@@ -530,22 +506,93 @@ fn json_logs_are_one_object_per_line_and_rust_log_filters_them() {
     let (level, _, message) = fields(&events[1]);
     assert_eq!(level, "WARN");
     assert!(message.starts_with("invalid line 2: "), "{message}");
-    assert!(
-        events.iter().all(|e| e["timestamp"].is_string()),
-        "{stderr}"
-    );
+    let stamped = events.iter().all(|e| e["timestamp"].is_string());
+    assert!(stamped, "{stderr}");
 
     // Text, as it always was; RUST_LOG=error leaves only errors (there are none).
     let (_, stderr) = texts(&run("text", "event_batcher=info"));
+    let second = stderr.lines().nth(1).unwrap_or_default();
     assert!(
-        stderr
-            .lines()
-            .nth(1)
-            .unwrap_or_default()
-            .starts_with("event-batcher: invalid line 2: "),
+        second.starts_with("event-batcher: invalid line 2: "),
         "{stderr}"
     );
     let (stdout, stderr) = texts(&run("text", "error"));
     assert!(stderr.is_empty(), "{stderr}");
     assert!(stdout.starts_with("event-batcher summary\n"), "{stdout}");
+}
+
+/// A NATS run (nak'ed batches redelivered, malformed messages terminated): the `nats`
+/// metrics equal the summary's NATS line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS JetStream server: EVENT_BATCHER_NATS_URL=nats://127.0.0.1:4222"]
+async fn a_nats_run_counts_its_verdicts_as_the_summary_does() {
+    use event_batcher::source::nats::{self, NatsOptions};
+    common::within(async {
+        let url = common::required_env("EVENT_BATCHER_NATS_URL", "nats://127.0.0.1:4222");
+        let unique = format!("{}_{:08x}", std::process::id(), fastrand::u32(..));
+        let (stream, subject) = (
+            format!("EB_METRICS_{unique}"),
+            format!("eb.metrics.{unique}"),
+        );
+        let mut options =
+            NatsOptions::new(&url, &stream, &subject, "eb-metrics").for_pipeline(50, 1);
+        options.idle_exit = Some(Duration::from_secs(2));
+        options.nak_delay = Duration::from_millis(50);
+        let client = nats::connect(&options).await.expect("NATS is reachable");
+        let js = nats::jetstream_context(client, &options);
+        nats::ensure_stream(&js, &options).await.unwrap();
+        let events = event_batcher::source::synthetic::events(7, 400)
+            .map(|event| (event.id.clone(), serde_json::to_vec(&event).unwrap()));
+        let malformed = (0..3).map(|n| (format!("bad-{n}"), b"not an event".to_vec()));
+        nats::publish(&js, &subject, events.chain(malformed), 64)
+            .await
+            .unwrap();
+        let db = TempSqlite::new();
+        let mut config = failing(
+            synthetic(&db.url, "events", 0, 50, 7),
+            3,
+            OnFailure::SkipBatch,
+        );
+        config.source = SourceSpec::Nats(Box::new(options));
+        let (summary, scraped) = run_and_scrape(config).await;
+        let _ = js.delete_stream(&stream).await;
+        assert!(summary.is_success(), "{summary}");
+        let nats = summary.nats.expect("NATS counters");
+        assert!(
+            nats.redelivered > 0 && nats.nacked > 0 && nats.rejected == 3,
+            "{summary}"
+        );
+        assert_agrees(&summary, &scraped);
+        let s = samples(&scraped);
+        let outcome = |name: &str| {
+            get(
+                &s,
+                &format!(r#"event_batcher_nats_messages_total{{outcome="{name}"}}"#),
+            )
+        };
+        assert_eq!(
+            get(&s, "event_batcher_nats_messages_received_total"),
+            nats.received
+        );
+        assert_eq!(
+            get(&s, "event_batcher_nats_redeliveries_total"),
+            nats.redelivered
+        );
+        assert_eq!(
+            get(&s, "event_batcher_nats_pull_failures_total"),
+            nats.broker_errors
+        );
+        for (name, expected) in [
+            ("acked", nats.acked),
+            ("nacked", nats.nacked),
+            ("terminated", nats.rejected),
+            ("dead_lettered", nats.dead_lettered),
+            ("given_back", nats.dropped_nacked),
+            ("abandoned", nats.abandoned),
+            ("unsent", nats.send_failures),
+        ] {
+            assert_eq!(outcome(name), expected, "{name}\n{summary}");
+        }
+    })
+    .await;
 }
