@@ -29,7 +29,8 @@ pub(crate) fn emit_events() {
     EVENTS.store(true, Ordering::Relaxed);
 }
 
-fn events() -> bool {
+/// Whether lines are events.
+pub(crate) fn emits_events() -> bool {
     EVENTS.load(Ordering::Relaxed)
 }
 
@@ -50,7 +51,7 @@ impl Console {
     /// when it says `error:`, `WARN` when it says `warning:`, `INFO` otherwise).
     pub fn println(&self, line: impl AsRef<str>) {
         let line = line.as_ref();
-        if !events() {
+        if !emits_events() {
             return self.print(line);
         }
         let message = line.strip_prefix("event-batcher: ").unwrap_or(line);
@@ -67,7 +68,7 @@ impl Console {
     /// rolled-back batch): a `WARN` event once the logs are installed.
     pub fn warn(&self, line: impl AsRef<str>) {
         let line = line.as_ref();
-        if !events() {
+        if !emits_events() {
             return self.print(line);
         }
         let message = line.strip_prefix("event-batcher: ").unwrap_or(line);
@@ -78,7 +79,7 @@ impl Console {
     /// are installed.
     pub fn progress(&self, line: impl AsRef<str>) {
         let line = line.as_ref();
-        if !events() {
+        if !emits_events() {
             return self.print(line);
         }
         tracing::info!(target: PROGRESS_TARGET, "{line}");

@@ -73,12 +73,16 @@ pub enum LogsError {
 /// Turns the [`Console`]'s lines into events printed in `format`, filtered by `filter`
 /// (the value of `RUST_LOG`; `None` or empty: [`DEFAULT_FILTER`]), for the rest of the
 /// process. `console` is the one the run prints through (its progress bar, in `text`).
+/// Once per process: a later call checks `filter` and keeps the first installation.
 pub fn install(
     format: LogFormat,
     console: &Console,
     filter: Option<&str>,
 ) -> Result<(), LogsError> {
     let targets = parse_filter(filter)?;
+    if console::emits_events() {
+        return Ok(());
+    }
     let writer = ConsoleWriter(console.clone());
     let layer = match format {
         LogFormat::Text => subscriber_fmt::layer()
