@@ -394,7 +394,7 @@ async fn scrapers_that_never_send_or_never_read_do_not_stall_the_run() {
         .unwrap();
         let db = TempSqlite::new();
         let started = Instant::now();
-        let summary = Pipeline::new(synthetic(&db.url, "events", 5_000, 100, 3))
+        let summary = Pipeline::new(synthetic(&db.url, "events", 2_000, 100, 3))
             .metrics(server.handle())
             .run()
             .await

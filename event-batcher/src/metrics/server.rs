@@ -166,3 +166,43 @@ async fn respond(
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Sends `request` on a fresh connection and reads the whole answer.
+    async fn ask(server: &MetricsServer, request: &[u8]) -> String {
+        let mut client = TcpStream::connect(server.local_addr()).await.unwrap();
+        client.write_all(request).await.unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn only_get_and_head_of_metrics_are_answered_with_the_metrics() {
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let get = ask(&server, b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        let (head, body) = get.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
+        assert!(body.contains("# TYPE event_batcher_batches_total counter\n"));
+        let head_only = ask(&server, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(head_only.starts_with("HTTP/1.1 200 OK\r\n"), "{head_only}");
+        assert!(head_only.ends_with("\r\n\r\n"), "no body: {head_only}");
+        let other = ask(&server, b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(other.starts_with("HTTP/1.1 404 Not Found\r\n"), "{other}");
+        let post = ask(&server, b"POST /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+        let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        // One byte over: the server has read all of it when it answers (no reset).
+        huge.resize(MAX_HEAD + 1, b'a');
+        let refused = ask(&server, &huge).await;
+        assert!(refused.starts_with("HTTP/1.1 431 "), "{refused}");
+    }
+}
