@@ -282,7 +282,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, help_heading = "Output")]
     pub log_format: LogFormat,
     /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts (ADDR: IP:PORT,
-    /// [IPv6]:PORT, localhost:PORT or :PORT; port 0 picks a free port, logged on stderr).
+    /// `[IPv6]:PORT`, localhost:PORT or :PORT; port 0 picks a free port, logged on stderr).
     #[arg(long, value_name = "ADDR", help_heading = "Output")]
     pub metrics: Option<String>,
     /// Keep serving the metrics this long after the summary, so that their final values can
