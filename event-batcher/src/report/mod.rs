@@ -1,6 +1,6 @@
-//! What a run reports: its live counters ([`stats`]) and histograms ([`histogram`]), the consistency check ([`check`]) and
-//! the skipped ids it verifies, kept on disk ([`skipped`]), the final [`summary`], and the
-//! progress display ([`progress`]).
+//! What a run reports: its live counters ([`stats`]) and histograms ([`histogram`]), the
+//! consistency check ([`check`]) and the skipped ids it verifies, kept on disk
+//! ([`skipped`]), the final [`summary`], and the progress display ([`progress`]).
 //!
 //! This layer sits above the sources and the store (it reads the NATS source's counters) and
 //! below the pipeline, which feeds it.
