@@ -88,9 +88,11 @@
 //! Imports flow one way, bottom to top: [`console`] (the one writer to standard error) and
 //! the lock helper; [`event`] (the event and its rules), [`record`] (what a source hands
 //! over), [`validate`]; the [`source`]s and the [`store`], each with its own typed errors;
-//! [`report`] (counters, the consistency check, the summary, the progress display); the
-//! [`pipeline`], which wraps the errors below it; and the [`cli`] on top, the only place
-//! that knows about flags.
+//! [`report`] (counters, the consistency check, the summary, the progress display);
+//! [`metrics`] (those counters served to Prometheus scrapes, `--metrics`) and [`logs`]
+//! (the console's lines as `tracing` events, `--log-format`); the [`pipeline`], which
+//! wraps the errors below it; and the [`cli`] on top, the only place that knows about
+//! flags.
 //!
 //! # Sources and acknowledgements
 //!
@@ -121,6 +123,8 @@
 pub mod cli;
 pub mod console;
 pub mod event;
+pub mod logs;
+pub mod metrics;
 mod mutex;
 pub mod pipeline;
 pub mod record;

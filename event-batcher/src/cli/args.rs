@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::logs::LogFormat;
+
 const AFTER_HELP: &str = "\
 Durations take a unit: 500ms, 2s, 1.5s, 1m (a bare 0 is allowed).
 
@@ -277,6 +279,18 @@ pub struct RunArgs {
     /// No progress display (same as --progress none).
     #[arg(long, short, help_heading = "Output")]
     pub quiet: bool,
+    /// Standard error as text lines, or one JSON object per line (no progress bar: plain
+    /// progress lines instead). RUST_LOG filters them [default: event_batcher=info].
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, help_heading = "Output")]
+    pub log_format: LogFormat,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts (ADDR: IP:PORT,
+    /// `[IPv6]:PORT`, localhost:PORT or :PORT; port 0 picks a free port, logged on stderr).
+    #[arg(long, value_name = "ADDR", help_heading = "Output")]
+    pub metrics: Option<String>,
+    /// Keep serving the metrics this long after the summary, so that their final values can
+    /// be scraped (SIGINT or SIGTERM ends the wait).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "metrics", help_heading = "Output")]
+    pub metrics_linger: Option<Duration>,
 }
 
 /// `--on-failure`.

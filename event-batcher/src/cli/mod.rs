@@ -40,8 +40,11 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::console::{Console, one_line};
+use crate::logs::{self, LogFormat};
+use crate::metrics::{self, MetricsError, MetricsServer};
 use crate::pipeline::Pipeline;
 use crate::report::Outcome;
+use crate::report::ProgressMode;
 use crate::source::nats::{self, NatsError, NatsOptions, PublishReport};
 use crate::source::{SourceSpec, synthetic};
 use signals::Signals;
@@ -49,8 +52,22 @@ use signals::Signals;
 pub use args::{Cli, Command, PublishArgs, RunArgs, parse_duration};
 pub use config::DEFAULT_INSTANCES;
 
+/// The console every line of the process goes through (and the logs, once installed).
+static CONSOLE: std::sync::LazyLock<Console> = std::sync::LazyLock::new(Console::new);
+
 /// Runs the parsed command line and returns the process exit code.
 pub async fn execute(cli: Cli) -> ExitCode {
+    let format = match &cli.command {
+        Some(Command::Run(args)) => args.log_format,
+        Some(Command::Publish(_)) => LogFormat::Text,
+        None => cli.run.log_format,
+    };
+    // Every line of the run is an event from here on; the summary stays on stdout.
+    let rust_log = std::env::var("RUST_LOG").ok();
+    if let Err(error) = logs::install(format, &CONSOLE, rust_log.as_deref()) {
+        eprintln!("event-batcher: error: {}", one_line(&error.to_string()));
+        return ExitCode::from(2);
+    }
     match cli.command {
         Some(Command::Run(args)) => run(args).await,
         Some(Command::Publish(args)) => publish(args).await,
@@ -60,7 +77,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
 
 /// The `publish` command: a one-line report on stdout, or a one-line error (exit code 2).
 async fn publish(args: PublishArgs) -> ExitCode {
-    let console = Console::new();
+    let console = CONSOLE.clone();
     match publish_events(&args).await {
         Ok(report) => {
             println!(
@@ -101,9 +118,18 @@ async fn publish_events(args: &PublishArgs) -> Result<PublishReport, NatsError> 
 
 /// The `run` command: the pipeline, its summary on stdout, a one-line error on stderr.
 async fn run(args: RunArgs) -> ExitCode {
-    let console = Console::new();
+    let console = CONSOLE.clone();
+    let (format, metrics, linger) = (args.log_format, args.metrics.clone(), args.metrics_linger);
     let config = match args.into_config() {
-        Ok(config) => config,
+        Ok(mut config) => {
+            if format == LogFormat::Json {
+                // A bar and JSON lines do not mix: the progress is plain lines (events).
+                if let ProgressMode::Auto | ProgressMode::Bar = config.progress {
+                    config.progress = ProgressMode::Plain;
+                }
+            }
+            config
+        }
         Err(error) => {
             // One line, whatever a path or URL in it holds.
             console.println(format!(
@@ -113,6 +139,26 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Listening before the run starts: a bad address or a port in use stops it here.
+    let metrics = match metrics.as_deref() {
+        Some(addr) => match serve_metrics(addr).await {
+            Ok(server) => Some(server),
+            Err(error) => {
+                console.println(format!(
+                    "event-batcher: error: {}",
+                    one_line(&error.to_string())
+                ));
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    if let Some(server) = &metrics {
+        console.println(format!(
+            "event-batcher: metrics at http://{}/metrics",
+            server.local_addr()
+        ));
+    }
     let cancel = CancellationToken::new();
     let stop = CancellationToken::new();
     let graceful = matches!(config.source, SourceSpec::Nats(_));
@@ -131,12 +177,14 @@ async fn run(args: RunArgs) -> ExitCode {
             None
         }
     };
-    let result = Pipeline::new(config)
+    let mut pipeline = Pipeline::new(config)
         .cancellation(cancel)
         .stop(stop)
-        .console(console.clone())
-        .run()
-        .await;
+        .console(console.clone());
+    if let Some(server) = &metrics {
+        pipeline = pipeline.metrics(server.handle());
+    }
+    let result = pipeline.run().await;
     if let Some(signals) = signals {
         signals.abort();
     }
@@ -167,5 +215,29 @@ async fn run(args: RunArgs) -> ExitCode {
     if let Some(error) = error {
         console.println(format!("event-batcher: error: {}", one_line(&error)));
     }
+    if let (Some(_server), Some(linger)) = (&metrics, linger) {
+        linger_until_signal(linger).await;
+    }
     ExitCode::from(summary.exit_code())
+}
+
+/// The metrics server of `--metrics ADDR`, listening.
+async fn serve_metrics(addr: &str) -> Result<MetricsServer, MetricsError> {
+    MetricsServer::bind(metrics::parse_addr(addr)?).await
+}
+
+/// Waits `linger` (`--metrics-linger`), or until SIGINT or SIGTERM.
+async fn linger_until_signal(linger: std::time::Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(linger) => {}
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
 }

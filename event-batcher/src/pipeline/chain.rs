@@ -124,7 +124,14 @@ pub(super) async fn drive(
     let writing = ctx.clone();
     let run = numbered
         .for_each_compensated(CompensationScope::new(), move |batch, scope| {
-            write_batch(writing.clone(), batch, scope)
+            let ctx = writing.clone();
+            async move {
+                // Attempts that end are timed; one dropped by a cancellation is not.
+                let started = tokio::time::Instant::now();
+                let written = write_batch(ctx.clone(), batch, scope).await;
+                ctx.stats.write_seconds.observe(started.elapsed());
+                written
+            }
         })
         .rollback_policy(ctx.failure.rollback)
         .concurrency(config.concurrency)
@@ -160,10 +167,10 @@ impl Ctx {
         let count = self.stats.invalid.load(Ordering::Relaxed);
         if count <= REPORTED_REJECTS {
             self.console
-                .println(format!("event-batcher: invalid {rejected}"));
+                .warn(format!("event-batcher: invalid {rejected}"));
         }
         if count == REPORTED_REJECTS + 1 {
-            self.console.println(
+            self.console.warn(
                 "event-batcher: more invalid records: counted in the summary, all in --rejects if given",
             );
         }

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::console::Console;
+use crate::metrics::MetricsHandle;
 use crate::report::progress::Progress;
 use crate::report::stats::Stats;
 use crate::report::summary::{Ending, Summary};
@@ -56,6 +57,7 @@ pub struct Pipeline {
     cancel: CancellationToken,
     stop: CancellationToken,
     console: Console,
+    metrics: Option<MetricsHandle>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -81,12 +83,20 @@ impl Pipeline {
             cancel: CancellationToken::new(),
             stop: CancellationToken::new(),
             console: Console::new(),
+            metrics: None,
         }
     }
 
     /// Prints messages and progress on `console` (by default, one of its own).
     pub fn console(mut self, console: Console) -> Self {
         self.console = console;
+        self
+    }
+
+    /// Serves the run's counters through `metrics` (`--metrics`): attached when the run
+    /// starts, they stay readable after it ends, so a scrape then agrees with the summary.
+    pub fn metrics(mut self, metrics: MetricsHandle) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -159,6 +169,7 @@ impl Pipeline {
             cancel,
             stop,
             console,
+            metrics,
         } = self;
         config.check()?;
         check_outputs(&config)?;
@@ -230,6 +241,9 @@ impl Pipeline {
         };
 
         let stats = Arc::new(Stats::default());
+        if let Some(metrics) = &metrics {
+            metrics.attach(stats.clone(), nats.as_ref().map(|nats| nats.counters()));
+        }
         if let Some(nats) = &nats {
             for warning in nats.warnings() {
                 stats.warn(warning);

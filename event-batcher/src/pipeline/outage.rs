@@ -22,7 +22,7 @@ impl Ctx {
         if limit.is_zero() {
             return false;
         }
-        self.console.println(format!(
+        self.console.warn(format!(
             "event-batcher: {error}: the database is unavailable; waiting up to {limit:?} for \
              it, to roll batch {seq} back"
         ));

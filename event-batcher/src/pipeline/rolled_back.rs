@@ -70,15 +70,14 @@ impl Ctx {
         }
         let count = self.stats.rolled_back.load(Ordering::Relaxed) + 1;
         if announce && count <= REPORTED_ROLLBACKS {
-            self.console.println(format!(
+            self.console.warn(format!(
                 "event-batcher: {error}: rolled back, {} row(s) deleted, {report}",
                 batch.rows_deleted.load(Ordering::Relaxed)
             ));
         }
         if announce && count == REPORTED_ROLLBACKS + 1 {
-            self.console.println(
-                "event-batcher: more batches rolled back: counted and listed in the summary",
-            );
+            self.console
+                .warn("event-batcher: more batches rolled back: counted and listed in the summary");
         }
         self.stats.batch_rolled_back(batch, error, report);
     }

@@ -149,7 +149,7 @@ async fn print_lines(stats: Arc<Stats>, console: Console, stop: CancellationToke
         }
         let elapsed = started.elapsed();
         let (read, message) = counts(&stats, elapsed);
-        console.println(format!(
+        console.progress(format!(
             "progress: {:.0} s, {read} events read, {message}",
             elapsed.as_secs_f64()
         ));

@@ -11,6 +11,7 @@ use std::time::Duration;
 use result_stream::{BatchInfo, FlushReason, RollbackReport};
 
 use super::already_present::AlreadyPresentIds;
+use super::histogram::Histogram;
 use crate::event::Event;
 use crate::mutex::lock;
 use crate::record::Position;
@@ -136,6 +137,12 @@ pub(crate) struct Stats {
     /// Events of rolled-back batches given up after `--max-deliveries` (NATS) and written to
     /// the dead-letter file.
     pub dead_lettered: AtomicU64,
+    /// Of the rolled-back batches, those whose rollback did not complete.
+    pub rolled_back_incomplete: AtomicU64,
+    /// Duration of each batch write attempt that ended (committed or failed).
+    pub write_seconds: Histogram,
+    /// Age of each committed batch (first event to flush).
+    pub batch_age: Histogram,
     detail: Mutex<Detail>,
 }
 
@@ -211,6 +218,7 @@ impl Stats {
         detail.already_present += skipped.len() as u64;
         detail.skipped_ids.record(&skipped);
         detail.flush.add(info.reason());
+        self.batch_age.observe(info.age());
         detail
             .ages_micros
             .push(u32::try_from(info.age().as_micros()).unwrap_or(u32::MAX));
@@ -255,6 +263,9 @@ impl Stats {
         detail.events_rolled_back += batch.events.len() as u64;
         detail.failed.push(failed);
         drop(detail);
+        if !report.is_complete() {
+            self.rolled_back_incomplete.fetch_add(1, Ordering::Relaxed);
+        }
         self.rolled_back.fetch_add(1, Ordering::Relaxed);
     }
 

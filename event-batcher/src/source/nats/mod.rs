@@ -116,7 +116,7 @@ pub use connect::{connect, consumer_warnings, ensure_consumer, ensure_stream, je
 pub use error::NatsError;
 pub use options::NatsOptions;
 pub use publish::{PublishReport, publish, publish_json};
-pub use stats::{NatsStats, SourceEnd};
+pub use stats::{NatsCounters, NatsStats, SourceEnd};
 
 /// Connection, consumer and acknowledgement machinery of one instance.
 pub struct NatsSource {
@@ -217,6 +217,11 @@ impl NatsSource {
     /// Counters so far.
     pub fn stats(&self) -> NatsStats {
         self.shared.stats.snapshot()
+    }
+
+    /// The live counters, for a reader that outlives this borrow (`--metrics`).
+    pub fn counters(&self) -> NatsCounters {
+        NatsCounters(self.shared.stats.clone())
     }
 
     /// Messages held by this instance right now (delivered, not settled).

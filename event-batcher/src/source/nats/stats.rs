@@ -1,8 +1,8 @@
 //! What one NATS source did with its messages: live counters and their snapshot.
 
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::mutex::lock;
@@ -23,6 +23,17 @@ pub(crate) struct SourceStats {
     pub(crate) progress_failures: AtomicU64,
     pub(crate) broker_errors: AtomicU64,
     pub(crate) ended: Mutex<Option<SourceEnd>>,
+}
+
+/// The live counters of one source, read while it runs (`--metrics`). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct NatsCounters(pub(crate) Arc<SourceStats>);
+
+impl NatsCounters {
+    /// The counters now.
+    pub fn snapshot(&self) -> NatsStats {
+        self.0.snapshot()
+    }
 }
 
 /// What one instance did with its messages.
