@@ -10,10 +10,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use crate::mutex::lock;
 use crate::report::histogram::HistogramSnapshot;
 use crate::report::stats::Stats;
 use crate::source::nats::NatsCounters;
-use crate::sync::lock;
 
 /// The counters of the run being served: empty ones until a pipeline attaches its own.
 #[derive(Debug, Default)]

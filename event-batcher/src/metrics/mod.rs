@@ -59,9 +59,9 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::registry::Registry;
 
+use crate::mutex::lock;
 use crate::report::stats::Stats;
 use crate::source::nats::NatsCounters;
-use crate::sync::lock;
 use collector::{RunCounters, Scrape};
 
 pub use config::{MetricsError, parse_addr};
