@@ -6,12 +6,13 @@
 //! In both READMEs every fenced block whose info string is `text` is a sample of what the
 //! binary prints, and the line right before its opening fence names it:
 //!
-//! ```text
+//! ````text
 //! <!-- sample: sqlite-default -->
 //! ```text
 //! event-batcher summary
 //! …
 //! ```
+//! ````
 //!
 //! Other literal blocks (diagrams, layouts) use a bare fence or another info string. [`SAMPLES`]
 //! gives each name the commands that produce it, exactly as the README shows them (each must
@@ -34,6 +35,9 @@
 //! servers named by `EVENT_BATCHER_POSTGRES_URL` and `EVENT_BATCHER_NATS_URL`, on a stream,
 //! consumer and table of their own (deleted afterwards), named back as in the README before
 //! the comparison.
+//!
+//! Also checked here: event-batcher/README.md names every option `--help` lists and no other,
+//! and README.md, event-batcher/README.md and BENCHMARKS.md stay within their size budgets.
 
 mod common;
 
