@@ -17,7 +17,9 @@
 //! Other literal blocks (diagrams, layouts) use a bare fence or another info string. [`SAMPLES`]
 //! gives each name the commands that produce it, exactly as the README shows them (each must
 //! appear in the README that shows the sample), the stream shown, the exit code and the
-//! server it needs. Several blocks may show the same sample.
+//! server it needs. Several blocks may show the same sample. A sample that another test
+//! produces says so, and that test file must name it:
+//! `<!-- sample: metrics-scrape, checked by tests/metrics.rs -->`.
 //!
 //! # How a block is compared with the real output
 //!
@@ -139,6 +141,8 @@ struct Block {
     /// 1-based line of the opening fence.
     line: usize,
     name: String,
+    /// The test file that checks it, when not this one (`checked by tests/FILE.rs`).
+    checked_by: Option<String>,
     lines: Vec<String>,
 }
 
@@ -186,7 +190,15 @@ fn blocks(readme: &'static str) -> Vec<Block> {
             found.push(Block {
                 readme,
                 line: index + 1,
-                name: marker.trim().to_owned(),
+                name: marker
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+                checked_by: marker
+                    .split_once(", checked by ")
+                    .map(|(_, file)| file.trim().to_owned()),
                 lines: lines[index + 1..end]
                     .iter()
                     .map(|l| l.to_string())
@@ -318,7 +330,7 @@ fn compare(sample: &Sample, output: &Output, rename: &[(String, &str)]) {
         .collect();
     let shown: Vec<Block> = all_blocks()
         .into_iter()
-        .filter(|block| block.name == sample.name)
+        .filter(|block| block.name == sample.name && block.checked_by.is_none())
         .collect();
     assert!(!shown.is_empty(), "no README shows sample {}", sample.name);
     for block in shown {
@@ -371,7 +383,26 @@ fn check_local(name: &str) {
 fn every_text_block_is_a_known_sample_and_every_sample_is_shown() {
     let blocks = all_blocks();
     for block in &blocks {
-        sample(&block.name);
+        match &block.checked_by {
+            None => drop(sample(&block.name)),
+            Some(file) => {
+                let test =
+                    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                "{}:{}: sample {} is checked by {file}, which cannot be read: {e}",
+                                block.readme, block.line, block.name
+                            )
+                        });
+                assert!(
+                    test.contains(&block.name),
+                    "{}:{}: {file} does not name sample {}",
+                    block.readme,
+                    block.line,
+                    block.name
+                );
+            }
+        }
     }
     for sample in SAMPLES {
         assert!(
