@@ -386,20 +386,12 @@ fn every_text_block_is_a_known_sample_and_every_sample_is_shown() {
         match &block.checked_by {
             None => drop(sample(&block.name)),
             Some(file) => {
-                let test =
-                    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
-                        .unwrap_or_else(|e| {
-                            panic!(
-                                "{}:{}: sample {} is checked by {file}, which cannot be read: {e}",
-                                block.readme, block.line, block.name
-                            )
-                        });
+                let where_ = format!("{}:{}", block.readme, block.line);
+                let test = read(&format!("event-batcher/{file}"));
+                let name = &block.name;
                 assert!(
-                    test.contains(&block.name),
-                    "{}:{}: {file} does not name sample {}",
-                    block.readme,
-                    block.line,
-                    block.name
+                    test.contains(name),
+                    "{where_}: {file} does not name sample {name}"
                 );
             }
         }
