@@ -27,10 +27,23 @@ use common::nats::{EXIT_TIMEOUT, Setup};
 #[test]
 #[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
 fn nats_messages_given_up_after_max_deliveries_go_to_the_dead_letter_file() {
-    let setup = Setup::new("poison");
+    messages_given_up_after_max_deliveries_go_to_the_dead_letter_file(1);
+}
+
+/// The same with 10 events per message (NDJSON): a message is given up, and each of its events
+/// written to the dead-letter file, once.
+#[test]
+#[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
+fn nats_messages_given_up_after_max_deliveries_go_to_the_dead_letter_file_ten_events_per_message() {
+    messages_given_up_after_max_deliveries_go_to_the_dead_letter_file(10);
+}
+
+fn messages_given_up_after_max_deliveries_go_to_the_dead_letter_file(per_message: u64) {
+    let setup = Setup::new(&format!("poison{per_message}"));
     let seed = 17;
     let events = 300;
-    setup.publish(events, seed, 0);
+    let messages = events / per_message;
+    setup.publish_grouped(events, seed, 0, per_message);
     let dir = tempfile::tempdir().unwrap();
     let dead_letter = dir.path().join("given-up.ndjson");
     // A dead letter of an earlier run: appended to, never truncated.
@@ -64,10 +77,10 @@ fn nats_messages_given_up_after_max_deliveries_go_to_the_dead_letter_file() {
     eprintln!("{}", exited.stdout);
     assert_eq!(exited.number("events acknowledged"), 0);
     // Each message: delivered, rolled back, nak'ed; redelivered, rolled back, given up.
-    assert_eq!(exited.nats("received"), 2 * events, "{}", exited.stdout);
-    assert_eq!(exited.nats("redelivered"), events);
-    assert_eq!(exited.nats("nak'ed after rollback"), events);
-    assert_eq!(exited.nats("dead-lettered"), events);
+    assert_eq!(exited.nats("received"), 2 * messages, "{}", exited.stdout);
+    assert_eq!(exited.nats("redelivered"), messages);
+    assert_eq!(exited.nats("nak'ed after rollback"), messages);
+    assert_eq!(exited.nats("dead-lettered"), messages);
     assert_eq!(exited.events_rolled_back(), 2 * events);
     assert!(
         exited

@@ -27,9 +27,22 @@ use event_batcher::source::nats::{self, NatsOptions};
 #[test]
 #[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
 fn nats_sigterm_finishes_the_batch_in_flight_and_gives_the_rest_back() {
-    let setup = Setup::new("sigterm");
+    sigterm_finishes_the_batch_in_flight_and_gives_the_rest_back(1);
+}
+
+/// The same with 7 events per message (NDJSON) in batches of 50, so that messages straddle
+/// batches: the stop hands out the rest of a message it had begun, and the last batch is
+/// written, so every message received is acknowledged whole or given back whole.
+#[test]
+#[ignore = "needs NATS JetStream and PostgreSQL: set EVENT_BATCHER_NATS_URL and EVENT_BATCHER_POSTGRES_URL and run with --ignored"]
+fn nats_sigterm_with_seven_events_per_message_acks_or_gives_back_whole_messages() {
+    sigterm_finishes_the_batch_in_flight_and_gives_the_rest_back(7);
+}
+
+fn sigterm_finishes_the_batch_in_flight_and_gives_the_rest_back(per_message: u64) {
+    let setup = Setup::new(&format!("sigterm{per_message}"));
     let seed = 15;
-    setup.publish(EVENTS, seed, 0);
+    setup.publish_grouped(EVENTS, seed, 0, per_message);
     let first = setup.instance("first", &["--max-batch", "50", "--flush-every", "5s"]);
     wait_until(Duration::from_secs(30), "the first rows", || {
         setup.rows_so_far() >= 500
@@ -60,12 +73,15 @@ fn nats_sigterm_finishes_the_batch_in_flight_and_gives_the_rest_back() {
     // timing, often none). None was left to the 30 s ack wait.
     let given_back = first.nats("given back unsettled");
     assert_eq!(first.nats("left for redelivery"), 0, "{}", first.stdout);
+    let acked = first.nats("acked");
     assert_eq!(
         first.nats("received"),
-        acknowledged + given_back,
+        acked + given_back,
         "{}",
         first.stdout
     );
+    // Whole messages only: none was acknowledged with part of its events.
+    assert_eq!(acknowledged, acked * per_message, "{}", first.stdout);
     // The server applies verdicts asynchronously, so allow it a moment. A message given back
     // with -NAK stays in `num_ack_pending` until it is redelivered (nats-server keeps it
     // pending, queued for redelivery), so exactly the given-back messages remain there.

@@ -132,6 +132,12 @@ impl Setup {
     /// `event-batcher publish` of `events` synthetic events (seed `seed`) and `malformed`
     /// malformed messages.
     pub fn publish(&self, events: u64, seed: u64, malformed: u64) {
+        self.publish_grouped(events, seed, malformed, 1);
+    }
+
+    /// [`publish`](Self::publish) with `per_message` events to a message (NDJSON above 1;
+    /// the malformed ones are then lines inside the first messages).
+    pub fn publish_grouped(&self, events: u64, seed: u64, malformed: u64, per_message: u64) {
         let mut command = Command::new(BIN);
         command
             .args([
@@ -143,14 +149,21 @@ impl Setup {
             ])
             .args(["--subject", &self.subject, "--events", &events.to_string()])
             .args(["--seed", &seed.to_string()])
-            .args(["--malformed", &malformed.to_string()]);
+            .args(["--malformed", &malformed.to_string()])
+            .args(["--events-per-message", &per_message.to_string()]);
         let output = super::output_within(&mut command, None, super::TEST_TIMEOUT);
         let (stdout, stderr) = super::texts(&output);
         assert!(
             output.status.success(),
             "publish failed: {stdout}\n{stderr}"
         );
-        let expected = format!("published {} new + 0 duplicate", events + malformed);
+        let messages = if per_message == 1 {
+            events + malformed
+        } else {
+            let grouped = events.div_ceil(per_message);
+            grouped + malformed.saturating_sub(grouped)
+        };
+        let expected = format!("published {messages} new + 0 duplicate");
         assert!(stdout.contains(&expected), "{stdout}");
         eprintln!("{}", stdout.trim());
     }

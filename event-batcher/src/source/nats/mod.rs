@@ -4,13 +4,23 @@
 //!
 //! # Delivery contract
 //!
-//! * Each message becomes one [`Record`](crate::record::Record): position `Sequence(stream sequence)`, body
-//!   `Json(payload)`, and a [`NatsAck`] hook. The pipeline validates the payload like an NDJSON
-//!   line, then settles the hook exactly once:
-//!   - `ack` (`+ACK`) after the record's batch has committed;
-//!   - `nak` (`-NAK {"delay":…}`, [`NatsOptions::nak_delay`]) after it was rolled back: the
-//!     broker redelivers it, to this or another instance, after the delay;
-//!   - `reject` (`+TERM`) when the payload is invalid: never redelivered (poison message).
+//! * A message carries one event (its payload is one JSON document) or several (NDJSON: one
+//!   event per line; blank lines are skipped). Each event becomes one
+//!   [`Record`](crate::record::Record): position `Sequence(stream sequence)`, or
+//!   `MessageLine { message, line }` for an event of a message of several; body
+//!   `Json(event)`; and an acknowledgement hook ([`NatsAck`], or an [`EventAck`] per event
+//!   of a message of several). The pipeline validates each event like an NDJSON line, then
+//!   settles its hook exactly once:
+//!   - `ack` after the event's batch has committed;
+//!   - `nak` after it was rolled back;
+//!   - `reject` when the event is invalid (that event only: the rest of its message is
+//!     written).
+//! * A message gets one verdict, once every event in it has one (see [`EventAck`] for the
+//!   whole table): `+ACK` when its events are committed (or rejected), `-NAK {"delay":…}`
+//!   ([`NatsOptions::nak_delay`]) when one of its events was rolled back: the broker
+//!   redelivers the whole message, to this or another instance, after the delay, and the
+//!   events already committed are found present; `+TERM` when every event in it was invalid
+//!   (poison message), or an event was given up after `--max-deliveries`.
 //! * A hook dropped without a verdict (the batch in flight or the chunker's partial batch
 //!   dropped at cancellation, a panic) sends `-NAK` with no delay: the message is available again
 //!   at once instead of after `ack_wait`.
@@ -44,22 +54,26 @@
 //!
 //! # Pulling
 //!
-//! One pull request at a time (`consumer.batch()`, [`NatsOptions::pull_batch`] messages,
-//! [`NatsOptions::pull_expires`]), the next one only when the pipeline asks for more: an instance
-//! prefetches at most one pull batch, pulls nothing while it writes (fair sharing), and on
-//! shutdown knows every message it was sent. async-nats' continuous `consumer.stream()` was
-//! measured to strand up to a whole pull batch (delivered to the client, never seen) until
-//! `ack_wait` when dropped.
+//! A continuous pull: one inbox per record stream, read by a task of its own that holds
+//! (and keeps alive) each message as it arrives and turns it into records. Pull requests of
+//! [`NatsOptions::pull_batch`] messages ([`NatsOptions::pull_expires`]) are sent to that
+//! inbox, the next one as soon as at most half a pull batch of the open ones is left to
+//! deliver, so messages keep arriving while the pipeline writes a batch (at most 1.5 pull
+//! batches asked for and not yet handed to the pipeline). The stream counts what its open
+//! requests still owe (each message, and the count in the server's end-of-request status),
+//! so on a graceful stop it knows when every request it made is done. A request lost in a
+//! broker restart is presumed lost once nothing was heard for `pull_expires` + 5 s.
 //!
 //! # Shutdown
 //!
 //! * The pipeline cancels (`with_cancellation`): the batch in flight is rolled back (its nak
 //!   compensation runs), the chunker's records are dropped (their hooks nak), the stream is
-//!   dropped and naks what its open pull request had already delivered. Call
+//!   dropped and naks what its open pull requests had already delivered. Call
 //!   [`NatsSource::close`] before printing the summary and exiting.
 //! * Alternatively give the token to [`NatsSource::records`] and not to the pipeline: the stream
-//!   then stops pulling, naks the rest of its open pull request (waiting until the request
-//!   completes or expires, at most [`NatsOptions::drain_timeout`]) and ends, so the
+//!   then stops pulling, hands out the rest of a message of several events it had begun,
+//!   naks what its open pull requests still deliver (waiting until they complete or expire,
+//!   at most [`NatsOptions::drain_timeout`]) and ends, so the
 //!   pipeline flushes, commits and acks its last batch ("finish the batch in flight").
 //!   [`NatsOptions::max_messages`] ends the stream the same way.
 //! * [`NatsOptions::idle_exit`] ends the stream at once instead: the open request has
@@ -82,14 +96,18 @@
 //!
 //! [`options`] (what to connect to, and the sizing), [`error`] (setup errors), [`connect`](mod@connect)
 //! (the connection, the stream and the consumer), [`ack`] (the hooks, the keep-alive and the
-//! task that sends verdicts), `records` (the pull loop), [`stats`] (the counters) and
+//! task that sends verdicts), `parts` (the hooks of a message of several events), `receive`
+//! (the task that reads the inbox), `records` (the pull requests, the stop), [`stats`] (the
+//! counters) and
 //! [`publish`](mod@publish) (loading events); this file ties them together in [`NatsSource`].
 
 pub mod ack;
 pub mod connect;
 pub mod error;
 pub mod options;
+mod parts;
 pub mod publish;
+mod receive;
 mod records;
 pub mod stats;
 
@@ -108,15 +126,16 @@ use crate::console::Console;
 use crate::source::RecordStream;
 use crate::sync::lock;
 use ack::{Shared, ack_task, keep_alive};
-use records::{PullState, Records};
+use records::Records;
 use stats::SourceStats;
 
 pub use ack::NatsAck;
 pub use connect::{connect, consumer_warnings, ensure_consumer, ensure_stream, jetstream_context};
 pub use error::NatsError;
 pub use options::NatsOptions;
-pub use publish::{PublishReport, publish, publish_json};
-pub use stats::{NatsStats, SourceEnd};
+pub use parts::EventAck;
+pub use publish::{PublishReport, ndjson_messages, publish, publish_json};
+pub use stats::{EventCounts, NatsStats, SourceEnd};
 
 /// Connection, consumer and acknowledgement machinery of one instance.
 pub struct NatsSource {
@@ -246,23 +265,19 @@ impl NatsSource {
     /// The records of the consumer. `stop`: see "Shutdown" in the module docs (pass a token
     /// that never fires when the pipeline itself is cancelled).
     pub fn records(&self, stop: CancellationToken) -> RecordStream {
-        Records {
-            consumer: self.consumer.clone(),
-            pull_batch: self.opts.pull_batch.max(1),
-            pull_expires: self.opts.pull_expires,
-            drain_timeout: self.opts.drain_timeout,
-            shared: self.shared.clone(),
-            state: PullState::Idle,
-            stop: Box::pin(stop.cancelled_owned()),
-            draining: None,
-            backoff: None,
-            done: false,
-            idle_exit: self.opts.idle_exit.filter(|idle| !idle.is_zero()),
-            idle: None,
-            remaining: self.opts.max_messages,
-            limit: self.opts.max_messages,
-            console: self.console.clone(),
-        }
+        let info = self.consumer.cached_info();
+        let next = format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+            info.stream_name, info.name
+        );
+        Records::new(
+            self.client.clone(),
+            next.into(),
+            &self.opts,
+            self.shared.clone(),
+            stop,
+            self.console.clone(),
+        )
         .boxed()
     }
 
