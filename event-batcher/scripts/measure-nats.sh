@@ -11,7 +11,8 @@
 #   cpu_instances = user+system CPU seconds of all instances per 100,000 events
 #   cpu_nats      = user+system CPU seconds of nats-server per 100,000 events, from its
 #                   /proc/PID/stat before the instances start and after they exit (the
-#                   publish is not counted), and the same in µs per event
+#                   publish is not counted), minus its background rate (sampled for 2 s
+#                   just before, times the wall time), and the same in µs per event
 # then drop the table and delete the stream. A table of the rates and CPU ends the output.
 # Needs psql, bash, bc, /usr/bin/time, nats-server on 4222 (its PID: NATS_PID, else the
 # oldest process named nats-server).
@@ -54,6 +55,9 @@ for n in ${COUNTS:-1 2 3}; do
   stream=MEASURE_$tag; subject=measure.$tag; table=measure_$tag
   $B publish --stream $stream --subject $subject --events $EVENTS \
     $([ "$PER_MESSAGE" != 1 ] && echo --events-per-message $PER_MESSAGE)
+  # nats-server's own background CPU (other streams, timers), sampled for 2 s while idle.
+  idle_before=$(cpu_of $NATS_PID 2>/dev/null || echo 0); sleep 2
+  idle_cpu_per_s=$(echo "scale=4; ($(cpu_of $NATS_PID 2>/dev/null || echo 0) - $idle_before) / 2" | bc)
   nats_before=$(cpu_of $NATS_PID 2>/dev/null || echo 0)
   start=$(date +%s.%N)
   pids=()
@@ -72,9 +76,11 @@ for n in ${COUNTS:-1 2 3}; do
   rate=$(echo "$EVENTS / ($wall - 2)" | bc)
   x=${synth_rate:+$(echo "scale=2; $rate / $synth_rate" | bc)}
   cpu=$(cpu_sum /tmp/$tag.*.cpu)
-  nats_cpu=$(echo "$nats_after - $nats_before" | bc)
+  nats_raw=$(echo "$nats_after - $nats_before" | bc)
+  # Minus the background rate over the same wall time (never below 0).
+  nats_cpu=$(echo "x = $nats_raw - $idle_cpu_per_s * $wall; if (x < 0) x = 0; x" | bc)
   nats_us=$(echo "scale=2; $nats_cpu * 1000000 / $EVENTS" | bc)
-  echo "instances=$n wall_slowest=${wall}s all_rows_visible=${rows}s rate_excl_idle=$rate rate_rows=$(echo "$EVENTS / $rows" | bc)${x:+ x_synthetic=$x} cpu_instances=$(per100k $cpu)s/100k cpu_nats=$(per100k $nats_cpu)s/100k (${nats_us} us/event)"
+  echo "instances=$n wall_slowest=${wall}s all_rows_visible=${rows}s rate_excl_idle=$rate rate_rows=$(echo "$EVENTS / $rows" | bc)${x:+ x_synthetic=$x} cpu_instances=$(per100k $cpu)s/100k cpu_nats=$(per100k $nats_cpu)s/100k (${nats_us} us/event; raw $(per100k $nats_raw)s/100k, idle ${idle_cpu_per_s}s/s subtracted)"
   for i in $(seq 1 $n); do grep -E "events acknowledged|consistency check" /tmp/$tag.$i.out | cut -c1-110; done
   psql $PG -Atc "select count(*), count(distinct id) from $table"
   table_rows+=("| $n instance(s) | $rate | ${x:--} | $(per100k $cpu) | $(per100k $nats_cpu) | $nats_us |")

@@ -29,22 +29,26 @@ pub(super) enum Delivery {
     Fatal(String),
 }
 
-/// Subscribes `inbox` and passes what arrives on `tx` until the stream drops its end. The
-/// messages that had already arrived then are given back (`-NAK`, no delay).
+/// Most messages passed on in one run: what had arrived together, up to this.
+const RUN: usize = 64;
+
+/// Subscribes `inbox` and passes what arrives on `tx` until the stream drops its end, in
+/// runs of what had arrived together (one wake-up of the stream per run, not per message).
+/// The messages that had already arrived then are given back (`-NAK`, no delay).
 pub(super) async fn receive(
     client: Client,
     inbox: Subject,
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Delivery>,
+    tx: mpsc::UnboundedSender<Vec<Delivery>>,
 ) {
     let mut inbox = match client.subscribe(inbox).await {
         Ok(subscriber) => subscriber,
         Err(error) => {
-            let _ = tx.send(Delivery::Failed(one_line(&error)));
+            let _ = tx.send(vec![Delivery::Failed(one_line(&error))]);
             return;
         }
     };
-    if tx.send(Delivery::Subscribed).is_err() {
+    if tx.send(vec![Delivery::Subscribed]).is_err() {
         return;
     }
     loop {
@@ -53,12 +57,18 @@ pub(super) async fn receive(
             message = inbox.next() => message,
         };
         let Some(message) = message else {
-            let _ = tx.send(Delivery::Failed("the inbox subscription ended".into()));
+            let _ = tx.send(vec![Delivery::Failed(
+                "the inbox subscription ended".into(),
+            )]);
             return;
         };
-        if let Some(delivery) = classify(message, &shared)
-            && tx.send(delivery).is_err()
+        let mut run: Vec<Delivery> = classify(message, &shared).into_iter().collect();
+        while run.len() < RUN
+            && let Some(Some(message)) = inbox.next().now_or_never()
         {
+            run.extend(classify(message, &shared));
+        }
+        if !run.is_empty() && tx.send(run).is_err() {
             // The stream is gone: what was just made is dropped, hence given back.
             break;
         }

@@ -40,7 +40,10 @@ pub(super) struct Records {
     next: Subject,
     /// Where their messages come back.
     inbox: Subject,
-    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    /// What the receiving task passed on, in runs of what had arrived together.
+    deliveries: mpsc::UnboundedReceiver<Vec<Delivery>>,
+    /// The rest of the run being taken.
+    run: std::vec::IntoIter<Delivery>,
     subscribed: bool,
     pull_batch: usize,
     pull_expires: Duration,
@@ -87,6 +90,7 @@ impl Records {
             next,
             inbox,
             deliveries,
+            run: Vec::new().into_iter(),
             subscribed: false,
             pull_batch: opts.pull_batch.max(1),
             pull_expires: opts.pull_expires,
@@ -176,6 +180,7 @@ impl Records {
         self.done = true;
         self.deliveries.close();
         // Dropped, hence given back (`-NAK`, no delay).
+        self.run = Vec::new().into_iter();
         while self.deliveries.try_recv().is_ok() {}
         self.queued.clear();
     }
@@ -331,11 +336,15 @@ impl Records {
                 self.request(size);
                 continue;
             }
+            if let Some(delivery) = self.run.next() {
+                if let Some(error) = self.take(delivery) {
+                    return Poll::Ready(Some(Err(error)));
+                }
+                continue;
+            }
             match self.deliveries.poll_recv(cx) {
-                Poll::Ready(Some(delivery)) => {
-                    if let Some(error) = self.take(delivery) {
-                        return Poll::Ready(Some(Err(error)));
-                    }
+                Poll::Ready(Some(run)) => {
+                    self.run = run.into_iter();
                     continue;
                 }
                 Poll::Ready(None) => {
