@@ -14,8 +14,10 @@
 #                   publish is not counted), minus its background rate (sampled for 2 s
 #                   just before, times the wall time), and the same in µs per event
 # then drop the table and delete the stream. A table of the rates and CPU ends the output.
-# Needs psql, bash, bc, /usr/bin/time, nats-server on 4222 (its PID: NATS_PID, else the
-# oldest process named nats-server).
+# Needs psql, bash, bc, /usr/bin/time, and nats-server on 4222 (its PID: NATS_PID, else the
+# oldest process named nats-server), or PRIVATE_NATS=/usr/sbin/nats-server: a server of this
+# run's own on a free port and a temporary store (its CPU is then this run's alone; on a
+# shared server other clients' work is counted too).
 # Usage (from the workspace root): cargo build --release -p event-batcher &&
 #   event-batcher/scripts/measure-nats.sh     (EVENTS=200000 COUNTS="1 2 3" PER_MESSAGE=1)
 # CONCURRENCY=N passes --concurrency N to every run (synthetic and NATS instances);
@@ -26,14 +28,25 @@ PG=${PG:-postgres://postgres@127.0.0.1:5432/test}
 EVENTS=${EVENTS:-200000}
 PER_MESSAGE=${PER_MESSAGE:-1}
 EXTRA="${EXTRA:-}${CONCURRENCY:+ --concurrency $CONCURRENCY}"
+PORT=4222
+if [ -n "${PRIVATE_NATS:-}" ]; then
+  # A nats-server of this run's own (free port, temporary store): its CPU is ours alone.
+  PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  store=$(mktemp -d)
+  $PRIVATE_NATS -a 127.0.0.1 -p $PORT -js -sd $store > /dev/null 2>&1 &
+  NATS_PID=$!
+  trap 'kill $NATS_PID; wait $NATS_PID 2>/dev/null; rm -rf $store' EXIT
+  until (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; do sleep 0.1; done
+fi
+URL=nats://127.0.0.1:$PORT
 NATS_PID=${NATS_PID:-$(pgrep -o -x nats-server)}
-delete_stream() { exec 3<>/dev/tcp/127.0.0.1/4222; printf 'CONNECT {"verbose":false}\r\nPUB $JS.API.STREAM.DELETE.%s 0\r\n\r\nPING\r\n' "$1" >&3; sleep 0.3; exec 3>&-; }
+delete_stream() { exec 3<>/dev/tcp/127.0.0.1/$PORT; printf 'CONNECT {"verbose":false}\r\nPUB $JS.API.STREAM.DELETE.%s 0\r\n\r\nPING\r\n' "$1" >&3; sleep 0.3; exec 3>&-; }
 # CPU seconds (user + system) of process $1 so far.
 cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"; }
 # CPU seconds (user + system) written by /usr/bin/time -f "%U %S" to the files given.
 cpu_sum() { cat "$@" | awk 'NF == 2 && $1 ~ /^[0-9.]+$/ { s += $1 + $2 } END { printf "%.2f", s }'; }
 per100k() { echo "scale=2; $1 * 100000 / $EVENTS" | bc; }
-echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $EVENTS events, $PER_MESSAGE per message; options:${EXTRA:- none}; nats-server PID ${NATS_PID:-unknown}"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $EVENTS events, $PER_MESSAGE per message; options:${EXTRA:- none}; nats-server $URL PID ${NATS_PID:-unknown}${PRIVATE_NATS:+ (private)}"
 synth_rate=
 table_rows=()
 if [ "${SYNTH:-1}" != 0 ]; then
@@ -53,7 +66,7 @@ fi
 for n in ${COUNTS:-1 2 3}; do
   tag=m${n}_$$_$RANDOM
   stream=MEASURE_$tag; subject=measure.$tag; table=measure_$tag
-  $B publish --stream $stream --subject $subject --events $EVENTS \
+  $B publish --source $URL --stream $stream --subject $subject --events $EVENTS \
     $([ "$PER_MESSAGE" != 1 ] && echo --events-per-message $PER_MESSAGE)
   # nats-server's own background CPU (other streams, timers), sampled for 2 s while idle.
   idle_before=$(cpu_of $NATS_PID 2>/dev/null || echo 0); sleep 2
@@ -63,7 +76,7 @@ for n in ${COUNTS:-1 2 3}; do
   pids=()
   for i in $(seq 1 $n); do
     /usr/bin/time -o /tmp/$tag.$i.cpu -f "%U %S" \
-      $B --source nats://127.0.0.1:4222 --stream $stream --subject $subject --consumer eb \
+      $B --source $URL --stream $stream --subject $subject --consumer eb \
        --database $PG --table $table --idle-exit 2s -q $EXTRA > /tmp/$tag.$i.out 2>&1 &
     pids+=($!)
   done
