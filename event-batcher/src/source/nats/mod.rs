@@ -54,26 +54,28 @@
 //!
 //! # Pulling
 //!
-//! A continuous pull: one inbox per record stream, read by a task of its own that holds
-//! (and keeps alive) each message as it arrives and turns it into records. Pull requests of
-//! [`NatsOptions::pull_batch`] messages ([`NatsOptions::pull_expires`]) are sent to that
-//! inbox, the next one as soon as at most half a pull batch of the open ones is left to
-//! deliver, so messages keep arriving while the pipeline writes a batch (at most 1.5 pull
-//! batches asked for and not yet handed to the pipeline). The stream counts what its open
-//! requests still owe (each message, and the count in the server's end-of-request status),
-//! so on a graceful stop it knows when every request it made is done. A request lost in a
-//! broker restart is presumed lost once nothing was heard for `pull_expires` + 5 s.
+//! One pull request at a time (`consumer.batch()`, [`NatsOptions::pull_batch`] messages,
+//! [`NatsOptions::pull_expires`]), the next one only when the pipeline asks for more: an instance
+//! prefetches at most one pull batch, pulls nothing while it writes (fair sharing), and on
+//! shutdown knows every message it was sent. async-nats' continuous `consumer.stream()` was
+//! measured to strand up to a whole pull batch (delivered to the client, never seen) until
+//! `ack_wait` when dropped. A continuous pull of this crate's own (one inbox read by a task
+//! that held each message as it arrived, the next request sent when half of the open ones
+//! was left) was measured against this one request at a time: no gain at one instance,
+//! `--concurrency 1` (paired runs on a loaded 2-core machine, 100,000 events, ratio to the
+//! synthetic source 0.51–0.74 before, 0.49–0.68 with it) and about a quarter more CPU in the
+//! instance per message; it was not kept.
 //!
 //! # Shutdown
 //!
 //! * The pipeline cancels (`with_cancellation`): the batch in flight is rolled back (its nak
 //!   compensation runs), the chunker's records are dropped (their hooks nak), the stream is
-//!   dropped and naks what its open pull requests had already delivered. Call
+//!   dropped and naks what its open pull request had already delivered. Call
 //!   [`NatsSource::close`] before printing the summary and exiting.
 //! * Alternatively give the token to [`NatsSource::records`] and not to the pipeline: the stream
 //!   then stops pulling, hands out the rest of a message of several events it had begun,
-//!   naks what its open pull requests still deliver (waiting until they complete or expire,
-//!   at most [`NatsOptions::drain_timeout`]) and ends, so the
+//!   naks the rest of its open pull request (waiting until the request completes or
+//!   expires, at most [`NatsOptions::drain_timeout`]) and ends, so the
 //!   pipeline flushes, commits and acks its last batch ("finish the batch in flight").
 //!   [`NatsOptions::max_messages`] ends the stream the same way.
 //! * [`NatsOptions::idle_exit`] ends the stream at once instead: the open request has
@@ -96,21 +98,21 @@
 //!
 //! [`options`] (what to connect to, and the sizing), [`error`] (setup errors), [`connect`](mod@connect)
 //! (the connection, the stream and the consumer), [`ack`] (the hooks, the keep-alive and the
-//! task that sends verdicts), `parts` (the hooks of a message of several events), `receive`
-//! (the task that reads the inbox), `records` (the pull requests, the stop), [`stats`] (the
-//! counters) and
+//! task that sends verdicts), `parts` (the hooks of a message of several events), `message`
+//! (a message as records), `records` (the pull loop), [`stats`] (the counters) and
 //! [`publish`](mod@publish) (loading events); this file ties them together in [`NatsSource`].
 
 pub mod ack;
 pub mod connect;
 pub mod error;
+mod message;
 pub mod options;
 mod parts;
 pub mod publish;
-mod receive;
 mod records;
 pub mod stats;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -126,7 +128,7 @@ use crate::console::Console;
 use crate::source::RecordStream;
 use crate::sync::lock;
 use ack::{Shared, ack_task, keep_alive};
-use records::Records;
+use records::{PullState, Records};
 use stats::SourceStats;
 
 pub use ack::NatsAck;
@@ -265,19 +267,24 @@ impl NatsSource {
     /// The records of the consumer. `stop`: see "Shutdown" in the module docs (pass a token
     /// that never fires when the pipeline itself is cancelled).
     pub fn records(&self, stop: CancellationToken) -> RecordStream {
-        let info = self.consumer.cached_info();
-        let next = format!(
-            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-            info.stream_name, info.name
-        );
-        Records::new(
-            self.client.clone(),
-            next.into(),
-            &self.opts,
-            self.shared.clone(),
-            stop,
-            self.console.clone(),
-        )
+        Records {
+            consumer: self.consumer.clone(),
+            pull_batch: self.opts.pull_batch.max(1),
+            pull_expires: self.opts.pull_expires,
+            drain_timeout: self.opts.drain_timeout,
+            shared: self.shared.clone(),
+            state: PullState::Idle,
+            stop: Box::pin(stop.cancelled_owned()),
+            draining: None,
+            backoff: None,
+            done: false,
+            idle_exit: self.opts.idle_exit.filter(|idle| !idle.is_zero()),
+            idle: None,
+            remaining: self.opts.max_messages,
+            limit: self.opts.max_messages,
+            console: self.console.clone(),
+            queued: VecDeque::new(),
+        }
         .boxed()
     }
 

@@ -23,8 +23,7 @@ pub struct NatsOptions {
     /// the broker silently drops a message after that many failed batches: bound deliveries
     /// with the pipeline's `--max-deliveries` instead, which dead-letters the event first.
     pub max_deliver: i64,
-    /// Messages per pull request; the next request is sent when half of this is left to
-    /// deliver, so an instance prefetches up to 1.5 times this. Best: the batch size.
+    /// Messages per pull request = the most this instance prefetches. Best: the batch size.
     pub pull_batch: usize,
     /// Pull request expiry: an idle instance re-pulls this often; a request lost in a broker
     /// restart is noticed after this + 5 s.
@@ -87,11 +86,11 @@ impl NatsOptions {
 
     /// Sizes prefetch and `max_ack_pending` for batches of `batch_size` and up to `instances`
     /// processes sharing the consumer: each may hold a batch being written, a batch filling in
-    /// the chunker, up to 1.5 pull batches of prefetch (two counted) and a nak'ed batch
-    /// waiting for its delay; doubled for headroom.
+    /// the chunker, one pull batch of prefetch and a nak'ed batch waiting for its delay;
+    /// doubled for headroom.
     pub fn for_pipeline(mut self, batch_size: usize, instances: usize) -> Self {
         self.pull_batch = batch_size.max(1);
-        let per_instance = 3 * batch_size + 2 * self.pull_batch;
+        let per_instance = 3 * batch_size + self.pull_batch;
         self.max_ack_pending = (2 * instances.max(1) * per_instance).max(1_000) as i64;
         self
     }
@@ -110,7 +109,7 @@ mod tests {
     fn pipeline_sizing() {
         let o = NatsOptions::new("nats://x:1", "s", "e", "c").for_pipeline(500, 3);
         assert_eq!(o.pull_batch, 500);
-        assert!(o.max_ack_pending >= 3 * (3 * 500 + 2 * 500));
+        assert!(o.max_ack_pending >= 3 * (3 * 500 + 500));
         assert_eq!(o.progress_interval(), Some(Duration::from_secs(10)));
         let off = NatsOptions {
             progress_every: Some(Duration::ZERO),
