@@ -1,24 +1,7 @@
 //! A message of several events (NDJSON, one event per line): one hook per event, and the
 //! message's verdict once every one of them is settled.
 //!
-//! The events of one message may end up in different batches (and, with `--per-tenant`,
-//! batches of different keys), committed or rolled back at different times. The message
-//! stays held (and kept alive) until the last of its events has a verdict, then gets one
-//! verdict, the strongest of theirs:
-//!
-//! | some event was …                          | the message                          |
-//! |-------------------------------------------|--------------------------------------|
-//! | left without a verdict (rows not deleted) | no verdict: redelivered after `ack_wait` |
-//! | rolled back (nak)                         | `-NAK` with the nak delay            |
-//! | dropped unsettled (shutdown)              | `-NAK` at once                       |
-//! | given up after `--max-deliveries`         | `+TERM` (its event is a dead letter) |
-//! | committed                                 | `+ACK`                               |
-//! | (every event rejected as invalid)         | `+TERM`                              |
-//!
-//! So a message is acknowledged only once every valid event in it is committed; a
-//! redelivered message brings back its committed events too, which the idempotent insert
-//! finds present (one row per event). An invalid line is rejected alone: it goes to the
-//! rejects file, and the rest of its message is written.
+//! The table of verdicts is on [`EventAck`].
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +37,25 @@ struct Message {
 }
 
 /// The hook of one event of a message of several.
+///
+/// The events of one message may end up in different batches (and, with `--per-tenant`,
+/// batches of different keys), committed or rolled back at different times. The message
+/// stays held (and kept alive) until the last of its events has a verdict, then gets one
+/// verdict, the strongest of theirs (the first row, top down, that one of its events got):
+///
+/// | some event was …                          | the message                          |
+/// |-------------------------------------------|--------------------------------------|
+/// | left without a verdict (rows not deleted) | no verdict: redelivered after `ack_wait` |
+/// | rolled back (nak)                         | `-NAK` with the nak delay            |
+/// | dropped unsettled (shutdown)              | `-NAK` at once                       |
+/// | given up after `--max-deliveries`         | `+TERM` (its event is a dead letter) |
+/// | committed                                 | `+ACK`                               |
+/// | (every event rejected as invalid)         | `+TERM`                              |
+///
+/// So a message is acknowledged only once every valid event in it is committed; a
+/// redelivered message brings back its committed events too, which the idempotent insert
+/// finds present (one row per event). An invalid line is rejected alone: it goes to the
+/// rejects file, and the rest of its message is written.
 pub struct EventAck {
     message: Arc<Mutex<Message>>,
     settled: bool,
