@@ -60,6 +60,13 @@ pub enum Position {
     Line(u64),
     /// A 1-based sequence number (synthetic events, or a broker's message sequence).
     Sequence(u64),
+    /// A 1-based line of a broker's message that carries several events (NDJSON).
+    MessageLine {
+        /// The message's sequence number.
+        message: u64,
+        /// The line within the message.
+        line: u64,
+    },
 }
 
 impl fmt::Display for Position {
@@ -67,6 +74,7 @@ impl fmt::Display for Position {
         match self {
             Position::Line(n) => write!(f, "line {n}"),
             Position::Sequence(n) => write!(f, "event {n}"),
+            Position::MessageLine { message, line } => write!(f, "message {message} line {line}"),
         }
     }
 }

@@ -72,9 +72,15 @@ pub struct PublishArgs {
     #[arg(long, value_name = "S", default_value_t = 42)]
     pub seed: u64,
     /// Also publish N malformed messages (not JSON events), after the events: consumers
-    /// count them as invalid and terminate them (never redelivered).
+    /// count them as invalid and terminate them (never redelivered). With
+    /// --events-per-message above 1, N malformed lines instead, one in the middle of each
+    /// of the first N messages: consumers reject that line alone.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub malformed: u64,
+    /// Events per message: above 1, each message is NDJSON (one event per line), and a
+    /// consumer acknowledges it once every event in it is committed.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events_per_message: u64,
     /// Most publish acknowledgements awaited at a time.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = at_least_one::<u64>)]
     pub in_flight: u64,

@@ -82,8 +82,14 @@ async fn publish(args: PublishArgs) -> ExitCode {
         Ok(report) => {
             println!(
                 "event-batcher publish: {report} to subject {} of stream {} at {} \
-                 ({} events evt-{}-…, {} malformed)",
-                args.subject, args.stream, args.source, args.events, args.seed, args.malformed
+                 ({} events evt-{}-…, {} per message, {} malformed)",
+                args.subject,
+                args.stream,
+                args.source,
+                args.events,
+                args.seed,
+                args.events_per_message,
+                args.malformed
             );
             ExitCode::SUCCESS
         }
@@ -100,17 +106,14 @@ async fn publish_events(args: &PublishArgs) -> Result<PublishReport, NatsError> 
     let js = nats::jetstream_context(client.clone(), &options);
     nats::ensure_stream(&js, &options).await?;
     let events = synthetic::events(args.seed, args.events).map(|event| {
-        let payload = serde_json::to_vec(&event).expect("an event serialises to JSON");
+        let payload = serde_json::to_string(&event).expect("an event serialises to JSON");
         (event.id, payload)
     });
-    let malformed = (1..=args.malformed).map(|n| {
-        (
-            format!("malformed-{}-{n}", args.seed),
-            format!("not an event: malformed message {n}").into_bytes(),
-        )
-    });
+    let per_message = usize::try_from(args.events_per_message).unwrap_or(usize::MAX);
+    let malformed_id = format!("malformed-{}", args.seed);
+    let messages = nats::ndjson_messages(events, per_message, args.malformed, &malformed_id);
     let in_flight = usize::try_from(args.in_flight).unwrap_or(usize::MAX);
-    let report = nats::publish(&js, &args.subject, events.chain(malformed), in_flight).await?;
+    let report = nats::publish(&js, &args.subject, messages, in_flight).await?;
     // Every publish was acknowledged by the server; nothing is left to flush but be tidy.
     let _ = client.flush().await;
     Ok(report)

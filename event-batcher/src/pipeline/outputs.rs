@@ -123,21 +123,30 @@ fn output_error(path: &Path, source: std::io::Error) -> SetupError {
 }
 
 impl Outputs {
-    /// Appends an invalid record to `--rejects`, if given: `line` (or `sequence`), `error`,
-    /// `raw`.
+    /// Appends an invalid record to `--rejects`, if given: `line` (or `sequence`, or `message`
+    /// and `line`), `error`, `raw`.
     pub(super) fn reject(&self, rejected: &Rejected) -> std::io::Result<()> {
         let Some(file) = &self.rejects else {
             return Ok(());
         };
-        let (key, number) = match rejected.position {
-            Position::Line(n) => ("line", n),
-            Position::Sequence(n) => ("sequence", n),
+        let line = match rejected.position {
+            Position::Line(n) => serde_json::json!({
+                "line": n,
+                "error": rejected.reason,
+                "raw": rejected.raw,
+            }),
+            Position::Sequence(n) => serde_json::json!({
+                "sequence": n,
+                "error": rejected.reason,
+                "raw": rejected.raw,
+            }),
+            Position::MessageLine { message, line } => serde_json::json!({
+                "message": message,
+                "line": line,
+                "error": rejected.reason,
+                "raw": rejected.raw,
+            }),
         };
-        let line = serde_json::json!({
-            key: number,
-            "error": rejected.reason,
-            "raw": rejected.raw,
-        });
         // Flushed line by line: a killed run loses no reject it reported.
         let mut file = lock(file);
         writeln!(file, "{line}").and_then(|()| file.flush())

@@ -29,14 +29,16 @@
 //! For a NATS source the check also holds the broker to account, from the verdicts actually
 //! sent (counted by the source's acknowledgement task after `NatsSource::close` waited for
 //! them):
-//! 5. acks sent == events acknowledged (written in committed batches), naks sent (+ messages
-//!    deliberately left for redelivery after `ack_wait`, when a rollback could not delete the
-//!    rows, + messages given up after `--max-deliveries`) == events in rolled-back batches,
-//!    `+TERM`s sent for given-up messages == events written to the dead-letter file for
-//!    them, rejects (`+TERM`) sent == invalid records;
-//! 6. every message received got exactly one verdict: received == acked + nak'ed +
-//!    rejected + dead-lettered + given back unsettled + left for redelivery (+ verdicts that
-//!    could not be sent, which fail 5).
+//! 5. per event (a message may carry several, one per NDJSON line): events acknowledged
+//!    to the source == events acknowledged (written in committed batches), events nak'ed
+//!    (+ events deliberately left for redelivery after `ack_wait`, when a rollback could not
+//!    delete the rows, + events given up after `--max-deliveries`) == events in rolled-back
+//!    batches, events given up == events written to the dead-letter file for them, events
+//!    rejected == invalid records, and every event received got exactly one of those (or
+//!    was given back unsettled);
+//! 6. per message: every message received got exactly one verdict, sent once all its
+//!    events had theirs: received == acked + nak'ed + rejected + dead-lettered + given back
+//!    unsettled + left for redelivery, and no verdict failed to be sent.
 //!
 //! With several instances sharing a consumer, each checks its own run (its `run_id`); the
 //! table as a whole is what the instances wrote together.
@@ -131,43 +133,56 @@ impl Check {
         dead_lettered: u64,
         invalid: u64,
     ) -> Check {
+        let events = &nats.events;
+        let returned = events.nacked + events.abandoned + events.dead_lettered;
         let settled = nats.settled();
-        let returned = nats.nacked + nats.abandoned + nats.dead_lettered;
-        let holds = nats.acked == acknowledged
+        let holds = events.acked == acknowledged
             && returned == events_rolled_back
-            && nats.dead_lettered == dead_lettered
-            && nats.rejected == invalid
+            && events.dead_lettered == dead_lettered
+            && events.rejected == invalid
+            && events.received == events.settled()
             && nats.received == settled
             && nats.send_failures == 0;
         let compare = |sent: u64, events: u64| if sent == events { "==" } else { "!=" };
-        let mut naks = format!("naks {}", nats.nacked);
-        if nats.abandoned > 0 {
+        let mut naks = format!("naks {}", events.nacked);
+        if events.abandoned > 0 {
             naks.push_str(&format!(
                 " + {} left for redelivery (rows not deleted)",
-                nats.abandoned
+                events.abandoned
             ));
         }
-        if nats.dead_lettered > 0 || dead_lettered > 0 {
+        if events.dead_lettered > 0 || dead_lettered > 0 {
             naks.push_str(&format!(
                 " + {} given up ({} {} dead letters written)",
-                nats.dead_lettered,
-                compare(nats.dead_lettered, dead_lettered),
+                events.dead_lettered,
+                compare(events.dead_lettered, dead_lettered),
                 dead_lettered
             ));
         }
         let mut detail = format!(
-            "NATS verdicts {}: acks {} {} events acknowledged {acknowledged}, {naks} {} events \
-             rolled back {events_rolled_back}, rejects {} {} invalid {invalid}, {} received {} \
-             {settled} settled ({} given back unsettled)",
+            "NATS verdicts {}: events: acks {} {} events acknowledged {acknowledged}, {naks} {} \
+             events rolled back {events_rolled_back}, rejects {} {} invalid {invalid}, {} \
+             received {} {} settled ({} given back unsettled); messages: {} received {} {settled} \
+             verdicts ({} acked, {} nak'ed, {} rejected, {} dead-lettered, {} given back, {} \
+             left for redelivery)",
             if holds { "OK" } else { "FAILED" },
-            nats.acked,
-            compare(nats.acked, acknowledged),
+            events.acked,
+            compare(events.acked, acknowledged),
             compare(returned, events_rolled_back),
-            nats.rejected,
-            compare(nats.rejected, invalid),
+            events.rejected,
+            compare(events.rejected, invalid),
+            events.received,
+            compare(events.received, events.settled()),
+            events.settled(),
+            events.given_back,
             nats.received,
             compare(nats.received, settled),
+            nats.acked,
+            nats.nacked,
+            nats.rejected,
+            nats.dead_lettered,
             nats.dropped_nacked,
+            nats.abandoned,
         );
         if nats.send_failures > 0 {
             detail.push_str(&format!(
@@ -190,6 +205,7 @@ impl Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::nats::EventCounts;
 
     fn rows(of_run: u64, left: u64) -> Result<DatabaseRows, String> {
         Ok(DatabaseRows {
@@ -226,6 +242,15 @@ mod tests {
 
     #[test]
     fn broker_check_compares_verdicts_with_events() {
+        // One event per message: the event and message counts are the same.
+        let events = EventCounts {
+            received: 12,
+            acked: 8,
+            nacked: 2,
+            rejected: 1,
+            given_back: 1,
+            ..EventCounts::default()
+        };
         let nats = NatsStats {
             received: 12,
             redelivered: 2,
@@ -233,6 +258,7 @@ mod tests {
             nacked: 2,
             rejected: 1,
             dropped_nacked: 1,
+            events,
             ..NatsStats::default()
         };
         let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&nats, 8, 2, 0, 1);
@@ -243,7 +269,10 @@ mod tests {
             check.detail
         );
         // An ack missing (a hook dropped, or never sent).
-        let short = NatsStats { acked: 7, ..nats };
+        let short = NatsStats {
+            events: EventCounts { acked: 7, ..events },
+            ..nats
+        };
         let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&short, 8, 2, 0, 1);
         assert!(!check.holds);
         assert!(
@@ -258,6 +287,19 @@ mod tests {
             send_failures: 1,
             ..nats
         };
+        // An event whose hook was never called (lost inside the source).
+        let unsettled = NatsStats {
+            events: EventCounts {
+                received: 13,
+                ..events
+            },
+            ..nats
+        };
+        assert!(
+            !Check::new(8, 8, 0, 1, rows(8, 0))
+                .with_broker(&unsettled, 8, 2, 0, 1)
+                .holds
+        );
         assert!(
             !Check::new(8, 8, 0, 1, rows(8, 0))
                 .with_broker(&lost, 8, 2, 0, 1)
@@ -274,6 +316,11 @@ mod tests {
         let given_up = NatsStats {
             nacked: 1,
             dead_lettered: 1,
+            events: EventCounts {
+                nacked: 1,
+                dead_lettered: 1,
+                ..events
+            },
             ..nats
         };
         let check = Check::new(8, 8, 0, 1, rows(8, 0)).with_broker(&given_up, 8, 2, 1, 1);
@@ -292,5 +339,34 @@ mod tests {
                 .detail
                 .contains("1 given up (!= 0 dead letters written)")
         );
+    }
+
+    #[test]
+    fn broker_check_counts_events_and_messages_apart() {
+        // 3 messages of 4 events: 2 messages acked (8 events), one nak'ed because one of
+        // its events was rolled back (3 committed, 1 rolled back).
+        let nats = NatsStats {
+            received: 3,
+            acked: 2,
+            nacked: 1,
+            events: EventCounts {
+                received: 12,
+                acked: 11,
+                nacked: 1,
+                ..EventCounts::default()
+            },
+            ..NatsStats::default()
+        };
+        let check = Check::new(11, 11, 0, 1, rows(11, 0)).with_broker(&nats, 11, 1, 0, 0);
+        assert!(check.holds, "{}", check.detail);
+        assert!(
+            check.detail.contains("messages: 3 received == 3 verdicts"),
+            "{}",
+            check.detail
+        );
+        // A message without a verdict fails the check even when every event has one.
+        let silent = NatsStats { nacked: 0, ..nats };
+        let check = Check::new(11, 11, 0, 1, rows(11, 0)).with_broker(&silent, 11, 1, 0, 0);
+        assert!(!check.holds, "{}", check.detail);
     }
 }

@@ -323,6 +323,7 @@ impl fmt::Display for Summary {
         }
         if let Some(nats) = &self.nats {
             writeln!(f, "  NATS messages        {nats}")?;
+            writeln!(f, "  NATS events          {}", nats.events)?;
             if let Some(ended) = &nats.ended {
                 writeln!(f, "  source ended         {ended}")?;
             }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test file uses a different subset.
 
+pub mod instance;
+pub mod nats;
 pub mod private_postgres;
 pub mod scenarios;
 

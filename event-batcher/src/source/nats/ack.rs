@@ -15,12 +15,12 @@ use result_stream::BoxError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::stats::SourceStats;
+use super::stats::{EventCounters, SourceStats};
 use crate::mutex::lock;
 use crate::record::AckHandle;
 
 /// What is sent for a message.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Verdict {
     Ack,
     Nak,
@@ -31,8 +31,8 @@ pub(super) enum Verdict {
 }
 
 pub(super) struct Op {
-    reply: Subject,
-    verdict: Verdict,
+    pub(super) reply: Subject,
+    pub(super) verdict: Verdict,
 }
 
 /// State shared by the stream, the hooks, the keep-alive and the ack task of one source.
@@ -93,8 +93,10 @@ impl fmt::Debug for NatsAck {
 }
 
 impl NatsAck {
-    fn settle(&mut self, verdict: Verdict) -> BoxFuture<'static, Result<(), BoxError>> {
-        let result = match self.reply.take() {
+    /// Sends the message's verdict (once; later calls do nothing). Counts no event: the
+    /// caller does.
+    pub(super) fn settle(&mut self, verdict: Verdict) -> Result<(), BoxError> {
+        match self.reply.take() {
             Some(reply) => {
                 // Removed and queued under the lock: see `keep_alive`.
                 let mut held = lock(&self.shared.held);
@@ -104,45 +106,70 @@ impl NatsAck {
                 sent
             }
             None => Ok(()),
-        };
-        futures::future::ready(result).boxed()
+        }
     }
-}
 
-impl AckHandle for NatsAck {
-    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
-        self.settle(Verdict::Ack)
+    /// The counters of the source the message came from.
+    pub(super) fn stats(&self) -> &SourceStats {
+        &self.shared.stats
     }
-    fn nak(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
-        self.settle(Verdict::Nak)
-    }
-    fn reject(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
-        self.settle(Verdict::Reject)
-    }
-    fn deliveries(&self) -> Option<u64> {
-        u64::try_from(self.delivered).ok()
-    }
-    fn give_up(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
-        self.settle(Verdict::GiveUp)
-    }
-    fn abandon(mut self: Box<Self>) {
+
+    /// Leaves the message without a verdict and stops its keep-alive: the broker
+    /// redelivers it after `ack_wait`.
+    pub(super) fn leave(&mut self) {
         if self.reply.take().is_some() {
-            // No verdict and no more keep-alives: the broker redelivers after `ack_wait`.
             let mut held = lock(&self.shared.held);
             held.remove(&self.token);
             drop(held);
             self.shared.stats.abandoned.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Counts one event of this (one-event) message, and sends `verdict`.
+    fn settle_event(
+        &mut self,
+        counter: fn(&EventCounters) -> &AtomicU64,
+        verdict: Verdict,
+    ) -> BoxFuture<'static, Result<(), BoxError>> {
+        if self.reply.is_some() {
+            counter(&self.shared.stats.events).fetch_add(1, Ordering::Relaxed);
+        }
+        futures::future::ready(self.settle(verdict)).boxed()
+    }
+}
+
+impl AckHandle for NatsAck {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
+        self.settle_event(|e| &e.acked, Verdict::Ack)
+    }
+    fn nak(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
+        self.settle_event(|e| &e.nacked, Verdict::Nak)
+    }
+    fn reject(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
+        self.settle_event(|e| &e.rejected, Verdict::Reject)
+    }
+    fn deliveries(&self) -> Option<u64> {
+        u64::try_from(self.delivered).ok()
+    }
+    fn give_up(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
+        self.settle_event(|e| &e.dead_lettered, Verdict::GiveUp)
+    }
+    fn abandon(mut self: Box<Self>) {
+        // No verdict and no more keep-alives: the broker redelivers after `ack_wait`.
+        if self.reply.is_some() {
+            let events = &self.shared.stats.events;
+            events.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+        self.leave();
+    }
 }
 
 impl Drop for NatsAck {
     fn drop(&mut self) {
-        if let Some(reply) = self.reply.take() {
-            // Removed and queued under the lock: see `keep_alive`.
-            let mut held = lock(&self.shared.held);
-            held.remove(&self.token);
-            let _ = self.shared.send(reply, Verdict::GiveBack);
+        if self.reply.is_some() {
+            let events = &self.shared.stats.events;
+            events.given_back.fetch_add(1, Ordering::Relaxed);
+            let _ = self.settle(Verdict::GiveBack);
         }
     }
 }

@@ -1,5 +1,7 @@
-//! The record stream: one pull request at a time, the graceful stop, the idle exit.
+//! The record stream: one pull request at a time, the graceful stop, the idle exit. A
+//! message of several events is handed out as its events, one after the other.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,10 +15,11 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::ack::{Shared, Verdict};
 use super::error::one_line;
+use super::message;
 use super::stats::SourceEnd;
 use crate::console::Console;
 use crate::mutex::lock;
-use crate::record::{Position, Record, RecordBody};
+use crate::record::Record;
 use crate::source::SourceError;
 
 pub(super) type BatchFuture =
@@ -50,6 +53,8 @@ pub(super) struct Records {
     pub(super) limit: Option<u64>,
     /// Where a failed pull is reported.
     pub(super) console: Console,
+    /// The events of a received message not handed out yet (the rest of an NDJSON message).
+    pub(super) queued: VecDeque<Record>,
 }
 
 impl Records {
@@ -96,6 +101,7 @@ impl Records {
     /// Ends the stream: the open request is dropped (unsubscribed).
     fn finish(&mut self) {
         self.done = true;
+        self.queued.clear(); // dropped, hence given back
         self.drain_ready();
         self.state = PullState::Idle;
     }
@@ -136,23 +142,14 @@ impl Records {
         None
     }
 
-    fn record(&self, msg: jetstream::Message) -> Option<Record> {
-        let reply = msg.reply.clone()?; // not a JetStream delivery: cannot be acked, skip
-        let (stream_seq, delivered) = msg
-            .info()
-            .map(|i| (i.stream_sequence, i.delivered))
-            .unwrap_or((0, 1));
-        let stats = &self.shared.stats;
-        stats.received.fetch_add(1, Ordering::Relaxed);
-        if delivered > 1 {
-            stats.redelivered.fetch_add(1, Ordering::Relaxed);
+    /// Takes a message: its records are queued (handed out from the next poll on).
+    fn take(&mut self, msg: jetstream::Message) {
+        if let Some(records) = message::records(msg.message, &self.shared) {
+            if let Some(left) = self.remaining.as_mut() {
+                *left = left.saturating_sub(1);
+            }
+            self.queued.extend(records);
         }
-        let ack = self.shared.hold(reply, stream_seq, delivered);
-        Some(Record {
-            position: Position::Sequence(stream_seq),
-            body: RecordBody::Json(msg.message.payload.to_vec()),
-            ack: Some(Box::new(ack)),
-        })
     }
 }
 
@@ -212,6 +209,10 @@ impl Records {
             if this.done {
                 return Poll::Ready(None);
             }
+            // The rest of a message already received is handed out first, even at a stop.
+            if let Some(record) = this.queued.pop_front() {
+                return Poll::Ready(Some(Ok(record)));
+            }
             if this.draining.is_none() && this.stop.as_mut().poll(cx).is_ready() {
                 this.begin_drain(SourceEnd::Stopped);
             }
@@ -263,12 +264,7 @@ impl Records {
                             this.give_back(&msg);
                             continue;
                         }
-                        if let Some(record) = this.record(msg) {
-                            if let Some(left) = this.remaining.as_mut() {
-                                *left = left.saturating_sub(1);
-                            }
-                            return Poll::Ready(Some(Ok(record)));
-                        }
+                        this.take(msg);
                     }
                 },
             }

@@ -23,6 +23,8 @@ pub(crate) struct SourceStats {
     pub(crate) progress_failures: AtomicU64,
     pub(crate) broker_errors: AtomicU64,
     pub(crate) ended: Mutex<Option<SourceEnd>>,
+    /// What the pipeline did with each event (a message may carry several).
+    pub(crate) events: EventCounters,
 }
 
 /// The live counters of one source, read while it runs (`--metrics`). Cheap to clone.
@@ -36,7 +38,71 @@ impl NatsCounters {
     }
 }
 
-/// What one instance did with its messages.
+/// Live per-event counters (relaxed atomics).
+#[derive(Debug, Default)]
+pub(crate) struct EventCounters {
+    pub(crate) received: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) nacked: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) given_back: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+}
+
+/// What the pipeline did with the events of the messages (one event per message, or one
+/// per line of an NDJSON message): the hooks it called, whatever verdict each message got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventCounts {
+    /// Events handed to the pipeline (redeliveries included).
+    pub received: u64,
+    /// Acknowledged after their batch committed.
+    pub acked: u64,
+    /// Negatively acknowledged after their batch was rolled back.
+    pub nacked: u64,
+    /// Rejected as invalid.
+    pub rejected: u64,
+    /// Given up after `--max-deliveries` (written to the dead-letter file).
+    pub dead_lettered: u64,
+    /// Dropped without a verdict (cancellation, shutdown).
+    pub given_back: u64,
+    /// Left without a verdict on purpose (rows of a rolled-back batch not deleted).
+    pub abandoned: u64,
+}
+
+impl EventCounts {
+    /// Events that got a verdict from the pipeline (or were dropped): every event received
+    /// was settled once when this equals `received`.
+    pub fn settled(&self) -> u64 {
+        self.acked
+            + self.nacked
+            + self.rejected
+            + self.dead_lettered
+            + self.given_back
+            + self.abandoned
+    }
+}
+
+impl fmt::Display for EventCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} received; {} acked, {} nak'ed after rollback, {} rejected, {} dead-lettered, \
+             {} given back unsettled, {} left for redelivery",
+            self.received,
+            self.acked,
+            self.nacked,
+            self.rejected,
+            self.dead_lettered,
+            self.given_back,
+            self.abandoned
+        )
+    }
+}
+
+/// What one instance did with its messages. The verdict counts are of messages (one verdict
+/// per message, sent once every event in it is settled); [`events`](Self::events) counts
+/// events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NatsStats {
     /// Messages received (redeliveries included).
@@ -67,6 +133,8 @@ pub struct NatsStats {
     pub broker_errors: u64,
     /// Why the record stream ended, if it ended by itself (stop, idle, message limit).
     pub ended: Option<SourceEnd>,
+    /// The events of those messages.
+    pub events: EventCounts,
 }
 
 impl NatsStats {
@@ -122,6 +190,15 @@ impl SourceStats {
             progress_failures: g(&self.progress_failures),
             broker_errors: g(&self.broker_errors),
             ended: *lock(&self.ended),
+            events: EventCounts {
+                received: g(&self.events.received),
+                acked: g(&self.events.acked),
+                nacked: g(&self.events.nacked),
+                rejected: g(&self.events.rejected),
+                dead_lettered: g(&self.events.dead_lettered),
+                given_back: g(&self.events.given_back),
+                abandoned: g(&self.events.abandoned),
+            },
         }
     }
 }
