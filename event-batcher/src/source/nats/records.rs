@@ -135,7 +135,7 @@ impl Records {
             self.done = true;
             return Some(SourceError::Broker { reason });
         }
-        self.console.println(format!(
+        self.console.warn(format!(
             "event-batcher: NATS pull failed, retrying in {PULL_RETRY:?}: {reason}"
         ));
         self.backoff = Some(Box::pin(tokio::time::sleep(PULL_RETRY)));
