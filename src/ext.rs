@@ -6,7 +6,7 @@ use futures_core::stream::Stream;
 
 use crate::{
     ChunksTimeoutByKeyResult, ChunksTimeoutResult, CompensationScope, ForEachCompensated,
-    MapOkStream,
+    ItemScope, MapOkStream,
 };
 
 /// Adapters for streams of `Result`s, implemented for every `Stream<Item = Result<T, E>>`.
@@ -230,7 +230,7 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ) -> ForEachCompensated<Self, F, Fut>
     where
         Self: Sized,
-        F: FnMut(T, CompensationScope) -> Fut,
+        F: FnMut(T, ItemScope) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
         ForEachCompensated::new(self, scope, f)

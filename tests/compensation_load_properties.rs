@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::stream;
 use proptest::prelude::*;
-use result_stream::{CompensationScope, ResultStreamExt, RollbackPolicy};
+use result_stream::{CompensationScope, ResultStreamExt, RetryPolicy};
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
@@ -129,7 +129,7 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
             .concurrency(case.concurrency)
             .with_cancellation(token);
         if let Some(attempts) = case.attempts {
-            run = run.retry(RollbackPolicy::default().attempts(attempts));
+            run = run.retry(RetryPolicy::default().attempts(attempts));
         }
         if case.all_or_nothing {
             run = run.all_or_nothing();

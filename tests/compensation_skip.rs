@@ -12,7 +12,7 @@ use common::ms;
 use compensation_common::*;
 use futures::stream;
 use result_stream::{
-    Cause, CompensatedError, CompensationScope, Completion, ResultStreamExt, RollbackPolicy,
+    Cause, CompensatedError, CompensationScope, Completion, ResultStreamExt, RetryPolicy,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -166,7 +166,7 @@ async fn skip_after_retries_hands_over_the_last_attempts_cause() {
                 },
             ),
         )
-        .retry(RollbackPolicy::default().attempts(2))
+        .retry(RetryPolicy::default().attempts(2))
         .skip_failed_items(recorder(&skips))
         .await
         .unwrap();

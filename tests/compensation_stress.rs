@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::{self, Either};
 use futures::stream;
 use result_stream::{
-    BoxError, Compensation, CompensationScope, ResultStreamExt, RollbackPolicy, RollbackReport,
+    BoxError, Compensation, CompensationScope, ResultStreamExt, RetryPolicy, RollbackReport,
     UnitOfWork,
 };
 use tokio::task::yield_now;
@@ -179,7 +179,7 @@ struct Plan {
     cancel_after: Option<u64>,
     drop_after: Option<u64>,
     concurrency: usize,
-    policy: RollbackPolicy,
+    policy: RetryPolicy,
 }
 
 fn plan(rng: &mut Rng) -> Plan {
@@ -198,7 +198,7 @@ fn plan(rng: &mut Rng) -> Plan {
         cancel_after: rng.chance(25).then(|| rng.below(12)),
         drop_after: rng.chance(20).then(|| rng.below(12)),
         concurrency: 1 + rng.below(3) as usize,
-        policy: RollbackPolicy::default().concurrent(1 + rng.below(3) as usize),
+        policy: RetryPolicy::default().concurrent(1 + rng.below(3) as usize),
     }
 }
 
@@ -288,11 +288,11 @@ async fn one_seed(seed: u64) {
                     }
                     1 => committed += scope.commit(),
                     2 => {
-                        let report = scope.rollback(RollbackPolicy::default()).await;
+                        let report = scope.rollback(RetryPolicy::default()).await;
                         reported.extend(failed_labels(&report));
                     }
                     _ => {
-                        let rollback = scope.rollback(RollbackPolicy::default());
+                        let rollback = scope.rollback(RetryPolicy::default());
                         match future::select(rollback, Box::pin(yields(wait))).await {
                             Either::Left((report, _)) => reported.extend(failed_labels(&report)),
                             Either::Right(_) => interrupted.store(true, Ordering::SeqCst),
@@ -311,7 +311,7 @@ async fn one_seed(seed: u64) {
     let (owner_committed, mut reported) = owner.await.expect("the owner did not panic");
 
     // What is left (dropped runs, the owner's) is the owner's to roll back.
-    let last = scope.rollback(RollbackPolicy::default()).await;
+    let last = scope.rollback(RetryPolicy::default()).await;
     reported.extend(failed_labels(&last));
     drop(last); // its failures hold probes
     assert!(scope.is_empty(), "seed {seed}: {} left", scope.len());

@@ -1,14 +1,10 @@
-use core::pin::Pin;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
 use futures_core::stream::TryStream;
 use tokio_util::sync::CancellationToken;
 
-use super::item::ItemSlot;
-use super::{CompensatedError, ForEachCompensated, Phase};
-use crate::compensation::scope::LiveRun;
-use crate::compensation::{CompensationScope, RollbackPolicy};
+use super::{CompensatedError, CompensationScope, ForEachCompensated, RetryPolicy};
 
 /// What one commit of compensations covers in [`ForEachCompensated`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,10 +21,11 @@ pub enum UnitOfWork {
 }
 
 /// What a successful [`ForEachCompensated`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Completion {
-    pub(super) items: u64,
-    pub(super) skipped: u64,
+    pub(crate) items: u64,
+    pub(crate) skipped: u64,
+    pub(crate) upstream_errors: u64,
 }
 
 impl Completion {
@@ -42,37 +39,20 @@ impl Completion {
     pub fn skipped(&self) -> u64 {
         self.skipped
     }
+
+    /// How many upstream errors were handed to the callback of
+    /// [`skip_upstream_errors`](ForEachCompensated::skip_upstream_errors).
+    pub fn upstream_errors(&self) -> u64 {
+        self.upstream_errors
+    }
 }
 
 impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
-    pub(crate) fn new(stream: St, scope: CompensationScope, f: F) -> Self {
-        Self {
-            stream,
-            f,
-            first: ItemSlot::new(),
-            extra: Vec::new(),
-            run: LiveRun::new(&scope),
-            policy: RollbackPolicy::default(),
-            unit: UnitOfWork::default(),
-            limit: NonZeroUsize::MIN,
-            retry: None,
-            keep: None,
-            on_skip: None,
-            token: None,
-            cancelled: None,
-            phase: Phase::Running,
-            upstream_done: false,
-            pulled: 0,
-            items: 0,
-            skipped: 0,
-        }
-    }
-
     /// Sets how the rollback runs each compensation (default: once each, newest first).
     /// It also runs the undo of a failed attempt ([`retry`](Self::retry)) and of a skipped
     /// item ([`skip_failed_items`](Self::skip_failed_items)).
-    pub fn rollback_policy(mut self, policy: RollbackPolicy) -> Self {
-        self.policy = policy;
+    pub fn rollback_policy(mut self, policy: RetryPolicy) -> Self {
+        self.config.rules.undo = policy;
         self
     }
 
@@ -86,10 +66,10 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     #[track_caller]
     pub fn unit_of_work(mut self, unit: UnitOfWork) -> Self {
         assert!(
-            !(unit == UnitOfWork::Run && self.on_skip.is_some()),
+            !(unit == UnitOfWork::Run && self.config.on_skip.is_some()),
             "ForEachCompensated::unit_of_work: `UnitOfWork::Run` (all-or-nothing) cannot skip failed items"
         );
-        self.unit = unit;
+        self.config.rules.commit_each = unit == UnitOfWork::Item;
         self
     }
 
@@ -112,7 +92,7 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
         let token = token.child_token();
         self.cancelled = Some(token.clone().cancelled_owned());
-        self.token = Some(token);
+        self.config.token = Some(token);
         self
     }
 
@@ -151,13 +131,13 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// ```
     #[track_caller]
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.limit =
+        self.config.limit =
             NonZeroUsize::new(n).expect("ForEachCompensated::concurrency: `n` must be at least 1");
         self
     }
 
     /// Retries an item whose handler returns `Err` (or runs past the policy's
-    /// [time limit](RollbackPolicy::attempt_timeout), [`Cause::TimedOut`](crate::Cause::TimedOut)) under `policy`:
+    /// [time limit](RetryPolicy::attempt_timeout), [`Cause::TimedOut`](crate::Cause::TimedOut)) under `policy`:
     /// the compensations of the failed attempt run first (newest first, under the
     /// [rollback policy](Self::rollback_policy)), then the policy's backoff, then the next
     /// attempt, on a clone of the item. If the undo of an attempt is incomplete, the run
@@ -171,7 +151,7 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// use std::sync::atomic::{AtomicU32, Ordering};
     /// use std::time::Duration;
     /// use futures::stream;
-    /// use result_stream::{Backoff, CompensationScope, ResultStreamExt, RollbackPolicy};
+    /// use result_stream::{Backoff, CompensationScope, ResultStreamExt, RetryPolicy};
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
@@ -184,7 +164,7 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     ///         }
     ///     })
     ///     .retry(
-    ///         RollbackPolicy::default()
+    ///         RetryPolicy::default()
     ///             .attempts(3)
     ///             .backoff(Backoff::Fixed(Duration::from_millis(100))),
     ///     )
@@ -194,12 +174,12 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// assert_eq!(CALLS.load(Ordering::SeqCst), 2);
     /// # }
     /// ```
-    pub fn retry(mut self, policy: RollbackPolicy) -> Self
+    pub fn retry(mut self, policy: RetryPolicy) -> Self
     where
         St::Ok: Clone,
     {
-        self.retry = Some(policy);
-        self.keep = Some(<St::Ok as Clone>::clone);
+        self.config.rules.retry = Some(policy);
+        self.config.keep = Some(<St::Ok as Clone>::clone);
         self
     }
 
@@ -243,10 +223,14 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
         S: FnMut(u64, CompensatedError<St::Error>) + Send + 'static,
     {
         assert!(
-            self.unit != UnitOfWork::Run,
+            self.config.rules.commit_each,
             "ForEachCompensated::skip_failed_items: an all-or-nothing run cannot skip failed items"
         );
-        self.on_skip = Some(Mutex::new(Box::new(on_skip)));
+        let mut on_skip = on_skip;
+        self.config.rules.skip = true;
+        self.config.on_skip = Some(Mutex::new(Box::new(move |(index, error)| {
+            on_skip(index, error)
+        })));
         self
     }
 
@@ -254,12 +238,12 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// like what the handler registers, whenever it is registered (before the first poll,
     /// between items): it is committed when the run succeeds and rolled back when it fails.
     pub fn scope(&self) -> &CompensationScope {
-        self.run.handle()
+        &self.run.0
     }
 
     /// How many items the handler has processed successfully so far.
     pub fn items_processed(&self) -> u64 {
-        self.items
+        self.done.items
     }
 
     /// Acquires a reference to the underlying stream.
@@ -270,11 +254,6 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// Acquires a mutable reference to the underlying stream.
     pub fn get_mut(&mut self) -> &mut St {
         &mut self.stream
-    }
-
-    /// Acquires a pinned mutable reference to the underlying stream.
-    pub fn get_pin_mut(self: Pin<&mut Self>) -> Pin<&mut St> {
-        self.project().stream
     }
 
     /// Consumes the future and returns the underlying stream.

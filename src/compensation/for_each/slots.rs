@@ -1,0 +1,242 @@
+//! Which items in flight were woken, so that the run polls only those (as
+//! `FuturesUnordered` does, with no allocation per item: one waker per slot, made once).
+
+use core::pin::Pin;
+use core::task::{Context, Poll};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Wake, Waker};
+
+use futures_util::task::AtomicWaker;
+use pin_project_lite::pin_project;
+
+use super::item::{ItemEnd, Rules, Slot};
+use crate::compensation::stack::Stack;
+use crate::compensation::{ItemScope, Rollback};
+
+/// The flags the slots' wakers set, and the run's own waker they wake.
+#[derive(Debug)]
+struct Flags {
+    run: AtomicWaker,
+    any: AtomicBool,
+    slots: Box<[AtomicBool]>,
+}
+
+#[derive(Debug)]
+struct SlotWaker {
+    flags: Arc<Flags>,
+    at: usize,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flags.slots[self.at].store(true, Ordering::Release);
+        self.flags.any.store(true, Ordering::Release);
+        self.flags.run.wake();
+    }
+}
+
+/// One waker per slot of a run with more than one item in flight.
+#[derive(Debug)]
+struct Woken {
+    flags: Arc<Flags>,
+    wakers: Vec<Waker>,
+}
+
+impl Woken {
+    fn new(slots: usize) -> Self {
+        let flags = Arc::new(Flags {
+            run: AtomicWaker::new(),
+            any: AtomicBool::new(false),
+            slots: (0..slots).map(|_| AtomicBool::new(false)).collect(),
+        });
+        let wakers = (0..slots)
+            .map(|at| {
+                let flags = flags.clone();
+                Waker::from(Arc::new(SlotWaker { flags, at }))
+            })
+            .collect();
+        Self { flags, wakers }
+    }
+
+    /// Registers the run's waker: a slot's wake wakes it.
+    fn register(&self, run: &Waker) {
+        self.flags.run.register(run);
+    }
+
+    /// Whether some slot was woken since the last call (clears the mark).
+    fn any(&self) -> bool {
+        self.flags.any.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether slot `at` was woken since it was last polled (clears the mark).
+    fn take(&self, at: usize) -> bool {
+        self.flags.slots[at].swap(false, Ordering::AcqRel)
+    }
+
+    /// The waker of slot `at`.
+    fn waker(&self, at: usize) -> &Waker {
+        &self.wakers[at]
+    }
+}
+
+/// A slot beyond the first, boxed once and reused.
+type Boxed<T, Fut, E> = Pin<Box<Slot<T, Fut, E>>>;
+
+pin_project! {
+    /// The items in flight, each in a slot of its own, polled when woken. The first slot is
+    /// inline (one item at a time allocates nothing); with `n > 1` items in flight the
+    /// others are boxed once, when first needed, and reused, and each slot has a waker of
+    /// its own (made once), so that the run polls only the slots that were woken.
+    pub(super) struct Slots<T, Fut, E> {
+        #[pin]
+        first: Slot<T, Fut, E>,
+        extra: Vec<Boxed<T, Fut, E>>,
+        // `None` with one slot: it shares the run's waker, and counts as woken whenever
+        // the run is polled.
+        woken: Option<Woken>,
+        first_woken: bool,
+        // The next slot a scan of the woken ones looks at, while one is in progress.
+        scan: Option<usize>,
+    }
+}
+
+impl<T, Fut, E> Slots<T, Fut, E>
+where
+    Fut: Future<Output = Result<(), E>>,
+{
+    pub(super) fn new() -> Self {
+        Self {
+            first: Slot::new(),
+            extra: Vec::new(),
+            woken: None,
+            first_woken: false,
+            scan: None,
+        }
+    }
+
+    /// Called when the run is polled: the run's waker is the one slots wake.
+    #[inline]
+    pub(super) fn enter(self: Pin<&mut Self>, limit: usize, cx: &Context<'_>) {
+        let this = self.project();
+        if limit > 1 {
+            this.woken
+                .get_or_insert_with(|| Woken::new(limit))
+                .register(cx.waker());
+        }
+        *this.first_woken = true;
+    }
+
+    /// Starts item number `index` in a free slot and polls it.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start<F>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        index: u64,
+        value: T,
+        f: &mut F,
+        run: &Stack,
+        rules: &Rules,
+        keep: Option<fn(&T) -> T>,
+    ) -> Poll<ItemEnd<E>>
+    where
+        F: FnMut(T, ItemScope) -> Fut,
+    {
+        let this = self.project();
+        let at = match this.woken {
+            None => 0,
+            Some(woken) => {
+                let free = std::iter::once(this.first.is_busy())
+                    .chain(this.extra.iter().map(|slot| slot.is_busy()))
+                    .position(|busy| !busy);
+                let at = free.unwrap_or_else(|| {
+                    this.extra.push(Box::pin(Slot::new()));
+                    this.extra.len()
+                });
+                woken.take(at);
+                at
+            }
+        };
+        if at == 0 {
+            *this.first_woken = false;
+        }
+        let mut slot = slot(this.first, this.extra, at);
+        slot.as_mut().start(index, value, keep, f, run, rules);
+        match this.woken {
+            None => slot.poll_item(cx, f, run, rules, keep),
+            Some(woken) => {
+                let mut cx = Context::from_waker(woken.waker(at));
+                slot.poll_item(&mut cx, f, run, rules, keep)
+            }
+        }
+    }
+
+    /// Polls the slots woken since they were last polled, until one item ends.
+    pub(super) fn poll_woken<F>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        f: &mut F,
+        run: &Stack,
+        rules: &Rules,
+        keep: Option<fn(&T) -> T>,
+    ) -> Poll<ItemEnd<E>>
+    where
+        F: FnMut(T, ItemScope) -> Fut,
+    {
+        let mut this = self.project();
+        let Some(woken) = this.woken else {
+            if !std::mem::take(this.first_woken) || !this.first.is_busy() {
+                return Poll::Pending;
+            }
+            return this.first.poll_item(cx, f, run, rules, keep);
+        };
+        // One scan per call, started only if a slot was woken: a handler that wakes
+        // itself is polled again on the next call, not in a loop here.
+        let mut at = match this.scan.take() {
+            Some(at) => at,
+            None if woken.any() => 0,
+            None => return Poll::Pending,
+        };
+        while at <= this.extra.len() {
+            let slot = slot(this.first.as_mut(), this.extra, at);
+            at += 1;
+            if woken.take(at - 1) && slot.is_busy() {
+                let mut cx = Context::from_waker(woken.waker(at - 1));
+                if let Poll::Ready(end) = slot.poll_item(&mut cx, f, run, rules, keep) {
+                    *this.scan = Some(at);
+                    return Poll::Ready(end);
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Stops every item in flight; returns the undos of failed attempts in progress, wound
+    /// down (see [`Slot::stop`]).
+    pub(super) fn stop_all(self: Pin<&mut Self>) -> Vec<Rollback> {
+        let mut this = self.project();
+        let mut undos = Vec::new();
+        for at in 0..=this.extra.len() {
+            undos.extend(slot(this.first.as_mut(), this.extra, at).stop());
+        }
+        undos
+    }
+}
+
+/// The slot `at` (0: the inline one).
+fn slot<'a, T, Fut, E>(
+    first: Pin<&'a mut Slot<T, Fut, E>>,
+    extra: &'a mut [Boxed<T, Fut, E>],
+    at: usize,
+) -> Pin<&'a mut Slot<T, Fut, E>> {
+    match at {
+        0 => first,
+        _ => extra[at - 1].as_mut(),
+    }
+}
