@@ -4,7 +4,12 @@ use std::sync::Mutex;
 use futures_core::stream::TryStream;
 use tokio_util::sync::CancellationToken;
 
+use core::fmt;
+use core::pin::Pin;
+
+use super::for_each::{Phase, Rules, Slots};
 use super::{CompensatedError, CompensationScope, ForEachCompensated, RetryPolicy};
+use futures_core::future::Future;
 
 /// What one commit of compensations covers in [`ForEachCompensated`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -234,6 +239,44 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
         self
     }
 
+    /// Hands each upstream `Err` to `on_error` and goes on pulling, instead of stopping the
+    /// run (a parse error in one event need not stop a pipeline, nor need a `filter`
+    /// before batching).
+    ///
+    /// Rules:
+    /// - nothing is rolled back for an upstream error: no item came with it, so no handler
+    ///   ran for it; items in flight go on;
+    /// - `on_error` is called in the order the errors arrive, from within the run's poll:
+    ///   keep it short (count, log, send to a channel);
+    /// - [`Completion::upstream_errors`] counts them;
+    /// - a handler's failure, and a cancellation, still stop the run;
+    /// - with [`all_or_nothing`](Self::all_or_nothing), the run's unit is what its items
+    ///   wrote: an upstream error handed to `on_error` leaves it whole (without this method,
+    ///   an upstream error undoes the whole run).
+    ///
+    /// ```
+    /// use futures::stream;
+    /// use result_stream::{CompensationScope, ResultStreamExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let events = stream::iter(vec![Ok(1), Err("bad json"), Ok(2)]);
+    /// let done = events
+    ///     .for_each_compensated(CompensationScope::new(), |_event, _scope| async { Ok(()) })
+    ///     .skip_upstream_errors(|error| eprintln!("skipped: {error}"))
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!((done.items(), done.upstream_errors()), (2, 1));
+    /// # }
+    /// ```
+    pub fn skip_upstream_errors<S>(mut self, on_error: S) -> Self
+    where
+        S: FnMut(St::Error) + Send + 'static,
+    {
+        self.config.on_upstream_error = Some(Mutex::new(Box::new(on_error)));
+        self
+    }
+
     /// This run's handle to the scope: what is registered through it belongs to this run,
     /// like what the handler registers, whenever it is registered (before the first poll,
     /// between items): it is committed when the run succeeds and rolled back when it fails.
@@ -264,5 +307,88 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// [`scope`](Self::scope).
     pub fn into_inner(self) -> St {
         self.stream
+    }
+}
+
+/// A callback the run calls; the `Mutex` is never locked (it is reached through `&mut`): it
+/// only makes the future `Sync`.
+pub(super) type Callback<A> = Mutex<Box<dyn FnMut(A) + Send>>;
+
+/// What the builder methods set.
+pub(super) struct Config<T, E> {
+    pub(super) rules: Rules,
+    pub(super) limit: NonZeroUsize,
+    /// `Clone::clone` of the item, set by `retry` (the only method that needs it).
+    pub(super) keep: Option<fn(&T) -> T>,
+    pub(super) on_skip: Option<Callback<(u64, CompensatedError<E>)>>,
+    pub(super) on_upstream_error: Option<Callback<E>>,
+    pub(super) token: Option<CancellationToken>,
+}
+
+/// The run's own handle to the scope, live (out of reach of the scope's own handles) until
+/// the run resolves or is dropped.
+pub(super) struct RunScope(pub(super) CompensationScope);
+
+impl Drop for RunScope {
+    fn drop(&mut self) {
+        self.0.stack.end_live();
+    }
+}
+
+impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
+    pub(crate) fn new(stream: St, scope: CompensationScope, f: F) -> Self
+    where
+        Fut: Future<Output = Result<(), St::Error>>,
+    {
+        let run = CompensationScope {
+            stack: scope.stack.child(),
+        };
+        Self {
+            stream,
+            f,
+            items: Slots::new(),
+            run: RunScope(run),
+            config: Config {
+                rules: Rules {
+                    commit_each: true,
+                    retry: None,
+                    undo: RetryPolicy::default(),
+                    skip: false,
+                },
+                limit: NonZeroUsize::MIN,
+                keep: None,
+                on_skip: None,
+                on_upstream_error: None,
+                token: None,
+            },
+            cancelled: None,
+            phase: Phase::Running,
+            in_flight: 0,
+            upstream_done: false,
+            pulled: 0,
+            done: Completion::default(),
+        }
+    }
+
+    /// Acquires a pinned mutable reference to the underlying stream.
+    pub fn get_pin_mut(self: Pin<&mut Self>) -> Pin<&mut St> {
+        self.project().stream
+    }
+}
+
+impl<St, F, Fut> fmt::Debug for ForEachCompensated<St, F, Fut>
+where
+    St: TryStream + fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForEachCompensated")
+            .field("stream", &self.stream)
+            .field("scope", &self.run.0)
+            .field("rules", &self.config.rules)
+            .field("concurrency", &self.config.limit)
+            .field("token", &self.config.token)
+            .field("done", &self.done)
+            .field("resolved", &matches!(self.phase, Phase::Done))
+            .finish_non_exhaustive()
     }
 }

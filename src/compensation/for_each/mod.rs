@@ -4,43 +4,24 @@
 mod item;
 mod slots;
 
-use core::fmt;
 use core::pin::Pin;
 use core::task::{Context, Poll, ready};
 use std::future::Future;
-use std::num::NonZeroUsize;
-use std::sync::Mutex;
 
 use futures_core::future::FusedFuture;
 use futures_core::stream::TryStream;
 use pin_project_lite::pin_project;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use self::item::{ItemEnd, Rules};
-use self::slots::Slots;
+use self::item::ItemEnd;
+pub(super) use self::item::Rules;
+pub(super) use self::slots::Slots;
+use super::options::{Callback, Config, RunScope};
 use super::stack::Take;
-use super::{
-    Cause, CompensatedError, CompensationScope, Completion, ItemScope, RetryPolicy, Rollback,
-    RollbackReport,
-};
-
-/// A callback the run calls; the `Mutex` is never locked (it is reached through `&mut`): it
-/// only makes the future `Sync`.
-pub(super) type Callback<A> = Mutex<Box<dyn FnMut(A) + Send>>;
-
-/// What the builder methods set.
-pub(super) struct Config<T, E> {
-    pub(super) rules: Rules,
-    pub(super) limit: NonZeroUsize,
-    /// `Clone::clone` of the item, set by `retry` (the only method that needs it).
-    pub(super) keep: Option<fn(&T) -> T>,
-    pub(super) on_skip: Option<Callback<(u64, CompensatedError<E>)>>,
-    pub(super) on_upstream_error: Option<Callback<E>>,
-    pub(super) token: Option<CancellationToken>,
-}
+use super::{Cause, CompensatedError, Completion, ItemScope, Rollback, RollbackReport};
 
 /// Where the run is.
-enum Phase<E> {
+pub(super) enum Phase<E> {
     Running,
     /// Stopped by `cause`: first the undos of failed attempts that were in progress finish
     /// the compensation each is running (`finishing`, wound down: they start no other),
@@ -52,16 +33,6 @@ enum Phase<E> {
         earlier: RollbackReport,
     },
     Done,
-}
-
-/// The run's own handle to the scope, live (out of reach of the scope's own handles) until
-/// the run resolves or is dropped.
-pub(super) struct RunScope(pub(super) CompensationScope);
-
-impl Drop for RunScope {
-    fn drop(&mut self) {
-        self.0.stack.end_live();
-    }
 }
 
 pin_project! {
@@ -78,76 +49,18 @@ pin_project! {
     pub struct ForEachCompensated<St: TryStream, F, Fut> {
         #[pin]
         pub(super) stream: St,
-        f: F,
+        pub(super) f: F,
         #[pin]
-        items: Slots<St::Ok, Fut, St::Error>,
+        pub(super) items: Slots<St::Ok, Fut, St::Error>,
         pub(super) run: RunScope,
         pub(super) config: Config<St::Ok, St::Error>,
         #[pin]
         pub(super) cancelled: Option<WaitForCancellationFutureOwned>,
-        phase: Phase<St::Error>,
-        in_flight: usize,
-        upstream_done: bool,
-        pulled: u64,
+        pub(super) phase: Phase<St::Error>,
+        pub(super) in_flight: usize,
+        pub(super) upstream_done: bool,
+        pub(super) pulled: u64,
         pub(super) done: Completion,
-    }
-}
-
-impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
-    pub(crate) fn new(stream: St, scope: CompensationScope, f: F) -> Self
-    where
-        Fut: Future<Output = Result<(), St::Error>>,
-    {
-        let run = CompensationScope {
-            stack: scope.stack.child(),
-        };
-        Self {
-            stream,
-            f,
-            items: Slots::new(),
-            run: RunScope(run),
-            config: Config {
-                rules: Rules {
-                    commit_each: true,
-                    retry: None,
-                    undo: RetryPolicy::default(),
-                    skip: false,
-                },
-                limit: NonZeroUsize::MIN,
-                keep: None,
-                on_skip: None,
-                on_upstream_error: None,
-                token: None,
-            },
-            cancelled: None,
-            phase: Phase::Running,
-            in_flight: 0,
-            upstream_done: false,
-            pulled: 0,
-            done: Completion::default(),
-        }
-    }
-
-    /// Acquires a pinned mutable reference to the underlying stream.
-    pub fn get_pin_mut(self: Pin<&mut Self>) -> Pin<&mut St> {
-        self.project().stream
-    }
-}
-
-impl<St, F, Fut> fmt::Debug for ForEachCompensated<St, F, Fut>
-where
-    St: TryStream + fmt::Debug,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ForEachCompensated")
-            .field("stream", &self.stream)
-            .field("scope", &self.run.0)
-            .field("rules", &self.config.rules)
-            .field("concurrency", &self.config.limit)
-            .field("token", &self.config.token)
-            .field("done", &self.done)
-            .field("resolved", &matches!(self.phase, Phase::Done))
-            .finish_non_exhaustive()
     }
 }
 

@@ -93,7 +93,7 @@ pin_project! {
     /// inline (one item at a time allocates nothing); with `n > 1` items in flight the
     /// others are boxed once, when first needed, and reused, and each slot has a waker of
     /// its own (made once), so that the run polls only the slots that were woken.
-    pub(super) struct Slots<T, Fut, E> {
+    pub(crate) struct Slots<T, Fut, E> {
         #[pin]
         first: Slot<T, Fut, E>,
         extra: Vec<Boxed<T, Fut, E>>,
@@ -110,7 +110,7 @@ impl<T, Fut, E> Slots<T, Fut, E>
 where
     Fut: Future<Output = Result<(), E>>,
 {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             first: Slot::new(),
             extra: Vec::new(),
