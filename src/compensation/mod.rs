@@ -17,6 +17,7 @@ mod report;
 mod rollback;
 mod scope;
 mod stack;
+mod trace;
 
 pub use action::{BoxError, Compensation};
 pub use error::{Cause, CompensatedError};

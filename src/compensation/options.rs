@@ -367,6 +367,7 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
             upstream_done: false,
             pulled: 0,
             done: Completion::default(),
+            span: super::trace::run_span(),
         }
     }
 

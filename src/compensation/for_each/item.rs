@@ -9,6 +9,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use crate::compensation::stack::{Stack, Take};
+use crate::compensation::trace::{self, Span, Undone};
 use crate::compensation::{Cause, ItemScope, RetryPolicy, Rollback, RollbackReport};
 
 /// The run's rules that an item follows.
@@ -61,6 +62,7 @@ pin_project! {
         item: Option<T>,
         index: u64,
         attempt: u32,
+        span: Span,
     }
 }
 
@@ -76,6 +78,7 @@ where
             item: None,
             index: 0,
             attempt: 0,
+            span: trace::no_span(),
         }
     }
 
@@ -97,8 +100,8 @@ where
     ) where
         F: FnMut(T, ItemScope) -> Fut,
     {
-        let this = self.project();
-        let scope = run.child();
+        let mut this = self.project();
+        let scope = this.scope.insert(run.child());
         *this.mark = scope.mark();
         *this.index = index;
         *this.attempt = 1;
@@ -106,15 +109,7 @@ where
             Some(keep) => keep(this.item.insert(value)),
             None => value,
         };
-        let handler = f(
-            value,
-            ItemScope {
-                stack: scope.clone(),
-            },
-        );
-        *this.scope = Some(scope);
-        let deadline = rules.retry.and_then(|policy| policy.attempt_time_limit());
-        start_attempt(this.stage, handler, deadline);
+        this.attempt(f, value, rules);
     }
 
     /// Stops the item: its handler, timer or backoff is dropped (its compensations stay,
@@ -130,9 +125,7 @@ where
             }
             _ => None,
         };
-        this.stage.set(Stage::Free);
-        *this.item = None;
-        *this.scope = None;
+        this.end(());
         undo
     }
 
@@ -149,100 +142,133 @@ where
         F: FnMut(T, ItemScope) -> Fut,
     {
         let mut this = self.project();
-        let time_limit = rules.retry.and_then(|policy| policy.attempt_time_limit());
-        let retries = rules.retry.map_or(1, |policy| policy.max_attempts());
         loop {
-            let scope = this.scope.as_ref().expect("a polled slot holds an item");
-            match this.stage.as_mut().project() {
+            let end = match this.stage.as_mut().project() {
                 StageProj::Attempt { handler, deadline } => {
-                    let cause = match handler.poll(cx) {
+                    // The handler is polled first: one that finishes at its deadline wins.
+                    match trace::in_span(this.span, || handler.poll(cx)) {
                         Poll::Ready(Ok(())) => {
-                            if rules.commit_each {
-                                scope.commit_since(*this.mark);
-                            } else {
-                                scope.absorb_into(run, *this.mark);
-                            }
-                            return Poll::Ready(this.end(ItemEnd::Done));
+                            this.commit(run, rules);
+                            Some(ItemEnd::Done)
                         }
-                        Poll::Ready(Err(error)) => Cause::Handler(error),
-                        // The handler is polled first: one that finishes at its deadline wins.
+                        Poll::Ready(Err(error)) => this.undo(Cause::Handler(error), rules),
                         Poll::Pending => {
                             let deadline = deadline.as_pin_mut();
                             if !deadline.is_some_and(|deadline| deadline.poll(cx).is_ready()) {
                                 return Poll::Pending;
                             }
-                            Cause::TimedOut(time_limit.unwrap_or_default())
+                            let limit = rules.retry.and_then(|p| p.attempt_time_limit());
+                            this.undo(Cause::TimedOut(limit.unwrap_or_default()), rules)
                         }
-                    };
-                    let retry_left = this.item.is_some() && *this.attempt < retries;
-                    if !(retry_left || rules.skip) {
-                        return Poll::Ready(this.end(ItemEnd::Failed(cause, None)));
                     }
-                    let take = Take::Owner(scope.owner);
-                    let undo = Rollback::new(scope.clone(), rules.undo, take, None);
-                    this.stage.set(Stage::Undo {
-                        undo,
-                        cause: Some(cause),
-                    });
                 }
                 StageProj::Undo { undo, cause } => {
                     let report = ready!(Pin::new(undo).poll(cx));
                     let cause = cause.take().expect("an undo has a cause");
-                    if !report.is_complete() {
-                        // Nothing may build on a half-undone write: the run stops.
-                        return Poll::Ready(this.end(ItemEnd::Failed(cause, Some(report))));
-                    }
-                    if !(this.item.is_some() && *this.attempt < retries) {
-                        let index = *this.index;
-                        return Poll::Ready(this.end(ItemEnd::Skipped(index, cause, report)));
-                    }
-                    let policy = rules.retry.expect("retries are on");
-                    let wait = policy.backoff_strategy().delay(*this.attempt);
-                    *this.attempt += 1;
-                    this.stage.set(Stage::Backoff {
-                        sleep: tokio::time::sleep(wait),
-                    });
+                    this.undone(cause, report, rules)
                 }
                 StageProj::Backoff { sleep } => {
                     ready!(sleep.poll(cx));
                     let keep = keep.expect("retries keep the item");
                     let value = keep(this.item.as_ref().expect("retries keep the item"));
-                    let handler = f(
-                        value,
-                        ItemScope {
-                            stack: scope.clone(),
-                        },
-                    );
-                    start_attempt(this.stage.as_mut(), handler, time_limit);
+                    this.attempt(f, value, rules);
+                    None
                 }
                 StageProj::Free => unreachable!("a free slot is never polled"),
+            };
+            if let Some(end) = end {
+                return Poll::Ready(this.end(end));
             }
         }
     }
 }
 
 impl<T, Fut, E> SlotProj<'_, T, Fut, E> {
+    /// Starts attempt number `self.attempt` on `value`.
+    fn attempt<F>(&mut self, f: &mut F, value: T, rules: &Rules)
+    where
+        F: FnMut(T, ItemScope) -> Fut,
+    {
+        *self.span = trace::attempt_span(*self.index, *self.attempt);
+        let stack = self.scope.clone().expect("a started slot has a handle");
+        let handler = trace::in_span(self.span, || f(value, ItemScope { stack }));
+        self.stage.set(Stage::Attempt {
+            handler,
+            deadline: None,
+        });
+        let limit = rules.retry.and_then(|policy| policy.attempt_time_limit());
+        if let Some(limit) = limit
+            && let StageProj::Attempt { mut deadline, .. } = self.stage.as_mut().project()
+        {
+            deadline.set(Some(tokio::time::sleep(limit)));
+        }
+    }
+
+    /// The handler returned `Ok`: its compensations are committed, or absorbed into the run.
+    #[inline]
+    fn commit(&mut self, run: &Stack, rules: &Rules) {
+        let scope = self.scope.as_ref().expect("a started slot has a handle");
+        if rules.commit_each {
+            scope.commit_since(*self.mark);
+        } else {
+            scope.absorb_into(run, *self.mark);
+        }
+        trace::commit(*self.index);
+    }
+
+    /// The attempt failed with `cause`: its own undo starts if a retry or a skip follows;
+    /// otherwise the item fails (its compensations are the run's rollback's).
+    fn undo(&mut self, cause: Cause<E>, rules: &Rules) -> Option<ItemEnd<E>> {
+        if !(self.retry_left(rules) || rules.skip) {
+            return Some(ItemEnd::Failed(cause, None));
+        }
+        let scope = self.scope.clone().expect("a started slot has a handle");
+        let take = Take::Owner(scope.owner);
+        let undo = Rollback::new(scope, rules.undo, take, None);
+        self.stage.set(Stage::Undo {
+            undo,
+            cause: Some(cause),
+        });
+        None
+    }
+
+    /// The failed attempt's undo resolved with `report`: the backoff before the next
+    /// attempt starts, or the item is skipped, or (undo incomplete) it fails.
+    fn undone(
+        &mut self,
+        cause: Cause<E>,
+        report: RollbackReport,
+        rules: &Rules,
+    ) -> Option<ItemEnd<E>> {
+        trace::rollback(Undone::Attempt(*self.index), &report);
+        if !report.is_complete() {
+            // Nothing may build on a half-undone write: the run stops.
+            return Some(ItemEnd::Failed(cause, Some(report)));
+        }
+        if !self.retry_left(rules) {
+            trace::skip(*self.index);
+            return Some(ItemEnd::Skipped(*self.index, cause, report));
+        }
+        let policy = rules.retry.expect("retries are on");
+        let wait = policy.backoff_strategy().delay(*self.attempt);
+        *self.attempt += 1;
+        trace::retry(*self.index, *self.attempt);
+        self.stage.set(Stage::Backoff {
+            sleep: tokio::time::sleep(wait),
+        });
+        None
+    }
+
+    fn retry_left(&self, rules: &Rules) -> bool {
+        let attempts = rules.retry.map_or(1, |policy| policy.max_attempts());
+        self.item.is_some() && *self.attempt < attempts
+    }
+
     /// Frees the slot and returns `end`.
-    fn end(&mut self, end: ItemEnd<E>) -> ItemEnd<E> {
+    fn end<R>(&mut self, end: R) -> R {
         self.stage.set(Stage::Free);
         *self.item = None;
         *self.scope = None;
         end
-    }
-}
-
-fn start_attempt<Fut, E>(
-    mut stage: Pin<&mut Stage<Fut, E>>,
-    handler: Fut,
-    deadline: Option<std::time::Duration>,
-) {
-    stage.set(Stage::Attempt {
-        handler,
-        deadline: None,
-    });
-    if let Some(limit) = deadline
-        && let StageProj::Attempt { mut deadline, .. } = stage.project()
-    {
-        deadline.set(Some(tokio::time::sleep(limit)));
     }
 }

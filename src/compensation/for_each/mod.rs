@@ -18,6 +18,7 @@ pub(super) use self::item::Rules;
 pub(super) use self::slots::Slots;
 use super::options::{Callback, Config, RunScope};
 use super::stack::Take;
+use super::trace::{self, Span, Undone};
 use super::{Cause, CompensatedError, Completion, ItemScope, Rollback, RollbackReport};
 
 /// Where the run is.
@@ -61,6 +62,7 @@ pin_project! {
         pub(super) upstream_done: bool,
         pub(super) pulled: u64,
         pub(super) done: Completion,
+        pub(super) span: Span,
     }
 }
 
@@ -77,6 +79,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _span = trace::enter(this.span);
         loop {
             let (cause, earlier) = match this.phase {
                 Phase::Running => match poll_running(&mut this, cx) {
@@ -109,6 +112,7 @@ where
                         return Poll::Pending;
                     }
                     let report = ready!(Pin::new(rollback).poll(cx)).after(std::mem::take(earlier));
+                    trace::rollback(Undone::Run, &report);
                     let cause = cause.take().expect("a rollback has a cause");
                     this.run.0.stack.end_live();
                     *this.phase = Phase::Done;
