@@ -65,7 +65,7 @@ fn register_failing(scope: &impl Handle, label: &'static str, runs: Arc<AtomicUs
 ///
 /// README: "the error keeps ... a `RollbackReport` that tells a clean rollback
 /// (`is_complete()`) from an incomplete one, listing each compensation that still failed";
-/// SPEC §3: "every one that still failed after its retries, with its error"; README: "every
+/// The contract: "every one that still failed after its retries, with its error"; README: "every
 /// attempt that did not commit is undone exactly once".
 #[tokio::test(start_paused = true)]
 async fn cancel_during_retry_undo_keeps_the_undo_failure_and_runs_nothing_twice() {
@@ -109,7 +109,7 @@ async fn cancel_during_retry_undo_keeps_the_undo_failure_and_runs_nothing_twice(
 }
 
 /// Same with concurrency: item 0's failed attempt is being undone (skip) when the upstream
-/// yields an error. SPEC §3: the cause is the upstream error and the report lists "every one
+/// yields an error. The contract: the cause is the upstream error and the report lists "every one
 /// that still failed after its retries".
 #[tokio::test(start_paused = true)]
 async fn upstream_error_during_skip_undo_keeps_the_undo_failure() {
@@ -297,7 +297,7 @@ async fn a_stop_during_an_undo_runs_what_is_left_newest_first_across_items() {
 /// it): the newest compensation already failed for good, the next one is running. The
 /// failed one has left the scope and its failure was in a report nobody will ever see.
 ///
-/// SPEC §3: "Nothing is lost silently."; README: "a failed one stays retryable from the
+/// The contract: "Nothing is lost silently."; README: "a failed one stays retryable from the
 /// report"; `Rollback`: "if this future is dropped midway, the compensation in progress and
 /// those below it stay in the scope, and a later rollback runs them".
 #[tokio::test(start_paused = true)]
@@ -331,7 +331,7 @@ async fn a_dropped_rollback_loses_no_failed_compensation() {
 }
 
 /// The same through `for_each_compensated`: the run's future is dropped while its rollback
-/// runs, after one compensation failed for good. SPEC §3: "If the future is dropped ...
+/// runs, after one compensation failed for good. The contract: "If the future is dropped ...
 /// the compensations registered so far stay in the scope ... Nothing is lost silently."
 #[tokio::test(start_paused = true)]
 async fn a_run_dropped_during_its_rollback_loses_no_failed_compensation() {

@@ -1,4 +1,4 @@
-//! `for_each_compensated` and `CompensationScope` (SPEC §3): every failure path, the rollback
+//! `for_each_compensated` and `CompensationScope`: every failure path, the rollback
 //! policy, and the error that reports them.
 
 mod common;

@@ -1,4 +1,4 @@
-//! `for_each_compensated` (SPEC §3): cancellation through a `CancellationToken` (prompt,
+//! `for_each_compensated`: cancellation through a `CancellationToken` (prompt,
 //! from outside and from inside a handler, during a rollback), and runs sharing one scope.
 
 mod common;

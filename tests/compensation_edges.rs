@@ -1,4 +1,4 @@
-//! The compensation contract at its edges (issue 8): what a run owns, compensations that
+//! The compensation contract at its edges: what a run owns, compensations that
 //! panic before returning a future, commits racing a rollback, the scope's own handle next
 //! to a live run, cancellation noticed while a handler is pending, and the error texts.
 //!

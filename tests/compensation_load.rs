@@ -1,4 +1,4 @@
-//! `for_each_compensated` under load (SPEC §7, issue 11): `.concurrency(n)` and
+//! `for_each_compensated` under load: `.concurrency(n)` and
 //! `.retry(policy)`, with cancellation and all-or-nothing (skipping is in
 //! `compensation_skip.rs`). Every timing rule on a paused clock.
 

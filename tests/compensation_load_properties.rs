@@ -1,4 +1,4 @@
-//! A randomized test of `for_each_compensated` under load (SPEC §7): random item counts,
+//! A randomized test of `for_each_compensated` under load: random item counts,
 //! handler durations and outcomes per attempt, concurrency, retry counts, skipping,
 //! all-or-nothing and cancellation times, on a paused clock.
 //!

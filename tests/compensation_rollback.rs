@@ -1,4 +1,4 @@
-//! `CompensationScope` and `Rollback` (SPEC §3): the rollback policy (attempts, backoff,
+//! `CompensationScope` and `Rollback`: the rollback policy (attempts, backoff,
 //! time limits), failures that never stop the others, interrupted and concurrent rollbacks,
 //! and the reports and errors that describe them.
 //!

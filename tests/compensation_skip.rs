@@ -1,4 +1,4 @@
-//! `for_each_compensated(..).skip_failed_items(on_skip)` (SPEC §7, issue 11): a failed item
+//! `for_each_compensated(..).skip_failed_items(on_skip)`: a failed item
 //! is rolled back alone and the run goes on; with concurrency, after retries, and refused in
 //! an all-or-nothing run. Every timing rule on a paused clock.
 

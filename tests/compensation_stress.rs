@@ -1,5 +1,5 @@
-//! `CompensationScope` under concurrency (issue 8, "prove the scope under concurrency"): a
-//! randomized stress test over thousands of seeds.
+//! `CompensationScope` under concurrency: a randomized stress test over thousands of
+//! seeds.
 //!
 //! Each seed runs, on a multi-thread runtime, up to three `for_each_compensated` runs that
 //! share one scope (random items, unit of work, concurrency, rollback concurrency, handler

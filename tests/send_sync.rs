@@ -1,5 +1,5 @@
-//! Auto traits: the handles and errors cross threads, and the whole pipeline of SPEC §4 is a
-//! `Send` future that runs on a multi-thread runtime.
+//! Auto traits: the handles and errors cross threads, and the whole pipeline (map, batch,
+//! persist) is a `Send` future that runs on a multi-thread runtime.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
