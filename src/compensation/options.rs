@@ -7,7 +7,8 @@ use tokio_util::sync::CancellationToken;
 use core::fmt;
 use core::pin::Pin;
 
-use super::for_each::{Phase, Rules, Slots};
+use super::for_each::{Phase, Rules, Sequential, Slots};
+use super::stack::Stack;
 use super::{CompensatedError, CompensationScope, ForEachCompensated, RetryPolicy};
 use futures_core::future::Future;
 
@@ -281,7 +282,7 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// like what the handler registers, whenever it is registered (before the first poll,
     /// between items): it is committed when the run succeeds and rolled back when it fails.
     pub fn scope(&self) -> &CompensationScope {
-        &self.run.0
+        &self.run.scope
     }
 
     /// How many items the handler has processed successfully so far.
@@ -327,11 +328,32 @@ pub(super) struct Config<T, E> {
 
 /// The run's own handle to the scope, live (out of reach of the scope's own handles) until
 /// the run resolves or is dropped.
-pub(super) struct RunScope(pub(super) CompensationScope);
+pub(super) struct RunScope {
+    pub(super) scope: CompensationScope,
+    /// The handle items handled one at a time register through: one owner for them all,
+    /// each item's own told apart by its mark.
+    pub(super) items: Stack,
+}
 
 impl Drop for RunScope {
     fn drop(&mut self) {
-        self.0.stack.end_live();
+        self.scope.stack.end_live();
+    }
+}
+
+impl<T, E> Config<T, E> {
+    /// Whether the cancellation token fired.
+    #[inline]
+    pub(super) fn cancelled(&self) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+
+    /// One item at a time, with no retry, no skip: the fast path.
+    #[inline]
+    pub(super) fn is_sequential(&self) -> bool {
+        self.limit.get() == 1 && self.rules.retry.is_none() && !self.rules.skip
     }
 }
 
@@ -340,14 +362,18 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     where
         Fut: Future<Output = Result<(), St::Error>>,
     {
-        let run = CompensationScope {
-            stack: scope.stack.child(),
+        let run = scope.stack.child();
+        let items = run.child();
+        let run = RunScope {
+            scope: CompensationScope { stack: run },
+            items,
         };
         Self {
             stream,
             f,
+            sequential: Sequential::new(),
             items: Slots::new(),
-            run: RunScope(run),
+            run,
             config: Config {
                 rules: Rules {
                     commit_each: true,
@@ -384,7 +410,7 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ForEachCompensated")
             .field("stream", &self.stream)
-            .field("scope", &self.run.0)
+            .field("scope", &self.run.scope)
             .field("rules", &self.config.rules)
             .field("concurrency", &self.config.limit)
             .field("token", &self.config.token)

@@ -171,6 +171,8 @@ impl CompensationScope {
 #[derive(Clone)]
 pub struct ItemScope {
     pub(crate) stack: Stack,
+    /// The registration number when the item started: its own are at or above it.
+    pub(crate) mark: u64,
 }
 
 impl fmt::Debug for ItemScope {
@@ -212,18 +214,17 @@ impl ItemScope {
     /// Drops, without running them, this item's pending compensations, and returns how
     /// many it dropped.
     pub fn commit(&self) -> usize {
-        self.stack.commit(Take::Owner(self.stack.owner))
+        self.stack.commit(self.take())
+    }
+
+    fn take(&self) -> Take {
+        Take::Owner(self.stack.owner, self.mark)
     }
 
     /// Runs this item's pending compensations newest first under `policy`. See
     /// [`Rollback`] for the rules.
     pub fn rollback(&self, policy: RetryPolicy) -> Rollback {
-        Rollback::new(
-            self.stack.clone(),
-            policy,
-            Take::Owner(self.stack.owner),
-            None,
-        )
+        Rollback::new(self.stack.clone(), policy, self.take(), None)
     }
 
     /// Opens a nested scope of this item. See [`ChildScope`].
@@ -320,13 +321,18 @@ impl ChildScope {
 
     /// Ends the child, dropping its compensations without running them; returns how many.
     pub fn commit(self) -> usize {
-        self.unit.stack.commit(Take::Owner(self.unit.stack.owner))
+        self.unit
+            .stack
+            .commit(Take::Owner(self.unit.stack.owner, 0))
     }
 
     /// Ends the child, running its compensations newest first under `policy`. See
     /// [`Rollback`] for the rules.
     pub fn rollback(self, policy: RetryPolicy) -> Rollback {
-        let (stack, take) = (self.unit.stack.clone(), Take::Owner(self.unit.stack.owner));
+        let (stack, take) = (
+            self.unit.stack.clone(),
+            Take::Owner(self.unit.stack.owner, 0),
+        );
         Rollback::new(stack, policy, take, Some(self.unit))
     }
 

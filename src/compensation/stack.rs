@@ -79,8 +79,9 @@ pub(crate) enum Take {
     Run(u64),
     /// A run's success: the run's entries only.
     RunOnly(u64),
-    /// An item or a child scope: what was registered through it (or absorbed into it).
-    Owner(u64),
+    /// An item or a child scope: what was registered through it (or absorbed into it), at
+    /// or above a registration number.
+    Owner(u64, u64),
 }
 
 impl Take {
@@ -89,7 +90,7 @@ impl Take {
             Take::Scope => !live.contains(&entry.run),
             Take::Run(run) => entry.run == run || entry.run == ROOT,
             Take::RunOnly(run) => entry.run == run,
-            Take::Owner(owner) => entry.owner == owner,
+            Take::Owner(owner, since) => entry.owner == owner && entry.seq >= since,
         }
     }
 }
@@ -172,7 +173,7 @@ impl Stack {
     }
 
     /// The next registration number: what is registered from now on is at or above it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn mark(&self) -> u64 {
         self.inner.next_seq.load(Ordering::Acquire)
     }
@@ -205,22 +206,31 @@ impl Stack {
 
     /// Drops this handle's own entries registered since `mark`: one atomic load when
     /// nothing was registered since.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn commit_since(&self, mark: u64) {
         if self.mark() > mark {
-            while let Some(entry) = self.take_newest(Take::Owner(self.owner), mark) {
-                drop(entry);
-            }
+            self.commit_registered_since(mark);
+        }
+    }
+
+    #[inline(never)]
+    fn commit_registered_since(&self, mark: u64) {
+        while let Some(entry) = self.take_newest(Take::Owner(self.owner, mark), mark) {
+            drop(entry);
         }
     }
 
     /// Relabels this handle's own entries registered since `mark` as `parent`'s, in place
     /// (so in their order): one atomic load when nothing was registered since.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn absorb_into(&self, parent: &Stack, mark: u64) {
-        if self.mark() <= mark {
-            return;
+        if self.mark() > mark {
+            self.absorb_registered_since(parent, mark);
         }
+    }
+
+    #[inline(never)]
+    fn absorb_registered_since(&self, parent: &Stack, mark: u64) {
         let mut state = self.lock();
         for entry in state.entries.iter_mut().rev() {
             if entry.seq < mark {

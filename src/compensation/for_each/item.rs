@@ -191,7 +191,8 @@ impl<T, Fut, E> SlotProj<'_, T, Fut, E> {
     {
         *self.span = trace::attempt_span(*self.index, *self.attempt);
         let stack = self.scope.clone().expect("a started slot has a handle");
-        let handler = trace::in_span(self.span, || f(value, ItemScope { stack }));
+        let mark = *self.mark;
+        let handler = trace::in_span(self.span, || f(value, ItemScope { stack, mark }));
         self.stage.set(Stage::Attempt {
             handler,
             deadline: None,
@@ -223,7 +224,7 @@ impl<T, Fut, E> SlotProj<'_, T, Fut, E> {
             return Some(ItemEnd::Failed(cause, None));
         }
         let scope = self.scope.clone().expect("a started slot has a handle");
-        let take = Take::Owner(scope.owner);
+        let take = Take::Owner(scope.owner, *self.mark);
         let undo = Rollback::new(scope, rules.undo, take, None);
         self.stage.set(Stage::Undo {
             undo,

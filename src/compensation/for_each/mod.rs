@@ -2,6 +2,7 @@
 //! driven by the state machine in [`item`].
 
 mod item;
+mod sequential;
 mod slots;
 
 use core::pin::Pin;
@@ -11,10 +12,11 @@ use std::future::Future;
 use futures_core::future::FusedFuture;
 use futures_core::stream::TryStream;
 use pin_project_lite::pin_project;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use self::item::ItemEnd;
 pub(super) use self::item::Rules;
+pub(super) use self::sequential::Sequential;
 pub(super) use self::slots::Slots;
 use super::options::{Callback, Config, RunScope};
 use super::stack::Take;
@@ -52,6 +54,8 @@ pin_project! {
         pub(super) stream: St,
         pub(super) f: F,
         #[pin]
+        pub(super) sequential: Sequential<Fut>,
+        #[pin]
         pub(super) items: Slots<St::Ok, Fut, St::Error>,
         pub(super) run: RunScope,
         pub(super) config: Config<St::Ok, St::Error>,
@@ -82,11 +86,15 @@ where
         let _span = trace::enter(this.span);
         loop {
             let (cause, earlier) = match this.phase {
-                Phase::Running => match poll_running(&mut this, cx) {
+                Phase::Running => match if this.config.is_sequential() {
+                    sequential::poll(&mut this, cx)
+                } else {
+                    poll_running(&mut this, cx)
+                } {
                     Poll::Ready(Ok(())) => {
                         // The run's success commits what it owns: what its items and its
                         // own handle registered.
-                        let run = &this.run.0.stack;
+                        let run = &this.run.scope.stack;
                         run.commit(Take::RunOnly(run.run));
                         run.end_live();
                         *this.phase = Phase::Done;
@@ -114,7 +122,7 @@ where
                     let report = ready!(Pin::new(rollback).poll(cx)).after(std::mem::take(earlier));
                     trace::rollback(Undone::Run, &report);
                     let cause = cause.take().expect("a rollback has a cause");
-                    this.run.0.stack.end_live();
+                    this.run.scope.stack.end_live();
                     *this.phase = Phase::Done;
                     return Poll::Ready(Err(CompensatedError { cause, report }));
                 }
@@ -123,7 +131,8 @@ where
             // Stop pulling, drop the handlers in flight (their compensations are
             // registered), let the undos in progress finish the compensation each is
             // running, then roll back everything the run has not committed.
-            let run = &this.run.0.stack;
+            let run = &this.run.scope.stack;
+            this.sequential.as_mut().stop();
             *this.phase = Phase::RollingBack {
                 finishing: this.items.as_mut().stop_all(),
                 rollback: Rollback::new(
@@ -152,20 +161,17 @@ where
     Fut: Future<Output = Result<(), St::Error>>,
 {
     let config = &mut *this.config;
-    let (run, rules, keep) = (&this.run.0.stack, &config.rules.clone(), config.keep);
-    let fired = |token: &Option<CancellationToken>| {
-        token.as_ref().is_some_and(CancellationToken::is_cancelled)
-    };
+    let (run, rules, keep) = (&this.run.scope.stack, &config.rules.clone(), config.keep);
     // Checked before polling the handlers left pending (the cancellation may be what woke
     // this task) and before each pull.
-    if fired(&config.token) {
+    if config.cancelled() {
         return Poll::Ready(Err((Cause::Cancelled, None)));
     }
     this.items.as_mut().enter(config.limit.get(), cx);
     loop {
         let mut progress = false;
         if *this.in_flight < config.limit.get() && !*this.upstream_done {
-            if fired(&config.token) {
+            if config.cancelled() {
                 return Poll::Ready(Err((Cause::Cancelled, None)));
             }
             match this.stream.as_mut().try_poll_next(cx) {
@@ -182,14 +188,10 @@ where
                         item_ended(end, this.in_flight, this.done, &mut config.on_skip)?;
                     }
                 }
-                Poll::Ready(Some(Err(error))) => match config.on_upstream_error.as_mut() {
-                    Some(on_error) => {
-                        progress = true;
-                        this.done.upstream_errors += 1;
-                        (on_error.get_mut().unwrap_or_else(|p| p.into_inner()))(error);
-                    }
-                    None => return Poll::Ready(Err((Cause::Upstream(error), None))),
-                },
+                Poll::Ready(Some(Err(error))) => {
+                    progress = true;
+                    upstream_error(config, this.done, error)?;
+                }
                 Poll::Ready(None) => *this.upstream_done = true,
                 Poll::Pending => {}
             }
@@ -202,13 +204,35 @@ where
             return Poll::Ready(Ok(()));
         }
         if !progress {
-            let cancelled = this.cancelled.as_mut().as_pin_mut();
-            if cancelled.is_some_and(|cancelled| cancelled.poll(cx).is_ready()) {
-                return Poll::Ready(Err((Cause::Cancelled, None)));
-            }
-            return Poll::Pending;
+            return pending(this.cancelled.as_mut(), cx);
         }
     }
+}
+
+/// Nothing to do until woken: `Pending`, unless the cancellation fired (its future is
+/// polled, so that it wakes the run).
+fn pending<E>(
+    cancelled: Pin<&mut Option<WaitForCancellationFutureOwned>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Stop<E>>> {
+    match cancelled.as_pin_mut().map(|cancelled| cancelled.poll(cx)) {
+        Some(Poll::Ready(())) => Poll::Ready(Err((Cause::Cancelled, None))),
+        _ => Poll::Pending,
+    }
+}
+
+/// An upstream error stops the run, or is handed to the callback of `skip_upstream_errors`.
+fn upstream_error<T, E>(
+    config: &mut Config<T, E>,
+    done: &mut Completion,
+    error: E,
+) -> Result<(), Stop<E>> {
+    let Some(on_error) = config.on_upstream_error.as_mut() else {
+        return Err((Cause::Upstream(error), None));
+    };
+    done.upstream_errors += 1;
+    (on_error.get_mut().unwrap_or_else(|p| p.into_inner()))(error);
+    Ok(())
 }
 
 /// Counts an item that ended; an item that failed stops the run.
