@@ -344,7 +344,7 @@ impl ChildScope {
 
 /// Absorbs what a child left into its parent and ends it.
 fn close(stack: &Stack, parent: &Stack, mark: u64) {
-    stack.absorb_into(parent, mark);
+    stack.absorb_into(stack.owner, mark, parent);
     if stack.is_top_level() {
         stack.end_live();
     }

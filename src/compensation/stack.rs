@@ -155,6 +155,22 @@ impl Stack {
         }
     }
 
+    /// A new owner id for an item of this handle's run.
+    #[inline]
+    pub(crate) fn new_owner(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A handle to the same stack and run that registers as `owner`.
+    #[inline]
+    pub(crate) fn as_owner(&self, owner: u64) -> Stack {
+        Stack {
+            inner: self.inner.clone(),
+            owner,
+            run: self.run,
+        }
+    }
+
     /// Whether this handle is a top-level unit (see [`child`](Self::child)).
     pub(crate) fn is_top_level(&self) -> bool {
         self.owner != ROOT && self.owner == self.run
@@ -207,15 +223,15 @@ impl Stack {
     /// Drops this handle's own entries registered since `mark`: one atomic load when
     /// nothing was registered since.
     #[inline(always)]
-    pub(crate) fn commit_since(&self, mark: u64) {
+    pub(crate) fn commit_since(&self, owner: u64, mark: u64) {
         if self.mark() > mark {
-            self.commit_registered_since(mark);
+            self.commit_registered_since(owner, mark);
         }
     }
 
     #[inline(never)]
-    fn commit_registered_since(&self, mark: u64) {
-        while let Some(entry) = self.take_newest(Take::Owner(self.owner, mark), mark) {
+    fn commit_registered_since(&self, owner: u64, mark: u64) {
+        while let Some(entry) = self.take_newest(Take::Owner(owner, mark), mark) {
             drop(entry);
         }
     }
@@ -223,20 +239,20 @@ impl Stack {
     /// Relabels this handle's own entries registered since `mark` as `parent`'s, in place
     /// (so in their order): one atomic load when nothing was registered since.
     #[inline(always)]
-    pub(crate) fn absorb_into(&self, parent: &Stack, mark: u64) {
+    pub(crate) fn absorb_into(&self, owner: u64, mark: u64, parent: &Stack) {
         if self.mark() > mark {
-            self.absorb_registered_since(parent, mark);
+            self.absorb_registered_since(owner, mark, parent);
         }
     }
 
     #[inline(never)]
-    fn absorb_registered_since(&self, parent: &Stack, mark: u64) {
+    fn absorb_registered_since(&self, owner: u64, mark: u64, parent: &Stack) {
         let mut state = self.lock();
         for entry in state.entries.iter_mut().rev() {
             if entry.seq < mark {
                 break;
             }
-            if entry.owner == self.owner {
+            if entry.owner == owner {
                 entry.owner = parent.owner;
                 entry.run = parent.run;
             }

@@ -31,19 +31,21 @@ pub(super) enum ItemEnd<E> {
     /// Its handler returned `Ok`.
     Done,
     /// It still failed and was rolled back alone, cleanly: the run hands it to `on_skip`.
-    Skipped(u64, Cause<E>, RollbackReport),
+    /// (Boxed, as `Failed`: the end of every item is moved through the run, and these
+    /// are rare.)
+    Skipped(Box<(u64, Cause<E>, RollbackReport)>),
     /// It still failed: the run stops. With the report of the item's own undo when that
     /// undo ran and was incomplete.
-    Failed(Cause<E>, Option<RollbackReport>),
+    Failed(Box<(Cause<E>, Option<RollbackReport>)>),
 }
 
 pin_project! {
     #[project = StageProj]
     enum Stage<Fut, E> {
         Free,
-        Attempt { #[pin] handler: Fut, #[pin] deadline: Option<Sleep> },
+        Attempt { #[pin] handler: Fut },
         Undo { undo: Rollback, cause: Option<Cause<E>> },
-        Backoff { #[pin] sleep: Sleep },
+        Backoff,
     }
 }
 
@@ -53,8 +55,11 @@ pin_project! {
     pub(super) struct Slot<T, Fut, E> {
         #[pin]
         stage: Stage<Fut, E>,
-        // The item's handle: registers as the item, in the run.
-        scope: Option<Stack>,
+        // The attempt's deadline (with a time limit), or the backoff.
+        #[pin]
+        timer: Option<Sleep>,
+        // The id its handle registers as, in the run.
+        owner: u64,
         // The registration number when the item started: what its handle registered is
         // at or above it.
         mark: u64,
@@ -73,7 +78,8 @@ where
     pub(super) fn new() -> Self {
         Self {
             stage: Stage::Free,
-            scope: None,
+            timer: None,
+            owner: 0,
             mark: 0,
             item: None,
             index: 0,
@@ -101,15 +107,15 @@ where
         F: FnMut(T, ItemScope) -> Fut,
     {
         let mut this = self.project();
-        let scope = this.scope.insert(run.child());
-        *this.mark = scope.mark();
+        *this.owner = run.new_owner();
+        *this.mark = run.mark();
         *this.index = index;
         *this.attempt = 1;
         let value = match keep {
             Some(keep) => keep(this.item.insert(value)),
             None => value,
         };
-        this.attempt(f, value, rules);
+        this.attempt(f, value, run, rules);
     }
 
     /// Stops the item: its handler, timer or backoff is dropped (its compensations stay,
@@ -144,21 +150,22 @@ where
         let mut this = self.project();
         loop {
             let end = match this.stage.as_mut().project() {
-                StageProj::Attempt { handler, deadline } => {
+                StageProj::Attempt { handler } => {
                     // The handler is polled first: one that finishes at its deadline wins.
                     match trace::in_span(this.span, || handler.poll(cx)) {
                         Poll::Ready(Ok(())) => {
                             this.commit(run, rules);
                             Some(ItemEnd::Done)
                         }
-                        Poll::Ready(Err(error)) => this.undo(Cause::Handler(error), rules),
+                        Poll::Ready(Err(error)) => this.undo(Cause::Handler(error), run, rules),
                         Poll::Pending => {
-                            let deadline = deadline.as_pin_mut();
+                            let deadline = this.timer.as_mut().as_pin_mut();
                             if !deadline.is_some_and(|deadline| deadline.poll(cx).is_ready()) {
                                 return Poll::Pending;
                             }
                             let limit = rules.retry.and_then(|p| p.attempt_time_limit());
-                            this.undo(Cause::TimedOut(limit.unwrap_or_default()), rules)
+                            let cause = Cause::TimedOut(limit.unwrap_or_default());
+                            this.undo(cause, run, rules)
                         }
                     }
                 }
@@ -167,11 +174,12 @@ where
                     let cause = cause.take().expect("an undo has a cause");
                     this.undone(cause, report, rules)
                 }
-                StageProj::Backoff { sleep } => {
-                    ready!(sleep.poll(cx));
+                StageProj::Backoff => {
+                    let backoff = this.timer.as_mut().as_pin_mut();
+                    ready!(backoff.expect("a backoff has a timer").poll(cx));
                     let keep = keep.expect("retries keep the item");
                     let value = keep(this.item.as_ref().expect("retries keep the item"));
-                    this.attempt(f, value, rules);
+                    this.attempt(f, value, run, rules);
                     None
                 }
                 StageProj::Free => unreachable!("a free slot is never polled"),
@@ -185,47 +193,44 @@ where
 
 impl<T, Fut, E> SlotProj<'_, T, Fut, E> {
     /// Starts attempt number `self.attempt` on `value`.
-    fn attempt<F>(&mut self, f: &mut F, value: T, rules: &Rules)
+    fn attempt<F>(&mut self, f: &mut F, value: T, run: &Stack, rules: &Rules)
     where
         F: FnMut(T, ItemScope) -> Fut,
     {
         *self.span = trace::attempt_span(*self.index, *self.attempt);
-        let stack = self.scope.clone().expect("a started slot has a handle");
-        let mark = *self.mark;
+        let (stack, mark) = (run.as_owner(*self.owner), *self.mark);
         let handler = trace::in_span(self.span, || f(value, ItemScope { stack, mark }));
-        self.stage.set(Stage::Attempt {
-            handler,
-            deadline: None,
-        });
+        self.stage.set(Stage::Attempt { handler });
         let limit = rules.retry.and_then(|policy| policy.attempt_time_limit());
-        if let Some(limit) = limit
-            && let StageProj::Attempt { mut deadline, .. } = self.stage.as_mut().project()
-        {
-            deadline.set(Some(tokio::time::sleep(limit)));
+        if let Some(limit) = limit {
+            self.timer.set(Some(tokio::time::sleep(limit)));
+        } else if self.timer.is_some() {
+            self.timer.set(None);
         }
     }
 
     /// The handler returned `Ok`: its compensations are committed, or absorbed into the run.
     #[inline]
     fn commit(&mut self, run: &Stack, rules: &Rules) {
-        let scope = self.scope.as_ref().expect("a started slot has a handle");
         if rules.commit_each {
-            scope.commit_since(*self.mark);
+            run.commit_since(*self.owner, *self.mark);
         } else {
-            scope.absorb_into(run, *self.mark);
+            run.absorb_into(*self.owner, *self.mark, run);
         }
         trace::commit(*self.index);
     }
 
     /// The attempt failed with `cause`: its own undo starts if a retry or a skip follows;
     /// otherwise the item fails (its compensations are the run's rollback's).
-    fn undo(&mut self, cause: Cause<E>, rules: &Rules) -> Option<ItemEnd<E>> {
+    fn undo(&mut self, cause: Cause<E>, run: &Stack, rules: &Rules) -> Option<ItemEnd<E>> {
         if !(self.retry_left(rules) || rules.skip) {
-            return Some(ItemEnd::Failed(cause, None));
+            return Some(ItemEnd::Failed(Box::new((cause, None))));
         }
-        let scope = self.scope.clone().expect("a started slot has a handle");
-        let take = Take::Owner(scope.owner, *self.mark);
-        let undo = Rollback::new(scope, rules.undo, take, None);
+        if self.timer.is_some() {
+            self.timer.set(None);
+        }
+        let take = Take::Owner(*self.owner, *self.mark);
+        let undo = Rollback::new(run.as_owner(*self.owner), rules.undo, take, None);
         self.stage.set(Stage::Undo {
             undo,
             cause: Some(cause),
@@ -244,19 +249,18 @@ impl<T, Fut, E> SlotProj<'_, T, Fut, E> {
         trace::rollback(Undone::Attempt(*self.index), &report);
         if !report.is_complete() {
             // Nothing may build on a half-undone write: the run stops.
-            return Some(ItemEnd::Failed(cause, Some(report)));
+            return Some(ItemEnd::Failed(Box::new((cause, Some(report)))));
         }
         if !self.retry_left(rules) {
             trace::skip(*self.index);
-            return Some(ItemEnd::Skipped(*self.index, cause, report));
+            return Some(ItemEnd::Skipped(Box::new((*self.index, cause, report))));
         }
         let policy = rules.retry.expect("retries are on");
         let wait = policy.backoff_strategy().delay(*self.attempt);
         *self.attempt += 1;
         trace::retry(*self.index, *self.attempt);
-        self.stage.set(Stage::Backoff {
-            sleep: tokio::time::sleep(wait),
-        });
+        self.stage.set(Stage::Backoff);
+        self.timer.set(Some(tokio::time::sleep(wait)));
         None
     }
 
@@ -268,8 +272,10 @@ impl<T, Fut, E> SlotProj<'_, T, Fut, E> {
     /// Frees the slot and returns `end`.
     fn end<R>(&mut self, end: R) -> R {
         self.stage.set(Stage::Free);
+        if self.timer.is_some() {
+            self.timer.set(None);
+        }
         *self.item = None;
-        *self.scope = None;
         end
     }
 }

@@ -245,7 +245,8 @@ fn item_ended<E>(
     *in_flight -= 1;
     match end {
         ItemEnd::Done => done.items += 1,
-        ItemEnd::Skipped(index, cause, report) => {
+        ItemEnd::Skipped(skipped) => {
+            let (index, cause, report) = *skipped;
             done.skipped += 1;
             let on_skip = on_skip.as_mut().expect("skips are on");
             (on_skip.get_mut().unwrap_or_else(|p| p.into_inner()))((
@@ -253,7 +254,7 @@ fn item_ended<E>(
                 CompensatedError { cause, report },
             ));
         }
-        ItemEnd::Failed(cause, report) => return Err((cause, report)),
+        ItemEnd::Failed(failed) => return Err(*failed),
     }
     Ok(())
 }

@@ -64,9 +64,9 @@ where
                     item.handler.set(None);
                     this.done.items += 1;
                     if this.config.rules.commit_each {
-                        items.commit_since(*item.mark);
+                        items.commit_since(items.owner, *item.mark);
                     } else {
-                        items.absorb_into(&this.run.scope.stack, *item.mark);
+                        items.absorb_into(items.owner, *item.mark, &this.run.scope.stack);
                     }
                     trace::commit(this.done.items - 1);
                 }

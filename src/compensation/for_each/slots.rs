@@ -2,7 +2,7 @@
 //! `FuturesUnordered` does, with no allocation per item: one waker per slot, made once).
 
 use core::pin::Pin;
-use core::task::{Context, Poll};
+use core::task::{Context, Poll, ready};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +46,8 @@ impl Wake for SlotWaker {
 struct Woken {
     flags: Arc<Flags>,
     wakers: Vec<Waker>,
+    /// The free slots, the lowest on top.
+    free: Vec<usize>,
 }
 
 impl Woken {
@@ -61,7 +63,12 @@ impl Woken {
                 Waker::from(Arc::new(SlotWaker { flags, at }))
             })
             .collect();
-        Self { flags, wakers }
+        let free = (0..slots).rev().collect();
+        Self {
+            flags,
+            wakers,
+            free,
+        }
     }
 
     /// Registers the run's waker: a slot's wake wakes it.
@@ -152,14 +159,13 @@ where
         let at = match this.woken {
             None => 0,
             Some(woken) => {
-                let free = std::iter::once(this.first.is_busy())
-                    .chain(this.extra.iter().map(|slot| slot.is_busy()))
-                    .position(|busy| !busy);
-                let at = free.unwrap_or_else(|| {
+                let at = woken
+                    .free
+                    .pop()
+                    .expect("the run starts an item below its limit");
+                while this.extra.len() < at {
                     this.extra.push(Box::pin(Slot::new()));
-                    this.extra.len()
-                });
-                woken.take(at);
+                }
                 at
             }
         };
@@ -172,7 +178,9 @@ where
             None => slot.poll_item(cx, f, run, rules, keep),
             Some(woken) => {
                 let mut cx = Context::from_waker(woken.waker(at));
-                slot.poll_item(&mut cx, f, run, rules, keep)
+                let end = ready!(slot.poll_item(&mut cx, f, run, rules, keep));
+                woken.free.push(at);
+                Poll::Ready(end)
             }
         }
     }
@@ -209,6 +217,7 @@ where
             if woken.take(at - 1) && slot.is_busy() {
                 let mut cx = Context::from_waker(woken.waker(at - 1));
                 if let Poll::Ready(end) = slot.poll_item(&mut cx, f, run, rules, keep) {
+                    woken.free.push(at - 1);
                     *this.scan = Some(at);
                     return Poll::Ready(end);
                 }
