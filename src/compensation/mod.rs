@@ -18,6 +18,7 @@ mod rollback;
 mod scope;
 mod stack;
 mod trace;
+mod wake;
 
 pub use action::{BoxError, Compensation};
 pub use error::{Cause, CompensatedError};
