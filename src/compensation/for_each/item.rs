@@ -26,6 +26,15 @@ pub(crate) struct Rules {
     pub(crate) skip: bool,
 }
 
+/// What an item needs of its run: the handler, the run's handle, its rules, and the
+/// item's `Clone` for retries.
+pub(super) struct Driver<'a, T, F> {
+    pub(super) f: &'a mut F,
+    pub(super) run: &'a Stack,
+    pub(super) rules: Rules,
+    pub(super) keep: Option<fn(&T) -> T>,
+}
+
 /// How an item ended.
 pub(super) enum ItemEnd<E> {
     /// Its handler returned `Ok`.
@@ -95,27 +104,20 @@ where
 
     /// Starts item number `index` on its first attempt; `keep` clones it for retries.
     #[inline]
-    pub(super) fn start<F>(
-        self: Pin<&mut Self>,
-        index: u64,
-        value: T,
-        keep: Option<fn(&T) -> T>,
-        f: &mut F,
-        run: &Stack,
-        rules: &Rules,
-    ) where
+    pub(super) fn start<F>(self: Pin<&mut Self>, index: u64, value: T, d: &mut Driver<'_, T, F>)
+    where
         F: FnMut(T, ItemScope) -> Fut,
     {
         let mut this = self.project();
-        *this.owner = run.new_owner();
-        *this.mark = run.mark();
+        *this.owner = d.run.new_owner();
+        *this.mark = d.run.mark();
         *this.index = index;
         *this.attempt = 1;
-        let value = match keep {
+        let value = match d.keep {
             Some(keep) => keep(this.item.insert(value)),
             None => value,
         };
-        this.attempt(f, value, run, rules);
+        this.attempt(d, value);
     }
 
     /// Stops the item: its handler, timer or backoff is dropped (its compensations stay,
@@ -139,10 +141,7 @@ where
     pub(super) fn poll_item<F>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        f: &mut F,
-        run: &Stack,
-        rules: &Rules,
-        keep: Option<fn(&T) -> T>,
+        d: &mut Driver<'_, T, F>,
     ) -> Poll<ItemEnd<E>>
     where
         F: FnMut(T, ItemScope) -> Fut,
@@ -154,32 +153,31 @@ where
                     // The handler is polled first: one that finishes at its deadline wins.
                     match trace::in_span(this.span, || handler.poll(cx)) {
                         Poll::Ready(Ok(())) => {
-                            this.commit(run, rules);
+                            this.commit(d);
                             Some(ItemEnd::Done)
                         }
-                        Poll::Ready(Err(error)) => this.undo(Cause::Handler(error), run, rules),
+                        Poll::Ready(Err(error)) => this.undo(Cause::Handler(error), d),
                         Poll::Pending => {
                             let deadline = this.timer.as_mut().as_pin_mut();
                             if !deadline.is_some_and(|deadline| deadline.poll(cx).is_ready()) {
                                 return Poll::Pending;
                             }
-                            let limit = rules.retry.and_then(|p| p.attempt_time_limit());
-                            let cause = Cause::TimedOut(limit.unwrap_or_default());
-                            this.undo(cause, run, rules)
+                            let limit = d.rules.retry.and_then(|p| p.attempt_time_limit());
+                            this.undo(Cause::TimedOut(limit.unwrap_or_default()), d)
                         }
                     }
                 }
                 StageProj::Undo { undo, cause } => {
                     let report = ready!(Pin::new(undo).poll(cx));
                     let cause = cause.take().expect("an undo has a cause");
-                    this.undone(cause, report, rules)
+                    this.undone(cause, report, &d.rules)
                 }
                 StageProj::Backoff => {
                     let backoff = this.timer.as_mut().as_pin_mut();
                     ready!(backoff.expect("a backoff has a timer").poll(cx));
-                    let keep = keep.expect("retries keep the item");
+                    let keep = d.keep.expect("retries keep the item");
                     let value = keep(this.item.as_ref().expect("retries keep the item"));
-                    this.attempt(f, value, run, rules);
+                    this.attempt(d, value);
                     None
                 }
                 StageProj::Free => unreachable!("a free slot is never polled"),
@@ -193,15 +191,15 @@ where
 
 impl<T, Fut, E> SlotProj<'_, T, Fut, E> {
     /// Starts attempt number `self.attempt` on `value`.
-    fn attempt<F>(&mut self, f: &mut F, value: T, run: &Stack, rules: &Rules)
+    fn attempt<F>(&mut self, d: &mut Driver<'_, T, F>, value: T)
     where
         F: FnMut(T, ItemScope) -> Fut,
     {
         *self.span = trace::attempt_span(*self.index, *self.attempt);
-        let (stack, mark) = (run.as_owner(*self.owner), *self.mark);
-        let handler = trace::in_span(self.span, || f(value, ItemScope { stack, mark }));
+        let (stack, mark) = (d.run.as_owner(*self.owner), *self.mark);
+        let handler = trace::in_span(self.span, || (d.f)(value, ItemScope { stack, mark }));
         self.stage.set(Stage::Attempt { handler });
-        let limit = rules.retry.and_then(|policy| policy.attempt_time_limit());
+        let limit = d.rules.retry.and_then(|policy| policy.attempt_time_limit());
         if let Some(limit) = limit {
             self.timer.set(Some(tokio::time::sleep(limit)));
         } else if self.timer.is_some() {
@@ -211,26 +209,26 @@ impl<T, Fut, E> SlotProj<'_, T, Fut, E> {
 
     /// The handler returned `Ok`: its compensations are committed, or absorbed into the run.
     #[inline]
-    fn commit(&mut self, run: &Stack, rules: &Rules) {
-        if rules.commit_each {
-            run.commit_since(*self.owner, *self.mark);
+    fn commit<F>(&mut self, d: &Driver<'_, T, F>) {
+        if d.rules.commit_each {
+            d.run.commit_since(*self.owner, *self.mark);
         } else {
-            run.absorb_into(*self.owner, *self.mark, run);
+            d.run.absorb_into(*self.owner, *self.mark, d.run);
         }
         trace::commit(*self.index);
     }
 
     /// The attempt failed with `cause`: its own undo starts if a retry or a skip follows;
     /// otherwise the item fails (its compensations are the run's rollback's).
-    fn undo(&mut self, cause: Cause<E>, run: &Stack, rules: &Rules) -> Option<ItemEnd<E>> {
-        if !(self.retry_left(rules) || rules.skip) {
+    fn undo<F>(&mut self, cause: Cause<E>, d: &Driver<'_, T, F>) -> Option<ItemEnd<E>> {
+        if !(self.retry_left(&d.rules) || d.rules.skip) {
             return Some(ItemEnd::Failed(Box::new((cause, None))));
         }
         if self.timer.is_some() {
             self.timer.set(None);
         }
         let take = Take::Owner(*self.owner, *self.mark);
-        let undo = Rollback::new(run.as_owner(*self.owner), rules.undo, take, None);
+        let undo = Rollback::new(d.run.as_owner(*self.owner), d.rules.undo, take, None);
         self.stage.set(Stage::Undo {
             undo,
             cause: Some(cause),

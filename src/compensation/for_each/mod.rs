@@ -14,8 +14,8 @@ use futures_core::stream::TryStream;
 use pin_project_lite::pin_project;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use self::item::ItemEnd;
 pub(super) use self::item::Rules;
+use self::item::{Driver, ItemEnd};
 pub(super) use self::sequential::Sequential;
 pub(super) use self::slots::Slots;
 use super::options::{Callback, Config, RunScope};
@@ -161,7 +161,12 @@ where
     Fut: Future<Output = Result<(), St::Error>>,
 {
     let config = &mut *this.config;
-    let (run, rules, keep) = (&this.run.scope.stack, &config.rules.clone(), config.keep);
+    let mut d = Driver {
+        f: this.f,
+        run: &this.run.scope.stack,
+        rules: config.rules,
+        keep: config.keep,
+    };
     // Checked before polling the handlers left pending (the cancellation may be what woke
     // this task) and before each pull.
     if config.cancelled() {
@@ -180,10 +185,7 @@ where
                     *this.in_flight += 1;
                     *this.pulled += 1;
                     let index = *this.pulled - 1;
-                    let started = this
-                        .items
-                        .as_mut()
-                        .start(cx, index, value, this.f, run, rules, keep);
+                    let started = this.items.as_mut().start(cx, index, value, &mut d);
                     if let Poll::Ready(end) = started {
                         item_ended(end, this.in_flight, this.done, &mut config.on_skip)?;
                     }
@@ -196,7 +198,7 @@ where
                 Poll::Pending => {}
             }
         }
-        if let Poll::Ready(end) = this.items.as_mut().poll_woken(cx, this.f, run, rules, keep) {
+        if let Poll::Ready(end) = this.items.as_mut().poll_woken(cx, &mut d) {
             progress = true;
             item_ended(end, this.in_flight, this.done, &mut config.on_skip)?;
         }

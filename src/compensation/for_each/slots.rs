@@ -6,8 +6,7 @@ use core::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use std::future::Future;
 
-use super::item::{ItemEnd, Rules, Slot};
-use crate::compensation::stack::Stack;
+use super::item::{Driver, ItemEnd, Slot};
 use crate::compensation::wake::Woken;
 use crate::compensation::{ItemScope, Rollback};
 
@@ -60,16 +59,12 @@ where
 
     /// Starts item number `index` in a free slot and polls it.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn start<F>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         index: u64,
         value: T,
-        f: &mut F,
-        run: &Stack,
-        rules: &Rules,
-        keep: Option<fn(&T) -> T>,
+        d: &mut Driver<'_, T, F>,
     ) -> Poll<ItemEnd<E>>
     where
         F: FnMut(T, ItemScope) -> Fut,
@@ -92,12 +87,12 @@ where
             *this.first_woken = false;
         }
         let mut slot = slot(this.first, this.extra, at);
-        slot.as_mut().start(index, value, keep, f, run, rules);
+        slot.as_mut().start(index, value, d);
         match this.woken {
-            None => slot.poll_item(cx, f, run, rules, keep),
+            None => slot.poll_item(cx, d),
             Some(woken) => {
                 let mut cx = Context::from_waker(woken.waker(at));
-                let end = ready!(slot.poll_item(&mut cx, f, run, rules, keep));
+                let end = ready!(slot.poll_item(&mut cx, d));
                 woken.free.push(at);
                 Poll::Ready(end)
             }
@@ -108,10 +103,7 @@ where
     pub(super) fn poll_woken<F>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        f: &mut F,
-        run: &Stack,
-        rules: &Rules,
-        keep: Option<fn(&T) -> T>,
+        d: &mut Driver<'_, T, F>,
     ) -> Poll<ItemEnd<E>>
     where
         F: FnMut(T, ItemScope) -> Fut,
@@ -121,7 +113,7 @@ where
             if !std::mem::take(this.first_woken) || !this.first.is_busy() {
                 return Poll::Pending;
             }
-            return this.first.poll_item(cx, f, run, rules, keep);
+            return this.first.poll_item(cx, d);
         };
         // One scan per call, started only if a slot was woken: a handler that wakes
         // itself is polled again on the next call, not in a loop here.
@@ -135,7 +127,7 @@ where
             at += 1;
             if woken.take(at - 1) && slot.is_busy() {
                 let mut cx = Context::from_waker(woken.waker(at - 1));
-                if let Poll::Ready(end) = slot.poll_item(&mut cx, f, run, rules, keep) {
+                if let Poll::Ready(end) = slot.poll_item(&mut cx, d) {
                     woken.free.push(at - 1);
                     *this.scan = Some(at);
                     return Poll::Ready(end);
