@@ -286,3 +286,63 @@ async fn a_skipped_item_whose_undo_is_incomplete_stops_a_concurrent_run() {
     assert!(!error.is_rolled_back_cleanly());
     assert_eq!(error.report().failures().len(), 1);
 }
+
+/// What one run did: its outcome, and the log of writes and undos.
+async fn scripted_run(seed: u64, general_path: bool) -> (Result<u64, String>, Vec<String>) {
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log2 = log.clone();
+    let mut items: Vec<Result<u64, String>> = (0..30u64).map(Ok).collect();
+    if seed % 3 == 0 {
+        items[(seed % 29) as usize] = Err("bad input".to_owned());
+    }
+    let run =
+        stream::iter(items).for_each_compensated(CompensationScope::new(), move |item, scope| {
+            let log = log2.clone();
+            let roll = mix(seed, item, 0);
+            async move {
+                let undo_log = log.clone();
+                scope.register(move || {
+                    let log = undo_log.clone();
+                    async move {
+                        log.lock().unwrap().push(format!("undo {item}"));
+                        Ok::<(), std::io::Error>(())
+                    }
+                });
+                log.lock().unwrap().push(format!("write {item}"));
+                sleep(ms(roll % 3)).await;
+                if roll % 17 == 0 {
+                    return Err(format!("item {item}"));
+                }
+                if roll % 5 == 0 {
+                    scope.commit();
+                }
+                Ok(())
+            }
+        });
+    let run = if seed % 2 == 0 {
+        run.all_or_nothing()
+    } else {
+        run
+    };
+    // One attempt: the same rules, through the general item machinery.
+    let run = if general_path {
+        run.retry(RetryPolicy::default())
+    } else {
+        run
+    };
+    let outcome = run
+        .await
+        .map(|done| done.items())
+        .map_err(|error| format!("{:?} / {}", error.cause(), error.report()));
+    let log = log.lock().unwrap().clone();
+    (outcome, log)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_one_at_a_time_fast_path_and_the_general_path_agree() {
+    for seed in 0..80u64 {
+        let fast = scripted_run(seed, false).await;
+        let general = scripted_run(seed, true).await;
+        assert_eq!(fast, general, "seed {seed}");
+    }
+}
