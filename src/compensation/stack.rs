@@ -229,10 +229,32 @@ impl Stack {
         }
     }
 
+    /// One lock per compensation committed: each removal also tells whether another one
+    /// is left to commit. Each is dropped with the stack unlocked.
     #[inline(never)]
     fn commit_registered_since(&self, owner: u64, mark: u64) {
-        while let Some(entry) = self.take_newest(Take::Owner(owner, mark), mark) {
+        let ours = |entry: &Registered| entry.owner == owner && !entry.action.is_running();
+        loop {
+            let (entry, more) = {
+                let mut state = self.lock();
+                let entries = &mut state.entries;
+                // In registration order: those since `mark` are the top ones.
+                let Some(at) = entries.iter().rposition(|e| e.seq < mark || ours(e)) else {
+                    return;
+                };
+                if entries[at].seq < mark {
+                    return;
+                }
+                let mut since = entries[..at].iter().rev().take_while(|e| e.seq >= mark);
+                let more = since.any(ours);
+                let entry = entries.remove(at);
+                self.inner.len.store(entries.len(), Ordering::Release);
+                (entry, more)
+            };
             drop(entry);
+            if !more {
+                return;
+            }
         }
     }
 
