@@ -194,10 +194,10 @@ pub(super) async fn write_batch(
             return Err(error);
         }
     }
-    // Not `scope.commit()`: under `.concurrency(n)` an item's handle commits the
-    // compensations of every item in flight, not only this batch's. The flag makes this
-    // batch's compensations do nothing instead, so a cancellation from here on (while the
-    // acknowledgements are sent) deletes none of its rows.
+    // The flag makes this batch's compensations do nothing from here on, so a
+    // cancellation while the acknowledgements are sent deletes none of its rows (the run
+    // commits them when this handler returns `Ok`; `scope.commit()` would do the same for
+    // this batch only).
     committed.store(true, Ordering::Release);
 
     // Committed: count it, then acknowledge its events to the source. A failed ack only
