@@ -79,12 +79,46 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
         self
     }
 
-    /// Shorthand for [`unit_of_work(UnitOfWork::Run)`](UnitOfWork::Run): a failure undoes the
-    /// whole run.
+    /// Makes the whole run one unit of work (shorthand for
+    /// [`unit_of_work(UnitOfWork::Run)`](UnitOfWork::Run)).
+    ///
+    /// Rules:
+    /// - when an item's handler returns `Ok`, its compensations are absorbed into the run
+    ///   (in their order), not committed: each item is a child of the run, absorbed on `Ok`;
+    /// - a failure (handler, upstream, cancellation) undoes every item handled so far,
+    ///   newest registration first; the run's success commits them all;
+    /// - an item's own [`ItemScope::commit`](crate::ItemScope::commit) still acts on that
+    ///   item only, never on what earlier items handed to the run.
     ///
     /// # Panics
     ///
     /// Panics if [`skip_failed_items`](Self::skip_failed_items) is set.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use futures::stream;
+    /// use result_stream::{CompensationScope, ResultStreamExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let undone = Arc::new(Mutex::new(Vec::new()));
+    /// let log = undone.clone();
+    /// let error = stream::iter((1..=3).map(Ok::<u32, &str>))
+    ///     .for_each_compensated(CompensationScope::new(), move |item, scope| {
+    ///         let log = log.clone();
+    ///         scope.register(move || {
+    ///             let log = log.clone();
+    ///             async move { log.lock().unwrap().push(item); Ok::<(), std::io::Error>(()) }
+    ///         });
+    ///         async move { if item == 3 { Err("disk full") } else { Ok(()) } }
+    ///     })
+    ///     .all_or_nothing()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(error.report().ran(), 3);
+    /// assert_eq!(*undone.lock().unwrap(), vec![3, 2, 1]);
+    /// # }
+    /// ```
     #[track_caller]
     pub fn all_or_nothing(self) -> Self {
         self.unit_of_work(UnitOfWork::Run)
@@ -93,8 +127,44 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// Stops the run, dropping the handlers in progress at once, and rolls back when `token`
     /// is cancelled. The error's cause is then [`Cause::Cancelled`](crate::Cause::Cancelled).
     ///
+    /// Rules:
+    /// - the token is checked before each pull and before polling handlers left pending;
+    ///   a handler in flight is dropped at once, and the compensations it had registered
+    ///   run before the future resolves;
+    /// - a cancellation during a retry's backoff ends the run at once; an undo of a failed
+    ///   attempt in progress finishes the compensation it is running (and starts no other)
+    ///   before the run's rollback runs the rest;
+    /// - the rollback itself is not cancelled by the token.
+    ///
     /// The run watches a [child](CancellationToken::child_token) of `token`, so checking it
     /// (once per item) never contends with other runs sharing the same token.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::stream;
+    /// use result_stream::{CancellationToken, CompensationScope, ResultStreamExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let token = CancellationToken::new();
+    /// let stop = token.clone();
+    /// tokio::spawn(async move {
+    ///     tokio::time::sleep(Duration::from_secs(1)).await;
+    ///     stop.cancel(); // say, on SIGTERM
+    /// });
+    /// let error = stream::iter((0..).map(Ok::<u64, std::io::Error>))
+    ///     .for_each_compensated(CompensationScope::new(), |_item, scope| async move {
+    ///         scope.register(|| async { Ok::<(), std::io::Error>(()) });
+    ///         tokio::time::sleep(Duration::from_millis(300)).await; // a slow write
+    ///         Ok(())
+    ///     })
+    ///     .with_cancellation(token)
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(error.cause().is_cancelled());
+    /// assert_eq!(error.report().ran(), 1); // the write in flight is undone
+    /// # }
+    /// ```
     pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
         let token = token.child_token();
         self.cancelled = Some(token.clone().cancelled_owned());
