@@ -184,11 +184,12 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// - the run itself is a child of `scope`: on failure its rollback runs the run's
     ///   pending compensations and those registered through `scope`'s own handles
     ///   (including any registered before the run started), never those of another run
-    ///   sharing the scope; until the future resolves or is dropped, `scope`'s own handles
-    ///   neither commit nor roll back this run's compensations (see
-    ///   [`CompensationScope`]). A handler that registers through a captured clone of
-    ///   `scope` instead of its `ItemScope` registers for the scope, not for its item: its
-    ///   item's success does not commit it.
+    ///   sharing the scope; on success it commits those same ones. What an open
+    ///   [`CompensationScope::child`] holds stays the child's either way. Until the future
+    ///   resolves or is dropped, `scope`'s own handles neither commit nor roll back this
+    ///   run's compensations (see [`CompensationScope`]). A handler that registers through
+    ///   a captured clone of `scope` instead of its `ItemScope` registers for the scope,
+    ///   not for its item: its item's success does not commit it, the run's success does.
     ///
     /// Cost: no heap allocation per item. With nothing registered, an item costs a clone and
     /// a drop of the scope handle (an `Arc`), an atomic increment (its id), an atomic load

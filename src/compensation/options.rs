@@ -8,7 +8,6 @@ use core::fmt;
 use core::pin::Pin;
 
 use super::for_each::{Phase, Rules, Sequential, Slots};
-use super::stack::Stack;
 use super::{CompensatedError, CompensationScope, ForEachCompensated, RetryPolicy};
 use futures_core::future::Future;
 
@@ -260,8 +259,10 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     }
 
     /// Skips an item that still fails (after its retries): its compensations run at once,
-    /// alone, and `on_skip` receives its position in the stream (0 for the first item) and
-    /// a [`CompensatedError`] with its cause and that rollback's report; the run goes on,
+    /// alone, and `on_skip` receives its position among the items (0 for the first item;
+    /// upstream errors, even those [skipped](Self::skip_upstream_errors), are not counted)
+    /// and a [`CompensatedError`] with its cause and that rollback's report (its text says
+    /// the item was rolled back, not that the run stopped); the run goes on,
     /// and [`Completion::skipped`] counts it. If that rollback is incomplete, the run stops
     /// instead (nothing may build on a half-undone write). An upstream error, a
     /// cancellation, still stop the run. Nothing is kept per skipped item.
@@ -400,9 +401,6 @@ pub(super) struct Config<T, E> {
 /// the run resolves or is dropped.
 pub(super) struct RunScope {
     pub(super) scope: CompensationScope,
-    /// The handle items handled one at a time register through: one owner for them all,
-    /// each item's own told apart by its mark.
-    pub(super) items: Stack,
 }
 
 impl Drop for RunScope {
@@ -432,11 +430,10 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     where
         Fut: Future<Output = Result<(), St::Error>>,
     {
-        let run = scope.stack.child();
-        let items = run.child();
         let run = RunScope {
-            scope: CompensationScope { stack: run },
-            items,
+            scope: CompensationScope {
+                stack: scope.stack.child(),
+            },
         };
         Self {
             stream,

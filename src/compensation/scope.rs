@@ -23,8 +23,11 @@ use super::{Compensation, RetryPolicy, Rollback};
 ///   handles (from [`new`](Self::new) and its clones) neither commit nor roll back the
 ///   run's compensations; once it is dropped, what it left is the scope's;
 /// - a run's rollback runs its own compensations and those registered through the scope's
-///   own handles, never another run's; its success commits its own. So several runs may
-///   share one scope;
+///   own handles (before or during the run), never another run's; its success commits the
+///   same ones, and so leaves the scope's own handles nothing it could have undone. What an
+///   open [`child`](Self::child) of the scope holds is the child's: neither the run's
+///   rollback nor its success takes it (once absorbed, it is the scope's own). So several
+///   runs may share one scope;
 /// - [`child`](Self::child) opens a nested scope: see [`ChildScope`].
 ///
 /// ```

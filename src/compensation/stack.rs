@@ -75,10 +75,8 @@ pub(crate) enum Take {
     /// The scope's own handles: everything but what a live run (or a live child of the
     /// scope) owns.
     Scope,
-    /// A run's handle: the run's entries and the scope's own.
+    /// A run's handle, its rollback and its success: the run's entries and the scope's own.
     Run(u64),
-    /// A run's success: the run's entries only.
-    RunOnly(u64),
     /// An item or a child scope: what was registered through it (or absorbed into it), at
     /// or above a registration number.
     Owner(u64, u64),
@@ -89,7 +87,6 @@ impl Take {
         match self {
             Take::Scope => !live.contains(&entry.run),
             Take::Run(run) => entry.run == run || entry.run == ROOT,
-            Take::RunOnly(run) => entry.run == run,
             Take::Owner(owner, since) => entry.owner == owner && entry.seq >= since,
         }
     }

@@ -1,5 +1,6 @@
-//! Which slots of a run were woken: one waker per slot, made once, that marks its slot and
-//! wakes the run, so that the run polls only the slots that were woken.
+//! Which slots of a run were woken: one waker per slot, made once when the slot is first
+//! needed, that marks its slot and wakes the run, so that the run polls only the slots that
+//! were woken.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,18 +8,18 @@ use std::task::{Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
-/// The flags the slots' wakers set, and the run's own waker they wake.
+/// What every slot's waker shares: the run's own waker, and whether any slot was woken.
 #[derive(Debug)]
-struct Flags {
-    run: AtomicWaker,
+struct Run {
+    waker: AtomicWaker,
     any: AtomicBool,
-    slots: Box<[AtomicBool]>,
 }
 
+/// A slot's waker: its own mark, and the run's.
 #[derive(Debug)]
 struct SlotWaker {
-    flags: Arc<Flags>,
-    at: usize,
+    run: Arc<Run>,
+    woken: AtomicBool,
 }
 
 impl Wake for SlotWaker {
@@ -27,59 +28,70 @@ impl Wake for SlotWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.flags.slots[self.at].store(true, Ordering::Release);
-        self.flags.any.store(true, Ordering::Release);
-        self.flags.run.wake();
+        self.woken.store(true, Ordering::Release);
+        self.run.any.store(true, Ordering::Release);
+        self.run.waker.wake();
     }
 }
 
-/// One waker per slot of a run with more than one item in flight.
+/// One waker per slot of a run with more than one item in flight, made when the slot is
+/// first needed (so a large limit costs nothing up front).
 #[derive(Debug)]
 pub(crate) struct Woken {
-    flags: Arc<Flags>,
-    wakers: Vec<Waker>,
-    /// The free slots, the lowest on top.
-    pub(crate) free: Vec<usize>,
+    run: Arc<Run>,
+    slots: Vec<(Arc<SlotWaker>, Waker)>,
+    /// The free slots among those made.
+    free: Vec<usize>,
 }
 
 impl Woken {
-    pub(crate) fn new(slots: usize) -> Self {
-        let flags = Arc::new(Flags {
-            run: AtomicWaker::new(),
-            any: AtomicBool::new(false),
-            slots: (0..slots).map(|_| AtomicBool::new(false)).collect(),
-        });
-        let wakers = (0..slots)
-            .map(|at| {
-                let flags = flags.clone();
-                Waker::from(Arc::new(SlotWaker { flags, at }))
-            })
-            .collect();
-        let free = (0..slots).rev().collect();
+    pub(crate) fn new() -> Self {
         Self {
-            flags,
-            wakers,
-            free,
+            run: Arc::new(Run {
+                waker: AtomicWaker::new(),
+                any: AtomicBool::new(false),
+            }),
+            slots: Vec::new(),
+            free: Vec::new(),
         }
     }
 
     /// Registers the run's waker: a slot's wake wakes it.
     pub(crate) fn register(&self, run: &Waker) {
-        self.flags.run.register(run);
+        self.run.waker.register(run);
+    }
+
+    /// A free slot: one freed earlier, or else a new one (numbered by how many were made).
+    pub(crate) fn take_free(&mut self) -> usize {
+        self.free.pop().unwrap_or_else(|| {
+            let slot = Arc::new(SlotWaker {
+                run: self.run.clone(),
+                woken: AtomicBool::new(false),
+            });
+            self.slots.push((slot.clone(), Waker::from(slot)));
+            self.slots.len() - 1
+        })
+    }
+
+    /// Slot `at` is free again.
+    pub(crate) fn free(&mut self, at: usize) {
+        self.free.push(at);
     }
 
     /// Whether some slot was woken since the last call (clears the mark).
     pub(crate) fn any(&self) -> bool {
-        self.flags.any.swap(false, Ordering::AcqRel)
+        self.run.any.swap(false, Ordering::AcqRel)
     }
 
     /// Whether slot `at` was woken since it was last polled (clears the mark).
     pub(crate) fn take(&self, at: usize) -> bool {
-        self.flags.slots[at].swap(false, Ordering::AcqRel)
+        self.slots
+            .get(at)
+            .is_some_and(|(slot, _)| slot.woken.swap(false, Ordering::AcqRel))
     }
 
     /// The waker of slot `at`.
     pub(crate) fn waker(&self, at: usize) -> &Waker {
-        &self.wakers[at]
+        &self.slots[at].1
     }
 }

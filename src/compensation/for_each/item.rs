@@ -173,8 +173,10 @@ where
                     this.undone(cause, report, &d.rules)
                 }
                 StageProj::Backoff => {
-                    let backoff = this.timer.as_mut().as_pin_mut();
-                    ready!(backoff.expect("a backoff has a timer").poll(cx));
+                    // A zero wait arms no timer (so it needs none).
+                    if let Some(backoff) = this.timer.as_mut().as_pin_mut() {
+                        ready!(backoff.poll(cx));
+                    }
                     let keep = d.keep.expect("retries keep the item");
                     let value = keep(this.item.as_ref().expect("retries keep the item"));
                     this.attempt(d, value);
@@ -258,7 +260,9 @@ impl<T, Fut, E> SlotProj<'_, T, Fut, E> {
         *self.attempt += 1;
         trace::retry(*self.index, *self.attempt);
         self.stage.set(Stage::Backoff);
-        self.timer.set(Some(tokio::time::sleep(wait)));
+        if !wait.is_zero() {
+            self.timer.set(Some(tokio::time::sleep(wait)));
+        }
         None
     }
 

@@ -92,10 +92,12 @@ where
                     poll_running(&mut this, cx)
                 } {
                     Poll::Ready(Ok(())) => {
-                        // The run's success commits what it owns: what its items and its
-                        // own handle registered.
+                        // The run's success commits what its rollback would have run:
+                        // what its items and its own handle registered, and what the
+                        // scope's own handles did (not what an open child of the scope
+                        // holds: that is the child's).
                         let run = &this.run.scope.stack;
-                        run.commit(Take::RunOnly(run.run));
+                        run.commit(Take::Run(run.run));
                         run.end_live();
                         *this.phase = Phase::Done;
                         return Poll::Ready(Ok(*this.done));
@@ -124,7 +126,7 @@ where
                     let cause = cause.take().expect("a rollback has a cause");
                     this.run.scope.stack.end_live();
                     *this.phase = Phase::Done;
-                    return Poll::Ready(Err(CompensatedError { cause, report }));
+                    return Poll::Ready(Err(CompensatedError::stopped(cause, report)));
                 }
                 Phase::Done => panic!("ForEachCompensated polled after it resolved"),
             };
@@ -253,7 +255,7 @@ fn item_ended<E>(
             let on_skip = on_skip.as_mut().expect("skips are on");
             (on_skip.get_mut().unwrap_or_else(|p| p.into_inner()))((
                 index,
-                CompensatedError { cause, report },
+                CompensatedError::skipped(cause, report),
             ));
         }
         ItemEnd::Failed(failed) => return Err(*failed),

@@ -51,7 +51,7 @@ where
         let this = self.project();
         if limit > 1 {
             this.woken
-                .get_or_insert_with(|| Woken::new(limit))
+                .get_or_insert_with(Woken::new)
                 .register(cx.waker());
         }
         *this.first_woken = true;
@@ -73,10 +73,8 @@ where
         let at = match this.woken {
             None => 0,
             Some(woken) => {
-                let at = woken
-                    .free
-                    .pop()
-                    .expect("the run starts an item below its limit");
+                // The run starts an item only below its limit: at most `limit` slots.
+                let at = woken.take_free();
                 while this.extra.len() < at {
                     this.extra.push(Box::pin(Slot::new()));
                 }
@@ -93,7 +91,7 @@ where
             Some(woken) => {
                 let mut cx = Context::from_waker(woken.waker(at));
                 let end = ready!(slot.poll_item(&mut cx, d));
-                woken.free.push(at);
+                woken.free(at);
                 Poll::Ready(end)
             }
         }
@@ -128,7 +126,7 @@ where
             if woken.take(at - 1) && slot.is_busy() {
                 let mut cx = Context::from_waker(woken.waker(at - 1));
                 if let Poll::Ready(end) = slot.poll_item(&mut cx, d) {
-                    woken.free.push(at - 1);
+                    woken.free(at - 1);
                     *this.scan = Some(at);
                     return Poll::Ready(end);
                 }

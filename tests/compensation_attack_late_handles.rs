@@ -1,5 +1,6 @@
-//! Defects found by the independent attack on the compensation engine. Each test states a
-//! rule the engine breaks today and fails until it is fixed.
+//! Handles kept or used late, limits, timers and texts: each test states a rule that an
+//! independent attack on the compensation engine found broken (and that now holds), at
+//! every concurrency where it applies.
 
 mod compensation_common;
 
@@ -13,7 +14,7 @@ use result_stream::{CompensationScope, ItemScope, ResultStreamExt, RetryPolicy};
 /// as a spawned task that finishes late).
 type Leaked = Arc<Mutex<Option<ItemScope>>>;
 
-/// Rule broken: "a clone kept after the item ended still registers into the run: what it
+/// Rule: "a clone kept after the item ended still registers into the run: what it
 /// registers is committed by the run's success and undone by its rollback" (`ItemScope`
 /// rustdoc), and an item's handle acts on its own item only, at any concurrency.
 ///
@@ -58,7 +59,7 @@ async fn a_late_registration_through_an_ended_items_handle_is_undone_by_the_run(
     }
 }
 
-/// Rule broken: an item handle's `commit()` "commits only what was registered through it
+/// Rule: an item handle's `commit()` "commits only what was registered through it
 /// during this item" (`ItemScope::commit` rustdoc: "drops
 /// only this item's pending compensations").
 ///
@@ -102,7 +103,7 @@ async fn an_ended_items_commit_never_drops_the_next_items_compensations() {
     }
 }
 
-/// Rule broken: an item handle's `rollback()` "runs only this item's pending
+/// Rule: an item handle's `rollback()` "runs only this item's pending
 /// compensations": at `concurrency(1)` item 0's handle, used late, runs item 1's undo in
 /// the middle of item 1's write; item 1 then succeeds and its row is silently missing.
 #[tokio::test]
@@ -137,7 +138,7 @@ async fn an_ended_items_rollback_never_runs_the_next_items_compensations() {
     }
 }
 
-/// Rule broken: `concurrency(n)` accepts any `n >= 1` ("up to `n` handlers in flight";
+/// Rule: `concurrency(n)` accepts any `n >= 1` ("up to `n` handlers in flight";
 /// only `n == 0` panics, at the caller). `usize::MAX` (a natural "unbounded") panics with
 /// "capacity overflow" at the first poll: `Woken::new(limit)` (wake.rs) allocates one flag
 /// and one waker per possible slot up front, `n` of them, not per slot in use. With
@@ -152,7 +153,7 @@ async fn a_huge_concurrency_limit_costs_nothing_up_front() {
     assert_eq!(done.items(), 3);
 }
 
-/// Rule broken (minor): a retry with no backoff (`Backoff::None`, the default) should not
+/// Rule: a retry with no backoff (`Backoff::None`, the default) should not
 /// need Tokio's timer; the rollback skips its zero waits (`rollback.rs`), but an item's
 /// retry always arms `tokio::time::sleep(Duration::ZERO)` (item.rs, `undone`), which
 /// panics outside a Tokio runtime with the time driver ("there is no reactor running").
@@ -180,4 +181,81 @@ fn a_retry_without_backoff_needs_no_tokio_timer() {
     )
     .unwrap();
     assert_eq!((done.items(), *lock(&calls)), (1, 2));
+}
+
+/// Rule: what the scope's own handles registered belongs to the run, "whose rollback runs
+/// them and whose success commits them"; what an open child of the scope holds stays the
+/// child's (the run neither commits nor runs it), and once absorbed it is the scope's.
+#[tokio::test]
+async fn a_runs_success_commits_what_the_scopes_own_handles_registered() {
+    for concurrency in [1, 3] {
+        let log = Log::default();
+        let scope = CompensationScope::new();
+        scope.register(undo(&log, "scope, before the run"));
+        let open = scope.child();
+        open.register(undo(&log, "open child of the scope"));
+        let (l2, s2) = (log.clone(), scope.clone());
+        let done = stream::iter((0..3u32).map(Ok::<u32, AppError>))
+            .for_each_compensated(scope.clone(), move |item, _| {
+                let (log, scope) = (l2.clone(), s2.clone());
+                async move {
+                    scope.register(undo(&log, format!("scope, during item {item}")));
+                    Ok(())
+                }
+            })
+            .concurrency(concurrency)
+            .await
+            .unwrap();
+        assert_eq!(done.items(), 3);
+        assert_eq!(
+            scope.len(),
+            1,
+            "concurrency {concurrency}: only the open child's"
+        );
+        assert_eq!(scope.rollback(RetryPolicy::default()).await.ran(), 0);
+        assert_eq!(open.rollback(RetryPolicy::default()).await.ran(), 1);
+        assert_eq!(log.entries(), vec!["open child of the scope"]);
+    }
+}
+
+/// Rule: the text of a skipped item's error says what happened to the item, and never that
+/// the run stopped: the run went on.
+#[tokio::test]
+async fn a_skipped_items_error_text_does_not_say_the_run_stopped() {
+    let texts = Arc::new(Mutex::new(Vec::new()));
+    let t2 = texts.clone();
+    let error = stream::iter((0..3u32).map(Ok::<u32, AppError>))
+        .for_each_compensated(CompensationScope::new(), |item, scope| {
+            let log = Log::default();
+            async move {
+                scope.register(undo(&log, "undo"));
+                match item {
+                    0 => Err(AppError::Write(item)),
+                    1 => Ok(()),
+                    _ => Err(AppError::Upstream("handler gave up")),
+                }
+            }
+        })
+        .skip_failed_items(move |_, error| lock(&t2).push(error.to_string()))
+        .await
+        .map(|done| done.skipped());
+    assert_eq!(error.unwrap(), 2);
+    assert_eq!(
+        *lock(&texts),
+        vec![
+            "handler error: write of item 0 failed; rolled back cleanly (1 compensation(s) ran)",
+            "handler error: upstream: handler gave up; rolled back cleanly (1 compensation(s) ran)",
+        ]
+    );
+    // The run's own error still says it stopped.
+    let stopped = stream::iter((0..1u32).map(Ok::<u32, AppError>))
+        .for_each_compensated(CompensationScope::new(), |item, _| async move {
+            Err::<(), _>(AppError::Write(item))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        stopped.to_string(),
+        "stopped by a handler error: write of item 0 failed; rolled back cleanly (0 compensation(s) ran)"
+    );
 }
