@@ -177,8 +177,10 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// still in flight are dropped at once, and the compensations of every item not
     /// committed run, newest registration first; the cause is the first failure.
     ///
-    /// With `n > 1` each item registers through a handle of its own, and the first call
-    /// that needs more than one slot allocates the other `n - 1` once.
+    /// Each item registers through a handle of its own, at any `n`. A slot for an item in
+    /// flight beyond the first is allocated once, when first needed, and reused: a large
+    /// `n` (even `usize::MAX`, for "no limit") costs only the slots that are ever in use at
+    /// once.
     ///
     /// # Panics
     ///

@@ -62,18 +62,27 @@ impl Woken {
     }
 
     /// A free slot: one freed earlier, or else a new one (numbered by how many were made).
+    #[inline]
     pub(crate) fn take_free(&mut self) -> usize {
-        self.free.pop().unwrap_or_else(|| {
-            let slot = Arc::new(SlotWaker {
-                run: self.run.clone(),
-                woken: AtomicBool::new(false),
-            });
-            self.slots.push((slot.clone(), Waker::from(slot)));
-            self.slots.len() - 1
-        })
+        match self.free.pop() {
+            Some(at) => at,
+            None => self.new_slot(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn new_slot(&mut self) -> usize {
+        let slot = Arc::new(SlotWaker {
+            run: self.run.clone(),
+            woken: AtomicBool::new(false),
+        });
+        self.slots.push((slot.clone(), Waker::from(slot)));
+        self.slots.len() - 1
     }
 
     /// Slot `at` is free again.
+    #[inline]
     pub(crate) fn free(&mut self, at: usize) {
         self.free.push(at);
     }
@@ -85,12 +94,11 @@ impl Woken {
 
     /// Whether slot `at` was woken since it was last polled (clears the mark).
     pub(crate) fn take(&self, at: usize) -> bool {
-        self.slots
-            .get(at)
-            .is_some_and(|(slot, _)| slot.woken.swap(false, Ordering::AcqRel))
+        self.slots[at].0.woken.swap(false, Ordering::AcqRel)
     }
 
     /// The waker of slot `at`.
+    #[inline]
     pub(crate) fn waker(&self, at: usize) -> &Waker {
         &self.slots[at].1
     }
