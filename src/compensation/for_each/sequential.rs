@@ -1,8 +1,9 @@
 //! The fast path: one item at a time with no retry, no skip and no time limit (the
 //! default). Its handler is polled directly, with nothing per item but the handle's clone,
-//! an atomic increment (the item's own owner id) and two atomic loads: the item machinery of [`item`](super::item) costs about 350
-//! instructions per item more, and this path keeps `for_each_compensated` within 10 % of
-//! `try_for_each`. Every rule is the same as on the general path; the tests run both.
+//! an atomic increment (the item's own owner id) and two atomic loads: the item machinery
+//! of [`item`](super::item) costs about 350 instructions per item more, while this path
+//! costs about 35 more than `try_for_each` (on batches of 8 values: 1.19x its count; of
+//! 500: 1.03x). Every rule is the same as on the general path; the tests run both.
 
 use core::pin::Pin;
 use core::task::{Context, Poll};
