@@ -1,4 +1,4 @@
-//! `for_each_compensated` under load (SPEC §7): latency-bound handlers in flight at once.
+//! `for_each_compensated` under load: latency-bound handlers in flight at once.
 //!
 //! Run it with `cargo bench --bench for_each`.
 //!

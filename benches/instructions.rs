@@ -26,7 +26,9 @@
 //!   and with one compensation registered per item (a closure capturing the batch's first
 //!   value, committed when the handler returns) against `try_for_each_undo_log`, the same
 //!   bookkeeping by hand (the closure boxed onto a `Mutex<Vec<Box<dyn Fn>>>`, truncated after
-//!   the item), as in group 4 of `benches/batching.rs`.
+//!   the item), as in group 4 of `benches/batching.rs`; and, on batches of 8, with up to 8
+//!   items in flight (ready handlers): `for_each_compensated(..).concurrency(8)` against
+//!   futures' `try_for_each_concurrent(8)`.
 //! - `timer`: on a paused clock, [`TIMER_ITEMS`] values 3 ms apart from one `Sleep`-driven
 //!   producer, `max_items` 500 and a 10 ms timeout, so every batch (4 values) is closed by its
 //!   deadline: `chunks_timeout_result` and tokio-stream's `chunks_timeout`, with
@@ -50,7 +52,7 @@ type E = std::io::Error;
 /// Values in the `ready` and `map_ok` groups.
 const READY_ITEMS: u64 = 1_000_000;
 /// Values in the `for_each` group.
-const FOR_EACH_VALUES: u64 = 1_000_000;
+const FOR_EACH_VALUES: u64 = 5_000_000;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 fn runtime(cap: usize) -> (Runtime, usize) {
@@ -373,13 +375,42 @@ fn try_for_each_undo_log((rt, input): (Runtime, Batches)) -> u64 {
     0
 }
 
+#[library_benchmark(setup = batches)]
+#[benches::cap(8)]
+fn for_each_compensated_concurrency_8((rt, input): (Runtime, Batches)) -> u64 {
+    let done = rt.block_on(
+        stream::iter(input)
+            .for_each_compensated(CompensationScope::new(), |batch, _scope| async move {
+                work(&batch);
+                Ok(())
+            })
+            .concurrency(8),
+    );
+    done.unwrap().items()
+}
+
+#[library_benchmark(setup = batches)]
+#[benches::cap(8)]
+fn try_for_each_concurrent_8((rt, input): (Runtime, Batches)) -> u64 {
+    rt.block_on(
+        stream::iter(input).try_for_each_concurrent(8, |batch| async move {
+            work(&batch);
+            Ok(())
+        }),
+    )
+    .unwrap();
+    0
+}
+
 library_benchmark_group!(
     name = for_each;
     benchmarks =
         for_each_compensated,
         try_for_each,
         for_each_compensated_one_per_item,
-        try_for_each_undo_log
+        try_for_each_undo_log,
+        for_each_compensated_concurrency_8,
+        try_for_each_concurrent_8
 );
 
 // Timer-bound, on a paused clock: every batch is closed by its deadline, so every batch arms

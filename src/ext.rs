@@ -6,7 +6,7 @@ use futures_core::stream::Stream;
 
 use crate::{
     ChunksTimeoutByKeyResult, ChunksTimeoutResult, CompensationScope, ForEachCompensated,
-    MapOkStream,
+    ItemScope, MapOkStream,
 };
 
 /// Adapters for streams of `Result`s, implemented for every `Stream<Item = Result<T, E>>`.
@@ -129,8 +129,9 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
         ChunksTimeoutResult::new(self, max_items, timeout)
     }
 
-    /// Drives the stream to its end, handing each `Ok` item to `f` with a handle to `scope`,
-    /// and rolls back the pending compensations when anything fails.
+    /// Drives the stream to its end, handing each `Ok` item to `f` with the item's own
+    /// handle to `scope` (an [`ItemScope`]), and rolls back the pending compensations when
+    /// anything fails.
     ///
     /// `f` registers, on the scope it is given, compensations for the effects it is about to
     /// cause (register *before* the write, so that a partial write is undone too), then
@@ -161,24 +162,44 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// - a failed handler can be [retried](ForEachCompensated::retry) (the failed attempt's
     ///   compensations run first) and an item that still fails
     ///   [skipped](ForEachCompensated::skip_failed_items) (rolled back alone; the run goes
-    ///   on);
+    ///   on); upstream errors can be handed to a callback instead of stopping the run
+    ///   ([`skip_upstream_errors`](ForEachCompensated::skip_upstream_errors));
     /// - on success it resolves to a [`Completion`](crate::Completion) with the number of
     ///   items processed (and skipped);
     /// - the rollback itself is not cancelled by the token; it runs to its end.
     ///
-    /// The handler receives this run's own handle to `scope`. On failure the rollback runs this
-    /// run's pending compensations and those registered through `scope`'s own handles
-    /// (including any registered before the run started); another run sharing the scope keeps
-    /// its own. Until the future resolves or is dropped, `scope`'s own handles neither commit
-    /// nor roll back this run's compensations. See
-    /// [`CompensationScope`](crate::CompensationScope#sharing-a-scope-between-runs).
+    /// What the handler's handle acts on: `f` receives an [`ItemScope`], the handle of its
+    /// own item (a distinct type from [`CompensationScope`], so that a signature tells which
+    /// one a function registers through):
+    /// - what the handler registers through it belongs to its item: committed when `f`
+    ///   returns `Ok`, or with [`all_or_nothing`](ForEachCompensated::all_or_nothing)
+    ///   absorbed into the run (kept until the stream ends); undone alone by a
+    ///   [retry](ForEachCompensated::retry) or a [skip](ForEachCompensated::skip_failed_items);
+    /// - its [`commit`](ItemScope::commit) and [`rollback`](ItemScope::rollback) act on this
+    ///   item's compensations only: under [`concurrency(n)`](ForEachCompensated::concurrency)
+    ///   no item can drop or run another's, nor what the run's or the scope's own handles
+    ///   registered;
+    /// - [`ItemScope::child`] opens a nested scope for a step of the handler that may be
+    ///   undone (or committed) on its own, or absorbed into the item;
+    /// - the run itself is a child of `scope`: on failure its rollback runs the run's
+    ///   pending compensations and those registered through `scope`'s own handles
+    ///   (including any registered before the run started), never those of another run
+    ///   sharing the scope; on success it commits those same ones. What an open
+    ///   [`CompensationScope::child`] holds stays the child's either way. Until the future
+    ///   resolves or is dropped, `scope`'s own handles neither commit nor roll back this
+    ///   run's compensations (see [`CompensationScope`]). A handler that registers through
+    ///   a captured clone of `scope` instead of its `ItemScope` registers for the scope,
+    ///   not for its item: its item's success does not commit it, the run's success does.
     ///
-    /// Cost: no heap allocation per item. With nothing registered, an item costs a clone and a
-    /// drop of the scope handle (an `Arc`), two atomic loads and, with a cancellation token,
-    /// one uncontended lock (tokio-util's `is_cancelled`, on a child token of this run's own).
-    /// With [`concurrency(n)`](ForEachCompensated::concurrency), `n > 1`, each item also takes
-    /// a handle of its own (one atomic increment) and the `n - 1` extra slots are boxed once;
-    /// with [`retry`](ForEachCompensated::retry), each item is cloned once.
+    /// Cost: no heap allocation per item. With nothing registered, an item costs a clone and
+    /// a drop of the scope handle (an `Arc`), an atomic increment (its id), two atomic loads
+    /// (where its registrations start, and was anything registered?) and, with a
+    /// cancellation token, one uncontended lock (tokio-util's `is_cancelled`, on a child
+    /// token of this run's own). With [`concurrency(n)`](ForEachCompensated::concurrency),
+    /// `n > 1`, the slots beyond the first are boxed once, when first needed (so no more
+    /// than the most items ever in flight at once, whatever `n`), and each slot gets a waker
+    /// of its own, once, so that only the items that were woken are polled; with
+    /// [`retry`](ForEachCompensated::retry), each item is cloned once.
     ///
     /// # Panics
     ///
@@ -230,7 +251,7 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ) -> ForEachCompensated<Self, F, Fut>
     where
         Self: Sized,
-        F: FnMut(T, CompensationScope) -> Fut,
+        F: FnMut(T, ItemScope) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
         ForEachCompensated::new(self, scope, f)

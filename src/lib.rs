@@ -84,7 +84,7 @@
 //!   the open keys ([`max_open_keys`](ChunksTimeoutByKeyResult::max_open_keys));
 //! - [`for_each_compensated`](ResultStreamExt::for_each_compensated): the terminal step,
 //!   persisting each item with compensations that are rolled back, newest first, when a
-//!   handler fails, the upstream fails, or a [`CancellationToken`](tokio_util::sync::CancellationToken)
+//!   handler fails, the upstream fails, or a [`CancellationToken`]
 //!   fires; with up to `n` items in flight
 //!   ([`concurrency`](ForEachCompensated::concurrency)), failed attempts undone and retried
 //!   ([`retry`](ForEachCompensated::retry)), or items that still fail undone and skipped
@@ -106,11 +106,15 @@ pub use adapters::{
     BatchInfo, ChunksTimeoutByKeyResult, ChunksTimeoutResult, FlushReason, MapOkStream,
 };
 pub use compensation::{
-    Backoff, BoxError, Cause, CompensatedError, Compensation, CompensationFailure,
-    CompensationScope, Completion, FailureKind, ForEachCompensated, Rollback, RollbackPolicy,
-    RollbackReport, UnitOfWork,
+    Backoff, BoxError, Cause, ChildScope, CompensatedError, Compensation, CompensationFailure,
+    CompensationScope, Completion, FailureKind, ForEachCompensated, ItemScope, RetryPolicy,
+    Rollback, RollbackReport, UnitOfWork,
 };
 pub use ext::ResultStreamExt;
+
+/// Re-exported so that [`with_cancellation`](ForEachCompensated::with_cancellation) needs
+/// no extra dependency.
+pub use tokio_util::sync::CancellationToken;
 
 /// Re-exported so that implementing [`Compensation`] for a type of your own needs no extra
 /// dependency: `#[result_stream::async_trait]`.

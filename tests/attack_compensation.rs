@@ -5,8 +5,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
-use result_stream::{Cause, CompensationScope, ResultStreamExt, RollbackPolicy};
+use result_stream::{
+    Cause, Compensation, CompensationScope, ItemScope, ResultStreamExt, RetryPolicy,
+};
 use tokio_util::sync::CancellationToken;
+
+/// The handles these tests register through: the scope's own and an item's.
+trait Handle {
+    fn register_labeled(&self, label: &'static str, action: impl Compensation + 'static);
+}
+
+impl Handle for CompensationScope {
+    fn register_labeled(&self, label: &'static str, action: impl Compensation + 'static) {
+        CompensationScope::register_labeled(self, label, action);
+    }
+}
+
+impl Handle for ItemScope {
+    fn register_labeled(&self, label: &'static str, action: impl Compensation + 'static) {
+        ItemScope::register_labeled(self, label, action);
+    }
+}
 
 /// Counts of one compensation's starts and ends.
 #[derive(Default)]
@@ -16,12 +35,7 @@ struct Counts {
 }
 
 /// Registers a compensation that takes `took` and succeeds, counting its runs.
-fn register_slow(
-    scope: &CompensationScope,
-    label: &'static str,
-    took: Duration,
-    counts: Arc<Counts>,
-) {
+fn register_slow(scope: &impl Handle, label: &'static str, took: Duration, counts: Arc<Counts>) {
     scope.register_labeled(label, move || {
         let counts = counts.clone();
         async move {
@@ -34,7 +48,7 @@ fn register_slow(
 }
 
 /// Registers a compensation that always fails at once.
-fn register_failing(scope: &CompensationScope, label: &'static str, runs: Arc<AtomicUsize>) {
+fn register_failing(scope: &impl Handle, label: &'static str, runs: Arc<AtomicUsize>) {
     scope.register_labeled(label, move || {
         let runs = runs.clone();
         async move {
@@ -51,7 +65,7 @@ fn register_failing(scope: &CompensationScope, label: &'static str, runs: Arc<At
 ///
 /// README: "the error keeps ... a `RollbackReport` that tells a clean rollback
 /// (`is_complete()`) from an incomplete one, listing each compensation that still failed";
-/// SPEC §3: "every one that still failed after its retries, with its error"; README: "every
+/// The contract: "every one that still failed after its retries, with its error"; README: "every
 /// attempt that did not commit is undone exactly once".
 #[tokio::test(start_paused = true)]
 async fn cancel_during_retry_undo_keeps_the_undo_failure_and_runs_nothing_twice() {
@@ -74,7 +88,7 @@ async fn cancel_during_retry_undo_keeps_the_undo_failure_and_runs_nothing_twice(
                 Err("write failed".to_owned())
             }
         })
-        .retry(RollbackPolicy::default().attempts(3))
+        .retry(RetryPolicy::default().attempts(3))
         .with_cancellation(token)
         .await;
     let error = result.expect_err("cancelled");
@@ -95,7 +109,7 @@ async fn cancel_during_retry_undo_keeps_the_undo_failure_and_runs_nothing_twice(
 }
 
 /// Same with concurrency: item 0's failed attempt is being undone (skip) when the upstream
-/// yields an error. SPEC §3: the cause is the upstream error and the report lists "every one
+/// yields an error. The contract: the cause is the upstream error and the report lists "every one
 /// that still failed after its retries".
 #[tokio::test(start_paused = true)]
 async fn upstream_error_during_skip_undo_keeps_the_undo_failure() {
@@ -142,11 +156,7 @@ async fn upstream_error_during_skip_undo_keeps_the_undo_failure() {
 }
 
 /// Registers a compensation that records its label in `ran` and succeeds.
-fn register_recorded(
-    scope: &CompensationScope,
-    label: &'static str,
-    ran: Arc<Mutex<Vec<&'static str>>>,
-) {
+fn register_recorded(scope: &impl Handle, label: &'static str, ran: Arc<Mutex<Vec<&'static str>>>) {
     scope.register_labeled(label, move || {
         let ran = ran.clone();
         async move {
@@ -220,7 +230,7 @@ async fn a_failed_attempts_undo_leaves_a_run_level_registration_alone() {
                 }
             }
         })
-        .retry(RollbackPolicy::default().attempts(2));
+        .retry(RetryPolicy::default().attempts(2));
     let run_scope = run.scope().clone();
     let ran3 = ran.clone();
     tokio::spawn(async move {
@@ -287,7 +297,7 @@ async fn a_stop_during_an_undo_runs_what_is_left_newest_first_across_items() {
 /// it): the newest compensation already failed for good, the next one is running. The
 /// failed one has left the scope and its failure was in a report nobody will ever see.
 ///
-/// SPEC §3: "Nothing is lost silently."; README: "a failed one stays retryable from the
+/// The contract: "Nothing is lost silently."; README: "a failed one stays retryable from the
 /// report"; `Rollback`: "if this future is dropped midway, the compensation in progress and
 /// those below it stay in the scope, and a later rollback runs them".
 #[tokio::test(start_paused = true)]
@@ -299,7 +309,7 @@ async fn a_dropped_rollback_loses_no_failed_compensation() {
     register_failing(&scope, "refused", failing.clone());
     let dropped = tokio::time::timeout(
         Duration::from_millis(5),
-        scope.rollback(RollbackPolicy::default()),
+        scope.rollback(RetryPolicy::default()),
     )
     .await;
     assert!(dropped.is_err(), "the rollback is still running `slow`");
@@ -310,7 +320,7 @@ async fn a_dropped_rollback_loses_no_failed_compensation() {
         2,
         "the failed compensation vanished with the dropped rollback"
     );
-    let report = scope.rollback(RollbackPolicy::default()).await;
+    let report = scope.rollback(RetryPolicy::default()).await;
     assert_eq!(report.ran(), 2);
     assert_eq!(report.failures()[0].label(), Some("refused"));
     assert!(scope.is_empty());
@@ -321,7 +331,7 @@ async fn a_dropped_rollback_loses_no_failed_compensation() {
 }
 
 /// The same through `for_each_compensated`: the run's future is dropped while its rollback
-/// runs, after one compensation failed for good. SPEC §3: "If the future is dropped ...
+/// runs, after one compensation failed for good. The contract: "If the future is dropped ...
 /// the compensations registered so far stay in the scope ... Nothing is lost silently."
 #[tokio::test(start_paused = true)]
 async fn a_run_dropped_during_its_rollback_loses_no_failed_compensation() {
@@ -352,7 +362,7 @@ async fn a_run_dropped_during_its_rollback_loses_no_failed_compensation() {
         "the failed compensation vanished with the dropped run"
     );
     // The run is over: what it left is the scope's to roll back.
-    let report = scope.rollback(RollbackPolicy::default()).await;
+    let report = scope.rollback(RetryPolicy::default()).await;
     assert_eq!(report.ran(), 2);
     assert_eq!(report.failures().len(), 1);
     assert_eq!(report.failures()[0].label(), Some("refused"));
@@ -369,7 +379,7 @@ async fn a_dropped_concurrent_rollback_loses_no_failed_compensation() {
     let failing = Arc::new(AtomicUsize::new(0));
     register_slow(&scope, "slow", Duration::from_millis(10), slow.clone());
     register_failing(&scope, "refused", failing.clone());
-    let rollback = scope.rollback(RollbackPolicy::default().concurrent(2));
+    let rollback = scope.rollback(RetryPolicy::default().concurrent(2));
     assert!(
         tokio::time::timeout(Duration::from_millis(5), rollback)
             .await
@@ -382,9 +392,7 @@ async fn a_dropped_concurrent_rollback_loses_no_failed_compensation() {
         2,
         "the failed compensation vanished with the dropped rollback"
     );
-    let report = scope
-        .rollback(RollbackPolicy::default().concurrent(2))
-        .await;
+    let report = scope.rollback(RetryPolicy::default().concurrent(2)).await;
     assert_eq!(report.ran(), 2);
     assert_eq!(report.failures()[0].label(), Some("refused"));
     assert!(scope.is_empty());
@@ -401,7 +409,7 @@ async fn a_failed_compensation_is_the_rollbacks_until_it_resolves() {
     let failing = Arc::new(AtomicUsize::new(0));
     register_slow(&scope, "slow", Duration::from_millis(10), slow.clone());
     register_failing(&scope, "refused", failing.clone());
-    let first = tokio::spawn(scope.rollback(RollbackPolicy::default()));
+    let first = tokio::spawn(scope.rollback(RetryPolicy::default()));
     tokio::time::sleep(Duration::from_millis(5)).await; // `refused` failed, `slow` runs
     assert_eq!(failing.load(Ordering::SeqCst), 1);
     assert_eq!(scope.len(), 2);
@@ -410,7 +418,7 @@ async fn a_failed_compensation_is_the_rollbacks_until_it_resolves() {
         0,
         "commit took a compensation the rollback has"
     );
-    let second = scope.rollback(RollbackPolicy::default()).await;
+    let second = scope.rollback(RetryPolicy::default()).await;
     assert_eq!(
         second.ran(),
         0,

@@ -1,4 +1,4 @@
-//! `for_each_compensated` and `CompensationScope` (SPEC §3): every failure path, the rollback
+//! `for_each_compensated` and `CompensationScope`: every failure path, the rollback
 //! policy, and the error that reports them.
 
 mod common;
@@ -16,9 +16,7 @@ use compensation_common::*;
 use futures::FutureExt;
 use futures::future::FusedFuture;
 use futures::stream::{self, Stream};
-use result_stream::{
-    Backoff, Cause, CompensationScope, ResultStreamExt, RollbackPolicy, UnitOfWork,
-};
+use result_stream::{Backoff, Cause, CompensationScope, ResultStreamExt, RetryPolicy, UnitOfWork};
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -316,7 +314,7 @@ async fn dropped_future_mid_item_leaves_its_compensations_in_scope() {
     // Item 1 was committed; item 2's compensations are still pending, none has run.
     assert_eq!(scope.len(), 2);
     assert!(log.entries().is_empty());
-    let report = scope.rollback(RollbackPolicy::default()).await;
+    let report = scope.rollback(RetryPolicy::default()).await;
     assert_eq!(report.ran(), 2);
     assert!(report.is_complete());
     assert_eq!(log.entries(), vec!["undo 2b", "undo 2a"]);
@@ -372,7 +370,7 @@ async fn panicking_handler_in_a_spawned_task_leaves_its_compensations_in_scope()
     assert!(join_error.is_panic());
     assert_eq!(scope.len(), 1, "item 2's compensation is still pending");
     assert!(log.entries().is_empty());
-    let report = scope.rollback(RollbackPolicy::default()).await;
+    let report = scope.rollback(RetryPolicy::default()).await;
     assert_eq!(report.ran(), 1);
     assert_eq!(log.entries(), vec!["undo 2"]);
 }
@@ -400,7 +398,7 @@ async fn panicking_handler_caught_with_catch_unwind_leaves_its_compensations_in_
     let caught = AssertUnwindSafe(run).catch_unwind().await;
     assert!(caught.is_err());
     assert_eq!(scope.len(), 2);
-    let report = scope.rollback(RollbackPolicy::default()).await;
+    let report = scope.rollback(RetryPolicy::default()).await;
     assert_eq!(report.ran(), 2);
     assert_eq!(log.entries(), vec!["undo 3b", "undo 3a"]);
 }
@@ -481,7 +479,7 @@ async fn nested_scope_skips_a_failed_batch_and_carries_on() {
                 inner.register(table.delete(&log, item));
                 table.insert(item);
                 if item == 2 {
-                    let report = inner.rollback(RollbackPolicy::default()).await;
+                    let report = inner.rollback(RetryPolicy::default()).await;
                     assert!(report.is_complete());
                 } else {
                     inner.commit();
@@ -510,7 +508,7 @@ fn construction_needs_no_runtime() {
             futures::future::ready(Ok::<(), AppError>(()))
         })
         .rollback_policy(
-            RollbackPolicy::default()
+            RetryPolicy::default()
                 .attempts(3)
                 .backoff(Backoff::Fixed(ms(10)))
                 .attempt_timeout(secs(1)),
@@ -528,7 +526,7 @@ fn construction_needs_no_runtime() {
     // A rollback without backoff or time limit touches no timer at all.
     let log = Log::default();
     scope.register(undo(&log, "undo"));
-    let rollback = scope.rollback(RollbackPolicy::default());
+    let rollback = scope.rollback(RetryPolicy::default());
     assert!(format!("{rollback:?}").contains("Rollback"));
     let report = futures::executor::block_on(rollback);
     assert_eq!(report.ran(), 1);

@@ -1,4 +1,4 @@
-//! The compensation contract at its edges (issue 8): what a run owns, compensations that
+//! The compensation contract at its edges: what a run owns, compensations that
 //! panic before returning a future, commits racing a rollback, the scope's own handle next
 //! to a live run, cancellation noticed while a handler is pending, and the error texts.
 //!
@@ -152,7 +152,7 @@ use compensation_common::*;
 use futures::channel::{mpsc, oneshot};
 use futures::stream;
 use result_stream::{
-    BoxError, Cause, Compensation, CompensationScope, FailureKind, ResultStreamExt, RollbackPolicy,
+    BoxError, Cause, Compensation, CompensationScope, FailureKind, ResultStreamExt, RetryPolicy,
     UnitOfWork,
 };
 use tokio::time::{Instant, sleep};
@@ -185,7 +185,7 @@ async fn a_successful_run_commits_what_its_handle_registered_before_the_first_po
             "{unit:?}: the run left {} behind",
             scope.len()
         );
-        let report = scope.rollback(RollbackPolicy::default()).await;
+        let report = scope.rollback(RetryPolicy::default()).await;
         assert_eq!(
             report.ran(),
             0,
@@ -226,7 +226,7 @@ async fn a_successful_run_commits_what_its_handle_registered_between_items() {
             "{unit:?}: the run left {} behind",
             scope.len()
         );
-        assert_eq!(scope.rollback(RollbackPolicy::default()).await.ran(), 0);
+        assert_eq!(scope.rollback(RetryPolicy::default()).await.ran(), 0);
         assert!(log.entries().is_empty());
     }
 }
@@ -284,7 +284,7 @@ async fn a_compensation_that_panics_before_returning_its_future_does_not_stop_th
     scope.register_labeled("eager bomb", PanicsBeforeItsFuture);
     scope.register(undo(&log, "newest"));
 
-    let report = scope.rollback(RollbackPolicy::default().attempts(2)).await;
+    let report = scope.rollback(RetryPolicy::default().attempts(2)).await;
 
     assert_eq!(log.entries(), vec!["newest", "oldest"]);
     assert_eq!(report.ran(), 3);
@@ -323,7 +323,7 @@ async fn commit_during_a_rollback_takes_only_what_the_rollback_has_not_started()
     scope.register(undo(&log, "top"));
 
     assert!(!scope.is_empty());
-    let rollback = tokio::spawn(scope.rollback(RollbackPolicy::default()));
+    let rollback = tokio::spawn(scope.rollback(RetryPolicy::default()));
     sleep(ms(10)).await; // "top" ran, "slow" is running
     assert_eq!(log.entries(), vec!["top", "slow started"]);
 
@@ -352,8 +352,7 @@ async fn an_interrupted_rollback_leaves_its_compensation_committable_again() {
             Ok::<(), io::Error>(())
         }
     });
-    let interrupted =
-        tokio::time::timeout(secs(1), scope.rollback(RollbackPolicy::default())).await;
+    let interrupted = tokio::time::timeout(secs(1), scope.rollback(RetryPolicy::default())).await;
     assert!(interrupted.is_err());
     // No rollback is running it any more: the owner may keep the effect.
     assert_eq!(scope.commit(), 1);
@@ -413,7 +412,7 @@ async fn the_owner_rollback_leaves_a_live_runs_work_to_the_run() {
     let run = tokio::spawn(a_run_that_fails_after_a_partial_write(&scope, &table, &log));
     sleep(ms(10)).await;
 
-    let report = scope.rollback(RollbackPolicy::default()).await;
+    let report = scope.rollback(RetryPolicy::default()).await;
     assert_eq!(report.ran(), 1, "only the owner's own compensation");
     assert_eq!(log.entries(), vec!["owner's"]);
     assert_eq!(
@@ -498,7 +497,7 @@ async fn a_pending_handler_is_not_resumed_once_the_token_has_fired() {
             "plain" => run,
             "concurrency(2)" => run.concurrency(2),
             _ => run.retry(
-                RollbackPolicy::default()
+                RetryPolicy::default()
                     .attempts(2)
                     .attempt_timeout(secs(3_600)),
             ),
@@ -647,7 +646,7 @@ async fn an_item_commits_only_what_was_registered_since_it_started() {
     for retry in [false, true] {
         let log = Log::default();
         let (tx, rx) = mpsc::unbounded::<Result<u32, AppError>>();
-        let kept: Arc<Mutex<Option<CompensationScope>>> = Arc::default();
+        let kept: Arc<Mutex<Option<result_stream::ItemScope>>> = Arc::default();
         let kept2 = kept.clone();
         let mut run = rx.for_each_compensated(CompensationScope::new(), move |item, scope| {
             if item == 1 {
@@ -662,7 +661,7 @@ async fn an_item_commits_only_what_was_registered_since_it_started() {
         });
         if retry {
             // One attempt: the run takes the path that keeps a copy of each item.
-            run = run.retry(RollbackPolicy::default());
+            run = run.retry(RetryPolicy::default());
         }
         let log2 = log.clone();
         tokio::spawn(async move {

@@ -1,4 +1,4 @@
-//! `for_each_compensated` under load (SPEC §7, issue 11): `.concurrency(n)` and
+//! `for_each_compensated` under load: `.concurrency(n)` and
 //! `.retry(policy)`, with cancellation and all-or-nothing (skipping is in
 //! `compensation_skip.rs`). Every timing rule on a paused clock.
 
@@ -14,7 +14,7 @@ use common::{ms, secs};
 use compensation_common::*;
 use futures::channel::mpsc;
 use futures::stream;
-use result_stream::{Backoff, Cause, CompensationScope, ResultStreamExt, RollbackPolicy};
+use result_stream::{Backoff, Cause, CompensationScope, ResultStreamExt, RetryPolicy};
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -195,7 +195,7 @@ async fn retry_undoes_each_failed_attempt_then_waits_the_backoff_then_tries_a_cl
             ),
         )
         .retry(
-            RollbackPolicy::default()
+            RetryPolicy::default()
                 .attempts(3)
                 .backoff(Backoff::Fixed(ms(100))),
         )
@@ -235,7 +235,7 @@ async fn retry_gives_up_after_its_attempts_and_the_run_fails_as_without_retries(
                 },
             ),
         )
-        .retry(RollbackPolicy::default().attempts(2))
+        .retry(RetryPolicy::default().attempts(2))
         .await
         .unwrap_err();
     assert_eq!(error.cause(), &Cause::Handler(AppError::Write(2)));
@@ -268,7 +268,7 @@ async fn exponential_backoff_between_attempts_doubles_up_to_its_cap() {
             ),
         )
         .retry(
-            RollbackPolicy::default()
+            RetryPolicy::default()
                 .attempts(5)
                 .backoff(Backoff::Exponential {
                     initial: ms(100),
@@ -300,7 +300,7 @@ async fn cancellation_during_a_backoff_ends_the_run_at_once() {
             scripted(&log, &table, |_| ms(0), |_, _| Err(AppError::Write(1))),
         )
         .retry(
-            RollbackPolicy::default()
+            RetryPolicy::default()
                 .attempts(3)
                 .backoff(Backoff::Fixed(secs(3_600))),
         )
@@ -323,11 +323,7 @@ async fn an_attempt_past_its_time_limit_is_dropped_undone_and_retried() {
             CompensationScope::new(),
             scripted(&log, &table, |_| secs(3_600), |_, _| Ok(())),
         )
-        .retry(
-            RollbackPolicy::default()
-                .attempts(2)
-                .attempt_timeout(secs(1)),
-        )
+        .retry(RetryPolicy::default().attempts(2).attempt_timeout(secs(1)))
         .await
         .unwrap_err();
     assert_eq!(start.elapsed(), secs(2));
@@ -350,7 +346,7 @@ async fn an_incomplete_undo_of_an_attempt_stops_the_run_instead_of_retrying() {
             scope.register_labeled("stuck", failing(&log2, "undo", "still there"));
             async move { Err(AppError::Write(item)) }
         })
-        .retry(RollbackPolicy::default().attempts(5))
+        .retry(RetryPolicy::default().attempts(5))
         .await
         .unwrap_err();
     assert_eq!(
@@ -381,7 +377,7 @@ async fn a_retry_policy_of_one_attempt_fails_the_item_as_without_retries() {
                 },
             ),
         )
-        .retry(RollbackPolicy::default())
+        .retry(RetryPolicy::default())
         .await
         .unwrap_err();
     assert_eq!(error.cause(), &Cause::Handler(AppError::Write(2)));
@@ -398,7 +394,7 @@ async fn retry_releases_its_copy_of_an_item_once_the_item_succeeded() {
     tx.unbounded_send(Ok(batch.clone())).unwrap();
     let mut run = pin!(
         rx.for_each_compensated(CompensationScope::new(), |_batch, _scope| async { Ok(()) })
-            .retry(RollbackPolicy::default().attempts(3))
+            .retry(RetryPolicy::default().attempts(3))
     );
     // The batch is written; the run waits for the next one.
     assert!(futures::poll!(run.as_mut()).is_pending());
@@ -427,7 +423,7 @@ async fn an_incomplete_attempt_undo_and_the_runs_rollback_report_as_one_in_the_o
             }
         })
         .all_or_nothing()
-        .retry(RollbackPolicy::default().attempts(2))
+        .retry(RetryPolicy::default().attempts(2))
         .await
         .unwrap_err();
     assert_eq!(error.cause(), &Cause::Handler(AppError::Write(2)));
@@ -492,7 +488,7 @@ async fn the_upstream_is_not_polled_after_it_ended_whichever_path_handled_the_la
             ),
         )
         .concurrency(concurrency)
-        .retry(RollbackPolicy::default().attempts(2))
+        .retry(RetryPolicy::default().attempts(2))
         .await
         .unwrap();
         assert_eq!(done.items(), 3);

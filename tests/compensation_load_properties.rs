@@ -1,4 +1,4 @@
-//! A randomized test of `for_each_compensated` under load (SPEC §7): random item counts,
+//! A randomized test of `for_each_compensated` under load: random item counts,
 //! handler durations and outcomes per attempt, concurrency, retry counts, skipping,
 //! all-or-nothing and cancellation times, on a paused clock.
 //!
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::stream;
 use proptest::prelude::*;
-use result_stream::{CompensationScope, ResultStreamExt, RollbackPolicy};
+use result_stream::{CompensationScope, ResultStreamExt, RetryPolicy};
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
@@ -129,7 +129,7 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
             .concurrency(case.concurrency)
             .with_cancellation(token);
         if let Some(attempts) = case.attempts {
-            run = run.retry(RollbackPolicy::default().attempts(attempts));
+            run = run.retry(RetryPolicy::default().attempts(attempts));
         }
         if case.all_or_nothing {
             run = run.all_or_nothing();

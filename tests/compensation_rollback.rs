@@ -1,4 +1,4 @@
-//! `CompensationScope` and `Rollback` (SPEC §3): the rollback policy (attempts, backoff,
+//! `CompensationScope` and `Rollback`: the rollback policy (attempts, backoff,
 //! time limits), failures that never stop the others, interrupted and concurrent rollbacks,
 //! and the reports and errors that describe them.
 //!
@@ -65,7 +65,7 @@ use futures::future::FusedFuture;
 use futures::stream::{self};
 use result_stream::{
     Backoff, Cause, CompensatedError, Compensation, CompensationScope, FailureKind,
-    ResultStreamExt, RollbackPolicy,
+    ResultStreamExt, RetryPolicy,
 };
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
@@ -104,7 +104,7 @@ async fn failing_compensation_is_retried_with_fixed_backoff_until_it_succeeds() 
             async move { Err(AppError::Write(item)) }
         })
         .rollback_policy(
-            RollbackPolicy::default()
+            RetryPolicy::default()
                 .attempts(3)
                 .backoff(Backoff::Fixed(ms(100))),
         )
@@ -128,7 +128,7 @@ async fn exponential_backoff_doubles_up_to_its_cap_and_reports_the_last_error() 
     scope.register_labeled("flaky", flaky(start, usize::MAX, attempts_at.clone()));
     let report = scope
         .rollback(
-            RollbackPolicy::default()
+            RetryPolicy::default()
                 .attempts(5)
                 .backoff(Backoff::Exponential {
                     initial: ms(100),
@@ -184,7 +184,7 @@ async fn one_compensation_that_always_fails_does_not_stop_the_others() {
             scope.register(undo(&log2, "c"));
             async move { Err(AppError::Write(item)) }
         })
-        .rollback_policy(RollbackPolicy::default().attempts(2))
+        .rollback_policy(RetryPolicy::default().attempts(2))
         .await
         .unwrap_err();
 
@@ -224,11 +224,11 @@ async fn one_compensation_that_always_fails_does_not_stop_the_others() {
 
 #[tokio::test(start_paused = true)]
 async fn default_policy_runs_each_compensation_exactly_once() {
-    let policy = RollbackPolicy::default();
+    let policy = RetryPolicy::default();
     assert_eq!(policy.max_attempts(), 1);
     assert_eq!(policy.backoff_strategy(), Backoff::None);
     assert_eq!(policy.attempt_time_limit(), None);
-    assert_eq!(RollbackPolicy::new(), policy);
+    assert_eq!(RetryPolicy::new(), policy);
 
     let counts: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::default()).collect();
     let counts2 = counts.clone();
@@ -259,7 +259,7 @@ async fn default_policy_runs_each_compensation_exactly_once() {
 #[test]
 #[should_panic(expected = "attempts")]
 fn zero_attempts_panics() {
-    let _ = RollbackPolicy::default().attempts(0);
+    let _ = RetryPolicy::default().attempts(0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -281,11 +281,7 @@ async fn attempt_timeout_reports_a_hanging_compensation_and_the_others_still_run
     });
     scope.register(undo(&log, "third"));
     let report = scope
-        .rollback(
-            RollbackPolicy::default()
-                .attempts(2)
-                .attempt_timeout(secs(1)),
-        )
+        .rollback(RetryPolicy::default().attempts(2).attempt_timeout(secs(1)))
         .await;
     assert_eq!(start.elapsed(), secs(2), "two attempts of one second each");
     assert_eq!(
@@ -318,7 +314,7 @@ async fn attempt_timeout_does_not_cut_a_compensation_that_finishes_in_time() {
         }
     });
     let report = scope
-        .rollback(RollbackPolicy::default().attempt_timeout(secs(1)))
+        .rollback(RetryPolicy::default().attempt_timeout(secs(1)))
         .await;
     assert!(report.is_complete());
     assert_eq!(start.elapsed(), ms(999));
@@ -342,15 +338,14 @@ async fn rollback_dropped_midway_keeps_the_unfinished_compensations() {
         }
     });
     scope.register(undo(&log, "top"));
-    let interrupted =
-        tokio::time::timeout(secs(1), scope.rollback(RollbackPolicy::default())).await;
+    let interrupted = tokio::time::timeout(secs(1), scope.rollback(RetryPolicy::default())).await;
     assert!(interrupted.is_err());
     assert_eq!(
         scope.len(),
         2,
         "the interrupted one and the one below it remain"
     );
-    let report = scope.rollback(RollbackPolicy::default()).await;
+    let report = scope.rollback(RetryPolicy::default()).await;
     assert_eq!(report.ran(), 2);
     assert_eq!(start.elapsed(), secs(11));
     assert_eq!(
@@ -375,7 +370,7 @@ async fn scope_is_one_shared_lifo_stack() {
     scope.register(undo(&log, "3"));
     assert_eq!(clone.len(), 3);
     assert!(format!("{scope:?}").contains('3'));
-    let report = clone.rollback(RollbackPolicy::default()).await;
+    let report = clone.rollback(RetryPolicy::default()).await;
     assert_eq!(report.ran(), 3);
     assert!(report.is_complete());
     assert_eq!(log.entries(), vec!["3", "2", "1"]);
@@ -385,7 +380,7 @@ async fn scope_is_one_shared_lifo_stack() {
     scope.register(undo(&log, "never"));
     assert_eq!(clone.commit(), 2);
     assert!(scope.is_empty());
-    assert_eq!(scope.rollback(RollbackPolicy::default()).await.ran(), 0);
+    assert_eq!(scope.rollback(RetryPolicy::default()).await.ran(), 0);
     assert_eq!(log.entries().len(), 3);
 }
 
@@ -447,7 +442,7 @@ async fn compensated_error_display_and_source() {
 
     let scope = CompensationScope::new();
     scope.register_labeled("flush", || async { Err::<(), _>("still dirty") });
-    let report = scope.rollback(RollbackPolicy::default()).await;
+    let report = scope.rollback(RetryPolicy::default()).await;
     let text = report.to_string();
     assert!(text.contains("rollback incomplete"), "{text}");
     assert!(
@@ -470,7 +465,7 @@ async fn a_panicking_compensation_is_reported_and_the_others_still_run() {
     });
     scope.register(undo(&log, "newest"));
 
-    let report = scope.rollback(RollbackPolicy::default().attempts(2)).await;
+    let report = scope.rollback(RetryPolicy::default().attempts(2)).await;
 
     assert_eq!(log.entries(), vec!["newest", "oldest"]);
     assert_eq!(report.ran(), 3);
@@ -501,7 +496,7 @@ async fn a_failed_compensation_can_be_retried_from_the_report() {
         }
     });
 
-    let report = scope.rollback(RollbackPolicy::default()).await;
+    let report = scope.rollback(RetryPolicy::default()).await;
     let failure = &report.failures()[0];
     assert!(
         matches!(failure.kind(), FailureKind::Error(e) if e.to_string() == "database down"),
@@ -523,7 +518,7 @@ async fn a_failures_debug_shows_its_place_label_attempts_and_how_it_failed() {
     let scope = CompensationScope::new();
     scope.register_labeled("drop staging", failing(&log, "drop", "table locked"));
     scope.register(undo(&log, "newer"));
-    let report = scope.rollback(RollbackPolicy::default().attempts(2)).await;
+    let report = scope.rollback(RetryPolicy::default().attempts(2)).await;
     let debug = format!("{:?}", report.failures()[0]);
     for part in [
         "CompensationFailure",
@@ -553,8 +548,8 @@ async fn concurrent_rollbacks_of_one_scope_run_each_compensation_once_newest_fir
         });
     }
     let (first, second) = tokio::join!(
-        scope.rollback(RollbackPolicy::default()),
-        scope.rollback(RollbackPolicy::default())
+        scope.rollback(RetryPolicy::default()),
+        scope.rollback(RetryPolicy::default())
     );
     assert_eq!(first.ran() + second.ran(), 3);
     assert_eq!(
@@ -575,7 +570,7 @@ async fn rollback_is_a_fused_future_that_panics_when_polled_after_it_resolved() 
     let log = Log::default();
     let scope = CompensationScope::new();
     scope.register(undo(&log, "undo"));
-    let mut rollback = scope.rollback(RollbackPolicy::default());
+    let mut rollback = scope.rollback(RetryPolicy::default());
     assert!(!rollback.is_terminated());
     let report = (&mut rollback).await;
     assert_eq!(report.ran(), 1);
@@ -595,7 +590,7 @@ async fn a_report_hands_over_its_failures_in_the_order_they_ran() {
     scope.register_labeled("old", failing(&log, "old", "old broke"));
     scope.register(undo(&log, "mid"));
     scope.register_labeled("new", failing(&log, "new", "new broke"));
-    let report = scope.rollback(RollbackPolicy::default()).await;
+    let report = scope.rollback(RetryPolicy::default()).await;
     assert_eq!(report.ran(), 3);
     let failures = report.into_failures();
     let described: Vec<_> = failures
@@ -633,9 +628,7 @@ async fn a_concurrent_rollback_starts_newest_first_overlaps_and_reports_every_fa
             }
         });
     }
-    let report = scope
-        .rollback(RollbackPolicy::default().concurrent(2))
-        .await;
+    let report = scope.rollback(RetryPolicy::default().concurrent(2)).await;
     // Two at a time: d and c, then b and a.
     assert_eq!(start.elapsed(), secs(2));
     assert_eq!(
@@ -667,7 +660,7 @@ async fn a_dropped_concurrent_rollback_leaves_every_unfinished_compensation() {
             }
         });
     }
-    let rollback = scope.rollback(RollbackPolicy::default().concurrent(2));
+    let rollback = scope.rollback(RetryPolicy::default().concurrent(2));
     assert!(tokio::time::timeout(secs(1), rollback).await.is_err());
     assert_eq!(log.entries(), vec!["new", "mid"]);
     // Both running ones were put back: the owner may commit all three.
@@ -675,7 +668,7 @@ async fn a_dropped_concurrent_rollback_leaves_every_unfinished_compensation() {
 }
 
 #[test]
-#[should_panic(expected = "RollbackPolicy::concurrent: `n` must be at least 1")]
+#[should_panic(expected = "RetryPolicy::concurrent: `n` must be at least 1")]
 fn a_concurrency_of_zero_panics() {
-    let _ = RollbackPolicy::default().concurrent(0);
+    let _ = RetryPolicy::default().concurrent(0);
 }

@@ -1,4 +1,4 @@
-//! `for_each_compensated(..).skip_failed_items(on_skip)` (SPEC §7, issue 11): a failed item
+//! `for_each_compensated(..).skip_failed_items(on_skip)`: a failed item
 //! is rolled back alone and the run goes on; with concurrency, after retries, and refused in
 //! an all-or-nothing run. Every timing rule on a paused clock.
 
@@ -12,7 +12,7 @@ use common::ms;
 use compensation_common::*;
 use futures::stream;
 use result_stream::{
-    Cause, CompensatedError, CompensationScope, Completion, ResultStreamExt, RollbackPolicy,
+    Cause, CompensatedError, CompensationScope, Completion, ResultStreamExt, RetryPolicy,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -166,7 +166,7 @@ async fn skip_after_retries_hands_over_the_last_attempts_cause() {
                 },
             ),
         )
-        .retry(RollbackPolicy::default().attempts(2))
+        .retry(RetryPolicy::default().attempts(2))
         .skip_failed_items(recorder(&skips))
         .await
         .unwrap();

@@ -1,5 +1,5 @@
-//! `CompensationScope` under concurrency (issue 8, "prove the scope under concurrency"): a
-//! randomized stress test over thousands of seeds.
+//! `CompensationScope` under concurrency: a randomized stress test over thousands of
+//! seeds.
 //!
 //! Each seed runs, on a multi-thread runtime, up to three `for_each_compensated` runs that
 //! share one scope (random items, unit of work, concurrency, rollback concurrency, handler
@@ -22,9 +22,10 @@
 //!   completed item's in per-item mode: the owner's commit and rollback, racing on other
 //!   threads, never took a live run's entries;
 //! - a run that was dropped mid-item never ran a completed item's compensations;
-//! - the owner's `commit()` calls counted exactly the compensations that were kept (never
-//!   run) among those only the owner could commit: one a rollback was running is never
-//!   counted as committed.
+//! - the owner's `commit()` calls counted no more than the compensations that were kept
+//!   (never run) among those the owner could commit (its own, which a run's success also
+//!   commits, and what dropped runs left), and exactly those when no run succeeded: one a
+//!   rollback was running is never counted as committed.
 //!
 //! The seed count is bounded so that the test stays well under 30 s in a debug build.
 //!
@@ -48,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::{self, Either};
 use futures::stream;
 use result_stream::{
-    BoxError, Compensation, CompensationScope, ResultStreamExt, RollbackPolicy, RollbackReport,
+    BoxError, Compensation, CompensationScope, ResultStreamExt, RetryPolicy, RollbackReport,
     UnitOfWork,
 };
 use tokio::task::yield_now;
@@ -179,7 +180,7 @@ struct Plan {
     cancel_after: Option<u64>,
     drop_after: Option<u64>,
     concurrency: usize,
-    policy: RollbackPolicy,
+    policy: RetryPolicy,
 }
 
 fn plan(rng: &mut Rng) -> Plan {
@@ -198,7 +199,7 @@ fn plan(rng: &mut Rng) -> Plan {
         cancel_after: rng.chance(25).then(|| rng.below(12)),
         drop_after: rng.chance(20).then(|| rng.below(12)),
         concurrency: 1 + rng.below(3) as usize,
-        policy: RollbackPolicy::default().concurrent(1 + rng.below(3) as usize),
+        policy: RetryPolicy::default().concurrent(1 + rng.below(3) as usize),
     }
 }
 
@@ -288,11 +289,11 @@ async fn one_seed(seed: u64) {
                     }
                     1 => committed += scope.commit(),
                     2 => {
-                        let report = scope.rollback(RollbackPolicy::default()).await;
+                        let report = scope.rollback(RetryPolicy::default()).await;
                         reported.extend(failed_labels(&report));
                     }
                     _ => {
-                        let rollback = scope.rollback(RollbackPolicy::default());
+                        let rollback = scope.rollback(RetryPolicy::default());
                         match future::select(rollback, Box::pin(yields(wait))).await {
                             Either::Left((report, _)) => reported.extend(failed_labels(&report)),
                             Either::Right(_) => interrupted.store(true, Ordering::SeqCst),
@@ -311,7 +312,7 @@ async fn one_seed(seed: u64) {
     let (owner_committed, mut reported) = owner.await.expect("the owner did not panic");
 
     // What is left (dropped runs, the owner's) is the owner's to roll back.
-    let last = scope.rollback(RollbackPolicy::default()).await;
+    let last = scope.rollback(RetryPolicy::default()).await;
     reported.extend(failed_labels(&last));
     drop(last); // its failures hold probes
     assert!(scope.is_empty(), "seed {seed}: {} left", scope.len());
@@ -325,8 +326,8 @@ async fn one_seed(seed: u64) {
     let interrupted =
         interrupted.load(Ordering::SeqCst) || ended.iter().any(|(how, _)| *how == Ended::Dropped);
     let probes = ledger.probes.lock().unwrap();
-    // Probes only the owner's `commit` could have committed (its own, and what dropped runs
-    // left): those it counted, and no more, were never run.
+    // Probes the owner's `commit` could have committed (its own, and what dropped runs
+    // left): those it counted were never run; so were those a run's success committed.
     let mut kept_by_owner = 0;
     for (index, (registrar, counts, fails)) in probes.iter().enumerate() {
         let started = counts.started.load(Ordering::SeqCst);
@@ -388,10 +389,18 @@ async fn one_seed(seed: u64) {
             None => kept_by_owner += usize::from(finished == 0),
         }
     }
-    assert_eq!(
-        kept_by_owner, owner_committed,
-        "seed {seed}: the owner's commits counted {owner_committed}, kept {kept_by_owner}"
-    );
+    let what = format!("seed {seed}: the owner's commits counted {owner_committed}");
+    if ended.iter().any(|(how, _)| *how == Ended::Succeeded) {
+        assert!(
+            owner_committed <= kept_by_owner,
+            "{what}, kept {kept_by_owner}"
+        );
+    } else {
+        assert_eq!(
+            owner_committed, kept_by_owner,
+            "{what}, kept {kept_by_owner}"
+        );
+    }
     for (run, (how, ran)) in ended.iter().enumerate() {
         if let (Ended::Failed, Some((ran, _))) = (how, ran) {
             let own = probes

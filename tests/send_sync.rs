@@ -1,5 +1,5 @@
-//! Auto traits: the handles and errors cross threads, and the whole pipeline of SPEC §4 is a
-//! `Send` future that runs on a multi-thread runtime.
+//! Auto traits: the handles and errors cross threads, and the whole pipeline (map, batch,
+//! persist) is a `Send` future that runs on a multi-thread runtime.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,9 +11,9 @@ use result_stream::batch::{MaxWeight, NoWeight, WithInfo};
 use result_stream::{
     Backoff, BatchInfo, Cause, ChunksTimeoutResult, CompensatedError, CompensationFailure,
     CompensationScope, Completion, FailureKind, FlushReason, ForEachCompensated, MapOkStream,
-    Rollback, RollbackPolicy, RollbackReport, UnitOfWork,
+    RetryPolicy, Rollback, RollbackReport, UnitOfWork,
 };
-use result_stream::{BoxError, ResultStreamExt};
+use result_stream::{BoxError, ChildScope, ItemScope, ResultStreamExt};
 
 fn assert_send<T: Send>() {}
 fn assert_sync<T: Sync>() {}
@@ -28,6 +28,11 @@ fn handles_reports_and_errors_are_thread_safe() {
     assert_send::<CompensationScope>();
     assert_sync::<CompensationScope>();
     assert_clone::<CompensationScope>();
+    assert_send::<ItemScope>();
+    assert_sync::<ItemScope>();
+    assert_clone::<ItemScope>();
+    assert_send::<ChildScope>();
+    assert_sync::<ChildScope>();
 
     assert_send::<Rollback>();
     assert_sync::<Rollback>();
@@ -45,8 +50,8 @@ fn handles_reports_and_errors_are_thread_safe() {
     assert_send::<Cause<io::Error>>();
     assert_sync::<Cause<io::Error>>();
 
-    assert_send::<RollbackPolicy>();
-    assert_sync::<RollbackPolicy>();
+    assert_send::<RetryPolicy>();
+    assert_sync::<RetryPolicy>();
     assert_send::<Backoff>();
     assert_send::<UnitOfWork>();
     assert_send::<Completion>();
@@ -90,7 +95,7 @@ fn adapters_are_send_and_sync_when_their_parts_are() {
     assert_send::<
         ForEachCompensated<
             Events,
-            fn(u32, CompensationScope) -> futures::future::Ready<Result<(), io::Error>>,
+            fn(u32, ItemScope) -> futures::future::Ready<Result<(), io::Error>>,
             futures::future::Ready<Result<(), io::Error>>,
         >,
     >();
@@ -99,7 +104,7 @@ fn adapters_are_send_and_sync_when_their_parts_are() {
     assert_sync::<
         ForEachCompensated<
             stream::Iter<std::vec::IntoIter<Result<u32, io::Error>>>,
-            fn(u32, CompensationScope) -> Ready,
+            fn(u32, ItemScope) -> Ready,
             Ready,
         >,
     >();
@@ -146,7 +151,7 @@ fn the_full_pipeline_future_is_send_and_runs_on_a_multi_thread_runtime() {
                 Ok(())
             }
         })
-        .rollback_policy(RollbackPolicy::default().attempts(2));
+        .rollback_policy(RetryPolicy::default().attempts(2));
     let pipeline = assert_send_val(pipeline);
 
     let done = runtime
@@ -227,7 +232,7 @@ fn a_scope_can_be_rolled_back_from_another_thread() {
         .unwrap();
     }
     assert_eq!(scope.len(), 3);
-    let rollback = assert_send_val(scope.rollback(RollbackPolicy::default()));
+    let rollback = assert_send_val(scope.rollback(RetryPolicy::default()));
     let report = runtime
         .block_on(async move { tokio::spawn(rollback).await })
         .unwrap();

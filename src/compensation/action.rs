@@ -8,7 +8,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// An action that undoes one effect.
 ///
 /// It may be run more than once (a failed attempt is retried under the
-/// [`RollbackPolicy`](crate::RollbackPolicy)), so it should be idempotent: deleting rows by
+/// [`RetryPolicy`](crate::RetryPolicy)), so it should be idempotent: deleting rows by
 /// id, not "the last N rows".
 ///
 /// Implemented for every closure `Fn() -> impl Future<Output = Result<(), Er>>` whose error

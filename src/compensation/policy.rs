@@ -49,9 +49,9 @@ impl Backoff {
 ///
 /// ```
 /// use std::time::Duration;
-/// use result_stream::{Backoff, RollbackPolicy};
+/// use result_stream::{Backoff, RetryPolicy};
 ///
-/// let policy = RollbackPolicy::default()
+/// let policy = RetryPolicy::default()
 ///     .attempts(5)
 ///     .backoff(Backoff::Exponential {
 ///         initial: Duration::from_millis(50),
@@ -61,14 +61,14 @@ impl Backoff {
 /// assert_eq!(policy.max_attempts(), 5);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RollbackPolicy {
+pub struct RetryPolicy {
     attempts: NonZeroU32,
     concurrent: NonZeroUsize,
     backoff: Backoff,
     attempt_timeout: Option<Duration>,
 }
 
-impl Default for RollbackPolicy {
+impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             attempts: NonZeroU32::MIN,
@@ -79,7 +79,7 @@ impl Default for RollbackPolicy {
     }
 }
 
-impl RollbackPolicy {
+impl RetryPolicy {
     /// The default policy: every compensation once, newest first.
     pub fn new() -> Self {
         Self::default()
@@ -93,7 +93,7 @@ impl RollbackPolicy {
     #[track_caller]
     pub fn attempts(mut self, attempts: u32) -> Self {
         self.attempts = NonZeroU32::new(attempts)
-            .expect("RollbackPolicy::attempts: `attempts` must be at least 1");
+            .expect("RetryPolicy::attempts: `attempts` must be at least 1");
         self
     }
 
@@ -124,7 +124,7 @@ impl RollbackPolicy {
     #[track_caller]
     pub fn concurrent(mut self, n: usize) -> Self {
         self.concurrent =
-            NonZeroUsize::new(n).expect("RollbackPolicy::concurrent: `n` must be at least 1");
+            NonZeroUsize::new(n).expect("RetryPolicy::concurrent: `n` must be at least 1");
         self
     }
 

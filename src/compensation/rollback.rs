@@ -1,5 +1,3 @@
-use std::borrow::Cow;
-use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -7,25 +5,28 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_core::future::FusedFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
 
-use super::scope::{CompensationScope, Entry, Take};
-use super::{BoxError, Compensation, RollbackPolicy};
+use super::RetryPolicy;
+use super::report::{FailureKind, RollbackReport};
+use super::scope::Closing;
+use super::stack::{Entry, Stack, Take};
 
 /// The boxed body of a [`Rollback`].
 type Body = Pin<Box<dyn Future<Output = RollbackReport> + Send>>;
 
-/// Future for [`CompensationScope::rollback`]: runs every pending compensation it may take,
-/// newest first, and resolves to a [`RollbackReport`].
+/// Future for [`CompensationScope::rollback`](crate::CompensationScope::rollback),
+/// [`ItemScope::rollback`](crate::ItemScope::rollback) and
+/// [`ChildScope::rollback`](crate::ChildScope::rollback): runs every pending compensation its
+/// handle may take, newest first, and resolves to a [`RollbackReport`].
 ///
 /// Rules:
-/// - one compensation at a time (or up to [`RollbackPolicy::concurrent`] at a time), newest
+/// - one compensation at a time (or up to [`RetryPolicy::concurrent`] at a time), newest
 ///   first, each tried up to
-///   [`RollbackPolicy::max_attempts`] times with the policy's backoff between attempts and its
+///   [`RetryPolicy::max_attempts`] times with the policy's backoff between attempts and its
 ///   time limit on each attempt (timed by `tokio::time`);
 /// - a compensation that still fails, returns an error, panics (while building its future or
 ///   while it runs) or times out is recorded in the report, and the rollback goes on with the
@@ -33,13 +34,15 @@ type Body = Pin<Box<dyn Future<Output = RollbackReport> + Send>>;
 /// - rollbacks of one scope take turns: a second one waits, then runs what the first left;
 /// - a compensation that succeeded leaves the scope at once; one that failed for the last
 ///   time leaves it when this future resolves (its failure is then in the report, retryable
-///   from there); until then no [`commit`](CompensationScope::commit) and no other rollback
+///   from there); until then no [`commit`](crate::CompensationScope::commit) and no other rollback
 ///   can take it;
 /// - each compensation that succeeded runs once. A rollback dropped midway returns the
 ///   interrupted one and those that failed to the scope: they stay there with those it had
 ///   not started, and a later rollback runs them again, each from its first attempt (the
 ///   failures of a report nobody receives are never lost silently). A compensation must
-///   therefore be idempotent (see [`Compensation`]).
+///   therefore be idempotent (see [`Compensation`](crate::Compensation));
+/// - the rollback of a [`ChildScope`](crate::ChildScope) ends the child: once it resolves or
+///   is dropped, what is left of the child is absorbed into its parent.
 ///
 /// # Panics
 ///
@@ -55,7 +58,10 @@ type Body = Pin<Box<dyn Future<Output = RollbackReport> + Send>>;
 pub struct Rollback {
     body: Option<Mutex<Body>>,
     /// Set by [`wind_down`](Self::wind_down): start no further compensation.
-    wind_down: Option<Arc<AtomicBool>>,
+    wind_down: Arc<AtomicBool>,
+    /// The child scope this rollback ends, if any: absorbed into its parent (what is left
+    /// of it) once the body is dropped.
+    closing: Option<Closing>,
 }
 
 impl fmt::Debug for Rollback {
@@ -67,35 +73,34 @@ impl fmt::Debug for Rollback {
 }
 
 impl Rollback {
-    pub(crate) fn new(scope: CompensationScope, policy: RollbackPolicy) -> Self {
-        Self::taking(scope, policy, Take::Handle)
-    }
-
-    /// A rollback of what `scope` registered since `mark` only: one failed attempt.
-    pub(crate) fn since(scope: CompensationScope, mark: u64, policy: RollbackPolicy) -> Self {
-        Self::taking(scope, policy, Take::Since(mark))
-    }
-
-    fn taking(scope: CompensationScope, policy: RollbackPolicy, take: Take) -> Self {
-        // Only the undo of one failed attempt can be wound down (by its run's stop).
-        let wind_down = matches!(take, Take::Since(_)).then(Arc::default);
+    pub(crate) fn new(
+        stack: Stack,
+        policy: RetryPolicy,
+        take: Take,
+        closing: Option<Closing>,
+    ) -> Self {
+        let wind_down = Arc::<AtomicBool>::default();
+        let body = Box::pin(run(stack, policy, take, wind_down.clone()));
         Self {
-            body: Some(Mutex::new(Box::pin(run(
-                scope,
-                policy,
-                take,
-                wind_down.clone(),
-            )))),
+            body: Some(Mutex::new(body)),
             wind_down,
+            closing,
+        }
+    }
+
+    /// A rollback that has resolved (a placeholder for one moved out).
+    pub(crate) fn done() -> Self {
+        Self {
+            body: None,
+            wind_down: Arc::default(),
+            closing: None,
         }
     }
 
     /// Starts no further compensation: the ones in progress finish (and are reported),
-    /// those not started stay in the scope. For a rollback made by [`since`](Self::since).
+    /// those not started stay in the scope.
     pub(crate) fn wind_down(&self) {
-        if let Some(flag) = &self.wind_down {
-            flag.store(true, Ordering::Release);
-        }
+        self.wind_down.store(true, Ordering::Release);
     }
 }
 
@@ -112,6 +117,7 @@ impl Future for Rollback {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let report = std::task::ready!(body.as_mut().poll(cx));
         self.body = None;
+        self.closing = None;
         Poll::Ready(report)
     }
 }
@@ -122,12 +128,12 @@ impl FusedFuture for Rollback {
     }
 }
 
-/// Settles one compensation that [`start_newest`](CompensationScope::start_newest) marked
+/// Settles one compensation that [`start_newest`](Stack::start_newest) marked
 /// running: when it succeeded, removes it from the scope; when it failed for good, leaves it
 /// there, still running, for the rollback's [`Failed`] to settle; when its rollback is
 /// dropped before it finished, puts it back (not running).
 struct Running<'a> {
-    scope: &'a CompensationScope,
+    scope: &'a Stack,
     seq: u64,
     outcome: Option<bool>,
 }
@@ -155,13 +161,13 @@ impl Drop for Running<'_> {
 /// rollback is dropped before, nobody would ever see that report: they are put back, not
 /// running, and a later rollback runs them again.
 struct Failed<'a> {
-    scope: &'a CompensationScope,
+    scope: &'a Stack,
     /// Registration numbers. Allocated only when a compensation fails.
     seqs: Vec<u64>,
 }
 
 impl<'a> Failed<'a> {
-    fn new(scope: &'a CompensationScope) -> Self {
+    fn new(scope: &'a Stack) -> Self {
         Self {
             scope,
             seqs: Vec::new(),
@@ -199,16 +205,15 @@ impl Drop for Failed<'_> {
 }
 
 /// Whether the rollback was [wound down](Rollback::wind_down).
-fn wound_down(flag: &Option<Arc<AtomicBool>>) -> bool {
-    flag.as_ref()
-        .is_some_and(|flag| flag.load(Ordering::Acquire))
+fn wound_down(flag: &AtomicBool) -> bool {
+    flag.load(Ordering::Acquire)
 }
 
 async fn run(
-    scope: CompensationScope,
-    policy: RollbackPolicy,
+    scope: Stack,
+    policy: RetryPolicy,
     take: Take,
-    wind_down: Option<Arc<AtomicBool>>,
+    wind_down: Arc<AtomicBool>,
 ) -> RollbackReport {
     let _turn = scope.rollback_turn().await;
     // Declared after the turn, so dropped before it: what it puts back is there for the
@@ -234,10 +239,10 @@ async fn run(
 
 /// Up to the policy's limit at a time, started newest first.
 async fn run_concurrently(
-    scope: &CompensationScope,
-    policy: &RollbackPolicy,
+    scope: &Stack,
+    policy: &RetryPolicy,
     take: Take,
-    wind_down: &Option<Arc<AtomicBool>>,
+    wind_down: &AtomicBool,
     report: &mut RollbackReport,
     failed: &mut Failed<'_>,
 ) {
@@ -262,13 +267,13 @@ async fn run_concurrently(
     report.failures.sort_by_key(|failure| failure.order);
 }
 
-/// Runs `entry`, which [`start_newest`](CompensationScope::start_newest) marked running, and
+/// Runs `entry`, which [`start_newest`](Stack::start_newest) marked running, and
 /// removes it from the scope if it succeeded (see [`Running`]; one that failed for good is
 /// left to the rollback's [`Failed`], and one whose future is dropped first is put back).
 async fn run_one(
-    scope: &CompensationScope,
+    scope: &Stack,
     entry: &Entry,
-    policy: &RollbackPolicy,
+    policy: &RetryPolicy,
 ) -> Result<(), (u32, FailureKind)> {
     let running = Running {
         scope,
@@ -283,7 +288,7 @@ async fn run_one(
 /// Runs one compensation until it succeeds or its attempts are used up.
 pub(crate) async fn run_with_retries(
     entry: &Entry,
-    policy: &RollbackPolicy,
+    policy: &RetryPolicy,
 ) -> Result<(), (u32, FailureKind)> {
     let mut attempt = 1;
     loop {
@@ -325,194 +330,5 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         message.clone()
     } else {
         "a panic with a non-string payload".to_owned()
-    }
-}
-
-/// How the last attempt of a compensation failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum FailureKind {
-    /// The compensation returned an error.
-    Error(BoxError),
-    /// The attempt ran past the policy's time limit and was dropped.
-    TimedOut(Duration),
-    /// The compensation panicked; the panic was caught (with its message, when it had one)
-    /// so that the rollback could go on.
-    Panicked(String),
-}
-
-impl fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FailureKind::Error(error) => error.fmt(f),
-            FailureKind::TimedOut(limit) => write!(f, "timed out after {limit:?}"),
-            FailureKind::Panicked(message) => write!(f, "panicked: {message}"),
-        }
-    }
-}
-
-/// A compensation that still failed after its last attempt.
-///
-/// Once its rollback has resolved, it has left the scope, but not the program: [`retry`](Self::retry) runs it again (say,
-/// once the database is back), and [`action`](Self::action) hands it out to be registered
-/// again or run elsewhere.
-pub struct CompensationFailure {
-    pub(crate) order: usize,
-    pub(crate) label: Option<Cow<'static, str>>,
-    pub(crate) attempts: u32,
-    pub(crate) kind: FailureKind,
-    pub(crate) action: Arc<dyn Compensation>,
-}
-
-impl fmt::Debug for CompensationFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CompensationFailure")
-            .field("order", &self.order)
-            .field("label", &self.label)
-            .field("attempts", &self.attempts)
-            .field("kind", &self.kind)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CompensationFailure {
-    /// Its place in the rollback: 0 for the first compensation run (the newest).
-    pub fn order(&self) -> usize {
-        self.order
-    }
-
-    /// The label it was registered with, if any.
-    pub fn label(&self) -> Option<&str> {
-        self.label.as_deref()
-    }
-
-    /// How many attempts were made.
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    /// How the last attempt failed.
-    pub fn kind(&self) -> &FailureKind {
-        &self.kind
-    }
-
-    /// The compensation itself.
-    pub fn action(&self) -> &Arc<dyn Compensation> {
-        &self.action
-    }
-
-    /// Runs the compensation once more (no policy: one attempt, no time limit).
-    pub async fn retry(&self) -> Result<(), BoxError> {
-        self.action.compensate().await
-    }
-}
-
-/// The compensation's own error is part of the [`Display`](fmt::Display) text (a report
-/// lists its failures in its own text), so [`source`](Error::source) skips it and returns
-/// *its* source: an error-chain printer shows each message once. The error itself is in
-/// [`kind`](Self::kind).
-impl Error for CompensationFailure {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        match &self.kind {
-            FailureKind::Error(error) => error.source(),
-            _ => None,
-        }
-    }
-}
-
-/// `compensation #<order> (<label>) failed after <n> attempt(s): <how>`.
-impl fmt::Display for CompensationFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "compensation #{}", self.order)?;
-        if let Some(label) = &self.label {
-            write!(f, " ({label})")?;
-        }
-        write!(
-            f,
-            " failed after {} attempt(s): {}",
-            self.attempts, self.kind
-        )
-    }
-}
-
-/// What a rollback did: how many compensations ran and which ones still failed.
-#[derive(Debug, Default)]
-pub struct RollbackReport {
-    pub(crate) ran: usize,
-    pub(crate) failures: Vec<CompensationFailure>,
-}
-
-impl RollbackReport {
-    /// How many compensations were run (each counted once, whatever its attempts).
-    pub fn ran(&self) -> usize {
-        self.ran
-    }
-
-    /// How many compensations succeeded.
-    pub fn succeeded(&self) -> usize {
-        self.ran - self.failures.len()
-    }
-
-    /// The compensations that still failed after their retries, in the order they ran.
-    pub fn failures(&self) -> &[CompensationFailure] {
-        &self.failures
-    }
-
-    /// Records the outcome of the compensation that ran `order`th.
-    fn record(&mut self, order: usize, entry: &Entry, outcome: Result<(), (u32, FailureKind)>) {
-        if let Err((attempts, kind)) = outcome {
-            self.failures.push(CompensationFailure {
-                order,
-                label: entry.label.clone(),
-                attempts,
-                kind,
-                action: entry.action.clone(),
-            });
-        }
-    }
-
-    /// Puts `earlier`'s compensations before this report's, as if one rollback had run them
-    /// all.
-    pub(crate) fn after(mut self, earlier: RollbackReport) -> Self {
-        let offset = earlier.ran;
-        for failure in &mut self.failures {
-            failure.order += offset;
-        }
-        let mut failures = earlier.failures;
-        failures.append(&mut self.failures);
-        Self {
-            ran: offset + self.ran,
-            failures,
-        }
-    }
-
-    /// Takes the failures, in the order they ran, to retry or register them again.
-    pub fn into_failures(self) -> Vec<CompensationFailure> {
-        self.failures
-    }
-
-    /// `true` when every compensation succeeded (or there was none): the effects they
-    /// guarded are undone.
-    pub fn is_complete(&self) -> bool {
-        self.failures.is_empty()
-    }
-}
-
-impl fmt::Display for RollbackReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_complete() {
-            write!(f, "rolled back cleanly ({} compensation(s) ran)", self.ran)
-        } else {
-            write!(
-                f,
-                "rollback incomplete: {} of {} compensation(s) failed",
-                self.failures.len(),
-                self.ran
-            )?;
-            for failure in &self.failures {
-                write!(f, "; {failure}")?;
-            }
-            Ok(())
-        }
     }
 }

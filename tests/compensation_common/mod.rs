@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::stream::Stream;
 use result_stream::Compensation;
-use result_stream::CompensationScope;
+use result_stream::ItemScope;
 use tokio::time::sleep;
 
 /// The user's own error type: the cause must keep it, matchable.
@@ -149,7 +149,7 @@ pub fn scripted(
     outcome: impl Fn(u32, u32) -> Result<(), AppError> + Send + Sync + 'static,
 ) -> impl FnMut(
     u32,
-    CompensationScope,
+    ItemScope,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), AppError>> + Send>> {
     let (log, table) = (log.clone(), table.clone());
     let attempts: Arc<Mutex<Vec<u32>>> = Arc::default();

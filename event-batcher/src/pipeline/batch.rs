@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use result_stream::{BatchInfo, BoxError, CompensationScope, RollbackPolicy};
+use result_stream::{BatchInfo, BoxError, ItemScope, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 
 use super::config::OnFailure;
@@ -23,9 +23,9 @@ use crate::validate::Incoming;
 #[derive(Debug)]
 pub(super) struct FailurePolicy {
     /// How compensations are retried.
-    pub(super) rollback: RollbackPolicy,
+    pub(super) rollback: RetryPolicy,
     /// How a failed batch write is retried (`--write-retries`), if it is.
-    pub(super) retry: Option<RollbackPolicy>,
+    pub(super) retry: Option<RetryPolicy>,
     /// What a failed batch does to the run.
     pub(super) on_failure: OnFailure,
     /// `--max-deliveries`.
@@ -144,7 +144,7 @@ impl Batch {
 pub(super) async fn write_batch(
     ctx: Arc<Ctx>,
     batch: Batch,
-    scope: CompensationScope,
+    scope: ItemScope,
 ) -> Result<(), PipelineError> {
     let seq = batch.seq;
     let attempt = batch.attempts.fetch_add(1, Ordering::Relaxed) + 1;
@@ -194,10 +194,10 @@ pub(super) async fn write_batch(
             return Err(error);
         }
     }
-    // Not `scope.commit()`: under `.concurrency(n)` an item's handle commits the
-    // compensations of every item in flight, not only this batch's. The flag makes this
-    // batch's compensations do nothing instead, so a cancellation from here on (while the
-    // acknowledgements are sent) deletes none of its rows.
+    // The flag makes this batch's compensations do nothing from here on, so a
+    // cancellation while the acknowledgements are sent deletes none of its rows (the run
+    // commits them when this handler returns `Ok`; `scope.commit()` would do the same for
+    // this batch only).
     committed.store(true, Ordering::Release);
 
     // Committed: count it, then acknowledge its events to the source. A failed ack only
@@ -234,7 +234,7 @@ impl Ctx {
     /// the nak waits for the last attempt (`--write-retries`) unless the run is stopping.
     pub(super) fn register_undo(
         self: &Arc<Self>,
-        scope: &CompensationScope,
+        scope: &ItemScope,
         batch: &Batch,
         attempt: u32,
         committed: &Arc<AtomicBool>,

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use result_stream::{Backoff, RollbackPolicy};
+use result_stream::{Backoff, RetryPolicy};
 
 use crate::report::ProgressMode;
 use crate::source::{SourceSpec, SyntheticSpec};
@@ -27,7 +27,7 @@ pub enum OnFailure {
     SkipBatch,
 }
 
-/// How compensations are retried (see `result_stream::RollbackPolicy`).
+/// How compensations are retried (see `result_stream::RetryPolicy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RollbackSettings {
     /// Attempts per compensation, the first included (at least 1).
@@ -53,7 +53,7 @@ impl Default for RollbackSettings {
 
 impl RollbackSettings {
     /// The library policy these settings describe.
-    pub fn policy(&self) -> RollbackPolicy {
+    pub fn policy(&self) -> RetryPolicy {
         let backoff = if self.backoff.is_zero() {
             Backoff::None
         } else {
@@ -62,7 +62,7 @@ impl RollbackSettings {
                 max: self.backoff_max.max(self.backoff),
             }
         };
-        RollbackPolicy::default()
+        RetryPolicy::default()
             .attempts(self.attempts.max(1))
             .backoff(backoff)
             .attempt_timeout(self.attempt_timeout)
@@ -93,7 +93,7 @@ impl Default for WriteRetry {
 
 impl WriteRetry {
     /// The library policy these settings describe, `None` without retries.
-    pub fn policy(&self) -> Option<RollbackPolicy> {
+    pub fn policy(&self) -> Option<RetryPolicy> {
         if self.retries == 0 {
             return None;
         }
@@ -106,7 +106,7 @@ impl WriteRetry {
             }
         };
         Some(
-            RollbackPolicy::default()
+            RetryPolicy::default()
                 .attempts(self.retries.saturating_add(1))
                 .backoff(backoff),
         )

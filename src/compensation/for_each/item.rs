@@ -1,312 +1,283 @@
+//! One item in flight: attempt → its own undo on failure → backoff → next attempt, skip,
+//! or fail. A slot holds one item at a time and is reused for the next.
+
 use core::pin::Pin;
 use core::task::{Context, Poll, ready};
 use std::future::Future;
-use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::Cause;
-use crate::compensation::{CompensationScope, Rollback, RollbackPolicy, RollbackReport};
+use crate::compensation::stack::{Stack, Take};
+use crate::compensation::trace::{self, Span, Undone};
+use crate::compensation::{Cause, ItemScope, RetryPolicy, Rollback, RollbackReport};
 
 /// The run's rules that an item follows.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Rules {
-    /// [`UnitOfWork::Item`](super::UnitOfWork::Item): commit when the handler returns `Ok`.
-    pub(super) commit_each: bool,
+pub(crate) struct Rules {
+    /// Commit an item's compensations when its handler returns `Ok` (per-item unit of work);
+    /// otherwise they are absorbed into the run.
+    pub(crate) commit_each: bool,
     /// Retry a failed attempt under this policy (the item is kept for the next attempt).
-    pub(super) retry: Option<RollbackPolicy>,
+    pub(crate) retry: Option<RetryPolicy>,
     /// The policy of the undo of one failed attempt (the run's rollback policy).
-    pub(super) undo: RollbackPolicy,
+    pub(crate) undo: RetryPolicy,
     /// Roll back an item that still fails, alone, and go on.
-    pub(super) skip: bool,
+    pub(crate) skip: bool,
 }
 
-/// A slot beyond the first, boxed once and reused.
-pub(super) type BoxedSlot<T, Fut, E> = Pin<Box<ItemSlot<T, Fut, E>>>;
+/// What an item needs of its run: the handler, the run's handle, its rules, and the
+/// item's `Clone` for retries.
+pub(super) struct Driver<'a, T, F> {
+    pub(super) f: &'a mut F,
+    pub(super) run: &'a Stack,
+    pub(super) rules: Rules,
+    pub(super) keep: Option<fn(&T) -> T>,
+}
 
-/// What an item came to, or what it needs from the run.
-pub(super) enum Step<E> {
-    /// Its handler returned `Ok`; its compensations are committed (per-item unit).
-    Committed,
-    /// Its failed attempt is undone and the backoff is over: the run, which owns the
-    /// handler, starts the next attempt.
-    Retry,
+/// How an item ended.
+pub(super) enum ItemEnd<E> {
+    /// Its handler returned `Ok`.
+    Done,
     /// It still failed and was rolled back alone, cleanly: the run hands it to `on_skip`.
-    Skipped(Cause<E>, RollbackReport),
+    /// (Boxed, as `Failed`: the end of every item is moved through the run, and these
+    /// are rare.)
+    Skipped(Box<(u64, Cause<E>, RollbackReport)>),
     /// It still failed: the run stops. With the report of the item's own undo when that
     /// undo ran and was incomplete.
-    Failed(Cause<E>, Option<RollbackReport>),
+    Failed(Box<(Cause<E>, Option<RollbackReport>)>),
 }
 
 pin_project! {
-    /// One item in flight and its bookkeeping: the handler's attempt (with its time limit),
-    /// the undo of a failed attempt, or the backoff before the next one.
-    ///
-    /// An item registers through a handle of its own (the run's item handle when items
-    /// are handled one at a time), so it commits and undoes only what it registered since
-    /// its attempt's mark.
-    pub(super) struct ItemSlot<T, Fut, E> {
+    #[project = StageProj]
+    enum Stage<Fut, E> {
+        Free,
+        Attempt { #[pin] handler: Fut },
+        Undo { undo: Rollback, cause: Option<Cause<E>> },
+        Backoff,
+    }
+}
+
+pin_project! {
+    #[project = SlotProj]
+    /// A slot for one item in flight.
+    pub(super) struct Slot<T, Fut, E> {
         #[pin]
-        handler: Option<Fut>,
-        // The attempt's deadline while the handler runs, the backoff after its undo.
+        stage: Stage<Fut, E>,
+        // The attempt's deadline (with a time limit), or the backoff.
         #[pin]
         timer: Option<Sleep>,
-        undo: Option<(Rollback, Cause<E>)>,
-        item: Option<T>,
-        // The item's own handle (concurrent items); `None`: the run's item handle.
-        own: Option<CompensationScope>,
-        busy: bool,
+        // The id its handle registers as, in the run.
+        owner: u64,
+        // The registration number when the item started: what its handle registered is
+        // at or above it.
         mark: u64,
-        attempt: u32,
+        // The item, kept for the next attempt (with retries).
+        item: Option<T>,
         index: u64,
+        attempt: u32,
+        span: Span,
     }
 }
 
-impl<T, Fut, E> ItemSlot<T, Fut, E> {
+impl<T, Fut, E> Slot<T, Fut, E>
+where
+    Fut: Future<Output = Result<(), E>>,
+{
     pub(super) fn new() -> Self {
         Self {
-            handler: None,
+            stage: Stage::Free,
             timer: None,
-            undo: None,
-            item: None,
-            own: None,
-            busy: false,
+            owner: 0,
             mark: 0,
-            attempt: 0,
+            item: None,
             index: 0,
+            attempt: 0,
+            span: trace::no_span(),
         }
     }
 
-    /// Whether an item occupies the slot.
     #[inline]
     pub(super) fn is_busy(&self) -> bool {
-        self.busy
+        !matches!(self.stage, Stage::Free)
     }
 
-    /// The position of its item in the stream (0 for the first).
-    pub(super) fn index(&self) -> u64 {
-        self.index
-    }
-
-    /// The item kept for its next attempt, when retries are on.
-    pub(super) fn item(&self) -> Option<&T> {
-        self.item.as_ref()
-    }
-
-    /// The item's handle to the scope: its own, or the run's item handle.
-    pub(super) fn handle<'a>(&'a self, run: &'a CompensationScope) -> &'a CompensationScope {
-        self.own.as_ref().unwrap_or(run)
-    }
-
-    /// Takes item number `index`, to be handled through `own` (`None`: the run's item handle);
-    /// `item` is kept for retries.
-    #[inline(always)]
-    pub(super) fn occupy(
-        self: Pin<&mut Self>,
-        index: u64,
-        own: Option<CompensationScope>,
-        item: Option<T>,
-    ) {
-        let this = self.project();
-        *this.index = index;
-        *this.own = own;
-        *this.item = item;
-        *this.attempt = 1;
-        *this.busy = true;
-    }
-
-    /// Starts an attempt: `handler` registers through [`handle`](Self::handle) from `mark`.
-    #[inline(always)]
-    pub(super) fn begin(
-        self: Pin<&mut Self>,
-        handler: Fut,
-        mark: u64,
-        time_limit: Option<Duration>,
-    ) {
-        let mut this = self.project();
-        *this.mark = mark;
-        this.handler.set(Some(handler));
-        if let Some(limit) = time_limit {
-            arm(this.timer, limit);
-        }
-    }
-
-    /// Starts the handler of an item handled the plain way (one at a time, through the
-    /// run's item handle, no retry, no skip): see [`poll_handler`](Self::poll_handler).
-    #[inline(always)]
-    pub(super) fn start(self: Pin<&mut Self>, handler: Fut, mark: u64) {
-        let mut this = self.project();
-        *this.mark = mark;
-        this.handler.set(Some(handler));
-    }
-
-    /// Whether a handler [`start`](Self::start)ed the plain way is still in progress.
-    #[inline(always)]
-    pub(super) fn has_handler(&self) -> bool {
-        self.handler.is_some()
-    }
-
-    /// Polls the handler that [`start`](Self::start) started, freeing the slot when it
-    /// resolves.
-    #[inline(always)]
-    pub(super) fn poll_handler(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), E>>
+    /// Starts item number `index` on its first attempt; `keep` clones it for retries.
+    #[inline]
+    pub(super) fn start<F>(self: Pin<&mut Self>, index: u64, value: T, d: &mut Driver<'_, T, F>)
     where
-        Fut: Future<Output = Result<(), E>>,
+        F: FnMut(T, ItemScope) -> Fut,
     {
         let mut this = self.project();
-        let handler = this
-            .handler
-            .as_mut()
-            .as_pin_mut()
-            .expect("a busy slot has a handler");
-        let outcome = ready!(handler.poll(cx));
-        this.handler.set(None);
-        Poll::Ready(outcome)
-    }
-
-    /// Keeps the item of a plain-path handler for a retry.
-    #[inline(always)]
-    pub(super) fn keep_item(self: Pin<&mut Self>, item: T) {
-        *self.project().item = Some(item);
-    }
-
-    /// Drops the item kept for a retry once the plain-path handler succeeded.
-    #[inline(always)]
-    pub(super) fn drop_item(self: Pin<&mut Self>) {
-        *self.project().item = None;
-    }
-
-    /// Takes over a plain-path item, number `index`, whose first attempt failed with
-    /// `cause`: the undo of that attempt starts, then [`poll_step`](Self::poll_step) drives
-    /// it (retry, or skip) to its end.
-    pub(super) fn fail_plain(
-        self: Pin<&mut Self>,
-        index: u64,
-        cause: Cause<E>,
-        undo: RollbackPolicy,
-        run: &CompensationScope,
-    ) {
-        let this = self.project();
+        *this.owner = d.run.new_owner();
+        *this.mark = d.run.mark();
         *this.index = index;
-        *this.own = None;
         *this.attempt = 1;
-        *this.busy = true;
-        *this.undo = Some((Rollback::since(run.clone(), *this.mark, undo), cause));
+        let value = match d.keep {
+            Some(keep) => keep(this.item.insert(value)),
+            None => value,
+        };
+        this.attempt(d, value);
     }
 
-    /// The mark of its attempt: what its handle registered since is the attempt's.
-    #[inline(always)]
-    pub(super) fn mark(&self) -> u64 {
-        self.mark
-    }
-
-    /// Takes the undo of a failed attempt in progress, if any, for the run to finish when
-    /// it stops.
-    pub(super) fn take_undo(self: Pin<&mut Self>) -> Option<Rollback> {
-        self.project().undo.take().map(|(undo, _cause)| undo)
-    }
-
-    /// Frees the slot, dropping whatever is in flight (its compensations stay in the scope).
-    #[inline(always)]
-    pub(super) fn clear(self: Pin<&mut Self>) {
+    /// Stops the item: its handler, timer or backoff is dropped (its compensations stay,
+    /// the run's rollback's); the undo of a failed attempt in progress is handed over, to
+    /// finish the compensation it is running and start no other.
+    pub(super) fn stop(self: Pin<&mut Self>) -> Option<Rollback> {
         let mut this = self.project();
-        this.handler.set(None);
-        if this.timer.is_some() {
-            this.timer.set(None);
-        }
-        if this.undo.is_some() {
-            *this.undo = None;
-        }
-        *this.item = None;
-        *this.own = None;
-        *this.busy = false;
+        let undo = match this.stage.as_mut().project() {
+            StageProj::Undo { undo, .. } => {
+                let undo = std::mem::replace(undo, Rollback::done());
+                undo.wind_down();
+                Some(undo)
+            }
+            _ => None,
+        };
+        this.end(());
+        undo
     }
 
-    /// Drives the item; see [`Step`].
-    #[inline(always)]
-    pub(super) fn poll_step(
+    /// Drives the item; see [`ItemEnd`].
+    pub(super) fn poll_item<F>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        rules: &Rules,
-        run: &CompensationScope,
-    ) -> Poll<Step<E>>
+        d: &mut Driver<'_, T, F>,
+    ) -> Poll<ItemEnd<E>>
     where
-        Fut: Future<Output = Result<(), E>>,
+        F: FnMut(T, ItemScope) -> Fut,
     {
         let mut this = self.project();
-        let retry_left = |attempt: u32, kept: bool| {
-            kept && rules
-                .retry
-                .is_some_and(|policy| attempt < policy.max_attempts())
-        };
         loop {
-            if let Some(handler) = this.handler.as_mut().as_pin_mut() {
-                let cause = match handler.poll(cx) {
-                    Poll::Ready(Ok(())) => {
-                        if rules.commit_each {
-                            this.own.as_ref().unwrap_or(run).commit_to(*this.mark);
-                        }
-                        return Poll::Ready(Step::Committed);
-                    }
-                    Poll::Ready(Err(error)) => Cause::Handler(error),
+            let end = match this.stage.as_mut().project() {
+                StageProj::Attempt { handler } => {
                     // The handler is polled first: one that finishes at its deadline wins.
-                    Poll::Pending => {
-                        let expired = this
-                            .timer
-                            .as_mut()
-                            .as_pin_mut()
-                            .is_some_and(|deadline| deadline.poll(cx).is_ready());
-                        if !expired {
-                            return Poll::Pending;
+                    match trace::in_span(this.span, || handler.poll(cx)) {
+                        Poll::Ready(Ok(())) => {
+                            this.commit(d);
+                            Some(ItemEnd::Done)
                         }
-                        let limit = rules.retry.and_then(|policy| policy.attempt_time_limit());
-                        Cause::TimedOut(limit.unwrap_or_default())
+                        Poll::Ready(Err(error)) => this.undo(Cause::Handler(error), d),
+                        Poll::Pending => {
+                            let deadline = this.timer.as_mut().as_pin_mut();
+                            if !deadline.is_some_and(|deadline| deadline.poll(cx).is_ready()) {
+                                return Poll::Pending;
+                            }
+                            let limit = d.rules.retry.and_then(|p| p.attempt_time_limit());
+                            this.undo(Cause::TimedOut(limit.unwrap_or_default()), d)
+                        }
                     }
-                };
-                this.handler.set(None);
-                this.timer.set(None);
-                if !(retry_left(*this.attempt, this.item.is_some()) || rules.skip) {
-                    return Poll::Ready(Step::Failed(cause, None));
                 }
-                let handle = this.own.as_ref().unwrap_or(run).clone();
-                *this.undo = Some((Rollback::since(handle, *this.mark, rules.undo), cause));
-                continue;
+                StageProj::Undo { undo, cause } => {
+                    let report = ready!(Pin::new(undo).poll(cx));
+                    let cause = cause.take().expect("an undo has a cause");
+                    this.undone(cause, report, &d.rules)
+                }
+                StageProj::Backoff => {
+                    // A zero wait arms no timer (so it needs none).
+                    if let Some(backoff) = this.timer.as_mut().as_pin_mut() {
+                        ready!(backoff.poll(cx));
+                    }
+                    let keep = d.keep.expect("retries keep the item");
+                    let value = keep(this.item.as_ref().expect("retries keep the item"));
+                    this.attempt(d, value);
+                    None
+                }
+                StageProj::Free => unreachable!("a free slot is never polled"),
+            };
+            if let Some(end) = end {
+                return Poll::Ready(this.end(end));
             }
-            if let Some((undo, _)) = this.undo.as_mut() {
-                let report = ready!(Pin::new(undo).poll(cx));
-                let (_, cause) = this.undo.take().expect("polled just now");
-                if !report.is_complete() {
-                    // Nothing may build on a half-undone write: the run stops.
-                    return Poll::Ready(Step::Failed(cause, Some(report)));
-                }
-                if !retry_left(*this.attempt, this.item.is_some()) {
-                    return Poll::Ready(Step::Skipped(cause, report));
-                }
-                let policy = rules.retry.expect("retries are on");
-                let wait = policy.backoff_strategy().delay(*this.attempt);
-                *this.attempt += 1;
-                if wait.is_zero() {
-                    return Poll::Ready(Step::Retry);
-                }
-                this.timer.set(Some(tokio::time::sleep(wait)));
-                continue;
-            }
-            let backoff = this
-                .timer
-                .as_mut()
-                .as_pin_mut()
-                .expect("a polled slot is busy");
-            ready!(backoff.poll(cx));
-            this.timer.set(None);
-            return Poll::Ready(Step::Retry);
         }
     }
 }
 
-/// Arms an attempt's deadline (out of line: only with a time limit).
-#[inline(never)]
-fn arm(timer: Pin<&mut Option<Sleep>>, limit: Duration) {
-    let mut timer = timer;
-    timer.set(Some(tokio::time::sleep(limit)));
+impl<T, Fut, E> SlotProj<'_, T, Fut, E> {
+    /// Starts attempt number `self.attempt` on `value`.
+    fn attempt<F>(&mut self, d: &mut Driver<'_, T, F>, value: T)
+    where
+        F: FnMut(T, ItemScope) -> Fut,
+    {
+        *self.span = trace::attempt_span(*self.index, *self.attempt);
+        let (stack, mark) = (d.run.as_owner(*self.owner), *self.mark);
+        let handler = trace::in_span(self.span, || (d.f)(value, ItemScope { stack, mark }));
+        self.stage.set(Stage::Attempt { handler });
+        let limit = d.rules.retry.and_then(|policy| policy.attempt_time_limit());
+        if let Some(limit) = limit {
+            self.timer.set(Some(tokio::time::sleep(limit)));
+        } else if self.timer.is_some() {
+            self.timer.set(None);
+        }
+    }
+
+    /// The handler returned `Ok`: its compensations are committed, or absorbed into the run.
+    #[inline]
+    fn commit<F>(&mut self, d: &Driver<'_, T, F>) {
+        if d.rules.commit_each {
+            d.run.commit_since(*self.owner, *self.mark);
+        } else {
+            d.run.absorb_into(*self.owner, *self.mark, d.run);
+        }
+        trace::commit(*self.index);
+    }
+
+    /// The attempt failed with `cause`: its own undo starts if a retry or a skip follows;
+    /// otherwise the item fails (its compensations are the run's rollback's).
+    fn undo<F>(&mut self, cause: Cause<E>, d: &Driver<'_, T, F>) -> Option<ItemEnd<E>> {
+        if !(self.retry_left(&d.rules) || d.rules.skip) {
+            return Some(ItemEnd::Failed(Box::new((cause, None))));
+        }
+        if self.timer.is_some() {
+            self.timer.set(None);
+        }
+        let take = Take::Owner(*self.owner, *self.mark);
+        let undo = Rollback::new(d.run.as_owner(*self.owner), d.rules.undo, take, None);
+        self.stage.set(Stage::Undo {
+            undo,
+            cause: Some(cause),
+        });
+        None
+    }
+
+    /// The failed attempt's undo resolved with `report`: the backoff before the next
+    /// attempt starts, or the item is skipped, or (undo incomplete) it fails.
+    fn undone(
+        &mut self,
+        cause: Cause<E>,
+        report: RollbackReport,
+        rules: &Rules,
+    ) -> Option<ItemEnd<E>> {
+        trace::rollback(Undone::Attempt(*self.index), &report);
+        if !report.is_complete() {
+            // Nothing may build on a half-undone write: the run stops.
+            return Some(ItemEnd::Failed(Box::new((cause, Some(report)))));
+        }
+        if !self.retry_left(rules) {
+            trace::skip(*self.index);
+            return Some(ItemEnd::Skipped(Box::new((*self.index, cause, report))));
+        }
+        let policy = rules.retry.expect("retries are on");
+        let wait = policy.backoff_strategy().delay(*self.attempt);
+        *self.attempt += 1;
+        trace::retry(*self.index, *self.attempt);
+        self.stage.set(Stage::Backoff);
+        if !wait.is_zero() {
+            self.timer.set(Some(tokio::time::sleep(wait)));
+        }
+        None
+    }
+
+    fn retry_left(&self, rules: &Rules) -> bool {
+        let attempts = rules.retry.map_or(1, |policy| policy.max_attempts());
+        self.item.is_some() && *self.attempt < attempts
+    }
+
+    /// Frees the slot and returns `end`.
+    fn end<R>(&mut self, end: R) -> R {
+        self.stage.set(Stage::Free);
+        if self.timer.is_some() {
+            self.timer.set(None);
+        }
+        *self.item = None;
+        end
+    }
 }

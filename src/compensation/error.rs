@@ -57,7 +57,9 @@ impl<E: fmt::Display> fmt::Display for Cause<E> {
 }
 
 /// The error of [`ForEachCompensated`](crate::ForEachCompensated): why it stopped, and what
-/// the rollback that followed did.
+/// the rollback that followed did. The callback of
+/// [`skip_failed_items`](crate::ForEachCompensated::skip_failed_items) receives one too, for
+/// an item that failed and was rolled back alone while the run went on.
 ///
 /// ```
 /// use result_stream::{Cause, CompensatedError};
@@ -75,10 +77,30 @@ impl<E: fmt::Display> fmt::Display for Cause<E> {
 pub struct CompensatedError<E> {
     pub(crate) cause: Cause<E>,
     pub(crate) report: RollbackReport,
+    /// The error of an item skipped while the run went on (not the run's own).
+    skipped: bool,
 }
 
 impl<E> CompensatedError<E> {
-    /// Why the run stopped.
+    /// The run stopped for `cause`, and its rollback did `report`.
+    pub(crate) fn stopped(cause: Cause<E>, report: RollbackReport) -> Self {
+        Self {
+            cause,
+            report,
+            skipped: false,
+        }
+    }
+
+    /// An item failed for `cause` and was skipped, its own rollback did `report`.
+    pub(crate) fn skipped(cause: Cause<E>, report: RollbackReport) -> Self {
+        Self {
+            cause,
+            report,
+            skipped: true,
+        }
+    }
+
+    /// Why the run stopped (for a skipped item: why the item failed).
     pub fn cause(&self) -> &Cause<E> {
         &self.cause
     }
@@ -105,13 +127,18 @@ impl<E> CompensatedError<E> {
 }
 
 /// `stopped by a handler error: <E>; rolled back cleanly (2 compensation(s) ran)`: the
-/// cause's error (whether or not `E` is an [`Error`]) and the rollback's outcome.
+/// cause's error (whether or not `E` is an [`Error`]) and the rollback's outcome. For a
+/// skipped item (the run went on) it does not say "stopped":
+/// `handler error: <E>; rolled back cleanly (1 compensation(s) ran)`.
 ///
 /// The cause's error is part of this text, so [`source`](Error::source) skips it and
 /// returns *its* source: an error-chain printer (`anyhow`'s `{:#}`, say) shows each message
 /// once. The error itself is reached through [`cause`](Self::cause).
 impl<E: fmt::Display> fmt::Display for CompensatedError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.skipped {
+            return write!(f, "{}; {}", self.cause, self.report);
+        }
         match &self.cause {
             Cause::Upstream(error) => write!(f, "stopped by an upstream error: {error}")?,
             Cause::Handler(error) => write!(f, "stopped by a handler error: {error}")?,
