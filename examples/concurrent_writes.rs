@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{TryStreamExt, stream};
-use result_stream::{Backoff, CompensationScope, ResultStreamExt, RollbackPolicy};
+use result_stream::{Backoff, CompensationScope, ResultStreamExt, RetryPolicy};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 
 type Event = (i64, i64); // (id, amount)
@@ -63,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
         .concurrency(4)
-        .retry(RollbackPolicy::new().attempts(3).backoff(backoff))
+        .retry(RetryPolicy::new().attempts(3).backoff(backoff))
         .skip_failed_items(move |index, error| {
             let no = index as i64 + 1;
             let events = failed.lock().unwrap().remove(&no).unwrap_or_default();

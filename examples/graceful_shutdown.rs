@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use futures::stream;
-use result_stream::{Cause, CompensationScope, ResultStreamExt};
+use result_stream::{CancellationToken, Cause, CompensationScope, ResultStreamExt};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
