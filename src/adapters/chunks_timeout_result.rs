@@ -1,5 +1,3 @@
-use core::fmt;
-use core::mem;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 use std::time::Duration;
@@ -11,7 +9,8 @@ use tokio::time::Instant;
 
 use super::batch::info::sealed::Output;
 use super::batch::{
-    BUDGET, BatchOutput, FlushReason, Limiter, NoInfo, NoWeight, Timer, Weigh, deadline_after,
+    BUDGET, BatchOutput, BatchState, FlushReason, Limiter, NoInfo, NoWeight, Timer, Weigh,
+    deadline_after,
 };
 
 mod builders;
@@ -22,10 +21,9 @@ pin_project! {
     /// [`with_batch_info`](Self::with_batch_info) tags each batch; `W` and `I` are the
     /// type-state parameters of [`crate::batch`] that they set.
     ///
-    /// # Cancellation safety
-    ///
     /// Dropping the adapter drops its buffered values; [`take_remainder`](Self::take_remainder)
     /// takes them out of a pinned adapter first.
+    #[derive(Debug)]
     #[must_use = "streams do nothing unless polled"]
     #[project = Proj]
     pub struct ChunksTimeoutResult<St: TryStream, W: Weigh<St::Ok> = NoWeight, I = NoInfo> {
@@ -33,118 +31,9 @@ pin_project! {
         stream: Fuse<IntoStream<St>>,
         #[pin]
         timer: Timer,
-        state: State<St::Ok, W, I>,
+        state: BatchState<St::Ok, W, I>,
         pending_error: Option<St::Error>,
         timeout: Duration,
-    }
-}
-
-/// The open batch and the rules that close it.
-#[derive(Debug)]
-struct State<T, W: Weigh<T>, I> {
-    limiter: Limiter<W>,
-    items: Vec<T>,
-    total: W::Weight,
-    output: I,
-    // The last batch closed full: the next one reserves its full size.
-    filled: bool,
-    // When the open batch's first value arrived, if that was in a poll that returned `Ready`
-    // (a value that closed the previous batch by weight): its deadline runs from then.
-    started: Option<Instant>,
-    // When the open batch's first value arrived, timed for a `tracing` event.
-    #[cfg(feature = "tracing")]
-    opened: Option<Instant>,
-    last_flush: Option<FlushReason>,
-}
-
-impl<T, W: Weigh<T>, I: BatchOutput<T>> State<T, W, I> {
-    /// The same batch with other limits or output: `f` maps the limiter, total and output.
-    fn rebuild<V: Weigh<T>, J>(
-        self,
-        f: impl FnOnce(Limiter<W>, W::Weight, I) -> (Limiter<V>, V::Weight, J),
-    ) -> State<T, V, J> {
-        let (limiter, total, output) = f(self.limiter, self.total, self.output);
-        State {
-            limiter,
-            items: self.items,
-            total,
-            output,
-            filled: self.filled,
-            started: self.started,
-            #[cfg(feature = "tracing")]
-            opened: self.opened,
-            last_flush: self.last_flush,
-        }
-    }
-
-    /// Pushes a value that fits, and returns the batch's length.
-    #[inline(always)]
-    fn push(&mut self, value: T) -> usize {
-        if self.items.len() == self.items.capacity() {
-            self.reserve();
-        }
-        if mem::size_of::<T>() == 0 && self.items.is_empty() {
-            self.begin(); // Zero-sized values never fill their `Vec`'s capacity.
-        }
-        self.items.push(value);
-        self.items.len()
-    }
-
-    /// Makes room for one more value: a new batch's buffer (no capacity means no values),
-    /// or doubling past it.
-    #[inline]
-    fn reserve(&mut self) {
-        if self.items.capacity() == 0 {
-            self.begin();
-            self.items = self.limiter.new_batch(self.filled);
-        }
-        self.items.reserve(1);
-    }
-
-    #[inline(always)]
-    fn begin(&mut self) {
-        self.output.arrives(0);
-        #[cfg(feature = "tracing")]
-        if super::batch::trace::enabled() {
-            self.opened = Some(Instant::now());
-        }
-    }
-
-    /// Closes the open batch.
-    #[inline]
-    fn close(&mut self, reason: FlushReason) -> I::Batch {
-        self.started = None;
-        self.last_flush = Some(reason);
-        self.filled = matches!(reason, FlushReason::Full | FlushReason::Weight);
-        let weight = self.limiter.report(mem::take(&mut self.total));
-        let items = mem::take(&mut self.items);
-        #[cfg(feature = "tracing")]
-        super::batch::trace::flushed::<()>(reason, items.len(), weight, self.opened.take(), None);
-        self.output.finish(items, reason, weight)
-    }
-}
-
-impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> fmt::Debug
-    for ChunksTimeoutResult<St, W, I>
-where
-    St: fmt::Debug,
-    St::Ok: fmt::Debug,
-    St::Error: fmt::Debug,
-    W: fmt::Debug,
-    I: fmt::Debug,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChunksTimeoutResult")
-            .field("stream", self.get_ref())
-            .field("items", &self.state.items)
-            .field("total", &self.state.total)
-            .field("pending_error", &self.pending_error)
-            .field("deadline", &self.armed_deadline())
-            .field("max_items", &self.state.limiter.max_items())
-            .field("weight", self.state.limiter.weigher())
-            .field("output", &self.state.output)
-            .field("timeout", &self.timeout)
-            .finish()
     }
 }
 
@@ -155,22 +44,11 @@ impl<St: TryStream> ChunksTimeoutResult<St> {
             max_items > 0,
             "chunks_timeout_result: `max_items` must be greater than zero"
         );
-        let state = State {
-            limiter: Limiter::new(max_items, NoWeight),
-            items: Vec::new(),
-            total: (),
-            output: NoInfo,
-            // A batcher holds one open batch: the first one reserves its full size.
-            filled: true,
-            started: None,
-            #[cfg(feature = "tracing")]
-            opened: None,
-            last_flush: None,
-        };
-        let stream = stream.into_stream().fuse();
+        let state = BatchState::new(Limiter::new(max_items, NoWeight));
+        let (stream, timer) = (stream.into_stream().fuse(), Timer::new());
         Self {
             stream,
-            timer: Timer::new(),
+            timer,
             state,
             pending_error: None,
             timeout,
@@ -183,8 +61,7 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> ChunksTimeoutResul
 
     /// Consumes an adapter that was never pinned and returns the underlying stream, the
     /// buffered values (oldest first) and the error held back behind an already-yielded
-    /// partial batch, if any. A pinned adapter gives them back through
-    /// [`take_remainder`](Self::take_remainder).
+    /// partial batch, if any.
     pub fn into_parts(self) -> (St, Vec<St::Ok>, Option<St::Error>) {
         (
             self.stream.into_inner().into_inner(),
@@ -198,24 +75,15 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> ChunksTimeoutResul
         &self.state.items
     }
 
-    /// Takes the buffered values (oldest first) and the held-back error out of a pinned
-    /// adapter, leaving it empty with its timer dropped: nothing already pulled from the
-    /// upstream is lost when the adapter is abandoned (say, in a lost `tokio::select!`
-    /// race). The error, if present, came after every returned value. The adapter stays
-    /// usable: the next value starts a new batch.
+    /// Takes the buffered values (oldest first) and the held-back error (which came after
+    /// them) out of a pinned adapter, leaving it empty with its timer dropped, so that
+    /// nothing already pulled is lost when it is abandoned (say, in a lost `tokio::select!`
+    /// race). The adapter stays usable: the next value starts a new batch.
     #[doc(alias = "into_remainder")]
     pub fn take_remainder(self: Pin<&mut Self>) -> (Vec<St::Ok>, Option<St::Error>) {
         let this = self.project();
         this.timer.clear();
-        let state = this.state;
-        state.started = None;
-        state.total = Default::default();
-        state.output.clear();
-        #[cfg(feature = "tracing")]
-        {
-            state.opened = None;
-        }
-        (mem::take(&mut state.items), this.pending_error.take())
+        (this.state.take(), this.pending_error.take())
     }
 
     /// The deadline of the batch being buffered, if its timer is armed (which happens when
@@ -224,35 +92,32 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> ChunksTimeoutResul
         self.timer.deadline()
     }
 
-    /// Why the most recent batch was yielded, or `None` before the first batch. Read it
-    /// right after a batch to tag that batch, or use [`with_batch_info`](Self::with_batch_info).
+    /// Why the most recent batch was yielded, or `None` before the first batch.
     pub fn last_flush_reason(&self) -> Option<FlushReason> {
         self.state.last_flush
     }
 }
 
-type Polled<St, I> =
-    Poll<Option<Result<<I as Output<<St as TryStream>::Ok>>::Batch, <St as TryStream>::Error>>>;
+type Polled<T, E, I> = Poll<Option<Result<<I as Output<T>>::Batch, E>>>;
 
 impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Proj<'_, St, W, I> {
     /// Yields the open batch and drops its timer.
     #[inline]
-    fn flush(&mut self, reason: FlushReason) -> Polled<St, I> {
+    fn flush(&mut self, reason: FlushReason) -> Polled<St::Ok, St::Error, I> {
         self.timer.as_mut().clear();
         Poll::Ready(Some(Ok(self.state.close(reason))))
     }
 
     /// Takes a value that would bring the batch to `max_weight` or past it: the batch closes
-    /// first and the value starts the next one, or the value joins and closes it (an exact
-    /// fill, or a lone value heavier than `max_weight`).
+    /// first and the value starts the next one (whose deadline runs from now, however long
+    /// the consumer takes to poll again), or the value joins and closes it (an exact fill,
+    /// or a lone value heavier than `max_weight`).
     #[cold]
     #[inline(never)]
-    fn take_heavy(&mut self, value: St::Ok, weight: W::Weight) -> Polled<St, I> {
+    fn take_heavy(&mut self, value: St::Ok, weight: W::Weight) -> Polled<St::Ok, St::Error, I> {
         let state = &mut *self.state;
         if state.limiter.splits(state.items.len(), state.total, weight) {
             let batch = self.flush(FlushReason::Weight);
-            // The value arrived in this poll, which returns `Ready`: its batch's deadline
-            // runs from now, however long the consumer takes to poll again.
             self.state.started = Some(Instant::now());
             self.state.push(value);
             self.state.total = W::add(Default::default(), weight);
@@ -262,6 +127,26 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Proj<'_, St, W, I>
         state.total = W::add(state.total, weight);
         let reason = state.limiter.closes(state.items.len(), state.total);
         self.flush(reason.expect("a value that does not stay below max_weight closes its batch"))
+    }
+
+    /// Nothing ready (or the budget spent) with values buffered: waits for the deadline,
+    /// `timeout` after the end of the poll in which the batch's first value arrived.
+    fn wait(&mut self, yielded: bool, cx: &mut Context<'_>) -> Polled<St::Ok, St::Error, I> {
+        let at = match self.timer.deadline() {
+            _ if self.timeout.is_zero() => return self.flush(FlushReason::Deadline),
+            Some(at) => at,
+            None => deadline_after(
+                self.state.started.take().unwrap_or_else(Instant::now),
+                *self.timeout,
+            ),
+        };
+        if self.timer.as_mut().poll_until(at, cx).is_ready() {
+            return self.flush(FlushReason::Deadline);
+        }
+        if yielded {
+            cx.waker().wake_by_ref(); // The budget is spent: yield, and go on at once.
+        }
+        Poll::Pending
     }
 }
 
@@ -315,37 +200,13 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Stream
             }
         };
         this.state.total = this.state.limiter.total_from_room(room);
-        let len = this.state.items.len();
-        if len >= max_items {
-            return this.flush(FlushReason::Full);
+        match this.state.items.len() {
+            len if len >= max_items => this.flush(FlushReason::Full),
+            0 if ended => Poll::Ready(None),
+            0 => Poll::Pending,
+            _ if ended => this.flush(FlushReason::End),
+            len => this.wait(len >= stop, cx),
         }
-        if len == 0 {
-            return if ended {
-                Poll::Ready(None)
-            } else {
-                Poll::Pending
-            };
-        }
-        if ended {
-            return this.flush(FlushReason::End);
-        }
-        // Nothing ready (or the budget spent) with values buffered: the deadline is
-        // `timeout` after the end of the poll in which the batch's first value arrived.
-        let at = match this.timer.deadline() {
-            _ if this.timeout.is_zero() => return this.flush(FlushReason::Deadline),
-            Some(at) => at,
-            None => deadline_after(
-                this.state.started.take().unwrap_or_else(Instant::now),
-                *this.timeout,
-            ),
-        };
-        if this.timer.as_mut().poll_until(at, cx).is_ready() {
-            return this.flush(FlushReason::Deadline);
-        }
-        if len >= stop {
-            cx.waker().wake_by_ref(); // The budget is spent: yield, and go on at once.
-        }
-        Poll::Pending
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

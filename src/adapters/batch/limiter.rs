@@ -271,11 +271,6 @@ impl<W> Limiter<W> {
         self.max_items
     }
 
-    /// The weight rules.
-    pub(crate) fn weigher(&self) -> &W {
-        &self.weigher
-    }
-
     /// The same count limit with other weight rules.
     pub(crate) fn with_weigher<V>(self, weigher: V) -> Limiter<V> {
         Limiter {

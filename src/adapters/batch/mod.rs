@@ -8,6 +8,7 @@
 
 pub(crate) mod info;
 pub(crate) mod limiter;
+pub(crate) mod state;
 pub(crate) mod timer;
 pub(crate) mod trace;
 
@@ -16,6 +17,7 @@ pub use limiter::{MaxWeight, NoWeight, Weigh};
 pub use trace::TracedKey;
 
 pub(crate) use limiter::Limiter;
+pub(crate) use state::BatchState;
 pub(crate) use timer::{Timer, deadline_after};
 
 /// The most values one `poll_next` of a batcher takes from the upstream. When it has taken

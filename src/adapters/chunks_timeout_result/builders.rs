@@ -148,7 +148,9 @@ impl<St: TryStream, W: Weigh<St::Ok>> ChunksTimeoutResult<St, W, NoInfo> {
     /// # }
     /// ```
     pub fn with_batch_info(self) -> ChunksTimeoutResult<St, W, WithInfo> {
-        let state = (self.state).rebuild(|limiter, total, _| (limiter, total, WithInfo::default()));
+        let state = self
+            .state
+            .rebuild(|limiter, total, _| (limiter, total, WithInfo::default()));
         ChunksTimeoutResult {
             stream: self.stream,
             timer: self.timer,
