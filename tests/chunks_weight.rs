@@ -1,4 +1,4 @@
-//! The weight cap of `chunks_timeout_result(..).max_weight(max_weight, weigh)` (SPEC §5), one
+//! The weight cap of `chunks_timeout_result(..).max_weight(max_weight, weigh)`, one
 //! rule per test, on a paused Tokio clock. Values are `(id, weight)` pairs weighed by their
 //! second field.
 

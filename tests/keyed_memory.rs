@@ -1,6 +1,7 @@
-//! Memory and allocations of `chunks_timeout_by_key_result` (SPEC §6 and the issue's
-//! "no allocation per value; one per batch", "1,000,000 distinct keys with
-//! `max_open_keys(1_000)` never buffer more than 1,000 batches").
+//! Memory and allocations of `chunks_timeout_by_key_result`: no allocation per value, one
+//! per batch for keys whose batches fill, 1,000,000 distinct keys with `max_open_keys(1_000)`
+//! never buffer more than 1,000 batches, and open batches hold memory in proportion to
+//! their values (never `max_items` slots per key up front).
 //!
 //! A counting `#[global_allocator]` keeps, per thread and only while switched on, the number
 //! of allocations (`alloc`, `alloc_zeroed`, `realloc`) and the bytes live (allocated minus

@@ -1,5 +1,5 @@
 //! `.max_weight(..)` and `.with_batch_info()` on `chunks_timeout_by_key_result`: the rules
-//! of SPEC §5, per key (SPEC §6), on a paused Tokio clock.
+//! of `chunks_timeout_result`'s weight cap and batch info, per key, on a paused Tokio clock.
 
 use std::cell::Cell;
 use std::pin::pin;

@@ -1,10 +1,10 @@
-//! The memory of a re-run does not grow with the events found already present (issue 13:
-//! the consistency check used to keep every skipped id in memory, 162 MB of RSS for a
-//! re-run of 1,000,000 events).
+//! The memory of a re-run does not grow with the events found already present (the
+//! consistency check once kept every skipped id in memory, 162 MB of RSS for a re-run of
+//! 1,000,000 events).
 //!
 //! The memory of a `--per-tenant` run grows with the events its open batches hold, not with
-//! `--max-batch` slots per tenant (issue 18: 20,000 tenants holding a few events each once
-//! reserved a batch-sized buffer each, 1.17 GB of RSS for 200,000 events).
+//! `--max-batch` slots per tenant (20,000 tenants holding a few events each once reserved a
+//! batch-sized buffer each, 1.17 GB of RSS for 200,000 events).
 //!
 //! A counting `#[global_allocator]` keeps the bytes live (allocated minus freed, every
 //! thread: the runtime's, SQLite's worker) and their peak. The tests take turns (`SERIAL`),
@@ -137,7 +137,7 @@ async fn per_tenant_batches_hold_memory_in_proportion_to_their_events() {
             .map(|i| {
                 let tenant = i % TENANTS;
                 format!(
-                    r#"{{"id":"e{i}","tenant":"tenant-{tenant}","ts":1714564800000,"payload":{{"n":{i},"text":"a payload of about a hundred bytes, as in the issue's 36 MB file"}}}}"#
+                    r#"{{"id":"e{i}","tenant":"tenant-{tenant}","ts":1714564800000,"payload":{{"n":{i},"text":"a payload of about a hundred bytes, like the events of a real feed"}}}}"#
                 ) + "\n"
             })
             .collect();

@@ -41,7 +41,7 @@ pin_project! {
     /// A `Sleep` may only be polled on a live runtime: a batcher polled on another runtime
     /// than the one its timer was made on gets a new one, at the same deadline. Checking the
     /// runtime costs a thread-local access and an `Arc` clone, so it is done only when the
-    /// task's waker changed: while the same waker polls and the deadline is the same, the
+    /// task's waker changed: while the same task's waker polls and the deadline is the same, the
     /// `Sleep` already holds that waker and is only asked whether it has elapsed.
     #[derive(Debug)]
     pub(crate) struct Timer {
@@ -99,7 +99,7 @@ impl Timer {
     #[inline]
     pub(crate) fn poll_until(self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
         if let (Some(sleep), Some(waker)) = (&self.sleep, &self.waker) {
-            if sleep.deadline() == at && waker.will_wake(cx.waker()) {
+            if sleep.deadline() == at && same_task(waker, cx.waker()) {
                 return if sleep.is_elapsed() {
                     Poll::Ready(())
                 } else {
@@ -137,4 +137,13 @@ impl Timer {
         }
         polled
     }
+}
+
+/// Whether `current` wakes the task `stored` (a clone this timer holds) wakes. `will_wake`
+/// alone misses clones of tokio's wakers (their vtables can be duplicated between codegen
+/// units); the same non-null data pointer, kept alive by the stored clone, is the same
+/// task's waker.
+#[inline(always)]
+fn same_task(stored: &Waker, current: &Waker) -> bool {
+    stored.will_wake(current) || (!stored.data().is_null() && stored.data() == current.data())
 }
