@@ -1,16 +1,16 @@
+use core::ops::ControlFlow;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::stream::{FusedStream, Stream, TryStream};
-use futures_util::stream::{Fuse, IntoStream, StreamExt, TryStreamExt};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::batch::info::sealed::Output;
 use super::batch::{
-    BUDGET, BatchOutput, BatchState, FlushReason, Limiter, NoInfo, NoWeight, Timer, Weigh,
-    deadline_after,
+    BUDGET, BatchOutput, BatchState, Drained, FlushReason, Limiter, NoInfo, NoWeight, Timer,
+    Upstream, Weigh, deadline_after,
 };
 
 mod builders;
@@ -28,7 +28,7 @@ pin_project! {
     #[project = Proj]
     pub struct ChunksTimeoutResult<St: TryStream, W: Weigh<St::Ok> = NoWeight, I = NoInfo> {
         #[pin]
-        stream: Fuse<IntoStream<St>>,
+        stream: Upstream<St>,
         #[pin]
         timer: Timer,
         state: BatchState<St::Ok, W, I>,
@@ -45,7 +45,7 @@ impl<St: TryStream> ChunksTimeoutResult<St> {
             "chunks_timeout_result: `max_items` must be greater than zero"
         );
         let state = BatchState::new(Limiter::new(max_items, NoWeight));
-        let (stream, timer) = (stream.into_stream().fuse(), Timer::new());
+        let (stream, timer) = (Upstream::new(stream), Timer::new());
         Self {
             stream,
             timer,
@@ -57,14 +57,14 @@ impl<St: TryStream> ChunksTimeoutResult<St> {
 }
 
 impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> ChunksTimeoutResult<St, W, I> {
-    delegate_access_inner!(stream, St, (. .));
+    delegate_access_inner!(stream, St, (.));
 
     /// Consumes an adapter that was never pinned and returns the underlying stream, the
     /// buffered values (oldest first) and the error held back behind an already-yielded
     /// partial batch, if any.
     pub fn into_parts(self) -> (St, Vec<St::Ok>, Option<St::Error>) {
         (
-            self.stream.into_inner().into_inner(),
+            self.stream.into_inner(),
             self.state.items,
             self.pending_error,
         )
@@ -174,32 +174,33 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Stream
         let max_items = state.limiter.max_items();
         let stop = state.items.len().saturating_add(BUDGET).min(max_items);
         let mut room = state.limiter.room(state.total);
-        let ended = loop {
-            match this.stream.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(value))) => {
-                    let weight = this.state.limiter.weigh(&value);
-                    let Some(left) = Limiter::<W>::take_room(room, weight) else {
-                        this.state.total = this.state.limiter.total_from_room(room);
-                        return this.take_heavy(value, weight);
-                    };
-                    room = left;
-                    if this.state.push(value) >= stop {
-                        break false;
-                    }
+        let drained = this.stream.as_mut().poll_each(cx, |item| match item {
+            Ok(value) => {
+                let weight = state.limiter.weigh(&value);
+                let Some(left) = Limiter::<W>::take_room(room, weight) else {
+                    return ControlFlow::Break(Err(Ok((value, weight))));
+                };
+                room = left;
+                if state.push(value) >= stop {
+                    return ControlFlow::Break(Ok(()));
                 }
-                Poll::Ready(Some(Err(error))) if this.state.items.is_empty() => {
-                    return Poll::Ready(Some(Err(error)));
-                }
-                Poll::Ready(Some(Err(error))) => {
-                    this.state.total = this.state.limiter.total_from_room(room);
-                    *this.pending_error = Some(error);
-                    return this.flush(FlushReason::Error);
-                }
-                Poll::Ready(None) => break true,
-                Poll::Pending => break false,
+                ControlFlow::Continue(())
             }
+            Err(error) => ControlFlow::Break(Err(Err(error))),
+        });
+        state.total = state.limiter.total_from_room(room);
+        let ended = match drained {
+            Drained::Break(Err(Ok((value, weight)))) => return this.take_heavy(value, weight),
+            Drained::Break(Err(Err(error))) if this.state.items.is_empty() => {
+                return Poll::Ready(Some(Err(error)));
+            }
+            Drained::Break(Err(Err(error))) => {
+                *this.pending_error = Some(error);
+                return this.flush(FlushReason::Error);
+            }
+            Drained::Break(Ok(())) | Drained::Pending => false,
+            Drained::Ended => true,
         };
-        this.state.total = this.state.limiter.total_from_room(room);
         match this.state.items.len() {
             len if len >= max_items => this.flush(FlushReason::Full),
             0 if ended => Poll::Ready(None),

@@ -11,6 +11,7 @@ pub(crate) mod limiter;
 pub(crate) mod state;
 pub(crate) mod timer;
 pub(crate) mod trace;
+pub(crate) mod upstream;
 
 pub use info::{BatchInfo, BatchOutput, FlushReason, NoInfo, WithInfo};
 pub use limiter::{MaxWeight, NoWeight, Weigh};
@@ -19,6 +20,7 @@ pub use trace::TracedKey;
 pub(crate) use limiter::Limiter;
 pub(crate) use state::BatchState;
 pub(crate) use timer::{Timer, deadline_after};
+pub(crate) use upstream::{Drained, Upstream};
 
 /// The most values one `poll_next` of a batcher takes from the upstream. When it has taken
 /// that many without closing a batch, it wakes its task and returns `Pending` (a cooperative

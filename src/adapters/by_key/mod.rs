@@ -10,13 +10,14 @@ use core::pin::Pin;
 use std::time::Duration;
 
 use futures_core::stream::TryStream;
-use futures_util::stream::{Fuse, IntoStream, StreamExt, TryStreamExt};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 #[cfg(doc)]
 use super::batch::WithInfo;
-use super::batch::{BatchOutput, FlushReason, Limiter, MaxWeight, NoInfo, NoWeight, Timer, Weigh};
+use super::batch::{
+    BatchOutput, FlushReason, Limiter, MaxWeight, NoInfo, NoWeight, Timer, Upstream, Weigh,
+};
 use open::OpenBatches;
 
 pin_project! {
@@ -36,7 +37,7 @@ pin_project! {
     #[project = Proj]
     pub struct ChunksTimeoutByKeyResult<St: TryStream, K, F, W: Weigh<St::Ok> = NoWeight, I = NoInfo> {
         #[pin]
-        stream: Fuse<IntoStream<St>>,
+        stream: Upstream<St>,
         #[pin]
         timer: Timer,
         key: F,
@@ -57,7 +58,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChunksTimeoutByKeyResult")
-            .field("stream", self.stream.get_ref().get_ref())
+            .field("stream", self.stream.get_ref())
             .field("open", &self.state.iter().collect::<Vec<_>>())
             .field("pending_error", &self.pending_error)
             .field("limits", &self.state.limiter)
@@ -80,7 +81,7 @@ where
             "chunks_timeout_by_key_result: `max_items` must be greater than zero"
         );
         Self {
-            stream: stream.into_stream().fuse(),
+            stream: Upstream::new(stream),
             timer: Timer::new(),
             key,
             state: OpenBatches::new(Limiter::new(max_items, NoWeight), usize::MAX),
@@ -245,7 +246,7 @@ impl<St: TryStream, K, F, W: Weigh<St::Ok>> ChunksTimeoutByKeyResult<St, K, F, W
 }
 
 impl<St: TryStream, K, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResult<St, K, F, W, I> {
-    delegate_access_inner!(stream, St, (. .));
+    delegate_access_inner!(stream, St, (.));
 
     /// Bounds the number of open batches (keys with buffered values) to `max_open_keys`.
     ///

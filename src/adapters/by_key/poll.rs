@@ -6,14 +6,14 @@ use core::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::stream::{FusedStream, Stream, TryStream};
-use futures_util::stream::{Fuse, IntoStream};
 use tokio::time::Instant;
 
 use super::open::Batch;
 use super::{ChunksTimeoutByKeyResult, Proj};
 use crate::adapters::batch::info::sealed::Output;
 use crate::adapters::batch::{
-    BUDGET, BatchInfo, FlushReason, Limiter, NoInfo, TracedKey, Weigh, WithInfo, deadline_after,
+    BUDGET, BatchInfo, FlushReason, Limiter, NoInfo, TracedKey, Upstream, Weigh, WithInfo,
+    deadline_after,
 };
 
 pub(super) mod sealed {
@@ -75,7 +75,7 @@ enum Next<T, K, Wt, E> {
 #[inline(always)]
 #[allow(clippy::type_complexity)]
 fn pull<St, K, F, W>(
-    stream: Pin<&mut Fuse<IntoStream<St>>>,
+    stream: Pin<&mut Upstream<St>>,
     key: &mut F,
     limiter: &mut Limiter<W>,
     cx: &mut Context<'_>,
