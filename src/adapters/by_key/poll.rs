@@ -1,6 +1,7 @@
 //! The `Stream` implementation of [`ChunksTimeoutByKeyResult`].
 
 use core::hash::Hash;
+use core::ops::ControlFlow;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 use std::time::Duration;
@@ -8,11 +9,11 @@ use std::time::Duration;
 use futures_core::stream::{FusedStream, Stream, TryStream};
 use tokio::time::Instant;
 
-use super::open::Batch;
+use super::open::{Batch, Entry};
 use super::{ChunksTimeoutByKeyResult, Proj};
 use crate::adapters::batch::info::sealed::Output;
 use crate::adapters::batch::{
-    BUDGET, BatchInfo, FlushReason, Limiter, NoInfo, TracedKey, Upstream, Weigh, WithInfo,
+    BUDGET, BatchInfo, Drained, FlushReason, Limiter, NoInfo, TracedKey, Upstream, Weigh, WithInfo,
     deadline_after,
 };
 
@@ -71,6 +72,78 @@ enum Next<T, K, Wt, E> {
     Pending,
 }
 
+/// Why a run of values of one key into its open batch stopped.
+enum Run<T, K, Wt, E> {
+    /// The value would push the batch past `max_weight`.
+    Split(T, Wt),
+    /// The batch is full (by count or weight), or the budget is spent.
+    Stop,
+    /// What the upstream gave that is not of this key.
+    Other(Next<T, K, Wt, E>),
+}
+
+/// Adds a value of the run's key to its open batch, unless it splits it.
+#[inline(always)]
+fn join<T, K, W: Weigh<T>, E>(
+    entry: &mut Entry<T, W::Weight>,
+    limiter: &Limiter<W>,
+    stop: usize,
+    value: T,
+    weight: W::Weight,
+) -> ControlFlow<Run<T, K, W::Weight, E>> {
+    if limiter.splits(entry.items.len(), entry.total, weight) {
+        return ControlFlow::Break(Run::Split(value, weight));
+    }
+    entry.items.push(value);
+    entry.total = W::add(entry.total, weight);
+    if entry.items.len() >= stop || limiter.full_by_weight(entry.total) {
+        return ControlFlow::Break(Run::Stop);
+    }
+    ControlFlow::Continue(())
+}
+
+/// Adds `first` and the values of `key` that follow it on the upstream to `key`'s open
+/// batch, until a value of another key (or an error, the end, `Pending`), a split, or the
+/// batch's `stop`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn run_of_key<St, K, F, W>(
+    stream: Pin<&mut Upstream<St>>,
+    key_of: &mut F,
+    limiter: &mut Limiter<W>,
+    entry: &mut Entry<St::Ok, W::Weight>,
+    key: &K,
+    stop: usize,
+    (value, weight): (St::Ok, W::Weight),
+    cx: &mut Context<'_>,
+) -> Run<St::Ok, K, W::Weight, St::Error>
+where
+    St: TryStream,
+    F: FnMut(&St::Ok) -> K,
+    K: Eq,
+    W: Weigh<St::Ok>,
+{
+    if let ControlFlow::Break(run) = join(entry, limiter, stop, value, weight) {
+        return run;
+    }
+    let drained = stream.poll_each(cx, |item| {
+        let value = match item {
+            Ok(value) => value,
+            Err(error) => return ControlFlow::Break(Run::Other(Next::Err(error))),
+        };
+        let (weight, next_key) = (limiter.weigh(&value), key_of(&value));
+        if next_key != *key {
+            return ControlFlow::Break(Run::Other(Next::Value(value, next_key, weight)));
+        }
+        join(entry, limiter, stop, value, weight)
+    });
+    match drained {
+        Drained::Break(run) => run,
+        Drained::Pending => Run::Other(Next::Pending),
+        Drained::Ended => Run::Other(Next::End),
+    }
+}
+
 /// Polls the upstream once; a value is keyed and weighed.
 #[inline(always)]
 #[allow(clippy::type_complexity)]
@@ -120,7 +193,7 @@ where
             let next = next.unwrap_or_else(|| {
                 pull(this.stream.as_mut(), this.key, &mut this.state.limiter, cx)
             });
-            let (mut value, key, mut weight) = match next {
+            let (value, key, weight) = match next {
                 Next::Value(value, key, weight) => (value, key, weight),
                 Next::Err(error) => return this.hold_error(error),
                 Next::End => return this.owed().unwrap_or(Poll::Ready(None)),
@@ -137,26 +210,26 @@ where
             // into it, without looking the key up again. `stop` counts the budget in.
             let (start, slot) = (entry.items.len(), entry.slot);
             let stop = start.saturating_add(budget).min(max_items);
-            loop {
-                if limiter.splits(entry.items.len(), entry.total, weight) {
-                    return this.split(slot, key, value, weight, &mut now);
-                }
-                entry.items.push(value);
-                entry.total = W::add(entry.total, weight);
-                if entry.items.len() >= stop || limiter.full_by_weight(entry.total) {
-                    match limiter.closes(entry.items.len(), entry.total) {
-                        Some(reason) => return this.close(slot, reason),
-                        None => budget = 0,
-                    }
-                    break;
-                }
-                match pull(this.stream.as_mut(), this.key, limiter, cx) {
-                    Next::Value(v, k, w) if k == key => (value, weight) = (v, w),
-                    other => {
-                        budget -= entry.items.len() - start;
-                        carried = Some(other);
-                        break;
-                    }
+            let run = run_of_key(
+                this.stream.as_mut(),
+                this.key,
+                limiter,
+                entry,
+                &key,
+                stop,
+                (value, weight),
+                cx,
+            );
+            let (len, total) = (entry.items.len(), entry.total);
+            match run {
+                Run::Split(value, weight) => return this.split(slot, key, value, weight, &mut now),
+                Run::Stop => match limiter.closes(len, total) {
+                    Some(reason) => return this.close(slot, reason),
+                    None => budget = 0,
+                },
+                Run::Other(next) => {
+                    budget -= len - start;
+                    carried = Some(next);
                 }
             }
         }
