@@ -126,6 +126,17 @@ where
     if let ControlFlow::Break(run) = join(entry, limiter, stop, value, weight) {
         return run;
     }
+    // Values that alternate between keys take one poll each; a run of one key goes on
+    // through `poll_each`, which checks the upstream's end once.
+    let mut stream = stream;
+    match pull(stream.as_mut(), key_of, limiter, cx) {
+        Next::Value(value, next_key, weight) if next_key == *key => {
+            if let ControlFlow::Break(run) = join(entry, limiter, stop, value, weight) {
+                return run;
+            }
+        }
+        other => return Run::Other(other),
+    }
     let drained = stream.poll_each(cx, |item| {
         let value = match item {
             Ok(value) => value,
