@@ -110,7 +110,9 @@ impl<T, W: Weigh<T>, I: BatchOutput<T>> BatchState<T, W, I> {
     /// Closes the open batch.
     #[inline]
     pub(crate) fn close(&mut self, reason: FlushReason) -> I::Batch {
-        self.started = None;
+        if W::SPLITS {
+            self.started = None; // Only ever set by a weight split.
+        }
         self.last_flush = Some(reason);
         self.filled = matches!(reason, FlushReason::Full | FlushReason::Weight);
         let weight = self.limiter.report(mem::take(&mut self.total));
