@@ -231,3 +231,42 @@ fn keys_remembered_as_filling_lose_nothing_when_forgotten() {
         assert_eq!(out.iter().filter(|item| item.is_err()).count(), 1);
     });
 }
+
+/// On a multi-thread runtime, a batch polled `Pending` several times by the same task (its
+/// timer polled once, then only checked) must still be yielded when its deadline passes:
+/// the timer's "has it fired" must not depend on the time driver's bookkeeping. (Real
+/// clock: a multi-thread runtime cannot be paused; the 10 s limit only catches a hang.)
+#[test]
+fn a_deadline_fires_on_a_multi_thread_runtime_after_repeated_pending_polls() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<u32, E>>();
+        let (ktx, krx) = futures::channel::mpsc::unbounded::<Result<u32, E>>();
+        let single = tokio::spawn(async move {
+            let mut s = std::pin::pin!(rx.chunks_timeout_result(10, Duration::from_millis(200)));
+            s.next().await
+        });
+        let keyed = tokio::spawn(async move {
+            let mut s = std::pin::pin!(krx.chunks_timeout_by_key_result(
+                |v| v % 2,
+                10,
+                Duration::from_millis(200)
+            ));
+            s.next().await
+        });
+        for v in [1, 3, 5] {
+            tx.unbounded_send(Ok(v)).unwrap();
+            ktx.unbounded_send(Ok(v)).unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let limit = Duration::from_secs(10);
+        let single = tokio::time::timeout(limit, single).await.expect("yielded");
+        let keyed = tokio::time::timeout(limit, keyed).await.expect("yielded");
+        assert_eq!(single.unwrap(), Some(Ok(vec![1, 3, 5])));
+        assert_eq!(keyed.unwrap(), Some(Ok((1, vec![1, 3, 5]))));
+    });
+}

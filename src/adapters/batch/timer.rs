@@ -100,7 +100,9 @@ impl Timer {
     pub(crate) fn poll_until(self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
         if let (Some(sleep), Some(waker)) = (&self.sleep, &self.waker) {
             if sleep.deadline() == at && same_task(waker, cx.waker()) {
-                return if sleep.is_elapsed() {
+                // The `Sleep` holds this task's waker until it fires, which is at `at` or
+                // later: the clock tells whether it has.
+                return if Instant::now() >= at {
                     Poll::Ready(())
                 } else {
                     Poll::Pending
