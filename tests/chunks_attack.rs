@@ -270,3 +270,34 @@ fn a_deadline_fires_on_a_multi_thread_runtime_after_repeated_pending_polls() {
         assert_eq!(keyed.unwrap(), Some(Ok((1, vec![1, 3, 5]))));
     });
 }
+
+/// A timer first polled when the task is out of tokio's cooperative budget is not
+/// registered (the `Sleep` returns `Pending` at once): the next poll by the same task must
+/// poll it again, or the deadline never wakes anyone.
+#[tokio::test(start_paused = true)]
+async fn a_timer_first_polled_out_of_coop_budget_still_fires() {
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<u32, E>>();
+    let mut single = std::pin::pin!(rx.chunks_timeout_result(10, Duration::from_secs(1)));
+    let (ktx, krx) = futures::channel::mpsc::unbounded::<Result<u32, E>>();
+    let mut keyed =
+        std::pin::pin!(krx.chunks_timeout_by_key_result(|v| v % 2, 10, Duration::from_secs(1)));
+    tx.unbounded_send(Ok(1)).unwrap();
+    ktx.unbounded_send(Ok(1)).unwrap();
+    let (budget_tx, mut budget_rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    for v in 0..1_000 {
+        budget_tx.send(v).unwrap();
+    }
+    futures::future::poll_fn(|cx| {
+        // Each ready receive spends a unit of the task's budget, until it is out.
+        while let Poll::Ready(Some(_)) = budget_rx.poll_recv(cx) {}
+        assert!(single.as_mut().poll_next(cx).is_pending());
+        assert!(keyed.as_mut().poll_next(cx).is_pending());
+        Poll::Ready(())
+    })
+    .await;
+    let limit = Duration::from_secs(5);
+    let single = tokio::time::timeout(limit, single.next()).await;
+    assert_eq!(single, Ok(Some(Ok(vec![1]))));
+    let keyed = tokio::time::timeout(limit, keyed.next()).await;
+    assert_eq!(keyed, Ok(Some(Ok((1, vec![1])))));
+}

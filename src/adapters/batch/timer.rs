@@ -100,9 +100,7 @@ impl Timer {
     pub(crate) fn poll_until(self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
         if let (Some(sleep), Some(waker)) = (&self.sleep, &self.waker) {
             if sleep.deadline() == at && same_task(waker, cx.waker()) {
-                // The `Sleep` holds this task's waker until it fires, which is at `at` or
-                // later: the clock tells whether it has.
-                return if Instant::now() >= at {
+                return if sleep.is_elapsed() {
                     Poll::Ready(())
                 } else {
                     Poll::Pending
@@ -130,8 +128,13 @@ impl Timer {
             }
         }
         let sleep = this.sleep.as_pin_mut().expect("a timer that was just set");
+        // Out of tokio's cooperative budget, a `Sleep` returns `Pending` without registering:
+        // the next poll must poll it again.
+        let registers = tokio::task::coop::has_budget_remaining();
         let polled = sleep.poll(cx);
-        if polled.is_pending() {
+        if polled.is_pending() && !registers {
+            *this.waker = None;
+        } else if polled.is_pending() {
             match this.waker {
                 Some(waker) => waker.clone_from(cx.waker()),
                 None => *this.waker = Some(cx.waker().clone()),
