@@ -14,7 +14,8 @@
 //!   `chunks_timeout_result` count-only, with `.max_weight(..)` (a weigh that reads the value,
 //!   a cap that never binds, so the batches are the same), with `.with_batch_info()`;
 //!   `futures` `chunks` and `try_chunks`, tokio-stream `chunks_timeout`, futures-batch
-//!   `try_chunks_timeout`, and the floor: a synchronous loop pushing into a `Vec`.
+//!   `try_chunks_timeout`, and the floors: a synchronous loop pushing into a `Vec`, and the
+//!   same loop checking the same weight cap as the `.max_weight(..)` contender.
 //! - `keyed`: the same input through `chunks_timeout_by_key_result`, all of one key (caps 8
 //!   and 500, to compare with `chunks_timeout_result` in `ready`) and over 1,000 keys taken
 //!   round-robin (cap 500), next to a hand-written `HashMap` batcher with one `Sleep` per key
@@ -178,6 +179,38 @@ fn sync_vec_loop(cap: usize) -> u64 {
     total
 }
 
+// The floor with a weight cap: the synchronous loop with the same weigh and cap as
+// `chunks_timeout_result_max_weight` (a value that would pass the cap closes the batch
+// first; a sum that would overflow is past it).
+#[library_benchmark]
+#[benches::cap(8, 500)]
+fn sync_vec_loop_max_weight(cap: usize) -> u64 {
+    let max_weight = usize::MAX / 2;
+    let mut total = 0;
+    let mut batch = Vec::with_capacity(cap);
+    let mut weight = 0usize;
+    for value in (0..black_box(READY_ITEMS)).map(Ok::<u64, E>) {
+        let value = value.unwrap();
+        let w = (value & 3) as usize;
+        match weight.checked_add(w) {
+            Some(sum) if sum <= max_weight => weight = sum,
+            _ => {
+                total += consume(std::mem::replace(&mut batch, Vec::with_capacity(cap)));
+                weight = w;
+            }
+        }
+        batch.push(value);
+        if batch.len() >= cap || weight >= max_weight {
+            total += consume(std::mem::replace(&mut batch, Vec::with_capacity(cap)));
+            weight = 0;
+        }
+    }
+    if !batch.is_empty() {
+        total += consume(batch);
+    }
+    total
+}
+
 library_benchmark_group!(
     name = ready;
     benchmarks =
@@ -188,7 +221,8 @@ library_benchmark_group!(
         futures_try_chunks,
         tokio_stream_chunks_timeout,
         futures_batch_try_chunks_timeout,
-        sync_vec_loop
+        sync_vec_loop,
+        sync_vec_loop_max_weight
 );
 
 /// Drains `(key, batch)` pairs from `chunks_timeout_by_key_result`.

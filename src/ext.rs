@@ -80,10 +80,23 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// - buffered values are never lost when the adapter is abandoned:
     ///   [`ChunksTimeoutResult::take_remainder`] takes them (and a held-back error) out of
     ///   a pinned adapter.
+    /// - liveness: one `poll_next` takes at most 4,096 values from the upstream; past that
+    ///   it wakes its task and returns `Pending` (a cooperative yield), and the batch's
+    ///   deadline counts from the end of that poll, so an endless ready upstream still gets
+    ///   its `Deadline` batches after a bounded amount of work;
+    /// - memory: the first batch, and a batch after one that closed full (by count or
+    ///   weight), reserve their full size, `min(max_items, 65_536)` values, in one
+    ///   allocation (a longer batch grows by doubling past that); a batch after one that
+    ///   closed otherwise (deadline, error, end) starts empty and grows by doubling, so it
+    ///   holds memory in proportion to its values;
     /// - cost: no timer and no clock read for a batch that fills without the upstream
-    ///   returning `Pending` (with a weight cap, a batch whose first value closed the previous
-    ///   batch by weight reads the clock once, for that value's deadline); the timer is inline (never a heap allocation); one allocation per
-    ///   batch of up to 65,536 values (a larger batch grows by doubling past that).
+    ///   returning `Pending` (with a weight cap, a batch whose first value closed the
+    ///   previous batch by weight reads the clock once, for that value's deadline); the
+    ///   timer is an inline `tokio::time::Sleep`, never a heap allocation, created once per
+    ///   batch that waits for its deadline;
+    /// - with the crate's `tracing` feature, each batch is one `DEBUG` event, target
+    ///   `result_stream::batch`, fields `reason`, `len`, `weight` (with a weight cap) and
+    ///   `age_ms` (when a subscriber was listening as the batch opened).
     ///
     /// [`.max_weight(max_weight, weigh)`](ChunksTimeoutResult::max_weight) adds a weight cap
     /// (bytes, bind parameters) and [`.with_batch_info()`](ChunksTimeoutResult::with_batch_info)
@@ -279,8 +292,12 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   values already available join their batches first. Then every batch whose deadline
     ///   has passed is yielded, oldest first, before more values are taken; the same happens
     ///   right after a batch that a value closed (full, by weight, or evicted), so that a
-    ///   flooding key cannot hold back the others: on an upstream that never returns
-    ///   `Pending`, a value waits at most `timeout` plus the time to close one more batch;
+    ///   flooding key cannot hold back the others;
+    /// - liveness: one `poll_next` takes at most 4,096 values from the upstream, whatever
+    ///   their keys; past that it wakes its task and returns `Pending` (a cooperative
+    ///   yield), and the next poll first yields, with reason `Deadline`, every batch whose
+    ///   deadline has passed. So on an upstream that never returns `Pending`, even one that
+    ///   brings a new key with every value, a deadline is honoured within 4,096 values;
     /// - `timeout == Duration::ZERO` yields every open batch, oldest first, as soon as the
     ///   upstream has nothing ready;
     /// - the number of open batches is unbounded by default (one per key seen within a
@@ -293,7 +310,23 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   [`ChunksTimeoutByKeyResult::take_remainder`] takes every key's values (and a
     ///   held-back error) out of a pinned adapter.
     ///
-    /// `key` is called once per value; the key is cloned once per batch.
+    /// - memory: an open batch holds memory in proportion to its values: it starts empty
+    ///   and grows by doubling, except that a key whose last batch closed full (by count or
+    ///   weight) reserves its next batch's full size, `min(max_items, 65_536)` values, in
+    ///   one allocation. Besides the values, each open batch costs an index entry and a
+    ///   list node (about 100 bytes with a `u64` key), and the adapter remembers the keys
+    ///   whose last batch filled (an index entry each, no values) up to the number of open
+    ///   batches or 1,024, whichever is more;
+    /// - cost per value: the key function and a push, after one key comparison when the
+    ///   value has the same key as the previous one, otherwise after one hash lookup. Per
+    ///   batch: one clone of the key, one allocation for a key whose last batch filled
+    ///   (else one per doubling), and one clock read for all the batches opened in the same
+    ///   poll;
+    /// - with the crate's `tracing` feature, each batch is one `DEBUG` event, target
+    ///   `result_stream::batch`, fields `reason`, `len`, `weight` (with a weight cap),
+    ///   `age_ms` and `key` (its `Debug`: with the feature on, keys must be `Debug`).
+    ///
+    /// `key` is called once per value.
     /// [`max_weight`](ChunksTimeoutByKeyResult::max_weight) adds a weight cap per key and
     /// [`with_batch_info`](ChunksTimeoutByKeyResult::with_batch_info) tags each batch with
     /// why it closed ([`FlushReason`](crate::FlushReason), including `Eviction`), its weight

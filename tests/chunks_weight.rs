@@ -1,4 +1,4 @@
-//! The weight cap of `chunks_timeout_result(..).max_weight(max_weight, weigh)` (SPEC §5), one
+//! The weight cap of `chunks_timeout_result(..).max_weight(max_weight, weigh)`, one
 //! rule per test, on a paused Tokio clock. Values are `(id, weight)` pairs weighed by their
 //! second field.
 
@@ -325,5 +325,30 @@ fn debug_shows_the_weight_cap() {
     assert!(
         debug.contains("MaxWeight { max_weight: 10, .. }"),
         "{debug}"
+    );
+}
+
+/// A sum past `usize::MAX` is past any cap: it never saturates into a batch "weighing"
+/// `usize::MAX`.
+#[tokio::test(start_paused = true)]
+async fn an_overflowing_weight_sum_is_past_the_cap() {
+    let values = [(1, usize::MAX - 1), (2, 5), (3, 0)].map(Ok::<V, ()>);
+    let out: Vec<_> = stream::iter(values)
+        .chunks_timeout_result(10, secs(1))
+        .max_weight(usize::MAX, weight)
+        .with_batch_info()
+        .map(|b| b.map(|(batch, info)| (batch, info.reason(), info.weight())))
+        .collect()
+        .await;
+    assert_eq!(
+        out,
+        vec![
+            Ok((
+                vec![(1, usize::MAX - 1)],
+                FlushReason::Weight,
+                Some(usize::MAX - 1)
+            )),
+            Ok((vec![(2, 5), (3, 0)], FlushReason::End, Some(5))),
+        ]
     );
 }

@@ -1,6 +1,7 @@
-//! Memory and allocations of `chunks_timeout_by_key_result` (SPEC §6 and the issue's
-//! "no allocation per value; one per batch", "1,000,000 distinct keys with
-//! `max_open_keys(1_000)` never buffer more than 1,000 batches").
+//! Memory and allocations of `chunks_timeout_by_key_result`: no allocation per value, one
+//! per batch for keys whose batches fill, 1,000,000 distinct keys with `max_open_keys(1_000)`
+//! never buffer more than 1,000 batches, and open batches hold memory in proportion to
+//! their values (never `max_items` slots per key up front).
 //!
 //! A counting `#[global_allocator]` keeps, per thread and only while switched on, the number
 //! of allocations (`alloc`, `alloc_zeroed`, `realloc`) and the bytes live (allocated minus
@@ -274,4 +275,48 @@ fn with_a_timer_armed_between_bursts_allocation_stays_once_per_batch() {
     // Bursts of 7 over 10 keys, cap 5: the timer is armed at every `Pending` and batches
     // close when full; at the end, by the end.
     assert_one_allocation_per_batch(10, Some(7), 5, 1_000);
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory held by open batches: in proportion to their values
+
+/// The peak bytes live while `keys` keys each buffer `per_key` values (round-robin, so all
+/// are open at once before the upstream ends), with `max_items` far above `per_key`.
+fn peak_with_open_batches(keys: u64, per_key: u64, max_items: usize) -> i64 {
+    let (values, counts) = counting(|| {
+        let upstream = stream::iter((0..keys * per_key).map(Ok::<u64, E>));
+        let adapter = upstream.chunks_timeout_by_key_result(
+            move |&v| v % keys,
+            max_items,
+            Duration::from_secs(60),
+        );
+        futures::executor::block_on(async {
+            let mut adapter = std::pin::pin!(adapter);
+            let mut values = 0;
+            while let Some(item) = adapter.next().await {
+                values += item.unwrap().1.len() as u64;
+            }
+            values
+        })
+    });
+    assert_eq!(values, keys * per_key);
+    counts.peak_live_bytes
+}
+
+#[test]
+fn a_thousand_keys_holding_one_value_each_reserve_no_batch_sized_buffers() {
+    // Reserved up front at `max_items` slots a key, this would be 1,000 x 4,096 x 8 bytes.
+    let peak = peak_with_open_batches(1_000, 1, 4_096);
+    eprintln!("peak live bytes, 1,000 keys holding one u64 each: {peak}");
+    assert!(peak <= 1_000 * 512, "peak {peak} bytes");
+}
+
+#[test]
+fn open_batches_grow_with_their_values_not_with_max_items() {
+    // 100 keys holding 100 values each: at most twice the values (a `Vec` doubling), plus
+    // the key's place in the index and the deadline list.
+    let peak = peak_with_open_batches(100, 100, 4_096);
+    let bound = 100 * (2 * 100 * size_of::<u64>() as i64 + 512);
+    eprintln!("peak live bytes, 100 keys holding 100 u64 each: {peak} (bound {bound})");
+    assert!(peak <= bound, "peak {peak} bytes, bound {bound}");
 }

@@ -1,5 +1,5 @@
 //! `.max_weight(..)` and `.with_batch_info()` on `chunks_timeout_by_key_result`: the rules
-//! of SPEC §5, per key (SPEC §6), on a paused Tokio clock.
+//! of `chunks_timeout_result`'s weight cap and batch info, per key, on a paused Tokio clock.
 
 use std::cell::Cell;
 use std::pin::pin;
@@ -185,4 +185,29 @@ fn zero_max_weight_panics_naming_the_parameter() {
     let _ = stream::empty::<Item>()
         .chunks_timeout_by_key_result(|v| v.0, 1, secs(1))
         .max_weight(0, |v| v.1);
+}
+
+/// A sum past `usize::MAX` is past any cap: it never saturates into a batch "weighing"
+/// `usize::MAX`.
+#[tokio::test(start_paused = true)]
+async fn an_overflowing_weight_sum_is_past_the_cap() {
+    let values = [('a', usize::MAX - 1), ('a', 5), ('a', 0)].map(Ok::<Value, ()>);
+    let out: Vec<_> = stream::iter(values)
+        .chunks_timeout_by_key_result(|v| v.0, 10, secs(1))
+        .max_weight(usize::MAX, |v| v.1)
+        .with_batch_info()
+        .map(|b| b.map(|(_, (batch, info))| (batch, info.reason(), info.weight())))
+        .collect()
+        .await;
+    assert_eq!(
+        out,
+        vec![
+            Ok((
+                vec![('a', usize::MAX - 1)],
+                FlushReason::Weight,
+                Some(usize::MAX - 1)
+            )),
+            Ok((vec![('a', 5), ('a', 0)], FlushReason::End, Some(5))),
+        ]
+    );
 }

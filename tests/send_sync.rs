@@ -85,6 +85,19 @@ fn adapters_are_send_and_sync_when_their_parts_are() {
     assert_send::<Weighed>();
     assert_sync::<Weighed>();
     assert_send::<ChunksTimeoutResult<Events, NoWeight, WithInfo>>();
+    // A weight cap known at run time (`.max_weight_opt`), and the per-key batcher.
+    type Optional = ChunksTimeoutResult<Iter, Option<MaxWeight<fn(&u32) -> usize>>, WithInfo>;
+    assert_send::<Optional>();
+    assert_sync::<Optional>();
+    type Keyed = result_stream::ChunksTimeoutByKeyResult<
+        Iter,
+        u32,
+        fn(&u32) -> u32,
+        Option<MaxWeight<fn(&u32) -> usize>>,
+        WithInfo,
+    >;
+    assert_send::<Keyed>();
+    assert_sync::<Keyed>();
     assert_send::<
         MapOkStream<
             Events,

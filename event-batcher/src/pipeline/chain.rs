@@ -4,7 +4,7 @@
 //! source ─► map_ok_stream(validate) ─► invalid records diverted
 //!        ─► chunks_timeout_result(--max-batch, --flush-every)          (or, --per-tenant:
 //!           chunks_timeout_by_key_result(tenant, …).max_open_keys(--max-open-tenants))
-//!           [.max_weight(--max-batch-bytes, encoded size)] .with_batch_info()
+//!           .max_weight_opt(--max-batch-bytes, encoded size) .with_batch_info()
 //!        ─► numbered ─► for_each_compensated(write the batch)
 //!           .concurrency(--concurrency) [.retry(--write-retries)] [.skip_failed_items]
 //! ```
@@ -13,7 +13,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use futures::stream::BoxStream;
+use futures::future::Either;
 use futures::{Stream, StreamExt, TryStreamExt};
 use result_stream::{BatchInfo, CompensatedError, CompensationScope, Completion, ResultStreamExt};
 
@@ -47,48 +47,34 @@ pub fn encoded_len(event: &Event) -> usize {
     serde_json::to_writer(&mut count, event).map_or(0, |()| count.0)
 }
 
-/// The batches, each with its info and (per tenant) its tenant, before they are numbered.
-type Batches =
-    BoxStream<'static, Result<(Option<String>, Vec<Incoming>, BatchInfo), PipelineError>>;
-
-/// Batches `valid` as `config` says: one open batch, or one per tenant; with a byte cap or
-/// not. Each variant is a type of its own; they are boxed once batched (a call per batch).
-fn batches<S>(valid: S, config: &Config) -> Batches
+/// Batches `valid` as `config` says: one open batch, or one per tenant (two adapter types,
+/// joined by `Either`); the byte cap, known only at run time, is an `Option` the adapters
+/// take as it is (`max_weight_opt`), so it costs no branch of its own.
+fn batches<S>(
+    valid: S,
+    config: &Config,
+) -> impl Stream<Item = Result<(Option<String>, Vec<Incoming>, BatchInfo), PipelineError>>
 where
-    S: Stream<Item = Result<Incoming, PipelineError>> + Send + 'static,
+    S: Stream<Item = Result<Incoming, PipelineError>>,
 {
     let weigh = |incoming: &Incoming| encoded_len(&incoming.event);
-    let (max, every) = (config.max_batch, config.flush_every);
-    let untagged = |(batch, info)| (None, batch, info);
-    let tagged = |(tenant, (batch, info))| (Some(tenant), batch, info);
-    let tenant = |incoming: &Incoming| incoming.event.tenant.clone();
-    match (config.per_tenant, config.max_batch_bytes) {
-        (false, None) => valid
-            .chunks_timeout_result(max, every)
+    let (max, every, bytes) = (config.max_batch, config.flush_every, config.max_batch_bytes);
+    if config.per_tenant {
+        let tenant = |incoming: &Incoming| incoming.event.tenant.clone();
+        let by_tenant = valid
+            .chunks_timeout_by_key_result(tenant, max, every)
+            .max_open_keys(config.max_open_tenants.unwrap_or(usize::MAX))
+            .max_weight_opt(bytes, weigh)
             .with_batch_info()
-            .map_ok(untagged)
-            .boxed(),
-        (false, Some(bytes)) => valid
+            .map_ok(|(tenant, (batch, info))| (Some(tenant), batch, info));
+        Either::Left(by_tenant)
+    } else {
+        let single = valid
             .chunks_timeout_result(max, every)
-            .max_weight(bytes, weigh)
+            .max_weight_opt(bytes, weigh)
             .with_batch_info()
-            .map_ok(untagged)
-            .boxed(),
-        (true, bytes) => {
-            let by_tenant = valid.chunks_timeout_by_key_result(tenant, max, every);
-            let by_tenant = match config.max_open_tenants {
-                Some(n) => by_tenant.max_open_keys(n),
-                None => by_tenant,
-            };
-            match bytes {
-                None => by_tenant.with_batch_info().map_ok(tagged).boxed(),
-                Some(bytes) => by_tenant
-                    .max_weight(bytes, weigh)
-                    .with_batch_info()
-                    .map_ok(tagged)
-                    .boxed(),
-            }
-        }
+            .map_ok(|(batch, info)| (None, batch, info));
+        Either::Right(single)
     }
 }
 

@@ -49,8 +49,9 @@ impl BatchInfo {
         self.reason
     }
 
-    /// The sum of the batch's weights (saturating at `usize::MAX`), or `None` when the
-    /// adapter has no `.max_weight(..)`.
+    /// The sum of the batch's weights, exact (a sum that would pass `usize::MAX` is past
+    /// any cap, so a batch never holds one), or `None` without a weight cap (no
+    /// `.max_weight(..)`, or `.max_weight_opt(None, ..)`).
     pub fn weight(&self) -> Option<usize> {
         self.weight
     }

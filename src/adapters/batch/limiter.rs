@@ -6,13 +6,16 @@ use core::fmt;
 use super::info::FlushReason;
 
 /// The weight half of a batch's limits: [`NoWeight`] (the default, zero-sized: nothing is
-/// weighed) or [`MaxWeight`] (set by `.max_weight(max_weight, weigh)`).
+/// weighed), [`MaxWeight`] (set by `.max_weight(max_weight, weigh)`) or
+/// `Option<MaxWeight>` (set by `.max_weight_opt(max_weight, weigh)`, for a cap known only
+/// at run time: `None` weighs nothing and caps nothing).
 ///
-/// Sealed: it is implemented only by those two types.
+/// Sealed: it is implemented only by those types.
 pub trait Weigh<T>: sealed::Weigher<T> {}
 
 impl<T> Weigh<T> for NoWeight {}
 impl<T, F: FnMut(&T) -> usize> Weigh<T> for MaxWeight<F> {}
+impl<T, F: FnMut(&T) -> usize> Weigh<T> for Option<MaxWeight<F>> {}
 
 pub(crate) mod sealed {
     /// How a value is weighed and when a batch's weight closes it.
@@ -45,14 +48,15 @@ pub(crate) mod sealed {
         /// The total of a batch with `room` left (the inverse of [`room`](Self::room)).
         fn total_from_room(&self, room: Self::Weight) -> Self::Weight;
 
-        /// `total` with a value of `weight` added (saturating).
+        /// `total` with a value of `weight` added, for a value that does not overflow it (a
+        /// first value, or one that [`overflows`](Self::overflows) said fits).
         fn add(total: Self::Weight, weight: Self::Weight) -> Self::Weight;
 
         /// Whether a batch weighing `total` is full by weight (`total >= max_weight`).
         fn is_full(&self, total: Self::Weight) -> bool;
 
         /// The total as reported in [`BatchInfo::weight`](super::super::BatchInfo::weight).
-        fn report(total: Self::Weight) -> Option<usize>;
+        fn report(&self, total: Self::Weight) -> Option<usize>;
     }
 }
 
@@ -94,7 +98,7 @@ impl<T> sealed::Weigher<T> for NoWeight {
     }
 
     #[inline(always)]
-    fn report((): ()) -> Option<usize> {
+    fn report(&self, (): ()) -> Option<usize> {
         None
     }
 }
@@ -144,7 +148,10 @@ impl<T, F: FnMut(&T) -> usize> sealed::Weigher<T> for MaxWeight<F> {
 
     #[inline]
     fn overflows(&self, total: usize, weight: usize) -> bool {
-        total.saturating_add(weight) > self.max_weight
+        // A sum past `usize::MAX` is past any cap.
+        total
+            .checked_add(weight)
+            .is_none_or(|sum| sum > self.max_weight)
     }
 
     #[inline(always)]
@@ -168,7 +175,7 @@ impl<T, F: FnMut(&T) -> usize> sealed::Weigher<T> for MaxWeight<F> {
 
     #[inline]
     fn add(total: usize, weight: usize) -> usize {
-        total.saturating_add(weight)
+        total + weight
     }
 
     #[inline]
@@ -177,8 +184,57 @@ impl<T, F: FnMut(&T) -> usize> sealed::Weigher<T> for MaxWeight<F> {
     }
 
     #[inline]
-    fn report(total: usize) -> Option<usize> {
+    fn report(&self, total: usize) -> Option<usize> {
         Some(total)
+    }
+}
+
+/// A cap known only at run time: `None` calls no `weigh` and never closes a batch by weight.
+impl<T, F: FnMut(&T) -> usize> sealed::Weigher<T> for Option<MaxWeight<F>> {
+    type Weight = usize;
+    const SPLITS: bool = true;
+
+    #[inline]
+    fn weigh(&mut self, value: &T) -> usize {
+        self.as_mut().map_or(0, |cap| cap.weigh(value))
+    }
+
+    #[inline]
+    fn overflows(&self, total: usize, weight: usize) -> bool {
+        self.as_ref()
+            .is_some_and(|cap| sealed::Weigher::<T>::overflows(cap, total, weight))
+    }
+
+    #[inline(always)]
+    fn room(&self, total: usize) -> usize {
+        self.as_ref()
+            .map_or(usize::MAX, |cap| cap.max_weight.saturating_sub(total))
+    }
+
+    #[inline(always)]
+    fn take_room(room: usize, weight: usize) -> Option<usize> {
+        <MaxWeight<F> as sealed::Weigher<T>>::take_room(room, weight)
+    }
+
+    #[inline(always)]
+    fn total_from_room(&self, room: usize) -> usize {
+        self.as_ref()
+            .map_or(usize::MAX - room, |cap| cap.max_weight - room)
+    }
+
+    #[inline]
+    fn add(total: usize, weight: usize) -> usize {
+        total + weight
+    }
+
+    #[inline]
+    fn is_full(&self, total: usize) -> bool {
+        self.as_ref().is_some_and(|cap| total >= cap.max_weight)
+    }
+
+    #[inline]
+    fn report(&self, total: usize) -> Option<usize> {
+        self.as_ref().map(|_| total)
     }
 }
 
@@ -213,11 +269,6 @@ impl<W> Limiter<W> {
     #[inline(always)]
     pub(crate) fn max_items(&self) -> usize {
         self.max_items
-    }
-
-    /// The weight rules.
-    pub(crate) fn weigher(&self) -> &W {
-        &self.weigher
     }
 
     /// The same count limit with other weight rules.
@@ -294,21 +345,28 @@ impl<W> Limiter<W> {
         }
     }
 
-    /// Whether a batch weighing `total` is closed by weight; a constant `None` without a
-    /// weight cap (for where the count was checked already).
-    #[allow(
-        dead_code,
-        reason = "for the per-key batcher; `closes` serves this one"
-    )]
+    /// Whether a batch weighing `total` is full by weight; a constant `false` without a cap.
     #[inline(always)]
-    pub(crate) fn closes_by_weight<T>(&self, total: W::Weight) -> Option<FlushReason>
+    pub(crate) fn full_by_weight<T>(&self, total: W::Weight) -> bool
     where
         W: Weigh<T>,
     {
-        if self.weigher.is_full(total) {
-            Some(FlushReason::Weight)
-        } else {
-            None
-        }
+        self.weigher.is_full(total)
+    }
+
+    /// The total as reported in [`BatchInfo::weight`](super::BatchInfo::weight): `None`
+    /// without a cap.
+    #[inline(always)]
+    pub(crate) fn report<T>(&self, total: W::Weight) -> Option<usize>
+    where
+        W: Weigh<T>,
+    {
+        self.weigher.report(total)
+    }
+
+    /// The buffer of a new batch (see [`new_batch`](super::timer::new_batch)).
+    #[inline(always)]
+    pub(crate) fn new_batch<T>(&self, filled: bool) -> Vec<T> {
+        super::timer::new_batch(self.max_items, filled)
     }
 }

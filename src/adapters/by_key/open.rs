@@ -1,33 +1,39 @@
-//! The open batches of a per-key batcher: one table that is at once the key index, the
-//! deadline queue, the eviction order and the flush order.
+//! The open batches of a per-key batcher, with the limits that close them: one table that
+//! is at once the key index, the deadline queue, the eviction order and the flush order.
 //!
-//! Every batch gets the same `timeout`, and its deadline is stamped from a monotonic clock
-//! when it opens, so the order in which batches open is also the order of their deadlines
-//! (and of their first values). One doubly linked list in opening order therefore answers
-//! all three questions "which deadline is next", "which batch is oldest" and "in which order
-//! do the batches flush", each in O(1), with O(1) removal of any batch that closes early
-//! (full, weight). The list lives in a slab (`Vec` of nodes and a free list), so after
-//! warm-up opening and closing a batch allocates nothing but the batch's own buffer.
+//! Every batch gets the same `timeout` from a monotonic clock read when it opens, so the
+//! order in which batches open is the order of their deadlines. One doubly linked list in
+//! opening order (in a slab: a `Vec` of nodes and a free list) therefore answers "which
+//! deadline is next", "which batch is oldest" and "in which order do batches flush", each in
+//! O(1), with O(1) removal of a batch that closes early. A value's path touches the index
+//! only: the batch's buffer lives in the index's entry, next to the key.
 //!
-//! A value's path touches the index only: the batch's buffer lives in the index's entry,
-//! next to the key, and the list is touched when a batch opens or closes.
+//! A key whose batch closed full keeps its index entry, empty, as the memory that its
+//! batches fill: its next batch reserves its full size at once. Other batches start empty
+//! and grow. Those dormant entries hold no values; there are never more of them than
+//! 1,024 or the open batches, whichever is more (past that they are all dropped).
 
 use core::hash::Hash;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry as Slot;
 
 use tokio::time::Instant;
 
-/// The end of the list.
+use crate::adapters::batch::{FlushReason, Limiter, Weigh};
+
+/// The end of the list, and the slot of a dormant entry.
 const NIL: usize = usize::MAX;
+
+/// The most dormant entries kept while fewer batches are open.
+const DORMANT_MIN: usize = 1_024;
 
 /// An open batch's values, in the index next to its key.
 #[derive(Debug)]
-pub(super) struct Entry<T, W> {
+pub(super) struct Entry<T, Wt> {
     pub(super) items: Vec<T>,
-    /// The batch's running weight (`()` without a weight cap).
-    pub(super) total: W,
-    /// The batch's node in the list.
-    slot: usize,
+    pub(super) total: Wt,
+    /// The batch's node in the list (`NIL`: no batch open, its last one filled).
+    pub(super) slot: usize,
 }
 
 /// An open batch's place in the list.
@@ -44,40 +50,64 @@ pub(super) struct Node<K> {
 
 /// A closed batch.
 #[derive(Debug)]
-pub(super) struct Batch<K, T, W> {
+pub(super) struct Batch<K, T, Wt> {
     pub(super) key: K,
     pub(super) items: Vec<T>,
-    pub(super) total: W,
+    pub(super) total: Wt,
     pub(super) opened: Instant,
+    pub(super) deadline: Instant,
 }
 
-/// The open batches, in the order they opened.
-pub(super) struct OpenBatches<K, T, W> {
-    index: HashMap<K, Entry<T, W>>,
+/// The open batches, in the order they opened, and the limits that close them.
+#[derive(Debug)]
+pub(super) struct OpenBatches<K, T, W: Weigh<T>> {
+    pub(super) limiter: Limiter<W>,
+    pub(super) max_open_keys: usize,
+    /// A batch opened by a value that closed its key's previous batch by weight, and that
+    /// this value alone closes (heavier than `max_weight`): yielded next.
+    pub(super) due: Option<usize>,
+    /// Set after a batch that a value or a deadline closed, or a cooperative yield: the next
+    /// poll yields the batches whose deadlines have passed before taking more values.
+    pub(super) expired_first: bool,
+    pub(super) last_flush: Option<FlushReason>,
+    index: HashMap<K, Entry<T, W::Weight>>,
     nodes: Vec<Option<Node<K>>>,
     free: Vec<usize>,
     head: usize,
     tail: usize,
+    open: usize,
+    dormant: usize,
 }
 
-impl<K, T, W> OpenBatches<K, T, W> {
-    pub(super) fn new() -> Self {
+impl<K, T, W: Weigh<T>> OpenBatches<K, T, W> {
+    pub(super) fn new(limiter: Limiter<W>, max_open_keys: usize) -> Self {
         Self {
+            limiter,
+            max_open_keys,
+            due: None,
+            expired_first: false,
+            last_flush: None,
             index: HashMap::new(),
             nodes: Vec::new(),
             free: Vec::new(),
             head: NIL,
             tail: NIL,
+            open: 0,
+            dormant: 0,
         }
+    }
+
+    /// The same (empty) table with other limits.
+    pub(super) fn with_limiter<V: Weigh<T>>(self, limiter: Limiter<V>) -> OpenBatches<K, T, V> {
+        debug_assert!(self.open == 0, "an adapter that was never polled");
+        let mut open = OpenBatches::new(limiter, self.max_open_keys);
+        open.last_flush = self.last_flush;
+        open
     }
 
     /// How many batches are open.
     pub(super) fn len(&self) -> usize {
-        self.index.len()
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.head == NIL
+        self.open
     }
 
     /// The oldest open batch (the first to have opened; its deadline is the earliest).
@@ -107,15 +137,20 @@ impl<K, T, W> OpenBatches<K, T, W> {
             next => self.nodes[next].as_mut().expect("a linked slot").prev = node.prev,
         }
         self.free.push(slot);
+        self.open -= 1;
         node
     }
 }
 
-impl<K: Hash + Eq, T, W> OpenBatches<K, T, W> {
-    /// `key`'s open batch, if it has one.
+impl<K: Hash + Eq + Clone, T, W: Weigh<T>> OpenBatches<K, T, W> {
+    /// `key`'s open batch, if it has one, and the limits.
     #[inline]
-    pub(super) fn get_mut(&mut self, key: &K) -> Option<&mut Entry<T, W>> {
-        self.index.get_mut(key)
+    pub(super) fn entry_and_limiter(
+        &mut self,
+        key: &K,
+    ) -> (Option<&mut Entry<T, W::Weight>>, &mut Limiter<W>) {
+        let entry = self.index.get_mut(key).filter(|entry| entry.slot != NIL);
+        (entry, &mut self.limiter)
     }
 
     /// The values buffered for `key`, oldest first (empty if it has no open batch).
@@ -123,60 +158,20 @@ impl<K: Hash + Eq, T, W> OpenBatches<K, T, W> {
         self.index.get(key).map_or(&[], |entry| &entry.items)
     }
 
-    /// The open batches, oldest first: key, values, deadline.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &[T], Instant)> {
-        self.nodes().map(|node| {
-            let entry = &self.index[&node.key];
-            (&node.key, &entry.items[..], node.deadline)
-        })
+    /// The open batches, oldest first: key and values.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &[T])> {
+        self.nodes()
+            .map(|node| (&node.key, &self.index[&node.key].items[..]))
     }
 
-    /// Closes `key`'s open batch, which must exist.
-    pub(super) fn close(&mut self, key: &K) -> Batch<K, T, W> {
-        let entry = self.index.remove(key).expect("an open batch");
-        let node = self.unlink(entry.slot);
-        Batch {
-            key: node.key,
-            items: entry.items,
-            total: entry.total,
-            opened: node.opened,
-        }
-    }
-
-    /// Closes the batch whose node is in `slot`, which must be open.
-    pub(super) fn close_slot(&mut self, slot: usize) -> Batch<K, T, W> {
-        let node = self.unlink(slot);
-        let entry = self.index.remove(&node.key).expect("an open batch");
-        Batch {
-            key: node.key,
-            items: entry.items,
-            total: entry.total,
-            opened: node.opened,
-        }
-    }
-
-    /// Closes the oldest open batch, if any.
-    pub(super) fn close_oldest(&mut self) -> Option<Batch<K, T, W>> {
-        (self.head != NIL).then(|| self.close_slot(self.head))
-    }
-
-    /// Takes every open batch out, oldest first, leaving the table empty (its memory kept).
-    pub(super) fn take_all(&mut self) -> Vec<Batch<K, T, W>> {
-        let mut all = Vec::with_capacity(self.len());
-        while let Some(batch) = self.close_oldest() {
-            all.push(batch);
-        }
-        all
-    }
-}
-
-impl<K: Hash + Eq + Clone, T, W> OpenBatches<K, T, W> {
-    /// Opens a batch for `key` (which has none) as the newest, and returns its slot.
+    /// Opens a batch for `key` (which has none open) with `value` as the newest, and
+    /// returns its slot. Its buffer follows the preallocation rule: full size if the key's
+    /// last batch filled, else empty and growing.
     pub(super) fn open(
         &mut self,
         key: K,
-        items: Vec<T>,
-        total: W,
+        value: T,
+        total: W::Weight,
         opened: Instant,
         deadline: Instant,
     ) -> usize {
@@ -202,15 +197,70 @@ impl<K: Hash + Eq + Clone, T, W> OpenBatches<K, T, W> {
             tail => self.nodes[tail].as_mut().expect("a linked slot").next = slot,
         }
         self.tail = slot;
-        let previous = self.index.insert(key, Entry { items, total, slot });
-        debug_assert!(previous.is_none(), "a key has at most one open batch");
+        self.open += 1;
+        let (limiter, dormant) = (&self.limiter, &mut self.dormant);
+        let new_batch = |filled| {
+            let mut items = limiter.new_batch(filled);
+            items.push(value);
+            Entry { items, total, slot }
+        };
+        match self.index.entry(key) {
+            Slot::Occupied(mut entry) => {
+                *dormant -= 1;
+                *entry.get_mut() = new_batch(true);
+            }
+            Slot::Vacant(entry) => {
+                entry.insert(new_batch(false));
+            }
+        }
         slot
     }
-}
 
-impl<K, T, W> Batch<K, T, W> {
-    /// The batch's key and values.
-    pub(super) fn into_parts(self) -> (K, Vec<T>) {
-        (self.key, self.items)
+    /// Closes the batch in `slot` for `reason`. A batch that closed full leaves its key's
+    /// entry dormant (see the module's documentation).
+    pub(super) fn close(&mut self, slot: usize, reason: FlushReason) -> Batch<K, T, W::Weight> {
+        let node = self.unlink(slot);
+        let (items, total) = if matches!(reason, FlushReason::Full | FlushReason::Weight) {
+            let entry = self.index.get_mut(&node.key).expect("an open batch");
+            entry.slot = NIL;
+            self.dormant += 1;
+            let taken = (
+                core::mem::take(&mut entry.items),
+                core::mem::take(&mut entry.total),
+            );
+            if self.dormant > self.open.max(DORMANT_MIN) {
+                self.index.retain(|_, entry| entry.slot != NIL);
+                self.dormant = 0;
+            }
+            taken
+        } else {
+            let entry = self.index.remove(&node.key).expect("an open batch");
+            (entry.items, entry.total)
+        };
+        Batch {
+            key: node.key,
+            items,
+            total,
+            opened: node.opened,
+            deadline: node.deadline,
+        }
+    }
+
+    /// Closes the oldest open batch for `reason`, if any.
+    pub(super) fn close_oldest(&mut self, reason: FlushReason) -> Option<Batch<K, T, W::Weight>> {
+        (self.head != NIL).then(|| self.close(self.head, reason))
+    }
+
+    /// Takes every open batch out, oldest first, leaving the table empty.
+    pub(super) fn take_all(&mut self) -> Vec<(K, Vec<T>)> {
+        let mut all = Vec::with_capacity(self.len());
+        while let Some(batch) = self.close_oldest(FlushReason::End) {
+            all.push((batch.key, batch.items));
+        }
+        self.index.clear();
+        self.dormant = 0;
+        self.due = None;
+        self.expired_first = false;
+        all
     }
 }

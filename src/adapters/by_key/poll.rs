@@ -1,25 +1,21 @@
 //! The `Stream` implementation of [`ChunksTimeoutByKeyResult`].
 
-use core::future::Future;
 use core::hash::Hash;
+use core::ops::ControlFlow;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::stream::{FusedStream, Stream, TryStream};
-use tokio::runtime::Handle;
 use tokio::time::Instant;
 
-use super::open::Batch;
+use super::open::{Batch, Entry};
 use super::{ChunksTimeoutByKeyResult, Proj};
 use crate::adapters::batch::info::sealed::Output;
-use crate::adapters::batch::{BatchInfo, FlushReason, Limiter, NoInfo, Weigh, WithInfo};
-
-/// The most values a batch's buffer reserves up front (see [`ChunksTimeoutByKeyResult`]).
-const PREALLOCATE_MAX: usize = 4_096;
-
-/// Stands in for a deadline that overflows `Instant`: about thirty years.
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+use crate::adapters::batch::{
+    BUDGET, BatchInfo, Drained, FlushReason, Limiter, NoInfo, TracedKey, Upstream, Weigh, WithInfo,
+    deadline_after,
+};
 
 pub(super) mod sealed {
     use tokio::time::Instant;
@@ -64,7 +60,11 @@ impl<T> ByKeyOutput<T> for WithInfo {
     }
 }
 
-/// What the upstream gave, with the value's key and weight already computed.
+type Item<St, K, I> =
+    Result<(K, <I as Output<<St as TryStream>::Ok>>::Batch), <St as TryStream>::Error>;
+type Polled<St, K, I> = Poll<Option<Item<St, K, I>>>;
+
+/// What the upstream gave, with the value's key and weight computed (each exactly once).
 enum Next<T, K, Wt, E> {
     Value(T, K, Wt),
     Err(E),
@@ -72,11 +72,94 @@ enum Next<T, K, Wt, E> {
     Pending,
 }
 
-/// Polls the upstream once; a value is keyed and weighed (each exactly once).
+/// Why a run of values of one key into its open batch stopped.
+enum Run<T, K, Wt, E> {
+    /// The value would push the batch past `max_weight`.
+    Split(T, Wt),
+    /// The batch is full (by count or weight), or the budget is spent.
+    Stop,
+    /// What the upstream gave that is not of this key.
+    Other(Next<T, K, Wt, E>),
+}
+
+/// Adds a value of the run's key to its open batch, unless it splits it.
+#[inline(always)]
+fn join<T, K, W: Weigh<T>, E>(
+    entry: &mut Entry<T, W::Weight>,
+    limiter: &Limiter<W>,
+    stop: usize,
+    value: T,
+    weight: W::Weight,
+) -> ControlFlow<Run<T, K, W::Weight, E>> {
+    if limiter.splits(entry.items.len(), entry.total, weight) {
+        return ControlFlow::Break(Run::Split(value, weight));
+    }
+    entry.items.push(value);
+    entry.total = W::add(entry.total, weight);
+    if entry.items.len() >= stop || limiter.full_by_weight(entry.total) {
+        return ControlFlow::Break(Run::Stop);
+    }
+    ControlFlow::Continue(())
+}
+
+/// Adds `first` and the values of `key` that follow it on the upstream to `key`'s open
+/// batch, until a value of another key (or an error, the end, `Pending`), a split, or the
+/// batch's `stop`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn run_of_key<St, K, F, W>(
+    stream: Pin<&mut Upstream<St>>,
+    key_of: &mut F,
+    limiter: &mut Limiter<W>,
+    entry: &mut Entry<St::Ok, W::Weight>,
+    key: &K,
+    stop: usize,
+    (value, weight): (St::Ok, W::Weight),
+    cx: &mut Context<'_>,
+) -> Run<St::Ok, K, W::Weight, St::Error>
+where
+    St: TryStream,
+    F: FnMut(&St::Ok) -> K,
+    K: Eq,
+    W: Weigh<St::Ok>,
+{
+    if let ControlFlow::Break(run) = join(entry, limiter, stop, value, weight) {
+        return run;
+    }
+    // Values that alternate between keys take one poll each; a run of one key goes on
+    // through `poll_each`, which checks the upstream's end once.
+    let mut stream = stream;
+    match pull(stream.as_mut(), key_of, limiter, cx) {
+        Next::Value(value, next_key, weight) if next_key == *key => {
+            if let ControlFlow::Break(run) = join(entry, limiter, stop, value, weight) {
+                return run;
+            }
+        }
+        other => return Run::Other(other),
+    }
+    let drained = stream.poll_each(cx, |item| {
+        let value = match item {
+            Ok(value) => value,
+            Err(error) => return ControlFlow::Break(Run::Other(Next::Err(error))),
+        };
+        let (weight, next_key) = (limiter.weigh(&value), key_of(&value));
+        if next_key != *key {
+            return ControlFlow::Break(Run::Other(Next::Value(value, next_key, weight)));
+        }
+        join(entry, limiter, stop, value, weight)
+    });
+    match drained {
+        Drained::Break(run) => run,
+        Drained::Pending => Run::Other(Next::Pending),
+        Drained::Ended => Run::Other(Next::End),
+    }
+}
+
+/// Polls the upstream once; a value is keyed and weighed.
 #[inline(always)]
 #[allow(clippy::type_complexity)]
-fn next_value<St, K, F, W>(
-    stream: Pin<&mut St>,
+fn pull<St, K, F, W>(
+    stream: Pin<&mut Upstream<St>>,
     key: &mut F,
     limiter: &mut Limiter<W>,
     cx: &mut Context<'_>,
@@ -86,7 +169,7 @@ where
     F: FnMut(&St::Ok) -> K,
     W: Weigh<St::Ok>,
 {
-    match stream.try_poll_next(cx) {
+    match stream.poll_next(cx) {
         Poll::Ready(Some(Ok(value))) => {
             let weight = limiter.weigh(&value);
             let key = key(&value);
@@ -98,14 +181,11 @@ where
     }
 }
 
-type Item<St, K, I> =
-    Result<(K, <I as Output<<St as TryStream>::Ok>>::Batch), <St as TryStream>::Error>;
-
 impl<St, K, F, W, I> Stream for ChunksTimeoutByKeyResult<St, K, F, W, I>
 where
     St: TryStream,
     F: FnMut(&St::Ok) -> K,
-    K: Hash + Eq + Clone,
+    K: Hash + Eq + Clone + TracedKey,
     W: Weigh<St::Ok>,
     I: ByKeyOutput<St::Ok>,
 {
@@ -113,177 +193,75 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
-
-        // A value that closed its key's batch by weight and is heavier than `max_weight`
-        // closes its own batch next. A constant `None` without a weight cap.
-        if W::SPLITS {
-            if let Some(slot) = this.due.take() {
-                let batch = this.open.close_slot(slot);
-                return this.yield_batch(batch, FlushReason::Weight);
-            }
+        if let Some(owed) = this.owed() {
+            return owed;
         }
-        // An error is held back behind the batches that were open when it arrived.
-        if this.pending_error.is_some() {
-            if let Some(batch) = this.open.close_oldest() {
-                return this.yield_batch(batch, FlushReason::Error);
-            }
-            return Poll::Ready(this.pending_error.take().map(Err));
-        }
-        if *this.upstream_done {
-            return match this.open.close_oldest() {
-                Some(batch) => this.yield_batch(batch, FlushReason::End),
-                None => Poll::Ready(None),
-            };
-        }
-
-        // Right after a batch that a value or a deadline closed: expired deadlines before
-        // more data.
-        if *this.expired_first {
-            if let Some(oldest) = this.open.oldest() {
-                if oldest.deadline <= Instant::now() {
-                    let batch = this.open.close_oldest().expect("an oldest batch");
-                    return this.yield_batch(batch, FlushReason::Deadline);
-                }
-            }
-            *this.expired_first = false;
-        }
-
-        // Data first: what the upstream has ready joins its batches.
-        let mut now = None;
-        let mut next = next_value(this.stream.as_mut(), this.key, this.limiter, cx);
-        loop {
-            let (mut value, key, mut weight) = match next {
+        // Data first: what the upstream has ready joins its batches, at most `BUDGET` values.
+        let (mut budget, mut now, mut carried) = (BUDGET, None, None);
+        let max_items = this.state.limiter.max_items();
+        while budget > 0 {
+            let next = carried.take();
+            let next = next.unwrap_or_else(|| {
+                pull(this.stream.as_mut(), this.key, &mut this.state.limiter, cx)
+            });
+            let (value, key, weight) = match next {
                 Next::Value(value, key, weight) => (value, key, weight),
-                Next::Err(error) => {
-                    return match this.open.close_oldest() {
-                        Some(batch) => {
-                            *this.pending_error = Some(error);
-                            this.yield_batch(batch, FlushReason::Error)
-                        }
-                        None => Poll::Ready(Some(Err(error))),
-                    };
-                }
-                Next::End => {
-                    *this.upstream_done = true;
-                    return match this.open.close_oldest() {
-                        Some(batch) => this.yield_batch(batch, FlushReason::End),
-                        None => {
-                            this.timer.set(None);
-                            *this.timer_runtime = None;
-                            Poll::Ready(None)
-                        }
-                    };
-                }
+                Next::Err(error) => return this.hold_error(error),
+                Next::End => return this.owed().unwrap_or(Poll::Ready(None)),
                 Next::Pending => break,
             };
-
-            let Some(entry) = this.open.get_mut(&key) else {
-                let total = W::add(Default::default(), weight);
-                if let Some(reason) = this.limiter.closes(1, total) {
-                    // Closed by its first value: it opens nothing and evicts nothing.
-                    *this.expired_first = true;
-                    *this.last_flush = Some(reason);
-                    let batch = I::close(vec![value], reason, W::report(total), None);
-                    return Poll::Ready(Some(Ok((key, batch))));
+            let (Some(entry), limiter) = this.state.entry_and_limiter(&key) else {
+                if let Some(ready) = this.open(key, value, weight, &mut now) {
+                    return ready;
                 }
-                let evicted = if this.open.len() >= *this.max_open_keys {
-                    this.open.close_oldest()
-                } else {
-                    None
-                };
-                this.open_batch(key, value, total, &mut now);
-                if let Some(batch) = evicted {
-                    *this.expired_first = true;
-                    return this.yield_batch(batch, FlushReason::Eviction);
-                }
-                next = next_value(this.stream.as_mut(), this.key, this.limiter, cx);
+                budget -= 1;
                 continue;
             };
-
-            // `key`'s batch is open: this value and the next ones of the same key go
-            // straight into it, without looking the key up again.
-            loop {
-                if this.limiter.splits(entry.items.len(), entry.total, weight) {
-                    // The value starts its key's next batch, with a deadline of its own.
-                    let closed = this.open.close(&key);
-                    let total = W::add(Default::default(), weight);
-                    let slot = this.open_batch(key, value, total, &mut now);
-                    if this.limiter.closes(1, total).is_some() {
-                        *this.due = Some(slot);
-                    }
-                    *this.expired_first = true;
-                    return this.yield_batch(closed, FlushReason::Weight);
-                }
-                entry.items.push(value);
-                entry.total = W::add(entry.total, weight);
-                if let Some(reason) = this.limiter.closes(entry.items.len(), entry.total) {
-                    *this.expired_first = true;
-                    let batch = this.open.close(&key);
-                    return this.yield_batch(batch, reason);
-                }
-                match next_value(this.stream.as_mut(), this.key, this.limiter, cx) {
-                    Next::Value(v, k, w) if k == key => (value, weight) = (v, w),
-                    other => {
-                        next = other;
-                        break;
-                    }
+            // `key`'s batch is open: this value and the next ones of the same key go straight
+            // into it, without looking the key up again. `stop` counts the budget in.
+            let (start, slot) = (entry.items.len(), entry.slot);
+            let stop = start.saturating_add(budget).min(max_items);
+            let run = run_of_key(
+                this.stream.as_mut(),
+                this.key,
+                limiter,
+                entry,
+                &key,
+                stop,
+                (value, weight),
+                cx,
+            );
+            let (len, total) = (entry.items.len(), entry.total);
+            match run {
+                Run::Split(value, weight) => return this.split(slot, key, value, weight, &mut now),
+                Run::Stop => match limiter.closes(len, total) {
+                    Some(reason) => return this.close(slot, reason),
+                    None => budget = 0,
+                },
+                Run::Other(next) => {
+                    budget -= len - start;
+                    carried = Some(next);
                 }
             }
         }
-
-        // The upstream is pending: the oldest batch's deadline is the next event.
-        let Some(deadline) = this.open.oldest().map(|batch| batch.deadline) else {
-            // Nothing is open: drop the timer, so that no stale deadline wakes the task.
-            this.timer.set(None);
-            *this.timer_runtime = None;
-            return Poll::Pending;
-        };
-        if this.timeout.is_zero() {
-            *this.expired_first = true;
-            let batch = this.open.close_oldest().expect("an oldest batch");
-            return this.yield_batch(batch, FlushReason::Deadline);
-        }
-        // A timer is only reused on the runtime that made it: one whose runtime was dropped
-        // would panic when polled.
-        let runtime = Handle::current().id();
-        match this.timer.as_mut().as_pin_mut() {
-            Some(timer) if *this.timer_runtime == Some(runtime) => {
-                if timer.deadline() != deadline {
-                    timer.reset(deadline);
-                }
-            }
-            _ => {
-                this.timer.set(Some(tokio::time::sleep_until(deadline)));
-                *this.timer_runtime = Some(runtime);
-            }
-        }
-        let timer = this.timer.as_mut().as_pin_mut().expect("an armed timer");
-        match timer.poll(cx) {
-            Poll::Ready(()) => {
-                // The other batches whose deadlines have passed follow before more data.
-                *this.expired_first = true;
-                let batch = this.open.close_oldest().expect("an oldest batch");
-                this.yield_batch(batch, FlushReason::Deadline)
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        this.wait(budget == 0, cx)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let open = self.open.len();
-        if self.upstream_done {
-            return (open, Some(open));
-        }
+        let open = self.state.len();
         let held = usize::from(self.pending_error.is_some());
         let (lower, upper) = self.stream.size_hint();
-        let max_items = self.limiter.max_items();
+        let max_items = self.state.limiter.max_items();
         let lower = if held == 1 {
             // The open batches, the error, then the upcoming values packed tightly.
             open + 1 + lower.div_ceil(max_items)
         } else {
             // Every open batch is yielded, and every value in a batch of at most `max_items`.
             open.max(
-                self.buffered_len()
+                self.state
+                    .iter()
+                    .map(|(_, values)| values.len())
+                    .sum::<usize>()
                     .saturating_add(lower)
                     .div_ceil(max_items),
             )
@@ -299,60 +277,172 @@ impl<St, K, F, W, I> FusedStream for ChunksTimeoutByKeyResult<St, K, F, W, I>
 where
     St: TryStream,
     F: FnMut(&St::Ok) -> K,
-    K: Hash + Eq + Clone,
+    K: Hash + Eq + Clone + TracedKey,
     W: Weigh<St::Ok>,
     I: ByKeyOutput<St::Ok>,
 {
     fn is_terminated(&self) -> bool {
-        self.upstream_done && self.open.is_empty() && self.pending_error.is_none()
+        self.stream.is_terminated() && self.state.len() == 0 && self.pending_error.is_none()
     }
 }
 
 impl<St, K, F, W, I> Proj<'_, St, K, F, W, I>
 where
     St: TryStream,
-    K: Hash + Eq + Clone,
+    F: FnMut(&St::Ok) -> K,
+    K: Hash + Eq + Clone + TracedKey,
     W: Weigh<St::Ok>,
     I: ByKeyOutput<St::Ok>,
 {
-    /// Opens `key`'s batch with `value` as the newest, its deadline `timeout` after `now`
-    /// (the clock is read once per poll, for every batch it opens).
-    fn open_batch(
+    /// What is owed before more values are taken: a value due alone, the batches held
+    /// before an error and then the error, the batches left at the end, and (after a batch
+    /// a value or a deadline closed, or a yield) the batches whose deadlines have passed.
+    fn owed(&mut self) -> Option<Polled<St, K, I>> {
+        if let Some(slot) = self.state.due.take() {
+            return Some(self.close(slot, FlushReason::Weight));
+        }
+        if self.pending_error.is_some() {
+            return Some(match self.state.close_oldest(FlushReason::Error) {
+                Some(batch) => self.yield_batch(batch, FlushReason::Error),
+                None => Poll::Ready(self.pending_error.take().map(Err)),
+            });
+        }
+        if self.stream.is_terminated() {
+            return Some(match self.state.close_oldest(FlushReason::End) {
+                Some(batch) => self.yield_batch(batch, FlushReason::End),
+                None => {
+                    self.timer.as_mut().clear();
+                    Poll::Ready(None)
+                }
+            });
+        }
+        if self.state.expired_first {
+            match self.state.oldest() {
+                Some(oldest) if oldest.deadline <= Instant::now() => {
+                    return Some(self.close_oldest(FlushReason::Deadline));
+                }
+                _ => self.state.expired_first = false,
+            }
+        }
+        None
+    }
+
+    /// Holds `error` back behind the open batches, or yields it if none is open.
+    fn hold_error(&mut self, error: St::Error) -> Polled<St, K, I> {
+        match self.state.close_oldest(FlushReason::Error) {
+            Some(batch) => {
+                *self.pending_error = Some(error);
+                self.yield_batch(batch, FlushReason::Error)
+            }
+            None => Poll::Ready(Some(Err(error))),
+        }
+    }
+
+    /// Opens `key`'s batch with `value`, its deadline `timeout` after `now` (the clock is
+    /// read once per poll, for every batch it opens), evicting the oldest batch if
+    /// `max_open_keys` are open. A value that closes its batch by itself opens nothing.
+    fn open(
         &mut self,
         key: K,
         value: St::Ok,
-        total: W::Weight,
+        weight: W::Weight,
         now: &mut Option<Instant>,
-    ) -> usize {
+    ) -> Option<Polled<St, K, I>> {
+        let total = W::add(Default::default(), weight);
+        if let Some(reason) = self.state.limiter.closes(1, total) {
+            self.state.expired_first = true;
+            self.state.last_flush = Some(reason);
+            let weight = self.state.limiter.report(total);
+            crate::adapters::batch::trace::flushed(reason, 1, weight, None, Some(&key));
+            return Some(Poll::Ready(Some(Ok((
+                key,
+                I::close(vec![value], reason, weight, None),
+            )))));
+        }
+        let evicted = (self.state.len() >= self.state.max_open_keys)
+            .then(|| self.state.close_oldest(FlushReason::Eviction))
+            .flatten();
         let opened = *now.get_or_insert_with(Instant::now);
-        // A timeout past the clock's range means "never", as in `tokio::time::sleep`.
-        let deadline = opened
-            .checked_add(*self.timeout)
-            .unwrap_or_else(|| opened + FAR_FUTURE);
-        let mut items = Vec::with_capacity(self.limiter.max_items().min(PREALLOCATE_MAX));
-        items.push(value);
-        self.open.open(key, items, total, opened, deadline)
+        let deadline = deadline_after(opened, *self.timeout);
+        self.state.open(key, value, total, opened, deadline);
+        let batch = evicted?;
+        self.state.expired_first = true;
+        Some(self.yield_batch(batch, FlushReason::Eviction))
     }
 
-    /// Yields a closed batch, first moving the timer off its deadline if it was the oldest:
-    /// to the next oldest batch's (later, so tokio only extends the timer and nothing wakes
-    /// at the old deadline), or dropping it when no batch is left.
+    /// `value` would push its key's batch (in `slot`) past `max_weight`: the batch closes
+    /// and the value starts the key's next one, with a deadline of its own.
+    #[cold]
+    fn split(
+        &mut self,
+        slot: usize,
+        key: K,
+        value: St::Ok,
+        weight: W::Weight,
+        now: &mut Option<Instant>,
+    ) -> Polled<St, K, I> {
+        let closed = self.state.close(slot, FlushReason::Weight);
+        let total = W::add(Default::default(), weight);
+        let opened = *now.get_or_insert_with(Instant::now);
+        let slot = self.state.open(
+            key,
+            value,
+            total,
+            opened,
+            deadline_after(opened, *self.timeout),
+        );
+        if self.state.limiter.closes(1, total).is_some() {
+            self.state.due = Some(slot);
+        }
+        self.state.expired_first = true;
+        self.yield_batch(closed, FlushReason::Weight)
+    }
+
+    /// Closes the batch in `slot` for `reason` and yields it.
+    fn close(&mut self, slot: usize, reason: FlushReason) -> Polled<St, K, I> {
+        self.state.expired_first = true;
+        let batch = self.state.close(slot, reason);
+        self.yield_batch(batch, reason)
+    }
+
+    fn close_oldest(&mut self, reason: FlushReason) -> Polled<St, K, I> {
+        self.state.expired_first = true;
+        let batch = self.state.close_oldest(reason).expect("an open batch");
+        self.yield_batch(batch, reason)
+    }
+
+    /// Nothing ready, or the budget spent: the oldest batch's deadline is the next event.
+    fn wait(&mut self, yielded: bool, cx: &mut Context<'_>) -> Polled<St, K, I> {
+        let Some(deadline) = self.state.oldest().map(|batch| batch.deadline) else {
+            self.timer.as_mut().clear();
+            return Poll::Pending;
+        };
+        if yielded {
+            // A cooperative yield: expired deadlines are looked at first when polled again.
+            self.state.expired_first = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if self.timeout.is_zero() || self.timer.as_mut().poll_until(deadline, cx).is_ready() {
+            return self.close_oldest(FlushReason::Deadline);
+        }
+        Poll::Pending
+    }
+
+    /// Yields a closed batch. A timer set for its deadline moves to the next oldest batch's
+    /// (later) deadline, or goes when none is open, so that it never wakes the task for a
+    /// batch that is gone.
     fn yield_batch(
         &mut self,
         batch: Batch<K, St::Ok, W::Weight>,
         reason: FlushReason,
-    ) -> Poll<Option<Item<St, K, I>>> {
-        *self.last_flush = Some(reason);
-        if let Some(timer) = self.timer.as_mut().as_pin_mut() {
-            match self.open.oldest().map(|oldest| oldest.deadline) {
-                Some(next) if next == timer.deadline() => {}
-                Some(next) if Handle::try_current().map(|h| h.id()).ok() == *self.timer_runtime => {
-                    timer.reset(next);
-                }
-                _ => {
-                    self.timer.set(None);
-                    *self.timer_runtime = None;
-                }
+    ) -> Polled<St, K, I> {
+        self.state.last_flush = Some(reason);
+        if self.timer.deadline() == Some(batch.deadline) {
+            match self.state.oldest().map(|oldest| oldest.deadline) {
+                Some(next) if next == batch.deadline => {}
+                Some(next) => self.timer.as_mut().retarget(next),
+                None => self.timer.as_mut().clear(),
             }
         }
         let Batch {
@@ -360,8 +450,16 @@ where
             items,
             total,
             opened,
+            ..
         } = batch;
-        let weight = W::report(total);
+        let weight = self.state.limiter.report(total);
+        crate::adapters::batch::trace::flushed(
+            reason,
+            items.len(),
+            weight,
+            Some(opened),
+            Some(&key),
+        );
         Poll::Ready(Some(Ok((
             key,
             I::close(items, reason, weight, Some(opened)),

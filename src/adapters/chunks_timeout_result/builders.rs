@@ -1,35 +1,29 @@
-//! The type-state builders of [`ChunksTimeoutResult`]: `.max_weight(..)` and
-//! `.with_batch_info()`.
+//! The type-state builders of [`ChunksTimeoutResult`].
 
 use futures_core::stream::TryStream;
 
 use super::ChunksTimeoutResult;
 #[cfg(doc)]
 use crate::adapters::batch::FlushReason;
-use crate::adapters::batch::{MaxWeight, NoInfo, NoWeight, Weigh, WithInfo};
+use crate::adapters::batch::{BatchOutput, MaxWeight, NoInfo, NoWeight, Weigh, WithInfo};
 
-impl<St: TryStream, I> ChunksTimeoutResult<St, NoWeight, I> {
-    /// Adds a weight cap: each value is weighed once by `weigh`, and a batch holds at most
-    /// `max_weight` in total (bytes, bind parameters, anything additive).
+impl<St: TryStream, I: BatchOutput<St::Ok>> ChunksTimeoutResult<St, NoWeight, I> {
+    /// Adds a weight cap: a batch holds at most `max_weight` in total (bytes, bind
+    /// parameters, anything additive), each value weighing `weigh(&value)`.
     ///
     /// Rules, on top of those of
     /// [`chunks_timeout_result`](crate::ResultStreamExt::chunks_timeout_result):
-    /// - `weigh` is called exactly once per value, when the value arrives;
-    /// - when a value would push the batch's total past `max_weight`, the batch is yielded
-    ///   ([`FlushReason::Weight`]) and that value starts the next batch;
+    /// - `weigh` is called exactly once per value, when it arrives;
+    /// - a value that would push the batch's total past `max_weight` closes the batch
+    ///   ([`FlushReason::Weight`]) and starts the next one; a total that would overflow
+    ///   `usize` is past any cap;
     /// - a batch whose total reaches `max_weight` is yielded at once;
     /// - a value heavier than `max_weight` is yielded alone, at once: never held for the
-    ///   deadline, never dropped, never an error;
-    /// - weight 0 is allowed (such values are limited by `max_items` only);
-    /// - `max_items`, the deadline, the error and end flushes and
-    ///   [`take_remainder`](Self::take_remainder) work as before. A value that starts the next
-    ///   batch this way is buffered: `take_remainder` returns it, and its batch's deadline is
-    ///   `timeout` after the poll in which it arrived (the one that yielded the previous
-    ///   batch), however long the consumer takes to poll again; the clock is read once for
-    ///   it. Totals saturate at `usize::MAX`.
-    ///
-    /// On a ready upstream each batch is the longest run of values that fits both caps
-    /// (greedy packing).
+    ///   deadline, never dropped, never an error; weight 0 is allowed;
+    /// - a value that starts the next batch this way is buffered (so
+    ///   [`take_remainder`](Self::take_remainder) returns it), and its batch's deadline is
+    ///   `timeout` after the poll in which it arrived;
+    /// - on a ready upstream each batch is the longest run of values that fits both caps.
     ///
     /// # Panics
     ///
@@ -64,19 +58,59 @@ impl<St: TryStream, I> ChunksTimeoutResult<St, NoWeight, I> {
     where
         F: FnMut(&St::Ok) -> usize,
     {
-        let weigher = MaxWeight::new("chunks_timeout_result", max_weight, weigh);
+        self.weighed(MaxWeight::new("chunks_timeout_result", max_weight, weigh))
+    }
+
+    /// [`max_weight`](Self::max_weight) for a cap known only at run time (a command-line
+    /// flag): `Some(max_weight)` applies its rules, `None` weighs nothing (`weigh` is never
+    /// called) and caps nothing, and both give the same type, so one chain serves both.
+    ///
+    /// # Panics
+    ///
+    /// Panics, at the caller's location, if `max_weight` is `Some(0)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::{StreamExt, stream};
+    /// use result_stream::ResultStreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// for (cap, expected) in [(Some(6), vec![vec!["ab", "cde"], vec!["fghi"]]), (None, vec![vec!["ab", "cde", "fghi"]])] {
+    ///     let rows = stream::iter(["ab", "cde", "fghi"].map(Ok::<_, ()>));
+    ///     let batches: Vec<_> = rows
+    ///         .chunks_timeout_result(100, Duration::from_secs(1))
+    ///         .max_weight_opt(cap, |row: &&str| row.len())
+    ///         .map(Result::unwrap)
+    ///         .collect()
+    ///         .await;
+    ///     assert_eq!(batches, expected);
+    /// }
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn max_weight_opt<F>(
+        self,
+        max_weight: Option<usize>,
+        weigh: F,
+    ) -> ChunksTimeoutResult<St, Option<MaxWeight<F>>, I>
+    where
+        F: FnMut(&St::Ok) -> usize,
+    {
+        self.weighed(max_weight.map(|max| MaxWeight::new("chunks_timeout_result", max, weigh)))
+    }
+
+    fn weighed<V: Weigh<St::Ok, Weight = usize>>(
+        self,
+        weigher: V,
+    ) -> ChunksTimeoutResult<St, V, I> {
+        let state =
+            (self.state).rebuild(|limiter, _, output| (limiter.with_weigher(weigher), 0, output));
         ChunksTimeoutResult {
             stream: self.stream,
-            items: self.items,
-            total: 0,
+            timer: self.timer,
+            state,
             pending_error: self.pending_error,
-            deadline: self.deadline,
-            timer_runtime: self.timer_runtime,
-            started: self.started,
-            upstream_done: self.upstream_done,
-            last_flush: self.last_flush,
-            limiter: self.limiter.with_weigher(weigher),
-            output: self.output,
             timeout: self.timeout,
         }
     }
@@ -85,13 +119,12 @@ impl<St: TryStream, I> ChunksTimeoutResult<St, NoWeight, I> {
 impl<St: TryStream, W: Weigh<St::Ok>> ChunksTimeoutResult<St, W, NoInfo> {
     /// Yields each batch with a [`BatchInfo`](crate::BatchInfo): `Ok((batch, info))`.
     ///
-    /// `info` tells why the batch closed ([`FlushReason`]), its total weight (`None` without
-    /// [`max_weight`](Self::max_weight)) and its age: the time from its first value's arrival
-    /// to its closing. The `tokio::time` clock is read twice per batch for the age (at its
-    /// first value and when it closes), and only in this mode: tens of nanoseconds per read,
-    /// which dominates batches of a few values from a ready upstream (see BENCHMARKS.md);
-    /// where only the reason is needed, [`last_flush_reason`](Self::last_flush_reason) costs
-    /// nothing. Errors pass through as before.
+    /// - `info.reason()`: why the batch closed ([`FlushReason`]);
+    /// - `info.weight()`: its total weight, `None` without a weight cap;
+    /// - `info.age()`: from its first value's arrival to its closing, on the `tokio::time`
+    ///   clock, which is read twice per batch for it, and only in this mode (where only the
+    ///   reason is needed, [`last_flush_reason`](Self::last_flush_reason) reads no clock);
+    /// - errors pass through as before.
     ///
     /// ```
     /// use std::time::Duration;
@@ -115,18 +148,14 @@ impl<St: TryStream, W: Weigh<St::Ok>> ChunksTimeoutResult<St, W, NoInfo> {
     /// # }
     /// ```
     pub fn with_batch_info(self) -> ChunksTimeoutResult<St, W, WithInfo> {
+        let state = self
+            .state
+            .rebuild(|limiter, total, _| (limiter, total, WithInfo::default()));
         ChunksTimeoutResult {
             stream: self.stream,
-            items: self.items,
-            total: self.total,
+            timer: self.timer,
+            state,
             pending_error: self.pending_error,
-            deadline: self.deadline,
-            timer_runtime: self.timer_runtime,
-            started: self.started,
-            upstream_done: self.upstream_done,
-            last_flush: self.last_flush,
-            limiter: self.limiter,
-            output: WithInfo::default(),
             timeout: self.timeout,
         }
     }
