@@ -119,3 +119,8 @@ pub use tokio_util::sync::CancellationToken;
 /// Re-exported so that implementing [`Compensation`] for a type of your own needs no extra
 /// dependency: `#[result_stream::async_trait]`.
 pub use async_trait::async_trait;
+
+// The README's "Use it in your crate" example runs as a doctest, so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
