@@ -9,6 +9,7 @@
 //! report.
 
 mod action;
+mod config;
 mod error;
 mod for_each;
 mod options;

@@ -7,7 +7,8 @@ use tokio_util::sync::CancellationToken;
 use core::fmt;
 use core::pin::Pin;
 
-use super::for_each::{Phase, Rules, Sequential, Slots};
+use super::config::{Config, Rules, RunScope};
+use super::for_each::{Phase, Sequential, Slots};
 use super::{CompensatedError, CompensationScope, ForEachCompensated, RetryPolicy};
 use futures_core::future::Future;
 
@@ -381,49 +382,6 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// [`scope`](Self::scope).
     pub fn into_inner(self) -> St {
         self.stream
-    }
-}
-
-/// A callback the run calls; the `Mutex` is never locked (it is reached through `&mut`): it
-/// only makes the future `Sync`.
-pub(super) type Callback<A> = Mutex<Box<dyn FnMut(A) + Send>>;
-
-/// What the builder methods set.
-pub(super) struct Config<T, E> {
-    pub(super) rules: Rules,
-    pub(super) limit: NonZeroUsize,
-    /// `Clone::clone` of the item, set by `retry` (the only method that needs it).
-    pub(super) keep: Option<fn(&T) -> T>,
-    pub(super) on_skip: Option<Callback<(u64, CompensatedError<E>)>>,
-    pub(super) on_upstream_error: Option<Callback<E>>,
-    pub(super) token: Option<CancellationToken>,
-}
-
-/// The run's own handle to the scope, live (out of reach of the scope's own handles) until
-/// the run resolves or is dropped.
-pub(super) struct RunScope {
-    pub(super) scope: CompensationScope,
-}
-
-impl Drop for RunScope {
-    fn drop(&mut self) {
-        self.scope.stack.end_live();
-    }
-}
-
-impl<T, E> Config<T, E> {
-    /// Whether the cancellation token fired.
-    #[inline]
-    pub(super) fn cancelled(&self) -> bool {
-        self.token
-            .as_ref()
-            .is_some_and(CancellationToken::is_cancelled)
-    }
-
-    /// One item at a time, with no retry, no skip: the fast path.
-    #[inline]
-    pub(super) fn is_sequential(&self) -> bool {
-        self.limit.get() == 1 && self.rules.retry.is_none() && !self.rules.skip
     }
 }
 

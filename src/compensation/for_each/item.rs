@@ -8,23 +8,10 @@ use std::future::Future;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
+use crate::compensation::config::Rules;
 use crate::compensation::stack::{Stack, Take};
 use crate::compensation::trace::{self, Span, Undone};
-use crate::compensation::{Cause, ItemScope, RetryPolicy, Rollback, RollbackReport};
-
-/// The run's rules that an item follows.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Rules {
-    /// Commit an item's compensations when its handler returns `Ok` (per-item unit of work);
-    /// otherwise they are absorbed into the run.
-    pub(crate) commit_each: bool,
-    /// Retry a failed attempt under this policy (the item is kept for the next attempt).
-    pub(crate) retry: Option<RetryPolicy>,
-    /// The policy of the undo of one failed attempt (the run's rollback policy).
-    pub(crate) undo: RetryPolicy,
-    /// Roll back an item that still fails, alone, and go on.
-    pub(crate) skip: bool,
-}
+use crate::compensation::{Cause, ItemScope, Rollback, RollbackReport};
 
 /// What an item needs of its run: the handler, the run's handle, its rules, and the
 /// item's `Clone` for retries.

@@ -14,11 +14,10 @@ use futures_core::stream::TryStream;
 use pin_project_lite::pin_project;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-pub(super) use self::item::Rules;
 use self::item::{Driver, ItemEnd};
 pub(super) use self::sequential::Sequential;
 pub(super) use self::slots::Slots;
-use super::options::{Callback, Config, RunScope};
+use super::config::{Callback, Config, RunScope};
 use super::stack::Take;
 use super::trace::{self, Span, Undone};
 use super::{Cause, CompensatedError, Completion, ItemScope, Rollback, RollbackReport};
@@ -87,7 +86,7 @@ where
         loop {
             let (cause, earlier) = match this.phase {
                 Phase::Running => match if this.config.is_sequential() {
-                    sequential::poll(&mut this, cx)
+                    poll_sequential(&mut this, cx)
                 } else {
                     poll_running(&mut this, cx)
                 } {
@@ -271,5 +270,65 @@ where
 {
     fn is_terminated(&self) -> bool {
         matches!(self.phase, Phase::Done)
+    }
+}
+
+/// Pulls and handles items one at a time; `Ready(Ok)` at the end of the stream.
+#[inline]
+fn poll_sequential<St, F, Fut>(
+    this: &mut ForEachProj<'_, St, F, Fut>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Stop<St::Error>>>
+where
+    St: TryStream,
+    F: FnMut(St::Ok, ItemScope) -> Fut,
+    Fut: Future<Output = Result<(), St::Error>>,
+{
+    let run = &this.run.scope.stack;
+    let mut item = this.sequential.as_mut().project();
+    // A handler left pending is not polled again once the token fired.
+    if item.handler.is_some() && this.config.cancelled() {
+        return Poll::Ready(Err((Cause::Cancelled, None)));
+    }
+    loop {
+        if let Some(handler) = item.handler.as_mut().as_pin_mut() {
+            match trace::in_span(item.span, || handler.poll(cx)) {
+                Poll::Ready(Ok(())) => {
+                    item.handler.set(None);
+                    this.done.items += 1;
+                    if this.config.rules.commit_each {
+                        run.commit_since(*item.owner, *item.mark);
+                    } else {
+                        run.absorb_into(*item.owner, *item.mark, run);
+                    }
+                    trace::commit(this.done.items - 1);
+                }
+                Poll::Ready(Err(error)) => {
+                    item.handler.set(None);
+                    return Poll::Ready(Err((Cause::Handler(error), None)));
+                }
+                Poll::Pending => return pending(this.cancelled.as_mut(), cx),
+            }
+        }
+        if this.config.cancelled() {
+            return Poll::Ready(Err((Cause::Cancelled, None)));
+        }
+        match this.stream.as_mut().try_poll_next(cx) {
+            Poll::Ready(Some(Ok(value))) => {
+                // Every earlier item succeeded: this one's index is their count.
+                *item.owner = run.new_owner();
+                *item.mark = run.mark();
+                *item.span = trace::attempt_span(this.done.items, 1);
+                let scope = ItemScope {
+                    stack: run.as_owner(*item.owner),
+                    mark: *item.mark,
+                };
+                let handler = trace::in_span(item.span, || (this.f)(value, scope));
+                item.handler.set(Some(handler));
+            }
+            Poll::Ready(Some(Err(error))) => upstream_error(this.config, this.done, error)?,
+            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            Poll::Pending => return pending(this.cancelled.as_mut(), cx),
+        }
     }
 }
