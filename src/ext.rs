@@ -288,16 +288,18 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   never an empty batch, never more than `max_items` values; no value is lost or
     ///   duplicated, and no value is yielded after an error that arrived after it;
     /// - data wins ties, as in [`chunks_timeout_result`](Self::chunks_timeout_result): a
-    ///   deadline that has passed is first acted on when the upstream has nothing ready, so
-    ///   values already available join their batches first. Then every batch whose deadline
-    ///   has passed is yielded, oldest first, before more values are taken; the same happens
-    ///   right after a batch that a value closed (full, by weight, or evicted), so that a
-    ///   flooding key cannot hold back the others;
-    /// - liveness: one `poll_next` takes at most 4,096 values from the upstream, whatever
-    ///   their keys; past that it wakes its task and returns `Pending` (a cooperative
-    ///   yield), and the next poll first yields, with reason `Deadline`, every batch whose
-    ///   deadline has passed. So on an upstream that never returns `Pending`, even one that
-    ///   brings a new key with every value, a deadline is honoured within 4,096 values;
+    ///   deadline that has passed is acted on when the upstream has nothing ready, so values
+    ///   already available join their batches first, also across polls that yield batches
+    ///   those values closed. Then every batch whose deadline has passed is yielded, oldest
+    ///   first, before more values are taken;
+    /// - liveness: data wins for at most 4,096 values: counted from the start of the poll
+    ///   in which a deadline passed, and across the polls that follow while each yields a
+    ///   batch that a value closed (full, by weight, evicted), at most 4,096 values are
+    ///   taken before every batch whose deadline has passed is yielded, oldest first, with
+    ///   reason `Deadline`. One `poll_next` takes at most 4,096 values; past that it wakes
+    ///   its task and returns `Pending` (a cooperative yield). So on an upstream that never
+    ///   returns `Pending`, even one that fills a batch at every poll or brings a new key
+    ///   with every value, a deadline is honoured within 4,096 values;
     /// - `timeout == Duration::ZERO` yields every open batch, oldest first, as soon as the
     ///   upstream has nothing ready;
     /// - the number of open batches is unbounded by default (one per key seen within a

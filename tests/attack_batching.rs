@@ -32,7 +32,7 @@ fn paused_runtime() -> tokio::runtime::Runtime {
 // chunks_timeout_result + max_weight: the value that starts the next batch
 // ---------------------------------------------------------------------------------------
 
-/// SPEC §2.2: "a deadline per batch, started by its first value, never extended by later
+/// The deadline rule: "a deadline per batch, started by its first value, never extended by later
 /// values: every value waits at most `timeout`, give or take the poll that is in progress";
 /// README: the deadline "is `timeout` after the end of the poll in which that value arrived".
 ///

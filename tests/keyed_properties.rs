@@ -1,4 +1,4 @@
-//! Property tests of `chunks_timeout_by_key_result` (SPEC §6) against a reference model,
+//! Property tests of `chunks_timeout_by_key_result` against a reference model,
 //! over random schedules of keyed values, weights, errors and gaps, with and without
 //! `max_open_keys` and `max_weight`, on a paused Tokio clock.
 
@@ -150,13 +150,6 @@ fn model(case: &Case) -> Option<Vec<Out>> {
                 self.emit(at, open, reason);
             }
         }
-        /// A value closed a batch while the upstream may still be ready: with a zero
-        /// timeout every open batch has expired, and they go first.
-        fn after_value_closed(&mut self, at: u64) {
-            if self.case.timeout == 0 {
-                self.flush_all(at, FlushReason::Deadline);
-            }
-        }
         fn overflows(&self, total: usize, weight: usize) -> bool {
             self.case.max_weight.is_some_and(|max| total + weight > max)
         }
@@ -184,13 +177,11 @@ fn model(case: &Case) -> Option<Vec<Out>> {
                     if let Some(reason) = self.closes(1, v.weight) {
                         self.close_key(t, v.key, reason);
                     }
-                    self.after_value_closed(t);
                     return;
                 }
                 self.open[i].vals.push(v);
                 if let Some(reason) = self.closes(self.open[i].vals.len(), total + v.weight) {
                     self.close_key(t, v.key, reason);
-                    self.after_value_closed(t);
                 }
                 return;
             }
@@ -202,7 +193,6 @@ fn model(case: &Case) -> Option<Vec<Out>> {
                     reason,
                     weight: self.case.max_weight.map(|_| v.weight),
                 });
-                self.after_value_closed(t);
                 return;
             }
             let evict = self
@@ -217,7 +207,6 @@ fn model(case: &Case) -> Option<Vec<Out>> {
             });
             if let Some(evicted) = evicted {
                 self.emit(t, evicted, FlushReason::Eviction);
-                self.after_value_closed(t);
             }
         }
         /// Flushes the batches whose deadlines pass before `t`; `None` on a tie.

@@ -14,7 +14,7 @@ pin_project! {
     ///
     /// This is the shape of futures' [`TryStreamExt::and_then`](futures_util::TryStreamExt::and_then)
     /// (same rules, same cost, measured at parity in BENCHMARKS.md). It exists so that the
-    /// pipeline of SPEC §1–§3 reads as one chain from one import, [`ResultStreamExt`](crate::ResultStreamExt),
+    /// pipeline (transform each value, batch, write each batch with compensation) reads as one chain from one import, [`ResultStreamExt`](crate::ResultStreamExt),
     /// on any `Stream<Item = Result<T, E>>`, with its contract (errors pass through, `f` is
     /// not called for them, the stream does not stop at an error) stated and tested here
     /// rather than inherited. Prefer `and_then` where `TryStreamExt` is already in use.

@@ -13,8 +13,8 @@ pub(crate) struct BatchState<T, W: Weigh<T>, I> {
     pub(crate) items: Vec<T>,
     pub(crate) total: W::Weight,
     pub(crate) output: I,
-    // The last batch closed full: the next one reserves its full size.
-    pub(crate) filled: bool,
+    // How many values the next batch reserves room for (0: it starts empty and doubles).
+    pub(crate) reserve: usize,
     // When the open batch's first value arrived, if that was in a poll that returned `Ready`
     // (a value that closed the previous batch by weight): its deadline runs from then.
     pub(crate) started: Option<Instant>,
@@ -25,15 +25,15 @@ pub(crate) struct BatchState<T, W: Weigh<T>, I> {
 }
 
 impl<T, W: Weigh<T>> BatchState<T, W, super::NoInfo> {
-    /// An empty batch limited by `limiter`. A batcher holds one open batch: the first one
-    /// reserves its full size.
+    /// An empty batch limited by `limiter`. The first batch has shown nothing: it starts
+    /// empty and grows by doubling.
     pub(crate) fn new(limiter: Limiter<W>) -> Self {
         Self {
             limiter,
             items: Vec::new(),
             total: W::Weight::default(),
             output: super::NoInfo,
-            filled: true,
+            reserve: 0,
             started: None,
             #[cfg(feature = "tracing")]
             opened: None,
@@ -66,7 +66,7 @@ impl<T, W: Weigh<T>, I: BatchOutput<T>> BatchState<T, W, I> {
             items: self.items,
             total,
             output,
-            filled: self.filled,
+            reserve: self.reserve,
             started: self.started,
             #[cfg(feature = "tracing")]
             opened: self.opened,
@@ -93,7 +93,7 @@ impl<T, W: Weigh<T>, I: BatchOutput<T>> BatchState<T, W, I> {
     fn reserve(&mut self) {
         if self.items.capacity() == 0 {
             self.begin();
-            self.items = self.limiter.new_batch(self.filled);
+            self.items = self.limiter.new_batch(self.reserve);
         }
         self.items.reserve(1);
     }
@@ -114,9 +114,9 @@ impl<T, W: Weigh<T>, I: BatchOutput<T>> BatchState<T, W, I> {
             self.started = None; // Only ever set by a weight split.
         }
         self.last_flush = Some(reason);
-        self.filled = matches!(reason, FlushReason::Full | FlushReason::Weight);
         let weight = self.limiter.report(mem::take(&mut self.total));
         let items = mem::take(&mut self.items);
+        self.reserve = self.limiter.reserve_after(reason, items.len());
         #[cfg(feature = "tracing")]
         super::trace::flushed::<()>(reason, items.len(), weight, self.opened.take(), None);
         self.output.finish(items, reason, weight)

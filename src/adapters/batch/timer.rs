@@ -9,6 +9,8 @@ use pin_project_lite::pin_project;
 use tokio::runtime::{Handle, Id};
 use tokio::time::{Instant, Sleep};
 
+use super::FlushReason;
+
 /// Stands in for a deadline that overflows `Instant`: about thirty years.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
@@ -21,16 +23,29 @@ pub(crate) fn deadline_after(now: Instant, timeout: Duration) -> Instant {
     now.checked_add(timeout).unwrap_or_else(|| now + FAR_FUTURE)
 }
 
-/// The buffer of a new batch. A batch that follows one that closed full (by count or by
-/// weight) has shown that batches fill: it reserves its full size, `min(max_items, 65_536)`
-/// values, in one allocation. Any other batch starts empty and grows as a `Vec` does, so
-/// that it holds memory in proportion to its values.
+/// The buffer of a new batch that reserves room for `reserve` values (0: none). A batch
+/// that follows one that closed by count has shown that batches fill: it reserves its full
+/// size, `min(max_items, 65_536)` values, in one allocation; one that follows a batch closed
+/// by weight reserves that batch's length. Any other batch (the first one among them)
+/// starts empty and grows by doubling as a `Vec` does, so that it holds memory in proportion
+/// to its values.
 #[inline]
-pub(crate) fn new_batch<T>(max_items: usize, filled: bool) -> Vec<T> {
-    if filled {
-        Vec::with_capacity(max_items.min(PREALLOCATE_MAX))
-    } else {
+pub(crate) fn new_batch<T>(max_items: usize, reserve: usize) -> Vec<T> {
+    if reserve == 0 {
         Vec::new()
+    } else {
+        Vec::with_capacity(reserve.min(max_items).min(PREALLOCATE_MAX))
+    }
+}
+
+/// What the batch after one closed for `reason` with `len` values reserves (see
+/// [`new_batch`]).
+#[inline(always)]
+pub(crate) fn reserve_after(reason: FlushReason, len: usize, max_items: usize) -> usize {
+    match reason {
+        FlushReason::Full => max_items,
+        FlushReason::Weight => len,
+        _ => 0,
     }
 }
 
@@ -39,10 +54,9 @@ pin_project! {
     /// first waits for a deadline and reset for later ones.
     ///
     /// A `Sleep` may only be polled on a live runtime: a batcher polled on another runtime
-    /// than the one its timer was made on gets a new one, at the same deadline. Checking the
-    /// runtime costs a thread-local access and an `Arc` clone, so it is done only when the
-    /// task's waker changed: while the same task's waker polls and the deadline is the same, the
-    /// `Sleep` already holds that waker and is only asked whether it has elapsed.
+    /// than the one its timer was made on gets a new one, at the same deadline. While the
+    /// same task's waker polls on the same runtime and the deadline is the same, the `Sleep`
+    /// already holds that waker and is only asked whether it has elapsed.
     #[derive(Debug)]
     pub(crate) struct Timer {
         #[pin]
@@ -82,7 +96,7 @@ impl Timer {
     /// (if it has not fired yet) is woken then. A timer that fired, or of another runtime
     /// than the current one, is dropped instead: the next poll sets a new one.
     pub(crate) fn retarget(self: Pin<&mut Self>, at: Instant) {
-        let runtime = Handle::try_current().ok().map(|handle| handle.id());
+        let runtime = current_runtime();
         let mut this = self.project();
         match this.sleep.as_mut().as_pin_mut() {
             Some(sleep) if !sleep.is_elapsed() && runtime.is_some() && runtime == *this.runtime => {
@@ -99,7 +113,12 @@ impl Timer {
     #[inline]
     pub(crate) fn poll_until(self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
         if let (Some(sleep), Some(waker)) = (&self.sleep, &self.waker) {
-            if sleep.deadline() == at && same_task(waker, cx.waker()) {
+            // A waker may outlive its runtime or be polled on several (a hand-made one, or
+            // `futures::executor::block_on`'s): the `Sleep` is trusted only on its own runtime.
+            if sleep.deadline() == at
+                && same_task(waker, cx.waker())
+                && current_runtime() == self.runtime
+            {
                 return if sleep.is_elapsed() {
                     Poll::Ready(())
                 } else {
@@ -115,7 +134,7 @@ impl Timer {
     fn poll_slow(self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
         // Outside any runtime the timer is polled as it is (tokio then panics with its message).
-        let runtime = Handle::try_current().ok().map(|handle| handle.id());
+        let runtime = current_runtime();
         match this.sleep.as_mut().as_pin_mut() {
             Some(sleep) if runtime.is_none() || runtime == *this.runtime => {
                 if sleep.deadline() != at {
@@ -142,6 +161,12 @@ impl Timer {
         }
         polled
     }
+}
+
+/// The runtime polling now (runtime ids are unique in the process), if any.
+#[inline(always)]
+fn current_runtime() -> Option<Id> {
+    Handle::try_current().ok().map(|handle| handle.id())
 }
 
 /// Whether `current` wakes the task `stored` (a clone this timer holds) wakes. `will_wake`

@@ -179,8 +179,12 @@ impl<St: TryStream, K, F, I> ChunksTimeoutByKeyResult<St, K, F, NoWeight, I> {
     where
         G: FnMut(&St::Ok) -> usize,
     {
-        let weigher =
-            max_weight.map(|max| MaxWeight::new("chunks_timeout_by_key_result", max, weigh));
+        // A `match`, not `Option::map`: `#[track_caller]` does not reach into a closure.
+        #[allow(clippy::manual_map)]
+        let weigher = match max_weight {
+            Some(max) => Some(MaxWeight::new("chunks_timeout_by_key_result", max, weigh)),
+            None => None,
+        };
         self.weighed(weigher)
     }
 

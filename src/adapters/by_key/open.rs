@@ -12,6 +12,10 @@
 //! batches fill: its next batch reserves its full size at once. Other batches start empty
 //! and grow. Those dormant entries hold no values; there are never more of them than
 //! 1,024 or the open batches, whichever is more (past that they are all dropped).
+//!
+//! The tables shrink after a burst: when the last open batch closes, the slab and its free
+//! list are dropped and the index shrinks to its dormant entries (tables of up to 1,024
+//! entries are kept). A table that stays partly open keeps the size of its largest burst.
 
 use core::hash::Hash;
 use std::collections::HashMap;
@@ -19,13 +23,16 @@ use std::collections::hash_map::Entry as Slot;
 
 use tokio::time::Instant;
 
-use crate::adapters::batch::{FlushReason, Limiter, Weigh};
+use crate::adapters::batch::{BUDGET, FlushReason, Limiter, Weigh};
 
 /// The end of the list, and the slot of a dormant entry.
 const NIL: usize = usize::MAX;
 
 /// The most dormant entries kept while fewer batches are open.
 const DORMANT_MIN: usize = 1_024;
+
+/// Tables (index, slab, free list) up to this many entries are never shrunk.
+const SHRINK_MIN: usize = 1_024;
 
 /// An open batch's values, in the index next to its key.
 #[derive(Debug)]
@@ -34,6 +41,8 @@ pub(super) struct Entry<T, Wt> {
     pub(super) total: Wt,
     /// The batch's node in the list (`NIL`: no batch open, its last one filled).
     pub(super) slot: usize,
+    /// What the key's next batch reserves (see `Limiter::reserve_after`).
+    reserve: usize,
 }
 
 /// An open batch's place in the list.
@@ -67,8 +76,12 @@ pub(super) struct OpenBatches<K, T, W: Weigh<T>> {
     /// this value alone closes (heavier than `max_weight`): yielded next.
     pub(super) due: Option<usize>,
     /// Set after a batch that a value or a deadline closed, or a cooperative yield: the next
-    /// poll yields the batches whose deadlines have passed before taking more values.
+    /// poll looks at the oldest deadline before taking more values.
     pub(super) expired_first: bool,
+    /// How many values may still be taken before the batches whose deadlines have passed
+    /// are yielded: `BUDGET` while none has passed, counting down (across polls that yield
+    /// a batch a value closed) from the poll in which one passed.
+    pub(super) grace: usize,
     pub(super) last_flush: Option<FlushReason>,
     index: HashMap<K, Entry<T, W::Weight>>,
     nodes: Vec<Option<Node<K>>>,
@@ -86,6 +99,7 @@ impl<K, T, W: Weigh<T>> OpenBatches<K, T, W> {
             max_open_keys,
             due: None,
             expired_first: false,
+            grace: BUDGET,
             last_flush: None,
             index: HashMap::new(),
             nodes: Vec::new(),
@@ -138,6 +152,14 @@ impl<K, T, W: Weigh<T>> OpenBatches<K, T, W> {
         }
         self.free.push(slot);
         self.open -= 1;
+        if self.open == 0 && self.nodes.capacity() > SHRINK_MIN {
+            // The last open batch closed: a burst of keys leaves no slab behind (every
+            // slot is free, so the slab starts over).
+            self.nodes = Vec::new();
+            self.free = Vec::new();
+            self.head = NIL;
+            self.tail = NIL;
+        }
         node
     }
 }
@@ -199,18 +221,24 @@ impl<K: Hash + Eq + Clone, T, W: Weigh<T>> OpenBatches<K, T, W> {
         self.tail = slot;
         self.open += 1;
         let (limiter, dormant) = (&self.limiter, &mut self.dormant);
-        let new_batch = |filled| {
-            let mut items = limiter.new_batch(filled);
+        let new_batch = |reserve| {
+            let mut items = limiter.new_batch(reserve);
             items.push(value);
-            Entry { items, total, slot }
+            Entry {
+                items,
+                total,
+                slot,
+                reserve: 0,
+            }
         };
         match self.index.entry(key) {
             Slot::Occupied(mut entry) => {
                 *dormant -= 1;
-                *entry.get_mut() = new_batch(true);
+                let reserve = entry.get().reserve;
+                *entry.get_mut() = new_batch(reserve);
             }
             Slot::Vacant(entry) => {
-                entry.insert(new_batch(false));
+                entry.insert(new_batch(0));
             }
         }
         slot
@@ -223,6 +251,7 @@ impl<K: Hash + Eq + Clone, T, W: Weigh<T>> OpenBatches<K, T, W> {
         let (items, total) = if matches!(reason, FlushReason::Full | FlushReason::Weight) {
             let entry = self.index.get_mut(&node.key).expect("an open batch");
             entry.slot = NIL;
+            entry.reserve = self.limiter.reserve_after(reason, entry.items.len());
             self.dormant += 1;
             let taken = (
                 core::mem::take(&mut entry.items),
@@ -237,6 +266,11 @@ impl<K: Hash + Eq + Clone, T, W: Weigh<T>> OpenBatches<K, T, W> {
             let entry = self.index.remove(&node.key).expect("an open batch");
             (entry.items, entry.total)
         };
+        if self.open == 0 && self.index.capacity() > SHRINK_MIN {
+            // The last open batch closed: a burst of keys leaves no index behind (only the
+            // dormant entries). Once per emptying, so amortized O(1) per batch it held.
+            self.index.shrink_to(self.dormant);
+        }
         Batch {
             key: node.key,
             items,
@@ -261,6 +295,7 @@ impl<K: Hash + Eq + Clone, T, W: Weigh<T>> OpenBatches<K, T, W> {
         self.dormant = 0;
         self.due = None;
         self.expired_first = false;
+        self.grace = BUDGET;
         all
     }
 }

@@ -196,8 +196,9 @@ where
         if let Some(owed) = this.owed() {
             return owed;
         }
-        // Data first: what the upstream has ready joins its batches, at most `BUDGET` values.
-        let (mut budget, mut now, mut carried) = (BUDGET, None, None);
+        // Data first: what the upstream has ready joins its batches, at most `BUDGET` values
+        // (fewer if a deadline has passed: the grace left).
+        let (mut budget, mut now, mut carried) = (this.state.grace, None, None);
         let max_items = this.state.limiter.max_items();
         while budget > 0 {
             let next = carried.take();
@@ -212,6 +213,7 @@ where
             };
             let (Some(entry), limiter) = this.state.entry_and_limiter(&key) else {
                 if let Some(ready) = this.open(key, value, weight, &mut now) {
+                    this.state.grace = budget - 1;
                     return ready;
                 }
                 budget -= 1;
@@ -233,9 +235,15 @@ where
             );
             let (len, total) = (entry.items.len(), entry.total);
             match run {
-                Run::Split(value, weight) => return this.split(slot, key, value, weight, &mut now),
+                Run::Split(value, weight) => {
+                    this.state.grace = budget - (len - start) - 1;
+                    return this.split(slot, key, value, weight, &mut now);
+                }
                 Run::Stop => match limiter.closes(len, total) {
-                    Some(reason) => return this.close(slot, reason),
+                    Some(reason) => {
+                        this.state.grace = budget - (len - start);
+                        return this.close(slot, reason);
+                    }
                     None => budget = 0,
                 },
                 Run::Other(next) => {
@@ -296,7 +304,8 @@ where
 {
     /// What is owed before more values are taken: a value due alone, the batches held
     /// before an error and then the error, the batches left at the end, and (after a batch
-    /// a value or a deadline closed, or a yield) the batches whose deadlines have passed.
+    /// a value or a deadline closed, or a yield) the batches whose deadlines have passed,
+    /// once the grace that lets data win is spent.
     fn owed(&mut self) -> Option<Polled<St, K, I>> {
         if let Some(slot) = self.state.due.take() {
             return Some(self.close(slot, FlushReason::Weight));
@@ -318,10 +327,16 @@ where
         }
         if self.state.expired_first {
             match self.state.oldest() {
+                // Data wins: values already available are taken first, while the grace lasts.
                 Some(oldest) if oldest.deadline <= Instant::now() => {
-                    return Some(self.close_oldest(FlushReason::Deadline));
+                    if self.state.grace == 0 {
+                        return Some(self.close_oldest(FlushReason::Deadline));
+                    }
                 }
-                _ => self.state.expired_first = false,
+                _ => {
+                    self.state.expired_first = false;
+                    self.state.grace = BUDGET;
+                }
             }
         }
         None
@@ -414,18 +429,23 @@ where
     /// Nothing ready, or the budget spent: the oldest batch's deadline is the next event.
     fn wait(&mut self, yielded: bool, cx: &mut Context<'_>) -> Polled<St, K, I> {
         let Some(deadline) = self.state.oldest().map(|batch| batch.deadline) else {
+            self.state.grace = BUDGET;
             self.timer.as_mut().clear();
             return Poll::Pending;
         };
         if yielded {
-            // A cooperative yield: expired deadlines are looked at first when polled again.
+            // A cooperative yield: expired deadlines come first when polled again.
             self.state.expired_first = true;
+            self.state.grace = 0;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         if self.timeout.is_zero() || self.timer.as_mut().poll_until(deadline, cx).is_ready() {
+            // The upstream has nothing ready: every expired batch comes out now.
+            self.state.grace = 0;
             return self.close_oldest(FlushReason::Deadline);
         }
+        self.state.grace = BUDGET;
         Poll::Pending
     }
 

@@ -97,7 +97,13 @@ impl<St: TryStream, I: BatchOutput<St::Ok>> ChunksTimeoutResult<St, NoWeight, I>
     where
         F: FnMut(&St::Ok) -> usize,
     {
-        self.weighed(max_weight.map(|max| MaxWeight::new("chunks_timeout_result", max, weigh)))
+        // A `match`, not `Option::map`: `#[track_caller]` does not reach into a closure.
+        #[allow(clippy::manual_map)]
+        let weigher = match max_weight {
+            Some(max) => Some(MaxWeight::new("chunks_timeout_result", max, weigh)),
+            None => None,
+        };
+        self.weighed(weigher)
     }
 
     fn weighed<V: Weigh<St::Ok, Weight = usize>>(

@@ -1,5 +1,5 @@
-//! Defects found by an independent attack on both batchers: each test states the rule it
-//! checks and fails today.
+//! Rules an independent attack on both batchers found broken (now kept): each test states
+//! the rule it checks.
 //!
 //! A counting `#[global_allocator]` keeps, per thread and only while switched on, the bytes
 //! live (allocated minus freed), for the memory rules.
@@ -340,13 +340,9 @@ fn keyed_deadline_is_honoured_on_a_second_live_runtime_with_the_same_waker() {
 
 /// Rule: each key's batch follows the single batcher's rules, among them "when a full batch
 /// and an expired deadline are both ready, the values already available are taken first
-/// (data wins)". After a batch that a value closed (here b, full), the next poll yields
-/// every expired batch before taking the values already ready: a's expired batch comes out
-/// by `Deadline` with one value while a's second value, ready in the upstream, would have
-/// filled it. The rustdoc states this choice ("the same happens right after a batch that a
-/// value closed"), so this is a contract question for the lead: either the contract's
-/// tie rule gets a per-key exception, or `expired_first` (src/adapters/by_key/poll.rs,
-/// `owed`) is set only by a cooperative yield, not by every close.
+/// (data wins)". After a batch that a value closed (here b, full), a's expired batch must
+/// not come out by `Deadline` with one value while a's second value, ready in the upstream,
+/// fills it.
 #[test]
 fn keyed_data_wins_over_an_expired_deadline_after_another_key_fills() {
     let waker = Waker::from(Arc::new(Counter(AtomicUsize::new(0))));
@@ -363,5 +359,28 @@ fn keyed_data_wins_over_an_expired_deadline_after_another_key_fills() {
         assert_eq!(b, Poll::Ready(Some(Ok(('b', vec![('b', 1), ('b', 2)])))));
         let a = poll(s.as_mut(), &waker);
         assert_eq!(a, Poll::Ready(Some(Ok(('a', vec![('a', 1), ('a', 2)])))));
+        assert_eq!(s.last_flush_reason(), Some(FlushReason::Full));
+    });
+}
+
+/// Rule: data wins only for a bounded amount of work: an expired deadline is honoured
+/// within 4,096 values even while every poll closes another key's batch by count (so that
+/// no poll spends its budget).
+#[test]
+fn keyed_expired_deadline_is_honoured_while_another_key_fills_every_poll() {
+    let waker = Waker::from(Arc::new(Counter(AtomicUsize::new(0))));
+    paused_runtime().block_on(async {
+        let b_values = stream::iter((0..).map(|v| Ok::<_, E>(('b', v))));
+        let input = stream::iter([Ok(('a', 0))]).chain(b_values);
+        let mut s = pin!(input.chunks_timeout_by_key_result(|v| v.0, 2, ms(100)));
+        assert!(matches!(
+            poll(s.as_mut(), &waker),
+            Poll::Ready(Some(Ok(('b', _))))
+        ));
+        advance(ms(150)).await;
+        let polls = (0..10_000)
+            .position(|_| matches!(poll(s.as_mut(), &waker), Poll::Ready(Some(Ok(('a', _))))));
+        assert!(polls.is_some(), "a's expired batch never came out");
+        assert_eq!(s.last_flush_reason(), Some(FlushReason::Deadline));
     });
 }
