@@ -1,4 +1,4 @@
-//! Benchmarks of `chunks_timeout_by_key_result` (SPEC §6, issue 10).
+//! Benchmarks of `chunks_timeout_by_key_result`.
 //!
 //! Run it with `cargo bench --bench keyed`. At the end the binary prints each group's
 //! medians and ratios, from criterion's estimates and from an interleaved A B B A

@@ -1,4 +1,4 @@
-//! The adapter's API around the batching rules of `chunks_timeout_result` (SPEC §0, §2):
+//! The adapter's API around the batching rules of `chunks_timeout_result`:
 //! taking buffered values back out, construction and its panics, `size_hint`, and
 //! `last_flush_reason`, on a paused Tokio clock.
 

@@ -1,4 +1,4 @@
-//! `chunks_timeout_result` at its edges (issue 8): runtimes, timers of batches that are gone,
+//! `chunks_timeout_result` at its edges: runtimes, timers of batches that are gone,
 //! the exact waiting bound, and the ready path's independence from the timer.
 //!
 //! # Mutation testing of the batching adapter
@@ -213,7 +213,7 @@ fn deadline_is_timeout_after_the_poll_in_which_the_first_value_arrived() {
 // ---------------------------------------------------------------------------------------
 
 /// With no Tokio runtime at all, creating a timer panics; a batch that fills from a ready
-/// upstream must not need one (SPEC §2 "Cost"). Arming a timer for each batch on the ready
+/// upstream must not need one. Arming a timer for each batch on the ready
 /// path fails here.
 #[test]
 fn batches_that_fill_from_a_ready_upstream_need_no_runtime() {

@@ -1,4 +1,4 @@
-//! `chunks_timeout_result(..).with_batch_info()` (SPEC §5): each batch with why it closed, its
+//! `chunks_timeout_result(..).with_batch_info()`: each batch with why it closed, its
 //! total weight and its age, on a paused Tokio clock.
 
 mod common;

@@ -1,11 +1,11 @@
-//! Property tests of `chunks_timeout_result` (SPEC §2) and its weight cap (SPEC §5) against a
+//! Property tests of `chunks_timeout_result` and its weight cap against a
 //! reference model, over random schedules of weighted values, errors and gaps, on a paused
 //! Tokio clock.
 //!
 //! The upstream is driven by the clock itself ([`Scripted`]): an event is ready from its
 //! instant on, so when a batch's deadline falls on the instant another event arrives, that
 //! event is ready when the adapter is polled, and the model can say exactly what happens
-//! ("data wins ties", SPEC §2). Every case is compared with the model; the generator is
+//! ("data wins ties"). Every case is compared with the model; the generator is
 //! checked to produce such ties, weight flushes and oversize values often.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Timing rules of `chunks_timeout_result` (SPEC §2), on a paused Tokio clock. The API around
+//! Timing rules of `chunks_timeout_result`, on a paused Tokio clock. The API around
 //! them (`take_remainder`, construction, `size_hint`, `last_flush_reason`) is in
 //! `chunks_api.rs`.
 

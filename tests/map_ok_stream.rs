@@ -1,4 +1,4 @@
-//! `map_ok_stream` (SPEC §1): order, one future at a time, errors pass through, the stream
+//! `map_ok_stream`: order, one future at a time, errors pass through, the stream
 //! goes on after errors, and the `futures` conventions.
 //!
 //! Mutation testing: `cargo mutants --test-tool cargo --file src/adapters/map_ok_stream.rs --
