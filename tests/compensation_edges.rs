@@ -39,8 +39,9 @@
 //! item takes a handle of its own (equivalent: at concurrency 1 the general path is only
 //! taken with a time limit, and an item's own handle commits and undoes the same entries).
 //! `slot_busy -> false` and `||` → `&&` in it (the token check before resuming pending
-//! handlers on the slots' path) are killed by `a_pending_handler_is_not_resumed_...`, now
-//! run on all three paths; `slot_busy -> true` is equivalent (with no item in flight the
+//! handlers on the slots' path) are killed by `a_pending_handler_is_not_resumed_...` (in
+//! `compensation_cancel_while_handler_pending.rs`), now run on all three paths;
+//! `slot_busy -> true` is equivalent (with no item in flight the
 //! token is checked before the next pull anyway; it only differs when the token fires in
 //! the very poll that would resolve `Ok`, where both outcomes are allowed).
 //!
