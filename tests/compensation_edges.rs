@@ -1,10 +1,12 @@
 //! The compensation contract at its edges: what a run owns, compensations that
-//! panic before returning a future, commits racing a rollback, the scope's own handle next
-//! to a live run, cancellation noticed while a handler is pending, and the error texts.
+//! panic before returning a future, commits racing a rollback, and the scope's own handle
+//! next to a live run. (Cancellation noticed while a handler is pending is in
+//! `compensation_cancel_while_handler_pending.rs`, the error texts in
+//! `compensation_error_chain.rs`.)
 //!
-//! Each test here failed against the code before the fix it names (bugs 1–4 and 7 of issue
-//! 8), or kills a one-line mutation that the rest of the suite let through (gap (a), and the
-//! survivors of `cargo mutants` below).
+//! Each test here failed against the code before the fix that keeps the rule it states, or
+//! kills a one-line mutation that the rest of the suite let through (the survivors of
+//! `cargo mutants` below).
 //!
 //! # `cargo mutants` over `src/compensation`
 //!
@@ -37,8 +39,9 @@
 //! item takes a handle of its own (equivalent: at concurrency 1 the general path is only
 //! taken with a time limit, and an item's own handle commits and undoes the same entries).
 //! `slot_busy -> false` and `||` → `&&` in it (the token check before resuming pending
-//! handlers on the slots' path) are killed by `a_pending_handler_is_not_resumed_...`, now
-//! run on all three paths; `slot_busy -> true` is equivalent (with no item in flight the
+//! handlers on the slots' path) are killed by `a_pending_handler_is_not_resumed_...` (in
+//! `compensation_cancel_while_handler_pending.rs`), now run on all three paths;
+//! `slot_busy -> true` is equivalent (with no item in flight the
 //! token is checked before the next pull anyway; it only differs when the token fires in
 //! the very poll that would resolve `Ok`, where both outcomes are allowed).
 //!
@@ -140,26 +143,23 @@
 mod common;
 mod compensation_common;
 
-use std::error::Error;
 use std::future::Future;
 use std::io;
-use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use common::{ms, secs};
 use compensation_common::*;
-use futures::channel::{mpsc, oneshot};
+use futures::channel::mpsc;
 use futures::stream;
 use result_stream::{
     BoxError, Cause, Compensation, CompensationScope, FailureKind, ResultStreamExt, RetryPolicy,
     UnitOfWork,
 };
-use tokio::time::{Instant, sleep};
-use tokio_util::sync::CancellationToken;
+use tokio::time::sleep;
 
 // ---------------------------------------------------------------------------------------
-// Bug 1: a successful run commits everything it owns
+// A successful run commits everything it owns
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
@@ -257,7 +257,7 @@ async fn a_failing_run_undoes_what_its_handle_registered_before_the_first_poll()
 }
 
 // ---------------------------------------------------------------------------------------
-// Bug 2: a compensation that panics before returning its future
+// A compensation that panics before returning its future
 // ---------------------------------------------------------------------------------------
 
 /// A hand-written `Compensation` (no `async_trait`) whose `compensate` panics before it
@@ -302,7 +302,7 @@ async fn a_compensation_that_panics_before_returning_its_future_does_not_stop_th
 }
 
 // ---------------------------------------------------------------------------------------
-// Bug 3: commit() racing a running rollback
+// commit() racing a running rollback
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
@@ -361,7 +361,7 @@ async fn an_interrupted_rollback_leaves_its_compensation_committable_again() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Bug 4: the scope's own handle next to a live run
+// The scope's own handle next to a live run
 // ---------------------------------------------------------------------------------------
 
 /// A one-item run on `scope` whose handler registers the row's delete, writes the row,
@@ -436,174 +436,6 @@ async fn a_dropped_runs_compensations_are_the_owners_to_commit() {
     assert_eq!(scope.commit(), 1);
     assert!(scope.is_empty());
     assert_eq!(table.rows(), vec![7], "committed: the effect is kept");
-}
-
-// ---------------------------------------------------------------------------------------
-// Gap (a): cancellation noticed while the handler is pending
-// ---------------------------------------------------------------------------------------
-
-#[tokio::test(start_paused = true)]
-async fn cancellation_noticed_in_the_poll_where_the_handler_is_pending_undoes_its_item() {
-    let start = Instant::now();
-    let log = Log::default();
-    let token = CancellationToken::new();
-    let (log2, token2) = (log.clone(), token.clone());
-    let error = stream::iter((1..=3).map(Ok::<u32, AppError>))
-        .for_each_compensated(CompensationScope::new(), move |item, scope| {
-            scope.register(undo(&log2, format!("undo {item}")));
-            let token = token2.clone();
-            async move {
-                if item == 2 {
-                    token.cancel(); // fires while this handler runs...
-                    sleep(secs(3_600)).await; // ...which is then pending
-                }
-                Ok(())
-            }
-        })
-        .with_cancellation(token)
-        .await
-        .unwrap_err();
-    assert!(error.cause().is_cancelled());
-    // The in-flight item 2 is rolled back, not committed; item 1 stays committed.
-    assert_eq!(error.report().ran(), 1);
-    assert_eq!(log.entries(), vec!["undo 2"]);
-    assert_eq!(start.elapsed(), ms(0), "dropped at once");
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_pending_handler_is_not_resumed_once_the_token_has_fired() {
-    // One item at a time, two slots, and the slots' own machinery (retries with a time
-    // limit): each path checks the token before resuming a pending handler.
-    for config in ["plain", "concurrency(2)", "retry with a time limit"] {
-        let log = Log::default();
-        let token = CancellationToken::new();
-        let (tx, rx) = oneshot::channel::<()>();
-        let gate = Arc::new(Mutex::new(Some(rx)));
-        let finished = Arc::new(AtomicBool::new(false));
-        let (log2, finished2) = (log.clone(), finished.clone());
-        let run = stream::iter(vec![Ok::<u32, AppError>(1)])
-            .for_each_compensated(CompensationScope::new(), move |item, scope| {
-                scope.register(undo(&log2, format!("undo {item}")));
-                let rx = gate.lock().unwrap().take().expect("one item");
-                let finished = finished2.clone();
-                async move {
-                    rx.await.expect("sender kept");
-                    finished.store(true, Ordering::SeqCst);
-                    Ok(())
-                }
-            })
-            .with_cancellation(token.clone());
-        let run = match config {
-            "plain" => run,
-            "concurrency(2)" => run.concurrency(2),
-            _ => run.retry(
-                RetryPolicy::default()
-                    .attempts(2)
-                    .attempt_timeout(secs(3_600)),
-            ),
-        };
-        let mut run = pin!(run);
-        assert!(futures::poll!(run.as_mut()).is_pending());
-
-        // Both wake the run before it is polled again: the handler could now finish, but
-        // the token fired first, so it is dropped instead of resumed.
-        token.cancel();
-        tx.send(()).unwrap();
-        let error = run.await.expect_err(config);
-
-        assert!(error.cause().is_cancelled(), "{config}");
-        assert!(
-            !finished.load(Ordering::SeqCst),
-            "{config}: the handler was resumed"
-        );
-        assert_eq!(error.report().ran(), 1, "{config}");
-        assert_eq!(log.entries(), vec!["undo 1"], "{config}");
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Bug 7: Display and source
-// ---------------------------------------------------------------------------------------
-
-/// The messages of `error` and of its sources, outermost first, as an error-chain printer
-/// (`anyhow`'s `{:#}`) shows them.
-fn chain(error: &(dyn Error + 'static)) -> Vec<String> {
-    let mut messages = vec![error.to_string()];
-    let mut next = error.source();
-    while let Some(error) = next {
-        messages.push(error.to_string());
-        next = error.source();
-    }
-    messages
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_cause_that_is_not_an_error_is_shown_by_display() {
-    let error = stream::iter(vec![Ok::<u32, &'static str>(1)])
-        .for_each_compensated(CompensationScope::new(), |_, _| async { Err("disk full") })
-        .await
-        .unwrap_err();
-    assert!(matches!(error.cause(), Cause::Handler("disk full")));
-    let text = error.to_string();
-    assert!(
-        text.contains("handler error") && text.contains("disk full"),
-        "{text}"
-    );
-    assert!(text.contains("rolled back cleanly"), "{text}");
-
-    let upstream = stream::iter(vec![Err::<u32, _>("socket closed")])
-        .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
-        .await
-        .unwrap_err();
-    let text = upstream.to_string();
-    assert!(
-        text.contains("upstream error") && text.contains("socket closed"),
-        "{text}"
-    );
-}
-
-/// A write error with an underlying cause of its own.
-#[derive(Debug)]
-struct WriteError(io::Error);
-
-impl std::fmt::Display for WriteError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("write of batch 3 failed")
-    }
-}
-
-impl Error for WriteError {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&self.0)
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_error_chain_prints_each_message_once() {
-    let error = stream::iter(vec![Ok::<u32, WriteError>(3)])
-        .for_each_compensated(CompensationScope::new(), |_, scope| {
-            scope.register_labeled("delete batch 3", || async {
-                Err::<(), _>(WriteError(io::Error::other("connection reset")))
-            });
-            async { Err(WriteError(io::Error::other("constraint violated"))) }
-        })
-        .await
-        .unwrap_err();
-    let messages = chain(&error);
-    let all = messages.join(" | ");
-    assert_eq!(all.matches("write of batch 3 failed").count(), 2, "{all}"); // cause + failure
-    assert_eq!(all.matches("constraint violated").count(), 1, "{all}");
-    assert!(all.contains("delete batch 3"), "{all}");
-
-    // A failed compensation: its error is in its text, its error's source comes next.
-    let failure = &error.report().failures()[0];
-    let messages = chain(failure);
-    assert_eq!(messages.len(), 2, "{messages:?}");
-    assert!(
-        messages[0].contains("write of batch 3 failed"),
-        "{messages:?}"
-    );
-    assert_eq!(messages[1], "connection reset");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,13 +7,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TEST_TIMEOUT, TempSqlite, failing, run_binary, summary_value, synthetic, texts};
+use common::{
+    Killed, TEST_TIMEOUT, TempSqlite, failing, lines_of, run_binary, summary_value, synthetic,
+    texts,
+};
 use event_batcher::Pipeline;
 use event_batcher::metrics::{CONNECTION_TIMEOUT, MAX_CONNECTIONS, MetricsServer, parse_addr};
 use event_batcher::pipeline::OnFailure;
@@ -208,29 +210,6 @@ async fn a_run_that_stops_mid_way_leaves_honest_counters() {
         );
     })
     .await;
-}
-
-/// Kills the child when dropped (a failed assertion leaves no process behind).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Each line of `pipe`, sent on a channel by a thread of its own.
-fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// The number right after `label` in `text`.

@@ -9,8 +9,10 @@ pub mod private_postgres;
 pub mod scenarios;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Output};
 use std::str::FromStr;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use event_batcher::Config;
@@ -325,4 +327,37 @@ pub fn summary_value<'a>(stdout: &'a str, label: &str) -> &'a str {
         .find_map(|line| line.trim_start().strip_prefix(label))
         .map(str::trim)
         .unwrap_or_else(|| panic!("no {label:?} line in the summary:\n{stdout}"))
+}
+
+/// One valid NDJSON event line with id `id`.
+pub fn event_line(id: &str) -> String {
+    format!("{{\"id\":\"{id}\",\"tenant\":\"t\",\"ts\":1,\"payload\":{{\"n\":1}}}}\n")
+}
+
+/// The NDJSON input of one event line per id.
+pub fn input_of(ids: &[&str]) -> String {
+    ids.iter().map(|id| event_line(id)).collect()
+}
+
+/// Kills the child when dropped (a failed assertion leaves no process behind).
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Each line of `pipe`, sent on a channel by a thread of its own.
+pub fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
