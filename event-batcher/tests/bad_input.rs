@@ -2,7 +2,7 @@
 //! gets a clear message and either a counted reject (the run goes on, exit code 0) or a
 //! refusal to start (exit code 2); never a panic, never a lost valid event, memory bounded.
 //!
-//! Two rows are backed by `tests/sqlite.rs::setup_errors_exit_2_with_one_line_and_write_nothing`
+//! Two rows are backed by `tests/sqlite_binary.rs::setup_errors_exit_2_with_one_line_and_write_nothing`
 //! as well (wrong database URLs, a table name that is SQL, through the binary).
 
 mod common;
