@@ -84,11 +84,12 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   it wakes its task and returns `Pending` (a cooperative yield), and the batch's
     ///   deadline counts from the end of that poll, so an endless ready upstream still gets
     ///   its `Deadline` batches after a bounded amount of work;
-    /// - memory: the first batch, and a batch after one that closed full (by count or
-    ///   weight), reserve their full size, `min(max_items, 65_536)` values, in one
-    ///   allocation (a longer batch grows by doubling past that); a batch after one that
-    ///   closed otherwise (deadline, error, end) starts empty and grows by doubling, so it
-    ///   holds memory in proportion to its values;
+    /// - memory: a batch after one that closed by count reserves its full size,
+    ///   `min(max_items, 65_536)` values, in one allocation, and a batch after one that
+    ///   closed by weight reserves that batch's length (at most 65,536), growing by
+    ///   doubling past it; the first batch, and a batch after one that closed otherwise
+    ///   (deadline, error, end), start empty and grow by doubling, so that they hold
+    ///   memory in proportion to their values;
     /// - cost: no timer and no clock read for a batch that fills without the upstream
     ///   returning `Pending` (with a weight cap, a batch whose first value closed the
     ///   previous batch by weight reads the clock once, for that value's deadline); the
@@ -313,12 +314,15 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   held-back error) out of a pinned adapter.
     ///
     /// - memory: an open batch holds memory in proportion to its values: it starts empty
-    ///   and grows by doubling, except that a key whose last batch closed full (by count or
-    ///   weight) reserves its next batch's full size, `min(max_items, 65_536)` values, in
-    ///   one allocation. Besides the values, each open batch costs an index entry and a
-    ///   list node (about 100 bytes with a `u64` key), and the adapter remembers the keys
-    ///   whose last batch filled (an index entry each, no values) up to the number of open
-    ///   batches or 1,024, whichever is more;
+    ///   and grows by doubling, except that a key whose last batch closed by count
+    ///   reserves its next batch's full size, `min(max_items, 65_536)` values, in one
+    ///   allocation, and a key whose last batch closed by weight reserves that batch's
+    ///   length. Besides the values, each open batch costs an index entry and a list node
+    ///   (about 100 bytes with a `u64` key), and the adapter remembers the keys whose last
+    ///   batch filled (an index entry each, no values) up to the number of open batches or
+    ///   1,024, whichever is more. When the last open batch closes, a table grown past
+    ///   1,024 entries by a burst of keys is given back (the index keeps only the
+    ///   remembered keys);
     /// - cost per value: the key function and a push, after one key comparison when the
     ///   value has the same key as the previous one, otherwise after one hash lookup. Per
     ///   batch: one clone of the key, one allocation for a key whose last batch filled

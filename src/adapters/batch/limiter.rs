@@ -367,12 +367,12 @@ impl<W> Limiter<W> {
     /// The buffer of a new batch (see [`new_batch`](super::timer::new_batch)).
     #[inline(always)]
     pub(crate) fn new_batch<T>(&self, reserve: usize) -> Vec<T> {
-        super::timer::new_batch(self.max_items, reserve)
+        super::timer::new_batch(reserve)
     }
 
     /// What the batch after one closed for `reason` with `len` values reserves.
     #[inline(always)]
     pub(crate) fn reserve_after(&self, reason: super::FlushReason, len: usize) -> usize {
-        super::timer::reserve_after(reason, len, self.max_items)
+        super::timer::reserve_after(reason, len)
     }
 }

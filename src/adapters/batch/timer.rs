@@ -23,29 +23,28 @@ pub(crate) fn deadline_after(now: Instant, timeout: Duration) -> Instant {
     now.checked_add(timeout).unwrap_or_else(|| now + FAR_FUTURE)
 }
 
-/// The buffer of a new batch that reserves room for `reserve` values (0: none). A batch
-/// that follows one that closed by count has shown that batches fill: it reserves its full
-/// size, `min(max_items, 65_536)` values, in one allocation; one that follows a batch closed
-/// by weight reserves that batch's length. Any other batch (the first one among them)
-/// starts empty and grows by doubling as a `Vec` does, so that it holds memory in proportion
-/// to its values.
+/// The buffer of a new batch that reserves room for `reserve` values (0: none; see
+/// [`reserve_after`]), at most 65,536 (a longer batch grows by doubling).
 #[inline]
-pub(crate) fn new_batch<T>(max_items: usize, reserve: usize) -> Vec<T> {
+pub(crate) fn new_batch<T>(reserve: usize) -> Vec<T> {
     if reserve == 0 {
         Vec::new()
     } else {
-        Vec::with_capacity(reserve.min(max_items).min(PREALLOCATE_MAX))
+        Vec::with_capacity(reserve.min(PREALLOCATE_MAX))
     }
 }
 
-/// What the batch after one closed for `reason` with `len` values reserves (see
-/// [`new_batch`]).
+/// What the batch after one closed for `reason` with `len` values reserves. A batch that
+/// closed full, by count or by weight, has shown how long batches get: the next one
+/// reserves that length (`max_items` after a count close), at most 65,536 values, in one
+/// allocation. Any other batch (the first one among them) starts empty and grows by
+/// doubling as a `Vec` does, so that it holds memory in proportion to its values.
 #[inline(always)]
-pub(crate) fn reserve_after(reason: FlushReason, len: usize, max_items: usize) -> usize {
-    match reason {
-        FlushReason::Full => max_items,
-        FlushReason::Weight => len,
-        _ => 0,
+pub(crate) fn reserve_after(reason: FlushReason, len: usize) -> usize {
+    if matches!(reason, FlushReason::Full | FlushReason::Weight) {
+        len
+    } else {
+        0
     }
 }
 
