@@ -2,6 +2,8 @@
 //! collectors that record when (and why) each batch was yielded.
 #![allow(dead_code)]
 
+pub mod keyed;
+
 use std::time::Duration;
 
 use futures::StreamExt;
