@@ -93,15 +93,43 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// - cost: no timer and no clock read for a batch that fills without the upstream
     ///   returning `Pending` (with a weight cap, a batch whose first value closed the
     ///   previous batch by weight reads the clock once, for that value's deadline); the
-    ///   timer is an inline `tokio::time::Sleep`, never a heap allocation, created once per
-    ///   batch that waits for its deadline;
+    ///   timer is one inline `tokio::time::Sleep`, never a heap allocation, made when a batch
+    ///   first waits for its deadline and reset for the next ones (made anew after a batch
+    ///   that closed before its deadline, or on another runtime);
     /// - with the crate's `tracing` feature, each batch is one `DEBUG` event, target
     ///   `result_stream::batch`, fields `reason`, `len`, `weight` (with a weight cap) and
     ///   `age_ms` (when a subscriber was listening as the batch opened).
     ///
-    /// [`.max_weight(max_weight, weigh)`](ChunksTimeoutResult::max_weight) adds a weight cap
-    /// (bytes, bind parameters) and [`.with_batch_info()`](ChunksTimeoutResult::with_batch_info)
-    /// yields each batch with why it closed, its weight and its age.
+    /// # Weight cap
+    ///
+    /// [`.max_weight(max_weight, weigh)`](ChunksTimeoutResult::max_weight) also caps each
+    /// batch's total weight (bytes, bind parameters, anything additive), and
+    /// [`.max_weight_opt(max_weight, weigh)`](ChunksTimeoutResult::max_weight_opt) does so
+    /// for a cap known only at run time (with `None`, nothing is weighed or capped; both
+    /// give the same type, so one chain serves both):
+    /// - `weigh` is called exactly once per value, when it arrives;
+    /// - a value that would push the batch's total past `max_weight` closes the batch
+    ///   ([`FlushReason::Weight`](crate::FlushReason::Weight)) and starts the next one; a
+    ///   total that would overflow `usize` is past any cap;
+    /// - a batch whose total reaches `max_weight` is yielded at once;
+    /// - a value heavier than `max_weight` is yielded alone, at once: never held for the
+    ///   deadline, never dropped, never an error; weight 0 is allowed;
+    /// - a value that starts the next batch this way is buffered (so
+    ///   [`take_remainder`](ChunksTimeoutResult::take_remainder) returns it), and its batch's
+    ///   deadline is `timeout` after the poll in which it arrived;
+    /// - on a ready upstream each batch is the longest run of values that fits both caps.
+    ///
+    /// # Batch info
+    ///
+    /// [`.with_batch_info()`](ChunksTimeoutResult::with_batch_info) yields each batch as
+    /// `Ok((batch, info))`, with a [`BatchInfo`](crate::BatchInfo):
+    /// - `info.reason()`: why the batch closed ([`FlushReason`](crate::FlushReason));
+    /// - `info.weight()`: its total weight, `None` without a weight cap;
+    /// - `info.age()`: from its first value's arrival to its closing, on the `tokio::time`
+    ///   clock, which is read twice per batch for it, and only in this mode (where only the
+    ///   reason is needed, [`last_flush_reason`](ChunksTimeoutResult::last_flush_reason)
+    ///   reads no clock);
+    /// - errors pass through as before.
     ///
     /// # Panics
     ///
@@ -133,6 +161,34 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// drop(tx);
     /// assert_eq!(batches.next().await, Some(Ok(vec![6])));        // end of stream flush
     /// assert_eq!(batches.next().await, None);
+    /// # }
+    /// ```
+    ///
+    /// With a weight cap (bytes) and batch info:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::{StreamExt, stream};
+    /// use result_stream::{FlushReason, ResultStreamExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let rows = stream::iter(["ab", "cde", "f", "ghijklmnop", "qr"].map(Ok::<_, ()>));
+    /// let mut batches = std::pin::pin!(rows
+    ///     .chunks_timeout_result(100, Duration::from_secs(1))
+    ///     .max_weight(6, |row: &&str| row.len())
+    ///     .with_batch_info());
+    /// let (batch, info) = batches.next().await.unwrap().unwrap();
+    /// assert_eq!((batch, info.reason(), info.weight()), (vec!["ab", "cde", "f"], FlushReason::Weight, Some(6)));
+    /// let (batch, info) = batches.next().await.unwrap().unwrap(); // heavier than 6: alone, at once
+    /// assert_eq!((batch, info.weight(), info.age()), (vec!["ghijklmnop"], Some(10), Duration::ZERO));
+    /// let (batch, info) = batches.next().await.unwrap().unwrap();
+    /// assert_eq!((batch, info.reason()), (vec!["qr"], FlushReason::End));
+    ///
+    /// let no_cap = stream::iter(["ab", "cde"].map(Ok::<_, ()>)) // the same type as with a cap
+    ///     .chunks_timeout_result(100, Duration::from_secs(1))
+    ///     .max_weight_opt(None, |row: &&str| row.len());
+    /// assert_eq!(no_cap.collect::<Vec<_>>().await, vec![Ok(vec!["ab", "cde"])]);
     /// # }
     /// ```
     #[track_caller]

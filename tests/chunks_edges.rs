@@ -95,6 +95,45 @@ fn deadlines_work_on_a_second_runtime_after_the_first_is_dropped() {
     }
 }
 
+/// The timer keeps a `Sleep` that fired, to reset it for the next batch: never one of
+/// another runtime. The same hand-made waker polls a batch to its deadline on a first runtime
+/// (left alive, never driven again), then a new batch on a second runtime: the second
+/// runtime's timer wakes the task `timeout` after the new batch's first value, not earlier.
+#[test]
+fn a_timer_kept_after_a_deadline_is_not_reused_on_another_live_runtime() {
+    let (waker, count) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+    let (tx, rx) = mpsc::unbounded::<Item>();
+    let mut s = Box::pin(rx.chunks_timeout_result(10, ms(100)));
+    let first = paused_runtime();
+    first.block_on(async {
+        tx.unbounded_send(Ok(1)).unwrap();
+        assert!(s.as_mut().poll_next(&mut cx).is_pending());
+        advance(ms(100)).await;
+        assert_eq!(
+            s.as_mut().poll_next(&mut cx),
+            Poll::Ready(Some(Ok(vec![1])))
+        );
+    });
+    paused_runtime().block_on(async {
+        tx.unbounded_send(Ok(2)).unwrap();
+        assert!(s.as_mut().poll_next(&mut cx).is_pending());
+        let before = count.0.load(Ordering::SeqCst);
+        advance(ms(99)).await;
+        assert_eq!(count.0.load(Ordering::SeqCst), before, "woken early");
+        advance(ms(1)).await;
+        assert!(
+            count.0.load(Ordering::SeqCst) > before,
+            "not woken at the deadline"
+        );
+        assert_eq!(
+            s.as_mut().poll_next(&mut cx),
+            Poll::Ready(Some(Ok(vec![2])))
+        );
+    });
+    drop(first);
+}
+
 // ---------------------------------------------------------------------------------------
 // Bug 6: no wake-up at the deadline of a batch that is gone
 // ---------------------------------------------------------------------------------------

@@ -9,17 +9,15 @@ use tokio::time::Instant;
 
 use super::batch::info::sealed::Output;
 use super::batch::{
-    BUDGET, BatchOutput, BatchState, Drained, FlushReason, Limiter, NoInfo, NoWeight, Timer,
-    Upstream, Weigh, deadline_after,
+    BUDGET, BatchOutput, BatchState, Drained, FlushReason, Limiter, MaxWeight, NoInfo, NoWeight,
+    Timer, Upstream, Weigh, WithInfo, deadline_after,
 };
 
-mod builders;
-
 pin_project! {
-    /// Stream for [`ResultStreamExt::chunks_timeout_result`](crate::ResultStreamExt::chunks_timeout_result):
-    /// the method states the rules. [`max_weight`](Self::max_weight) adds a weight cap and
-    /// [`with_batch_info`](Self::with_batch_info) tags each batch; `W` and `I` are the
-    /// type-state parameters of [`crate::batch`] that they set.
+    /// Stream for [`ResultStreamExt::chunks_timeout_result`](crate::ResultStreamExt::chunks_timeout_result),
+    /// whose rustdoc states the rules. `W` and `I` are the type-state parameters of
+    /// [`crate::batch`] set by [`max_weight`](Self::max_weight) and
+    /// [`with_batch_info`](Self::with_batch_info).
     ///
     /// Dropping the adapter drops its buffered values; [`take_remainder`](Self::take_remainder)
     /// takes them out of a pinned adapter first.
@@ -37,37 +35,103 @@ pin_project! {
     }
 }
 
+const NAME: &str = "chunks_timeout_result";
+
 impl<St: TryStream> ChunksTimeoutResult<St> {
     #[track_caller]
     pub(crate) fn new(stream: St, max_items: usize, timeout: Duration) -> Self {
         assert!(
             max_items > 0,
-            "chunks_timeout_result: `max_items` must be greater than zero"
+            "{NAME}: `max_items` must be greater than zero"
         );
-        let state = BatchState::new(Limiter::new(max_items, NoWeight));
-        let (stream, timer) = (Upstream::new(stream), Timer::new());
         Self {
-            stream,
-            timer,
-            state,
+            stream: Upstream::new(stream),
+            timer: Timer::new(),
+            state: BatchState::new(Limiter::new(max_items, NoWeight)),
             pending_error: None,
             timeout,
         }
     }
 }
 
+impl<St: TryStream, I: BatchOutput<St::Ok>> ChunksTimeoutResult<St, NoWeight, I> {
+    /// Adds a weight cap: a batch holds at most `max_weight` in total, each value weighing
+    /// `weigh(&value)` (called once per value), unless it is one value heavier than that.
+    /// The rules: "Weight cap" in [`chunks_timeout_result`](crate::ResultStreamExt::chunks_timeout_result).
+    ///
+    /// # Panics
+    ///
+    /// Panics, at the caller's location, if `max_weight` is zero.
+    #[track_caller]
+    pub fn max_weight<F>(
+        self,
+        max_weight: usize,
+        weigh: F,
+    ) -> ChunksTimeoutResult<St, MaxWeight<F>, I>
+    where
+        F: FnMut(&St::Ok) -> usize,
+    {
+        self.weighed(MaxWeight::new(NAME, max_weight, weigh))
+    }
+
+    /// [`max_weight`](Self::max_weight) for a cap known only at run time: `Some(max_weight)`
+    /// applies its rules, `None` weighs nothing and caps nothing; both give one type.
+    ///
+    /// # Panics
+    ///
+    /// Panics, at the caller's location, if `max_weight` is `Some(0)`.
+    #[track_caller]
+    pub fn max_weight_opt<F>(
+        self,
+        max_weight: Option<usize>,
+        weigh: F,
+    ) -> ChunksTimeoutResult<St, Option<MaxWeight<F>>, I>
+    where
+        F: FnMut(&St::Ok) -> usize,
+    {
+        self.weighed(MaxWeight::new_opt(NAME, max_weight, weigh))
+    }
+
+    fn weighed<V: Weigh<St::Ok, Weight = usize>>(
+        self,
+        weigher: V,
+    ) -> ChunksTimeoutResult<St, V, I> {
+        self.rebuild(|limiter, _, output| (limiter.with_weigher(weigher), 0, output))
+    }
+}
+
+impl<St: TryStream, W: Weigh<St::Ok>> ChunksTimeoutResult<St, W, NoInfo> {
+    /// Yields each batch as `Ok((batch, info))` with its [`BatchInfo`](crate::BatchInfo):
+    /// why it closed, its weight and its age (two clock reads per batch). The rules: "Batch
+    /// info" in [`chunks_timeout_result`](crate::ResultStreamExt::chunks_timeout_result).
+    pub fn with_batch_info(self) -> ChunksTimeoutResult<St, W, WithInfo> {
+        self.rebuild(|limiter, total, _| (limiter, total, WithInfo::default()))
+    }
+}
+
 impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> ChunksTimeoutResult<St, W, I> {
     delegate_access_inner!(stream, St, (.));
+
+    /// The same adapter with the limiter, total and output mapped by `f`.
+    fn rebuild<V: Weigh<St::Ok>, J>(
+        self,
+        f: impl FnOnce(Limiter<W>, W::Weight, I) -> (Limiter<V>, V::Weight, J),
+    ) -> ChunksTimeoutResult<St, V, J> {
+        ChunksTimeoutResult {
+            state: self.state.rebuild(f),
+            stream: self.stream,
+            timer: self.timer,
+            pending_error: self.pending_error,
+            timeout: self.timeout,
+        }
+    }
 
     /// Consumes an adapter that was never pinned and returns the underlying stream, the
     /// buffered values (oldest first) and the error held back behind an already-yielded
     /// partial batch, if any.
     pub fn into_parts(self) -> (St, Vec<St::Ok>, Option<St::Error>) {
-        (
-            self.stream.into_inner(),
-            self.state.items,
-            self.pending_error,
-        )
+        let stream = self.stream.into_inner();
+        (stream, self.state.items, self.pending_error)
     }
 
     /// The values buffered for the next batch, oldest first.
@@ -76,7 +140,7 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> ChunksTimeoutResul
     }
 
     /// Takes the buffered values (oldest first) and the held-back error (which came after
-    /// them) out of a pinned adapter, leaving it empty with its timer dropped, so that
+    /// them) out of a pinned adapter, leaving it empty with its timer disarmed, so that
     /// nothing already pulled is lost when it is abandoned (say, in a lost `tokio::select!`
     /// race). The adapter stays usable: the next value starts a new batch.
     #[doc(alias = "into_remainder")]
@@ -101,17 +165,16 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> ChunksTimeoutResul
 type Polled<T, E, I> = Poll<Option<Result<<I as Output<T>>::Batch, E>>>;
 
 impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Proj<'_, St, W, I> {
-    /// Yields the open batch and drops its timer.
+    /// Yields the open batch and disarms its timer.
     #[inline]
     fn flush(&mut self, reason: FlushReason) -> Polled<St::Ok, St::Error, I> {
         self.timer.as_mut().clear();
         Poll::Ready(Some(Ok(self.state.close(reason))))
     }
 
-    /// Takes a value that would bring the batch to `max_weight` or past it: the batch closes
-    /// first and the value starts the next one (whose deadline runs from now, however long
-    /// the consumer takes to poll again), or the value joins and closes it (an exact fill,
-    /// or a lone value heavier than `max_weight`).
+    /// Takes a value that brings the batch to `max_weight` or past it: either the batch
+    /// closes first and the value starts the next one (whose deadline runs from now), or
+    /// the value joins and closes it (an exact fill, or a lone value past `max_weight`).
     #[cold]
     #[inline(never)]
     fn take_heavy(&mut self, value: St::Ok, weight: W::Weight) -> Polled<St::Ok, St::Error, I> {
@@ -132,15 +195,9 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Proj<'_, St, W, I>
     /// Nothing ready (or the budget spent) with values buffered: waits for the deadline,
     /// `timeout` after the end of the poll in which the batch's first value arrived.
     fn wait(&mut self, yielded: bool, cx: &mut Context<'_>) -> Polled<St::Ok, St::Error, I> {
-        let at = match self.timer.deadline() {
-            _ if self.timeout.is_zero() => return self.flush(FlushReason::Deadline),
-            Some(at) => at,
-            None => deadline_after(
-                self.state.started.take().unwrap_or_else(Instant::now),
-                *self.timeout,
-            ),
-        };
-        if self.timer.as_mut().poll_until(at, cx).is_ready() {
+        let (started, timeout) = (&mut self.state.started, *self.timeout);
+        let deadline = || deadline_after(started.take().unwrap_or_else(Instant::now), timeout);
+        if timeout.is_zero() || self.timer.as_mut().poll_armed(cx, deadline).is_ready() {
             return self.flush(FlushReason::Deadline);
         }
         if yielded {
@@ -161,16 +218,15 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Stream
             return Poll::Ready(Some(Err(error)));
         }
         let state = &mut *this.state;
-        // A value carried over by a weight split closes its own batch if it is heavier than
-        // `max_weight`. A constant `false` without a weight cap.
+        // A value carried over by a weight split and heavier than `max_weight` closes its
+        // batch at once (`SPLITS` is a constant `false` without a weight cap).
         if W::SPLITS && !state.items.is_empty() {
             if let Some(reason) = state.limiter.closes(state.items.len(), state.total) {
                 return this.flush(reason);
             }
         }
-        // Data first. Per value: a poll, a capacity check, a push and one length check (the
-        // weight rules keep the room left below `max_weight` in a local); nothing touches the
-        // timer or the clock. `stop` is `max_items`, or less when the budget ends first.
+        // Per value: a poll, a weight check against the room left (kept in a local), a push
+        // and one length check; no timer, no clock. `stop` is `max_items` or the budget's end.
         let max_items = state.limiter.max_items();
         let stop = state.items.len().saturating_add(BUDGET).min(max_items);
         let mut room = state.limiter.room(state.total);
@@ -211,11 +267,13 @@ impl<St: TryStream, W: Weigh<St::Ok>, I: BatchOutput<St::Ok>> Stream
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let held = usize::from(self.pending_error.is_some());
-        let buffered = self.state.items.len();
+        let (held, buffered) = (
+            usize::from(self.pending_error.is_some()),
+            self.state.items.len(),
+        );
         let (lower, upper) = self.stream.size_hint();
-        // At least the buffered and upcoming values, packed as tightly as the count allows;
-        // at most one output per upstream item plus one for the buffered batch.
+        // At least the buffered and upcoming values packed as tightly as the count allows; at
+        // most one batch per upstream item, plus the buffered batch.
         let lower = buffered
             .saturating_add(lower)
             .div_ceil(self.state.limiter.max_items());

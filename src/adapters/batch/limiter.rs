@@ -5,6 +5,9 @@ use core::fmt;
 
 use super::info::FlushReason;
 
+/// The most values a new batch reserves room for at once (a longer batch grows by doubling).
+const PREALLOCATE_MAX: usize = 1 << 16;
+
 /// The weight half of a batch's limits: [`NoWeight`] (the default, zero-sized: nothing is
 /// weighed), [`MaxWeight`] (set by `.max_weight(max_weight, weigh)`) or
 /// `Option<MaxWeight>` (set by `.max_weight_opt(max_weight, weigh)`, for a cap known only
@@ -121,6 +124,13 @@ impl<F> MaxWeight<F> {
             "{adapter}: `max_weight` must be greater than zero"
         );
         Self { weigh, max_weight }
+    }
+
+    /// [`new`](Self::new) for a cap known only at run time: `None` caps nothing.
+    #[track_caller]
+    pub(crate) fn new_opt(adapter: &str, max_weight: Option<usize>, weigh: F) -> Option<Self> {
+        // Not `Option::map`: `#[track_caller]` does not reach into a closure.
+        Some(Self::new(adapter, max_weight?, weigh))
     }
 
     /// The most a batch of more than one value may weigh.
@@ -364,15 +374,27 @@ impl<W> Limiter<W> {
         self.weigher.report(total)
     }
 
-    /// The buffer of a new batch (see [`new_batch`](super::timer::new_batch)).
+    /// The buffer of a new batch that reserves room for `reserve` values (0: none; see
+    /// [`reserve_after`](Self::reserve_after)), at most 65,536 (a longer batch grows by
+    /// doubling).
     #[inline(always)]
     pub(crate) fn new_batch<T>(&self, reserve: usize) -> Vec<T> {
-        super::timer::new_batch(reserve)
+        match reserve {
+            0 => Vec::new(),
+            _ => Vec::with_capacity(reserve.min(PREALLOCATE_MAX)),
+        }
     }
 
-    /// What the batch after one closed for `reason` with `len` values reserves.
+    /// What the batch after one closed for `reason` with `len` values reserves. A batch that
+    /// closed full, by count or by weight, has shown how long batches get: the next one
+    /// reserves that length (`max_items` after a count close), at most 65,536 values, in one
+    /// allocation. Any other batch (the first one among them) starts empty and grows by
+    /// doubling as a `Vec` does, so that it holds memory in proportion to its values.
     #[inline(always)]
-    pub(crate) fn reserve_after(&self, reason: super::FlushReason, len: usize) -> usize {
-        super::timer::reserve_after(reason, len)
+    pub(crate) fn reserve_after(&self, reason: FlushReason, len: usize) -> usize {
+        match reason {
+            FlushReason::Full | FlushReason::Weight => len,
+            _ => 0,
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The deadline timer both batchers share, and the rule for how much a new batch reserves.
+//! The deadline timer both batchers share.
 
 use core::future::Future;
 use core::pin::Pin;
@@ -9,48 +9,20 @@ use pin_project_lite::pin_project;
 use tokio::runtime::{Handle, Id};
 use tokio::time::{Instant, Sleep};
 
-use super::FlushReason;
-
 /// Stands in for a deadline that overflows `Instant`: about thirty years.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
-/// The most values a new batch reserves room for at once (a longer batch grows by doubling).
-const PREALLOCATE_MAX: usize = 1 << 16;
-
 /// `timeout` after `now`; a timeout past the clock's range means "never", as in
 /// `tokio::time::sleep`.
+#[inline]
 pub(crate) fn deadline_after(now: Instant, timeout: Duration) -> Instant {
     now.checked_add(timeout).unwrap_or_else(|| now + FAR_FUTURE)
 }
 
-/// The buffer of a new batch that reserves room for `reserve` values (0: none; see
-/// [`reserve_after`]), at most 65,536 (a longer batch grows by doubling).
-#[inline]
-pub(crate) fn new_batch<T>(reserve: usize) -> Vec<T> {
-    if reserve == 0 {
-        Vec::new()
-    } else {
-        Vec::with_capacity(reserve.min(PREALLOCATE_MAX))
-    }
-}
-
-/// What the batch after one closed for `reason` with `len` values reserves. A batch that
-/// closed full, by count or by weight, has shown how long batches get: the next one
-/// reserves that length (`max_items` after a count close), at most 65,536 values, in one
-/// allocation. Any other batch (the first one among them) starts empty and grows by
-/// doubling as a `Vec` does, so that it holds memory in proportion to its values.
-#[inline(always)]
-pub(crate) fn reserve_after(reason: FlushReason, len: usize) -> usize {
-    if matches!(reason, FlushReason::Full | FlushReason::Weight) {
-        len
-    } else {
-        0
-    }
-}
-
 pin_project! {
     /// One inline `tokio::time::Sleep` (never a heap allocation), created when a batcher
-    /// first waits for a deadline and reset for later ones.
+    /// first waits for a deadline and reset for later ones: a `Sleep` that fired is kept
+    /// when its batch closes, to be reset for the next batch's deadline.
     ///
     /// A `Sleep` may only be polled on a live runtime: a batcher polled on another runtime
     /// than the one its timer was made on gets a new one, at the same deadline. While the
@@ -60,6 +32,8 @@ pin_project! {
     pub(crate) struct Timer {
         #[pin]
         sleep: Option<Sleep>,
+        // Whether `sleep` is set for the open batch (else it fired, and is kept for reuse).
+        armed: bool,
         runtime: Option<Id>,
         // The waker the `Sleep` was last polled with (it keeps that waker's runtime alive).
         waker: Option<Waker>,
@@ -70,6 +44,7 @@ impl Timer {
     pub(crate) const fn new() -> Self {
         Self {
             sleep: None,
+            armed: false,
             runtime: None,
             waker: None,
         }
@@ -77,17 +52,27 @@ impl Timer {
 
     /// The deadline the timer is set for, if it is set.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.sleep.as_ref().map(Sleep::deadline)
+        self.sleep
+            .as_ref()
+            .filter(|_| self.armed)
+            .map(Sleep::deadline)
     }
 
-    /// Drops the timer, so that it never wakes the task for a batch that is gone.
+    /// Disarms the timer, so that it never wakes the task for a batch that is gone: a
+    /// `Sleep` that has not fired is dropped (deregistered), one that fired is kept.
     #[inline]
     pub(crate) fn clear(self: Pin<&mut Self>) {
-        let mut this = self.project();
-        if this.sleep.is_some() {
-            this.sleep.set(None);
-            *this.runtime = None;
-            *this.waker = None;
+        if self.armed {
+            let mut this = self.project();
+            *this.armed = false;
+            if !this
+                .sleep
+                .as_ref()
+                .as_pin_ref()
+                .is_some_and(|s| s.is_elapsed())
+            {
+                this.sleep.set(None);
+            }
         }
     }
 
@@ -108,23 +93,37 @@ impl Timer {
         }
     }
 
+    /// The armed `Sleep`, if it already holds this task's waker on the runtime polling now.
+    #[inline(always)]
+    fn registered(&self, cx: &Context<'_>) -> Option<&Sleep> {
+        let (true, Some(sleep), Some(waker)) = (self.armed, &self.sleep, &self.waker) else {
+            return None;
+        };
+        // A waker may outlive its runtime or be polled on several (a hand-made one, or
+        // `futures::executor::block_on`'s): the `Sleep` is trusted only on its own runtime.
+        (same_task(waker, cx.waker()) && current_runtime() == self.runtime).then_some(sleep)
+    }
+
     /// Waits for `at`, waking the task then.
     #[inline]
     pub(crate) fn poll_until(self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        if let (Some(sleep), Some(waker)) = (&self.sleep, &self.waker) {
-            // A waker may outlive its runtime or be polled on several (a hand-made one, or
-            // `futures::executor::block_on`'s): the `Sleep` is trusted only on its own runtime.
-            if sleep.deadline() == at
-                && same_task(waker, cx.waker())
-                && current_runtime() == self.runtime
-            {
-                return if sleep.is_elapsed() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                };
-            }
+        match self.registered(cx).filter(|sleep| sleep.deadline() == at) {
+            Some(sleep) => elapsed(sleep),
+            None => self.poll_slow(at, cx),
         }
+    }
+
+    /// Waits for the armed deadline, or for `deadline()` if the timer is not armed.
+    #[inline]
+    pub(crate) fn poll_armed(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        deadline: impl FnOnce() -> Instant,
+    ) -> Poll<()> {
+        if let Some(sleep) = self.registered(cx) {
+            return elapsed(sleep);
+        }
+        let at = self.deadline().unwrap_or_else(deadline);
         self.poll_slow(at, cx)
     }
 
@@ -132,10 +131,11 @@ impl Timer {
     #[inline(never)]
     fn poll_slow(self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        // Outside any runtime the timer is polled as it is (tokio then panics with its message).
+        // Outside any runtime an armed timer is polled as it is (tokio then panics with its
+        // message), and a new one is made (`sleep_until` panics with its own).
         let runtime = current_runtime();
         match this.sleep.as_mut().as_pin_mut() {
-            Some(sleep) if runtime.is_none() || runtime == *this.runtime => {
+            Some(sleep) if runtime == *this.runtime || (runtime.is_none() && *this.armed) => {
                 if sleep.deadline() != at {
                     sleep.reset(at);
                 }
@@ -145,6 +145,7 @@ impl Timer {
                 *this.runtime = runtime;
             }
         }
+        *this.armed = true;
         let sleep = this.sleep.as_pin_mut().expect("a timer that was just set");
         // Out of tokio's cooperative budget, a `Sleep` returns `Pending` without registering:
         // the next poll must poll it again.
@@ -159,6 +160,16 @@ impl Timer {
             }
         }
         polled
+    }
+}
+
+/// Whether a `Sleep` that holds the task's waker has fired.
+#[inline(always)]
+fn elapsed(sleep: &Sleep) -> Poll<()> {
+    if sleep.is_elapsed() {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
     }
 }
 
