@@ -13,20 +13,18 @@
 //! the stand-in for "never" (`30 years` mutated to `1 year + 30 s`; the huge-timeout test now
 //! advances twenty years), the three mutants of `size_hint`'s `buffered > 0`
 //! (`chunks_weight.rs`, a value carried by the weight cap), and `MaxWeight::max_weight` and
-//! its `Debug` (`chunks_weight.rs`). The six that survive change nothing a test can observe:
+//! its `Debug` (`chunks_weight.rs`). The six that survived changed nothing a test can
+//! observe; those whose code still exists:
 //! - `W::SPLITS && !items.is_empty()` to `||` at the top of `poll_next`: without a weight cap
 //!   `closes` finds nothing to close there (a full batch is never left open), so it only adds
 //!   a check per poll;
-//! - `grow` replaced by `()`: `Vec::push` then grows the buffer itself, by the same doubling
-//!   (the allocation counts are the same); `grow` is there so that the compiler can drop
-//!   `push`'s own capacity check from the per-value path, which the instruction counts
-//!   (`benches/instructions.rs`) show and no test can;
 //! - `WithInfo::clear` replaced by `()`: the next batch's first value sets the start again;
 //! - `NoWeight::overflows` and `NoWeight::is_full` returning `true`: unreachable, because
 //!   without a weight cap every value takes the fast path (`take_room` is always `Some`) and
 //!   the check at the top of `poll_next` is compiled out (`SPLITS` is `false`);
-//! - `Limiter::closes_by_weight` returning `None`: not called by this adapter (kept in the
-//!   shared limiter for the per-key batcher).
+//!
+//! (Run before this round's rewrite of the adapter; `grow` and `Limiter::closes_by_weight`,
+//! two of the survivors then, no longer exist.)
 
 use std::pin::{Pin, pin};
 use std::sync::Arc;
