@@ -181,13 +181,10 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
         which: Which<K>,
         reason: FlushReason,
     ) -> Option<(K, Entry<T, W::Weight>)> {
-        let key = match which {
-            Which::Key(key) => {
-                self.stale += 1; // Until `tidy` finds it at the front, or compacts.
-                key
-            }
-            Which::Oldest => self.queue.pop_front()?.key,
-            Which::Newest => self.queue.pop_back()?.key,
+        let (key, queued) = match which {
+            Which::Key(key) => (key, true),
+            Which::Oldest => (self.queue.pop_front()?.key, false),
+            Which::Newest => (self.queue.pop_back()?.key, false),
         };
         self.open -= 1;
         let batch = if matches!(reason, FlushReason::Full | FlushReason::Weight) {
@@ -208,6 +205,12 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
             self.index.retain(|_, entry| entry.seq != DORMANT);
             self.dormant = 0;
         }
+        // A batch closed by key leaves its queue entry stale, unless it is the front.
+        if queued && self.queue.front().is_some_and(|q| q.seq == batch.seq) {
+            self.queue.pop_front();
+        } else if queued {
+            self.stale += 1;
+        }
         self.tidy();
         Some((key, batch))
     }
@@ -217,7 +220,7 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
     fn tidy(&mut self) {
         let index = &self.index;
         let live = |q: &Queued<K>| index.get(&q.key).is_some_and(|e| e.seq == q.seq);
-        while self.queue.front().is_some_and(|q| !live(q)) {
+        while self.stale > 0 && self.queue.front().is_some_and(|q| !live(q)) {
             self.queue.pop_front();
             self.stale -= 1;
         }

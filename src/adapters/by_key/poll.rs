@@ -45,6 +45,26 @@ fn keyed<T, K, W: Weigh<T>>(
     (value, key, weight)
 }
 
+/// Adds a value of the run's key to its open batch, unless it splits it.
+#[inline(always)]
+fn join<T, K, W: Weigh<T>, E>(
+    entry: &mut Entry<T, W::Weight>,
+    limiter: &Limiter<W>,
+    stop: usize,
+    value: T,
+    weight: W::Weight,
+) -> ControlFlow<Run<T, K, W::Weight, E>> {
+    if limiter.splits(entry.items.len(), entry.total, weight) {
+        return ControlFlow::Break(Run::Split(value, weight));
+    }
+    entry.items.push(value);
+    entry.total = W::add(entry.total, weight);
+    if entry.items.len() >= stop || limiter.full_by_weight(entry.total) {
+        return ControlFlow::Break(Run::Stop(limiter.closes(entry.items.len(), entry.total)));
+    }
+    ControlFlow::Continue(())
+}
+
 /// Adds `value` and the values of `key` that follow it on the upstream to `key`'s open batch,
 /// until a value of another key (or an error, the end, `Pending`), a split, or `stop` values.
 #[inline(always)]
@@ -59,22 +79,22 @@ fn run_of_key<St: TryStream, K: Eq, W: Weigh<St::Ok>>(
     (value, weight): (St::Ok, W::Weight),
     cx: &mut Context<'_>,
 ) -> Run<St::Ok, K, W::Weight, St::Error> {
-    let mut join = |limiter: &Limiter<W>, value, weight| {
-        if limiter.splits(entry.items.len(), entry.total, weight) {
-            return ControlFlow::Break(Run::Split(value, weight));
-        }
-        entry.items.push(value);
-        entry.total = W::add(entry.total, weight);
-        if entry.items.len() >= stop || limiter.full_by_weight(entry.total) {
-            return ControlFlow::Break(Run::Stop(limiter.closes(entry.items.len(), entry.total)));
-        }
-        ControlFlow::Continue(())
-    };
-    if let ControlFlow::Break(run) = join(limiter, value, weight) {
+    if let ControlFlow::Break(run) = join(entry, limiter, stop, value, weight) {
         return run;
     }
+    // Values that alternate between keys take one poll each; a run of one key goes on
+    // through `poll_each`, which checks the upstream's end once.
+    let mut stream = stream;
+    match stream.as_mut().poll_next(cx).map_ok(|v| keyed(v, key_of, limiter)) {
+        Poll::Ready(Some(Ok((value, next_key, weight)))) if next_key == *key => {
+            if let ControlFlow::Break(run) = join(entry, limiter, stop, value, weight) {
+                return run;
+            }
+        }
+        other => return Run::Other(other),
+    }
     let drained = stream.poll_each(cx, |item| match item.map(|v| keyed(v, key_of, limiter)) {
-        Ok((value, next_key, weight)) if next_key == *key => join(limiter, value, weight),
+        Ok((value, next_key, weight)) if next_key == *key => join(entry, limiter, stop, value, weight),
         other => ControlFlow::Break(Run::Other(Poll::Ready(Some(other)))),
     });
     match drained {
@@ -279,15 +299,14 @@ where
         Poll::Pending
     }
 
-    /// Closes an open batch for `reason` and yields it. A timer set for its deadline moves
-    /// to the next oldest batch's (later) deadline, or goes when none is open: it never
-    /// wakes the task for a batch that is gone.
+    /// Closes an open batch for `reason` and yields it. A set timer moves to the oldest
+    /// batch's deadline (if that batch closed), or goes when none is open: it never wakes
+    /// the task for a batch that is gone.
     fn close(&mut self, which: Which<K>, reason: FlushReason) -> Polled<St, K, I> {
         let (key, batch) = self.state.close(which, reason).expect("an open batch");
-        let deadline = deadline_after(batch.opened, *self.timeout);
-        if self.timer.deadline() == Some(deadline) {
+        if let Some(at) = self.timer.deadline() {
             match self.state.oldest().map(|oldest| oldest.deadline) {
-                Some(next) if next == deadline => {}
+                Some(next) if next == at => {}
                 Some(next) => self.timer.as_mut().retarget(next),
                 None => self.timer.as_mut().clear(),
             }
