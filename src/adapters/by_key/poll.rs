@@ -20,8 +20,13 @@ type Item<St, K, I> =
     Result<(K, <I as Output<<St as TryStream>::Ok>>::Batch), <St as TryStream>::Error>;
 type Polled<St, K, I> = Poll<Option<Item<St, K, I>>>;
 
-/// What the upstream gave, a value with its key and weight.
-type Next<T, K, Wt, E> = Poll<Option<Result<(T, K, Wt), E>>>;
+/// What the upstream gave, a value with its key and weight (each computed exactly once).
+enum Next<T, K, Wt, E> {
+    Value(T, K, Wt),
+    Err(E),
+    End,
+    Pending,
+}
 
 /// Why a run of one key's values into its open batch stopped.
 enum Run<T, K, Wt, E> {
@@ -35,14 +40,31 @@ enum Run<T, K, Wt, E> {
 
 /// Weighs and keys a value that just arrived: each exactly once.
 #[inline(always)]
-fn keyed<T, K, W: Weigh<T>>(
+fn keyed<T, K, W: Weigh<T>, E>(
     value: T,
     key_of: &mut impl FnMut(&T) -> K,
     limiter: &mut Limiter<W>,
-) -> (T, K, W::Weight) {
+) -> Next<T, K, W::Weight, E> {
     let weight = limiter.weigh(&value);
     let key = key_of(&value);
-    (value, key, weight)
+    Next::Value(value, key, weight)
+}
+
+/// Polls the upstream once; a value is keyed and weighed.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn pull<St: TryStream, K, W: Weigh<St::Ok>>(
+    stream: Pin<&mut Upstream<St>>,
+    key_of: &mut impl FnMut(&St::Ok) -> K,
+    limiter: &mut Limiter<W>,
+    cx: &mut Context<'_>,
+) -> Next<St::Ok, K, W::Weight, St::Error> {
+    match stream.poll_next(cx) {
+        Poll::Ready(Some(Ok(value))) => keyed(value, key_of, limiter),
+        Poll::Ready(Some(Err(error))) => Next::Err(error),
+        Poll::Ready(None) => Next::End,
+        Poll::Pending => Next::Pending,
+    }
 }
 
 /// Adds a value of the run's key to its open batch, unless it splits it.
@@ -85,22 +107,26 @@ fn run_of_key<St: TryStream, K: Eq, W: Weigh<St::Ok>>(
     // Values that alternate between keys take one poll each; a run of one key goes on
     // through `poll_each`, which checks the upstream's end once.
     let mut stream = stream;
-    match stream.as_mut().poll_next(cx).map_ok(|v| keyed(v, key_of, limiter)) {
-        Poll::Ready(Some(Ok((value, next_key, weight)))) if next_key == *key => {
+    match pull(stream.as_mut(), key_of, limiter, cx) {
+        Next::Value(value, next_key, weight) if next_key == *key => {
             if let ControlFlow::Break(run) = join(entry, limiter, stop, value, weight) {
                 return run;
             }
         }
         other => return Run::Other(other),
     }
-    let drained = stream.poll_each(cx, |item| match item.map(|v| keyed(v, key_of, limiter)) {
-        Ok((value, next_key, weight)) if next_key == *key => join(entry, limiter, stop, value, weight),
-        other => ControlFlow::Break(Run::Other(Poll::Ready(Some(other)))),
+    let drained = stream.poll_each(cx, |item| {
+        match item.map_or_else(Next::Err, |value| keyed(value, key_of, limiter)) {
+            Next::Value(value, next_key, weight) if next_key == *key => {
+                join(entry, limiter, stop, value, weight)
+            }
+            other => ControlFlow::Break(Run::Other(other)),
+        }
     });
     match drained {
         Drained::Break(run) => run,
-        Drained::Pending => Run::Other(Poll::Pending),
-        Drained::Ended => Run::Other(Poll::Ready(None)),
+        Drained::Pending => Run::Other(Next::Pending),
+        Drained::Ended => Run::Other(Next::End),
     }
 }
 
@@ -122,31 +148,28 @@ where
         // Data first: what the upstream has ready joins its batches, at most `BUDGET` values
         // (fewer if a deadline has passed: the grace left). The clock is read once, by the
         // first batch opened.
-        let (mut budget, mut now, mut carried) = (this.state.grace, None, None);
+        let (mut budget, mut now) = (this.state.grace, None);
         let max_items = this.state.limiter.max_items();
-        while budget > 0 {
-            let next = carried.take().unwrap_or_else(|| {
-                let limiter = &mut this.state.limiter;
-                this.stream
-                    .as_mut()
-                    .poll_next(cx)
-                    .map_ok(|v| keyed(v, this.key, limiter))
-            });
+        let mut next = pull(this.stream.as_mut(), this.key, &mut this.state.limiter, cx);
+        loop {
             let (value, key, weight) = match next {
-                Poll::Ready(Some(Ok(item))) => item,
-                Poll::Ready(end) => {
-                    // An error (held back behind the open batches) or the end.
-                    *this.pending_error = end.and_then(Result::err);
-                    return this.owed().expect("the open batches, the error or the end");
+                Next::Value(value, key, weight) => (value, key, weight),
+                Next::Err(error) => {
+                    *this.pending_error = Some(error); // Held back behind the open batches.
+                    return this.owed().expect("the open batches, then the error");
                 }
-                Poll::Pending => break,
+                Next::End => return this.owed().expect("the open batches, then the end"),
+                Next::Pending => break,
             };
             let (Some(entry), limiter) = this.state.entry_and_limiter(&key) else {
                 (budget, this.state.grace) = (budget - 1, budget - 1);
-                match this.open(key, value, weight, &mut now) {
-                    Some(ready) => return ready,
-                    None => continue,
+                if let Some(ready) = this.open(key, value, weight, &mut now) {
+                    return ready;
+                } else if budget == 0 {
+                    break;
                 }
+                next = pull(this.stream.as_mut(), this.key, &mut this.state.limiter, cx);
+                continue;
             };
             // `key`'s batch is open: its next values go straight into it, without looking the
             // key up again. `stop` counts the budget in.
@@ -160,8 +183,8 @@ where
             match run {
                 Run::Split(value, weight) => return this.split(key, value, weight, now),
                 Run::Stop(Some(reason)) => return this.close(Which::Key(key), reason),
-                Run::Stop(None) => budget = 0,
-                Run::Other(next) => carried = Some(next),
+                Run::Stop(None) => break, // The budget is spent.
+                Run::Other(item) => next = item,
             }
         }
         this.wait(budget == 0, cx)
@@ -267,7 +290,7 @@ where
         weight: W::Weight,
         now: Option<Instant>,
     ) -> Polled<St, K, I> {
-        self.state.grace -= 1;
+        self.state.grace -= 1; // The value that splits is taken too.
         let closed = self.close(Which::Key(key.clone()), FlushReason::Weight);
         let total = W::add(Default::default(), weight);
         let opened = now.unwrap_or_else(Instant::now);
