@@ -18,14 +18,11 @@ use super::batch::{FlushReason, Limiter, MaxWeight, NoInfo, NoWeight, Timer, Ups
 use open::OpenBatches;
 
 pin_project! {
-    /// Stream for [`ResultStreamExt::chunks_timeout_by_key_result`](crate::ResultStreamExt::chunks_timeout_by_key_result):
-    /// the method states the rules, and shows the builders below. `W` and `I` are the
-    /// type-state parameters of [`crate::batch`] that [`max_weight`](Self::max_weight) and
-    /// [`with_batch_info`](Self::with_batch_info) set, as on
-    /// [`ChunksTimeoutResult`](crate::ChunksTimeoutResult).
-    ///
-    /// Dropping the adapter drops its buffered values;
-    /// [`take_remainder`](Self::take_remainder) takes them out of a pinned adapter first.
+    /// Stream for [`ResultStreamExt::chunks_timeout_by_key_result`](crate::ResultStreamExt::chunks_timeout_by_key_result),
+    /// which states the rules and shows the builders. `W` and `I` are the type-state
+    /// parameters of [`crate::batch`] set by [`max_weight`](Self::max_weight) and
+    /// [`with_batch_info`](Self::with_batch_info). Dropping the adapter drops its buffered
+    /// values; [`take_remainder`](Self::take_remainder) takes them out first.
     #[must_use = "streams do nothing unless polled"]
     #[project = Proj]
     pub struct ChunksTimeoutByKeyResult<St: TryStream, K, F, W: Weigh<St::Ok> = NoWeight, I = NoInfo> {
@@ -38,7 +35,6 @@ pin_project! {
         pending_error: Option<St::Error>,
         trace_key: Option<KeyFormatter<K>>,
         output: PhantomData<fn() -> I>,
-        timeout: Duration,
     }
 }
 
@@ -57,7 +53,7 @@ where
             .field("pending_error", &self.pending_error)
             .field("limits", &self.state.limiter)
             .field("max_open_keys", &self.state.max_open_keys)
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.state.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -73,22 +69,20 @@ impl<St: TryStream, K: Hash + Eq, F> ChunksTimeoutByKeyResult<St, K, F> {
             stream: Upstream::new(stream),
             timer: Timer::new(),
             key,
-            state: OpenBatches::new(Limiter::new(max_items, NoWeight), usize::MAX),
+            state: OpenBatches::new(Limiter::new(max_items, NoWeight), timeout, usize::MAX),
             pending_error: None,
             trace_key: None,
             output: PhantomData,
-            timeout,
         }
     }
 }
 
 impl<St: TryStream, K: Hash + Eq, F, I> ChunksTimeoutByKeyResult<St, K, F, NoWeight, I> {
-    /// Adds a weight cap per key: each value weighs `weigh(&value)` (called once), and each
-    /// key's batch holds at most `max_weight`, with the rules of
-    /// [`ChunksTimeoutResult::max_weight`](crate::ChunksTimeoutResult::max_weight) applied
-    /// to each key's batch alone: a value that would push its key's batch past `max_weight`
-    /// closes it ([`FlushReason::Weight`]) and opens the key's next batch, with a deadline of
-    /// its own; a value heavier than `max_weight` is yielded alone and evicts nothing.
+    /// Adds a weight cap per key, with the rules of
+    /// [`ChunksTimeoutResult::max_weight`](crate::ChunksTimeoutResult::max_weight) for each
+    /// key's batch alone: a value that would push it past `max_weight` closes it
+    /// ([`FlushReason::Weight`]) and opens the key's next batch, with a deadline of its own;
+    /// a value heavier than `max_weight` is yielded alone and evicts nothing.
     ///
     /// # Panics
     ///
@@ -106,9 +100,8 @@ impl<St: TryStream, K: Hash + Eq, F, I> ChunksTimeoutByKeyResult<St, K, F, NoWei
         self.retyped(|state| state.with_weigher(weigher))
     }
 
-    /// [`max_weight`](Self::max_weight) for a cap known only at run time: `Some(max_weight)`
-    /// applies its rules, `None` weighs nothing (`weigh` is never called) and caps nothing;
-    /// both give the same type.
+    /// [`max_weight`](Self::max_weight) for a cap known only at run time: `None` weighs
+    /// nothing (`weigh` is never called) and caps nothing.
     ///
     /// # Panics
     ///
@@ -133,10 +126,9 @@ impl<St: TryStream, K: Hash + Eq, F, I> ChunksTimeoutByKeyResult<St, K, F, NoWei
 }
 
 impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>> ChunksTimeoutByKeyResult<St, K, F, W> {
-    /// Yields each batch with a [`BatchInfo`](crate::BatchInfo), as `Ok((key, (batch,
-    /// info)))`: why it closed (including [`FlushReason::Eviction`]), its weight (`None`
-    /// without a cap) and its age, from its first value's arrival (the poll that took it)
-    /// to its closing (the clock is read once more per batch for it, only in this mode).
+    /// Yields `Ok((key, (batch, info)))`: the [`BatchInfo`](crate::BatchInfo) tells why the
+    /// batch closed (including [`FlushReason::Eviction`]), its weight and its age, from its
+    /// first value's arrival (the poll that took it) to its closing.
     pub fn with_batch_info(self) -> ChunksTimeoutByKeyResult<St, K, F, W, crate::batch::WithInfo> {
         self.retyped(|state| state)
     }
@@ -158,14 +150,12 @@ impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResu
             pending_error: self.pending_error,
             trace_key: self.trace_key,
             output: PhantomData,
-            timeout: self.timeout,
         }
     }
 
-    /// Bounds the open batches (keys with buffered values) to `max_open_keys`: a value of a
-    /// key with no open batch, when that many are open, first closes the oldest one, yielded
-    /// at once ([`FlushReason::Eviction`]). A value that closes its batch by itself
-    /// (`max_items == 1`, or heavier than `max_weight`) evicts nothing. Unbounded by default.
+    /// Bounds the open batches to `max_open_keys` (unbounded by default): a new key's value,
+    /// when that many are open, first closes the oldest one ([`FlushReason::Eviction`]),
+    /// unless it closes its own batch by itself (`max_items == 1`, or too heavy).
     ///
     /// # Panics
     ///
@@ -180,9 +170,8 @@ impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResu
         self
     }
 
-    /// With the crate's `tracing` feature, each batch's event gets a `key` field written by
-    /// `show` (`std::fmt::Debug::fmt` for a `Debug` key). Without this call the event has no
-    /// `key` field, so keys need no `Debug`; without the feature, `show` is never called.
+    /// With the `tracing` feature, gives each batch's event a `key` field written by `show`
+    /// (`std::fmt::Debug::fmt` for a `Debug` key); without it, the events have no `key`.
     pub fn trace_key_with(mut self, show: fn(&K, &mut fmt::Formatter<'_>) -> fmt::Result) -> Self {
         self.trace_key = Some(show);
         self
@@ -190,12 +179,12 @@ impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResu
 
     /// The number of open batches (keys with buffered values).
     pub fn open_keys(&self) -> usize {
-        self.state.len()
+        self.state.open
     }
 
     /// The deadline of the oldest open batch: the next one the timer waits for.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.state.oldest().map(|batch| batch.deadline)
+        self.state.queue.front().map(|batch| batch.deadline)
     }
 
     /// The open batches' keys, oldest batch first.
@@ -210,17 +199,20 @@ impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResu
 
     /// The values buffered for `key`, oldest first (empty when it has no open batch).
     pub fn buffered_values(&self, key: &K) -> &[St::Ok] {
-        self.state.values_of(key)
+        self.state.index.get(key).map_or(&[], |entry| &entry.items)
     }
 
-    /// The number of buffered values, over every key. O(number of keys held).
+    /// The number of buffered values, over every key.
     pub fn buffered_len(&self) -> usize {
-        self.state.buffered_len()
+        self.state
+            .index
+            .values()
+            .map(|entry| entry.items.len())
+            .sum()
     }
 
-    /// Takes every key's buffered values (oldest batch first, each batch's values in
-    /// arrival order) and the error held back behind them (which came after them) out of a
-    /// pinned adapter, leaving it empty with its timer dropped, so that nothing already
+    /// Takes every key's buffered values (oldest batch first) and the error held back
+    /// behind them out of a pinned adapter, leaving it empty with its timer dropped: nothing
     /// pulled is lost when it is abandoned (say, in a lost `tokio::select!` race).
     #[doc(alias = "into_remainder")]
     #[allow(clippy::type_complexity)]

@@ -15,13 +15,14 @@
 
 use core::hash::Hash;
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::adapters::batch::{BUDGET, FlushReason, Limiter, Weigh};
+use crate::adapters::batch::{BUDGET, FlushReason, Limiter, Weigh, deadline_after};
 
 /// The `seq` of a dormant entry.
-const DORMANT: u64 = u64::MAX;
+pub(super) const DORMANT: u64 = u64::MAX;
 
 /// Dormant entries kept while fewer batches are open; tables up to this size never shrink.
 const KEEP: usize = 1_024;
@@ -31,7 +32,7 @@ const KEEP: usize = 1_024;
 pub(super) struct Entry<T, Wt> {
     pub(super) items: Vec<T>,
     pub(super) total: Wt,
-    seq: u64,
+    pub(super) seq: u64,
     /// When its first value arrived (the clock read of the poll that took it).
     pub(super) opened: Instant,
     /// What the key's next batch reserves (see `Limiter::reserve_after`).
@@ -58,6 +59,7 @@ pub(super) enum Which<K> {
 #[derive(Debug)]
 pub(super) struct OpenBatches<K, T, W: Weigh<T>> {
     pub(super) limiter: Limiter<W>,
+    pub(super) timeout: Duration,
     pub(super) max_open_keys: usize,
     /// The newest batch holds one value heavier than `max_weight`: it is yielded next.
     pub(super) due: bool,
@@ -69,18 +71,20 @@ pub(super) struct OpenBatches<K, T, W: Weigh<T>> {
     /// a batch a value closed) from the poll in which one passed.
     pub(super) grace: usize,
     pub(super) last_flush: Option<FlushReason>,
-    index: HashMap<K, Entry<T, W::Weight>>,
-    queue: VecDeque<Queued<K>>,
+    pub(super) index: HashMap<K, Entry<T, W::Weight>>,
+    /// The open batches in opening order, the front live (see the module's documentation).
+    pub(super) queue: VecDeque<Queued<K>>,
+    pub(super) open: usize,
     next_seq: u64,
-    open: usize,
     stale: usize,
     dormant: usize,
 }
 
 impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
-    pub(super) fn new(limiter: Limiter<W>, max_open_keys: usize) -> Self {
+    pub(super) fn new(limiter: Limiter<W>, timeout: Duration, max_open_keys: usize) -> Self {
         Self {
             limiter,
+            timeout,
             max_open_keys,
             due: false,
             expired_first: false,
@@ -97,17 +101,8 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
 
     /// The same (empty) table with the weight rules of `weigher`.
     pub(super) fn with_weigher<V: Weigh<T>>(self, weigher: V) -> OpenBatches<K, T, V> {
-        OpenBatches::new(self.limiter.with_weigher(weigher), self.max_open_keys)
-    }
-
-    /// How many batches are open.
-    pub(super) fn len(&self) -> usize {
-        self.open
-    }
-
-    /// The oldest open batch (its deadline is the earliest).
-    pub(super) fn oldest(&self) -> Option<&Queued<K>> {
-        self.queue.front()
+        let limiter = self.limiter.with_weigher(weigher);
+        OpenBatches::new(limiter, self.timeout, self.max_open_keys)
     }
 
     /// The open batches, oldest first: their keys and values.
@@ -116,38 +111,13 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
         (self.queue.iter()).filter_map(move |q| Some((&q.key, &live(q)?.items[..])))
     }
 
-    /// The values buffered, over every key.
-    pub(super) fn buffered_len(&self) -> usize {
-        self.index.values().map(|entry| entry.items.len()).sum()
-    }
-
-    /// The values buffered for `key`, oldest first (empty if it has no open batch).
-    pub(super) fn values_of(&self, key: &K) -> &[T] {
-        self.index.get(key).map_or(&[], |entry| &entry.items)
-    }
-
-    /// `key`'s open batch, if it has one, and the limits.
-    #[inline]
-    pub(super) fn entry_and_limiter(
-        &mut self,
-        key: &K,
-    ) -> (Option<&mut Entry<T, W::Weight>>, &mut Limiter<W>) {
-        let entry = self.index.get_mut(key).filter(|entry| entry.seq != DORMANT);
-        (entry, &mut self.limiter)
-    }
-
-    /// Opens a batch for `key` (which has none open) with `value`, deadline `deadline`. Its
+    /// Opens a batch for `key` (which has none open) with `value`, arrived at `opened`. Its
     /// buffer reserves the length of the key's last batch if that one filled, else nothing.
-    pub(super) fn open(
-        &mut self,
-        key: K,
-        value: T,
-        total: W::Weight,
-        opened: Instant,
-        deadline: Instant,
-    ) where
+    pub(super) fn open(&mut self, key: K, value: T, total: W::Weight, opened: Instant)
+    where
         K: Clone,
     {
+        let deadline = deadline_after(opened, self.timeout);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.open += 1;

@@ -8,13 +8,11 @@ use core::task::{Context, Poll};
 use futures_core::stream::{FusedStream, Stream, TryStream};
 use tokio::time::Instant;
 
-use super::open::{Entry, Which};
+use super::open::{DORMANT, Entry, Which};
 use super::{ChunksTimeoutByKeyResult, Proj};
 use crate::adapters::batch::info::sealed::Output;
 use crate::adapters::batch::trace::{self, Shown};
-use crate::adapters::batch::{
-    BUDGET, BatchOutput, Drained, FlushReason, Limiter, Upstream, Weigh, deadline_after,
-};
+use crate::adapters::batch::{BUDGET, BatchOutput, Drained, FlushReason, Limiter, Upstream, Weigh};
 
 type Item<St, K, I> =
     Result<(K, <I as Output<<St as TryStream>::Ok>>::Batch), <St as TryStream>::Error>;
@@ -161,7 +159,12 @@ where
                 Next::End => return this.owed().expect("the open batches, then the end"),
                 Next::Pending => break,
             };
-            let (Some(entry), limiter) = this.state.entry_and_limiter(&key) else {
+            let state = &mut *this.state;
+            let entry = state
+                .index
+                .get_mut(&key)
+                .filter(|entry| entry.seq != DORMANT);
+            let (Some(entry), limiter) = (entry, &mut state.limiter) else {
                 (budget, this.state.grace) = (budget - 1, budget - 1);
                 if let Some(ready) = this.open(key, value, weight, &mut now) {
                     return ready;
@@ -191,18 +194,16 @@ where
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let (open, held) = (self.state.len(), usize::from(self.pending_error.is_some()));
+        let (open, held) = (self.state.open, usize::from(self.pending_error.is_some()));
         let (lower, upper) = self.stream.size_hint();
         let upcoming = lower.div_ceil(self.state.limiter.max_items());
-        // Every open batch (then the held error, then the upcoming values, packed tightly, in
-        // batches of their own), and at most one output per upstream item besides those.
-        let lower = if held == 1 {
-            open + 1 + upcoming
-        } else {
-            open.max(upcoming)
-        };
-        let upper = upper.and_then(|upper| upper.checked_add(open)?.checked_add(held));
-        (lower, upper)
+        // At least every open batch and the upcoming values packed tightly (after a held
+        // error, in batches of their own); at most one output per upstream item besides.
+        let lower = (open + held).saturating_add(held * upcoming).max(upcoming);
+        (
+            lower,
+            upper.and_then(|upper| upper.checked_add(open + held)),
+        )
     }
 }
 
@@ -214,7 +215,7 @@ where
     W: Weigh<St::Ok>,
 {
     fn is_terminated(&self) -> bool {
-        self.stream.is_terminated() && self.state.len() == 0 && self.pending_error.is_none()
+        self.stream.is_terminated() && self.state.open == 0 && self.pending_error.is_none()
     }
 }
 
@@ -234,7 +235,7 @@ where
             return Some(self.close(Which::Newest, FlushReason::Weight));
         }
         if self.pending_error.is_some() || self.stream.is_terminated() {
-            if self.state.len() > 0 {
+            if self.state.open > 0 {
                 let reason = match self.pending_error {
                     Some(_) => FlushReason::Error,
                     None => FlushReason::End,
@@ -245,7 +246,7 @@ where
             return Some(Poll::Ready(self.pending_error.take().map(Err)));
         }
         if self.state.expired_first {
-            match self.state.oldest() {
+            match self.state.queue.front() {
                 // Data wins: values already available are taken first, while the grace lasts.
                 Some(oldest) if oldest.deadline <= Instant::now() => {
                     if self.state.grace == 0 {
@@ -272,11 +273,10 @@ where
         if let Some(reason) = self.state.limiter.closes(1, total) {
             return Some(self.emit(key, vec![value], total, None, reason));
         }
-        let full = self.state.len() >= self.state.max_open_keys;
+        let full = self.state.open >= self.state.max_open_keys;
         let evicted = full.then(|| self.close(Which::Oldest, FlushReason::Eviction));
-        let opened = *now.get_or_insert_with(Instant::now);
-        let deadline = deadline_after(opened, *self.timeout);
-        self.state.open(key, value, total, opened, deadline);
+        self.state
+            .open(key, value, total, *now.get_or_insert_with(Instant::now));
         evicted
     }
 
@@ -293,16 +293,15 @@ where
         self.state.grace -= 1; // The value that splits is taken too.
         let closed = self.close(Which::Key(key.clone()), FlushReason::Weight);
         let total = W::add(Default::default(), weight);
-        let opened = now.unwrap_or_else(Instant::now);
-        let deadline = deadline_after(opened, *self.timeout);
-        self.state.open(key, value, total, opened, deadline);
+        self.state
+            .open(key, value, total, now.unwrap_or_else(Instant::now));
         self.state.due = self.state.limiter.closes(1, total).is_some();
         closed
     }
 
     /// Nothing ready, or the budget spent: the oldest batch's deadline is the next event.
     fn wait(&mut self, yielded: bool, cx: &mut Context<'_>) -> Polled<St, K, I> {
-        let Some(deadline) = self.state.oldest().map(|batch| batch.deadline) else {
+        let Some(deadline) = self.state.queue.front().map(|batch| batch.deadline) else {
             self.state.grace = BUDGET;
             self.timer.as_mut().clear();
             return Poll::Pending;
@@ -313,7 +312,7 @@ where
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        if self.timeout.is_zero() || self.timer.as_mut().poll_until(deadline, cx).is_ready() {
+        if self.state.timeout.is_zero() || self.timer.as_mut().poll_until(deadline, cx).is_ready() {
             // The upstream has nothing ready: every expired batch comes out now.
             self.state.grace = 0;
             return self.close(Which::Oldest, FlushReason::Deadline);
@@ -328,7 +327,7 @@ where
     fn close(&mut self, which: Which<K>, reason: FlushReason) -> Polled<St, K, I> {
         let (key, batch) = self.state.close(which, reason).expect("an open batch");
         if let Some(at) = self.timer.deadline() {
-            match self.state.oldest().map(|oldest| oldest.deadline) {
+            match self.state.queue.front().map(|oldest| oldest.deadline) {
                 Some(next) if next == at => {}
                 Some(next) => self.timer.as_mut().retarget(next),
                 None => self.timer.as_mut().clear(),
