@@ -1,17 +1,13 @@
 //! The open batches of a per-key batcher: an index from key to batch, and a queue of the
-//! batches in opening order.
+//! batches in opening order. Every batch gets the same `timeout`, so that order is the order
+//! of their deadlines: the queue is the deadline queue, the eviction order and the flush
+//! order. A batch closed before its turn (full, by weight) leaves its queue entry stale (its
+//! `seq` no longer its key's); stale entries go when they reach the front (always live), or
+//! all at once when they outnumber the open batches.
 //!
-//! Every batch gets the same `timeout` from a monotonic clock, so the order in which batches
-//! open is the order of their deadlines: one FIFO queue is the deadline queue, the eviction
-//! order and the flush order. A batch that closes before its turn (full, by weight) leaves
-//! its queue entry stale (its `seq` no longer matches its key's open batch). The front is
-//! always live: stale entries are dropped when they reach it, and all at once when they
-//! outnumber the open batches, so the queue stays in proportion to them.
-//!
-//! A key whose batch closed full keeps its index entry, empty, so that its next batch
-//! reserves its full size at once; there are never more of those dormant entries than 1,024
-//! or the open batches, whichever is more. When the last open batch closes, tables grown past
-//! 1,024 entries by a burst of keys are shrunk (the index to its dormant entries).
+//! A key whose batch filled keeps its index entry, empty (dormant), so that its next batch
+//! reserves its full size at once: at most 1,024 or as many as open batches. When the last
+//! open batch closes, tables grown past 1,024 entries by a burst of keys shrink.
 
 use core::hash::Hash;
 use std::collections::{HashMap, VecDeque};
@@ -28,7 +24,6 @@ pub(super) const DORMANT: u64 = u64::MAX;
 const KEEP: usize = 1_024;
 
 /// A key's batch, in the index next to its key.
-#[derive(Debug)]
 pub(super) struct Entry<T, Wt> {
     pub(super) items: Vec<T>,
     pub(super) total: Wt,
@@ -40,44 +35,38 @@ pub(super) struct Entry<T, Wt> {
 }
 
 /// A batch's place in the queue.
-#[derive(Debug)]
 pub(super) struct Queued<K> {
     pub(super) key: K,
     pub(super) deadline: Instant,
     seq: u64,
 }
 
-/// Which open batch to close.
+/// Which open batch to close: the key's, the oldest or the newest.
 pub(super) enum Which<K> {
-    /// The key's (it has one open).
     Key(K),
     Oldest,
     Newest,
 }
 
 /// The open batches, the limits that close them and the poll loop's bookkeeping.
-#[derive(Debug)]
 pub(super) struct OpenBatches<K, T, W: Weigh<T>> {
     pub(super) limiter: Limiter<W>,
     pub(super) timeout: Duration,
     pub(super) max_open_keys: usize,
     /// The newest batch holds one value heavier than `max_weight`: it is yielded next.
     pub(super) due: bool,
-    /// Set after a batch that a value or a deadline closed, or a cooperative yield: the next
-    /// poll looks at the oldest deadline before taking more values.
+    /// Set after a yield: the next poll looks at the oldest deadline before taking values.
     pub(super) expired_first: bool,
-    /// How many values may still be taken before the batches whose deadlines have passed
-    /// are yielded: `BUDGET` while none has passed, counting down (across polls that yield
-    /// a batch a value closed) from the poll in which one passed.
+    /// Values that may still be taken before the passed deadlines are honoured: `BUDGET`,
+    /// counting down (across polls) from the poll in which a deadline passed.
     pub(super) grace: usize,
     pub(super) last_flush: Option<FlushReason>,
+    /// The open batches and the dormant entries.
     pub(super) index: HashMap<K, Entry<T, W::Weight>>,
-    /// The open batches in opening order, the front live (see the module's documentation).
+    /// The open batches, oldest first, and the stale entries.
     pub(super) queue: VecDeque<Queued<K>>,
     pub(super) open: usize,
     next_seq: u64,
-    stale: usize,
-    dormant: usize,
 }
 
 impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
@@ -92,10 +81,8 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
             last_flush: None,
             index: HashMap::new(),
             queue: VecDeque::new(),
-            next_seq: 0,
             open: 0,
-            stale: 0,
-            dormant: 0,
+            next_seq: 0,
         }
     }
 
@@ -135,10 +122,7 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
         };
         // A dormant entry takes the batch, and the key goes to the queue without a clone.
         match self.index.get_mut(&key) {
-            Some(entry) => {
-                self.dormant -= 1;
-                *entry = new_batch(entry.reserve);
-            }
+            Some(entry) => *entry = new_batch(entry.reserve),
             None => drop(self.index.insert(key.clone(), new_batch(0))),
         }
         self.queue.push_back(Queued { key, deadline, seq });
@@ -166,20 +150,16 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
                 opened: entry.opened,
                 reserve: self.limiter.reserve_after(reason, entry.items.len()),
             };
-            self.dormant += 1;
             core::mem::replace(entry, dormant)
         } else {
             self.index.remove(&key).expect("an open batch")
         };
-        if self.dormant > self.open.max(KEEP) {
+        if self.index.len() - self.open > self.open.max(KEEP) {
             self.index.retain(|_, entry| entry.seq != DORMANT);
-            self.dormant = 0;
         }
         // A batch closed by key leaves its queue entry stale, unless it is the front.
         if queued && self.queue.front().is_some_and(|q| q.seq == batch.seq) {
             self.queue.pop_front();
-        } else if queued {
-            self.stale += 1;
         }
         self.tidy();
         Some((key, batch))
@@ -190,19 +170,17 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
     fn tidy(&mut self) {
         let index = &self.index;
         let live = |q: &Queued<K>| index.get(&q.key).is_some_and(|e| e.seq == q.seq);
-        while self.stale > 0 && self.queue.front().is_some_and(|q| !live(q)) {
+        while self.queue.len() > self.open && self.queue.front().is_some_and(|q| !live(q)) {
             self.queue.pop_front();
-            self.stale -= 1;
         }
-        if self.stale > self.open {
+        if self.queue.len() > 2 * self.open {
             self.queue.retain(live);
-            self.stale = 0;
         }
         if self.open == 0 && self.queue.capacity() > KEEP {
             self.queue = VecDeque::new();
         }
         if self.open == 0 && self.index.capacity() > KEEP {
-            self.index.shrink_to(self.dormant);
+            self.index.shrink_to(0); // Down to the dormant entries.
         }
     }
 
@@ -213,7 +191,7 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
             all.push((key, batch.items));
         }
         self.index.clear();
-        (self.dormant, self.due, self.expired_first, self.grace) = (0, false, false, BUDGET);
+        (self.due, self.expired_first, self.grace) = (false, false, BUDGET);
         all
     }
 }

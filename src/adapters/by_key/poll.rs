@@ -36,16 +36,21 @@ enum Run<T, K, Wt, E> {
     Other(Next<T, K, Wt, E>),
 }
 
-/// Weighs and keys a value that just arrived: each exactly once.
+/// An upstream item, a value weighed and keyed (each exactly once).
 #[inline(always)]
 fn keyed<T, K, W: Weigh<T>, E>(
-    value: T,
+    item: Result<T, E>,
     key_of: &mut impl FnMut(&T) -> K,
     limiter: &mut Limiter<W>,
 ) -> Next<T, K, W::Weight, E> {
-    let weight = limiter.weigh(&value);
-    let key = key_of(&value);
-    Next::Value(value, key, weight)
+    match item {
+        Ok(value) => {
+            let weight = limiter.weigh(&value);
+            let key = key_of(&value);
+            Next::Value(value, key, weight)
+        }
+        Err(error) => Next::Err(error),
+    }
 }
 
 /// Polls the upstream once; a value is keyed and weighed.
@@ -58,8 +63,7 @@ fn pull<St: TryStream, K, W: Weigh<St::Ok>>(
     cx: &mut Context<'_>,
 ) -> Next<St::Ok, K, W::Weight, St::Error> {
     match stream.poll_next(cx) {
-        Poll::Ready(Some(Ok(value))) => keyed(value, key_of, limiter),
-        Poll::Ready(Some(Err(error))) => Next::Err(error),
+        Poll::Ready(Some(item)) => keyed(item, key_of, limiter),
         Poll::Ready(None) => Next::End,
         Poll::Pending => Next::Pending,
     }
@@ -113,13 +117,11 @@ fn run_of_key<St: TryStream, K: Eq, W: Weigh<St::Ok>>(
         }
         other => return Run::Other(other),
     }
-    let drained = stream.poll_each(cx, |item| {
-        match item.map_or_else(Next::Err, |value| keyed(value, key_of, limiter)) {
-            Next::Value(value, next_key, weight) if next_key == *key => {
-                join(entry, limiter, stop, value, weight)
-            }
-            other => ControlFlow::Break(Run::Other(other)),
+    let drained = stream.poll_each(cx, |item| match keyed(item, key_of, limiter) {
+        Next::Value(value, next_key, weight) if next_key == *key => {
+            join(entry, limiter, stop, value, weight)
         }
+        other => ControlFlow::Break(Run::Other(other)),
     });
     match drained {
         Drained::Break(run) => run,
@@ -326,12 +328,12 @@ where
     /// the task for a batch that is gone.
     fn close(&mut self, which: Which<K>, reason: FlushReason) -> Polled<St, K, I> {
         let (key, batch) = self.state.close(which, reason).expect("an open batch");
-        if let Some(at) = self.timer.deadline() {
-            match self.state.queue.front().map(|oldest| oldest.deadline) {
-                Some(next) if next == at => {}
-                Some(next) => self.timer.as_mut().retarget(next),
-                None => self.timer.as_mut().clear(),
+        match (self.timer.deadline(), self.state.queue.front()) {
+            (Some(at), Some(next)) if next.deadline != at => {
+                self.timer.as_mut().retarget(next.deadline)
             }
+            (Some(_), None) => self.timer.as_mut().clear(),
+            _ => {}
         }
         self.emit(key, batch.items, batch.total, Some(batch.opened), reason)
     }
