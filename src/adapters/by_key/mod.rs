@@ -82,11 +82,8 @@ impl<St: TryStream, K: Hash + Eq, F, I> ChunksTimeoutByKeyResult<St, K, F, NoWei
     /// [`ChunksTimeoutResult::max_weight`](crate::ChunksTimeoutResult::max_weight) for each
     /// key's batch alone: a value that would push it past `max_weight` closes it
     /// ([`FlushReason::Weight`]) and opens the key's next batch, with a deadline of its own;
-    /// a value heavier than `max_weight` is yielded alone and evicts nothing.
-    ///
-    /// # Panics
-    ///
-    /// Panics, at the caller's location, if `max_weight` is zero.
+    /// a value heavier than `max_weight` is yielded alone and evicts nothing. Panics, at the
+    /// caller's location, if `max_weight` is zero.
     #[track_caller]
     pub fn max_weight<G>(
         self,
@@ -101,11 +98,8 @@ impl<St: TryStream, K: Hash + Eq, F, I> ChunksTimeoutByKeyResult<St, K, F, NoWei
     }
 
     /// [`max_weight`](Self::max_weight) for a cap known only at run time: `None` weighs
-    /// nothing (`weigh` is never called) and caps nothing.
-    ///
-    /// # Panics
-    ///
-    /// Panics, at the caller's location, if `max_weight` is `Some(0)`.
+    /// nothing (`weigh` is never called) and caps nothing. Panics, at the caller's location,
+    /// if `max_weight` is `Some(0)`.
     #[track_caller]
     pub fn max_weight_opt<G>(
         self,
@@ -155,11 +149,8 @@ impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResu
 
     /// Bounds the open batches to `max_open_keys` (unbounded by default): a new key's value,
     /// when that many are open, first closes the oldest one ([`FlushReason::Eviction`]),
-    /// unless it closes its own batch by itself (`max_items == 1`, or too heavy).
-    ///
-    /// # Panics
-    ///
-    /// Panics, at the caller's location, if `max_open_keys` is zero.
+    /// unless it closes its own batch by itself (`max_items == 1`, or too heavy). Panics, at
+    /// the caller's location, if `max_open_keys` is zero.
     #[track_caller]
     pub fn max_open_keys(mut self, max_open_keys: usize) -> Self {
         assert!(

@@ -26,13 +26,11 @@ enum Next<T, K, Wt, E> {
     Pending,
 }
 
-/// Why a run of one key's values into its open batch stopped.
+/// Why a run of one key's values into its open batch stopped: a value that would push it
+/// past `max_weight`, the batch closed (why) or the budget spent (`None`), another item.
 enum Run<T, K, Wt, E> {
-    /// The value would push the batch past `max_weight`.
     Split(T, Wt),
-    /// The batch is full (by count or weight: why), or the budget is spent (`None`).
     Stop(Option<FlushReason>),
-    /// What the upstream gave that is not of this key.
     Other(Next<T, K, Wt, E>),
 }
 
@@ -146,8 +144,7 @@ where
             return owed;
         }
         // Data first: what the upstream has ready joins its batches, at most `BUDGET` values
-        // (fewer if a deadline has passed: the grace left). The clock is read once, by the
-        // first batch opened.
+        // (fewer if a deadline has passed: the grace left).
         let (mut budget, mut now) = (this.state.grace, None);
         let max_items = this.state.limiter.max_items();
         let mut next = pull(this.stream.as_mut(), this.key, &mut this.state.limiter, cx);
@@ -202,10 +199,8 @@ where
         // At least every open batch and the upcoming values packed tightly (after a held
         // error, in batches of their own); at most one output per upstream item besides.
         let lower = (open + held).saturating_add(held * upcoming).max(upcoming);
-        (
-            lower,
-            upper.and_then(|upper| upper.checked_add(open + held)),
-        )
+        let upper = upper.and_then(|upper| upper.checked_add(open + held));
+        (lower, upper)
     }
 }
 
@@ -213,7 +208,6 @@ impl<St, K, F, W, I> FusedStream for ChunksTimeoutByKeyResult<St, K, F, W, I>
 where
     Self: Stream,
     St: TryStream,
-    K: Hash + Eq,
     W: Weigh<St::Ok>,
 {
     fn is_terminated(&self) -> bool {
@@ -228,10 +222,9 @@ where
     W: Weigh<St::Ok>,
     I: BatchOutput<St::Ok>,
 {
-    /// What is owed before more values are taken: a value due alone, the batches held
-    /// before an error and then the error, the batches left at the end and then `None`, and
-    /// (after a batch a value or a deadline closed, or a yield) the batches whose deadlines
-    /// have passed, once the grace that lets data win is spent.
+    /// What is owed before more values are taken: a value due alone, the open batches then
+    /// the held error or the end, and (after a yield) the batches whose deadlines passed,
+    /// once the grace that lets data win is spent.
     fn owed(&mut self) -> Option<Polled<St, K, I>> {
         if core::mem::take(&mut self.state.due) {
             return Some(self.close(Which::Newest, FlushReason::Weight));
@@ -261,9 +254,8 @@ where
         None
     }
 
-    /// Opens `key`'s batch with `value`, its deadline `timeout` after `now` (read once per
-    /// poll, by the first batch it opens), first evicting the oldest batch if
-    /// `max_open_keys` are open. A value that closes its batch by itself opens nothing.
+    /// Opens `key`'s batch, arrived `now` (read once per poll), evicting the oldest batch if
+    /// `max_open_keys` are open; a value that closes its batch by itself opens nothing.
     fn open(
         &mut self,
         key: K,
@@ -323,9 +315,8 @@ where
         Poll::Pending
     }
 
-    /// Closes an open batch for `reason` and yields it. A set timer moves to the oldest
-    /// batch's deadline (if that batch closed), or goes when none is open: it never wakes
-    /// the task for a batch that is gone.
+    /// Closes an open batch and yields it. A set timer follows the oldest deadline, or goes
+    /// with the last batch: it never wakes the task for a batch that is gone.
     fn close(&mut self, which: Which<K>, reason: FlushReason) -> Polled<St, K, I> {
         let (key, batch) = self.state.close(which, reason).expect("an open batch");
         match (self.timer.deadline(), self.state.queue.front()) {
@@ -338,8 +329,7 @@ where
         self.emit(key, batch.items, batch.total, Some(batch.opened), reason)
     }
 
-    /// Yields `key`'s batch, closed for `reason`, whose first value arrived at `opened`
-    /// (`None`: in this poll). The next poll looks at the oldest deadline first.
+    /// Yields a batch whose first value arrived at `opened` (`None`: in this poll).
     fn emit(
         &mut self,
         key: K,
