@@ -374,7 +374,7 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   reserves its next batch's full size, `min(max_items, 65_536)` values, in one
     ///   allocation, and a key whose last batch closed by weight reserves that batch's
     ///   length. Besides the values, each open batch costs an index entry and a queue
-    ///   entry (about 100 bytes with a `u64` key); a batch that closes before older ones
+    ///   entry (100 to 200 bytes with a `u64` key); a batch that closes before older ones
     ///   leaves its queue entry behind until they close, never more such entries than open
     ///   batches. The adapter remembers the keys whose last batch filled (an index entry
     ///   each, no values) up to the number of open batches or 1,024, whichever is more.
