@@ -195,11 +195,7 @@ impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResu
 
     /// The number of buffered values, over every key.
     pub fn buffered_len(&self) -> usize {
-        self.state
-            .index
-            .values()
-            .map(|entry| entry.items.len())
-            .sum()
+        self.state.index.values().map(|e| e.items.len()).sum()
     }
 
     /// Takes every key's buffered values (oldest batch first) and the error held back
