@@ -374,23 +374,28 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   and grows by doubling, except that a key whose last batch closed by count
     ///   reserves its next batch's full size, `min(max_items, 65_536)` values, in one
     ///   allocation, and a key whose last batch closed by weight reserves that batch's
-    ///   length. Besides the values, each open batch costs an index entry and a list node
-    ///   (about 100 bytes with a `u64` key), and the adapter remembers the keys whose last
-    ///   batch filled (an index entry each, no values) up to the number of open batches or
-    ///   1,024, whichever is more. When the last open batch closes, a table grown past
-    ///   1,024 entries by a burst of keys is given back (the index keeps only the
-    ///   remembered keys);
+    ///   length. Besides the values, each open batch costs an index entry and a queue
+    ///   entry (100 to 200 bytes with a `u64` key); a batch that closes before older ones
+    ///   leaves its queue entry behind until they close, never more such entries than open
+    ///   batches. The adapter remembers the keys whose last batch filled (an index entry
+    ///   each, no values) up to the number of open batches or 1,024, whichever is more.
+    ///   When the last open batch closes, tables grown past 1,024 entries by a burst of keys
+    ///   are given back (the index keeps only the remembered keys);
     /// - cost per value: the key function and a push, after one key comparison when the
     ///   value has the same key as the previous one, otherwise after one hash lookup. Per
-    ///   batch: one clone of the key, one allocation for a key whose last batch filled
-    ///   (else one per doubling), and one clock read for all the batches opened in the same
-    ///   poll;
+    ///   batch: at most one clone of the key (none for a key whose last batch filled up to
+    ///   a cap), one allocation for a key whose last batch filled (else one per doubling),
+    ///   and one clock read for all the batches opened in the same poll;
     /// - with the crate's `tracing` feature, each batch is one `DEBUG` event, target
     ///   `result_stream::batch`, fields `reason`, `len`, `weight` (with a weight cap),
-    ///   `age_ms` and `key` (its `Debug`: with the feature on, keys must be `Debug`).
+    ///   `age_ms`, and `key` when
+    ///   [`trace_key_with`](ChunksTimeoutByKeyResult::trace_key_with) gives a formatter:
+    ///   no bound on `K` depends on the feature, so enabling it never breaks a build whose
+    ///   key is not `Debug`.
     ///
     /// `key` is called once per value.
-    /// [`max_weight`](ChunksTimeoutByKeyResult::max_weight) adds a weight cap per key and
+    /// [`max_weight`](ChunksTimeoutByKeyResult::max_weight) adds a weight cap per key,
+    /// [`max_open_keys`](ChunksTimeoutByKeyResult::max_open_keys) bounds the open batches and
     /// [`with_batch_info`](ChunksTimeoutByKeyResult::with_batch_info) tags each batch with
     /// why it closed ([`FlushReason`](crate::FlushReason), including `Eviction`), its weight
     /// and its age, as on [`chunks_timeout_result`](Self::chunks_timeout_result).
@@ -430,6 +435,37 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// drop(tx);
     /// assert_eq!(batches.next().await, Some(Ok(("c", vec![("c", 1)])))); // end of stream
     /// assert_eq!(batches.next().await, None);
+    /// # }
+    /// ```
+    ///
+    /// With a weight cap, a bound on open batches and batch info:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use futures::{StreamExt, stream};
+    /// use result_stream::FlushReason::{End, Eviction, Weight};
+    /// use result_stream::ResultStreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let rows = [("a", 4), ("b", 5), ("a", 3), ("b", 9), ("a", 1), ("c", 2), ("b", 1), ("d", 1)];
+    /// let batches: Vec<_> = stream::iter(rows.map(Ok::<_, ()>))
+    ///     .chunks_timeout_by_key_result(|row| row.0, 100, Duration::from_secs(1))
+    ///     .max_weight(8, |row| row.1)
+    ///     .max_open_keys(2)
+    ///     .trace_key_with(std::fmt::Debug::fmt) // the `tracing` feature's `key` field
+    ///     .with_batch_info()
+    ///     .map(|batch| batch.map(|(key, (rows, info))| (key, rows.len(), info.reason())))
+    ///     .collect()
+    ///     .await;
+    /// assert_eq!(batches, vec![
+    ///     Ok(("b", 1, Weight)),   // ("b", 9) would push b past 8: b's next batch
+    ///     Ok(("b", 1, Weight)),   // ("b", 9) is heavier than 8: alone, at once
+    ///     Ok(("a", 3, Weight)),   // 4 + 3 + 1 = 8: full by weight
+    ///     Ok(("c", 1, Eviction)), // d opens while c and b are open: c is the oldest
+    ///     Ok(("b", 1, End)),      // the end: oldest first
+    ///     Ok(("d", 1, End)),
+    /// ]);
     /// # }
     /// ```
     #[track_caller]

@@ -230,3 +230,22 @@ async fn a_spawned_pipeline_batches_per_key() {
     assert_eq!(batches.len(), 10);
     assert!(batches.iter().all(|b| b.as_ref().unwrap().1.len() == 10));
 }
+
+/// A key with no `Debug`: the adapter needs none, whatever the crate's features (with
+/// `tracing` on, the events then have no `key` field unless `trace_key_with` writes one).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Tenant(char);
+
+#[test]
+fn a_key_that_is_not_debug_batches_with_or_without_a_key_formatter() {
+    let values =
+        || stream::iter((0..6u32).map(|n| Ok::<Value, ()>((['a', 'b'][n as usize % 2], n))));
+    let show = |tenant: &Tenant, f: &mut std::fmt::Formatter<'_>| write!(f, "tenant {}", tenant.0);
+    for traced in [false, true] {
+        let s = values().chunks_timeout_by_key_result(|v| Tenant(v.0), 3, secs(1));
+        let s = if traced { s.trace_key_with(show) } else { s };
+        let batches: Vec<_> = futures::executor::block_on(s.collect());
+        let keys: Vec<char> = batches.iter().map(|b| b.as_ref().unwrap().0.0).collect();
+        assert_eq!(keys, vec!['a', 'b']);
+    }
+}

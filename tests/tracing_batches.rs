@@ -1,6 +1,6 @@
 //! The `tracing` feature's batch events: one event per flushed batch, target
 //! `result_stream::batch`, with fields `reason`, `len`, `weight` (with a weight cap),
-//! `age_ms` and, for keyed batches, `key` (its `Debug`). Checked with a capturing
+//! `age_ms` and, for keyed batches given `trace_key_with`, `key`. Checked with a capturing
 //! subscriber on a paused clock.
 #![cfg(feature = "tracing")]
 
@@ -98,7 +98,8 @@ async fn an_error_flushes_each_open_key_with_an_event_naming_the_key() {
     let capture = Capture::default();
     let _subscriber = tracing::subscriber::set_default(capture.clone());
     let (tx, rx) = mpsc::unbounded::<Result<(&str, u32), &str>>();
-    let mut batches = pin!(rx.chunks_timeout_by_key_result(|v| v.0, 10, Duration::from_secs(5)));
+    let batches = rx.chunks_timeout_by_key_result(|v| v.0, 10, Duration::from_secs(5));
+    let mut batches = pin!(batches.trace_key_with(Debug::fmt));
     tx.unbounded_send(Ok(("a", 1))).unwrap();
     assert!(poll!(batches.next()).is_pending());
     tokio::time::advance(Duration::from_millis(1_500)).await;

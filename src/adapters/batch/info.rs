@@ -73,6 +73,8 @@ impl<T> BatchOutput<T> for NoInfo {}
 impl<T> BatchOutput<T> for WithInfo {}
 
 pub(crate) mod sealed {
+    use tokio::time::Instant;
+
     use super::FlushReason;
 
     /// The hooks a batching adapter calls.
@@ -94,6 +96,15 @@ pub(crate) mod sealed {
             reason: FlushReason,
             weight: Option<usize>,
         ) -> Self::Batch;
+
+        /// What is yielded for a batch closed for `reason`, weighing `weight`, whose first
+        /// value arrived at `first` (`None`: in the poll that closes it, or never timed).
+        fn output(
+            batch: Vec<T>,
+            reason: FlushReason,
+            weight: Option<usize>,
+            first: Option<Instant>,
+        ) -> Self::Batch;
     }
 }
 
@@ -112,6 +123,11 @@ impl<T> sealed::Output<T> for NoInfo {
 
     #[inline(always)]
     fn finish(&mut self, batch: Vec<T>, _: FlushReason, _: Option<usize>) -> Vec<T> {
+        batch
+    }
+
+    #[inline(always)]
+    fn output(batch: Vec<T>, _: FlushReason, _: Option<usize>, _: Option<Instant>) -> Vec<T> {
         batch
     }
 }
@@ -143,7 +159,17 @@ impl<T> sealed::Output<T> for WithInfo {
         reason: FlushReason,
         weight: Option<usize>,
     ) -> (Vec<T>, BatchInfo) {
-        let age = match self.first_arrived.take() {
+        let first = self.first_arrived.take();
+        <Self as sealed::Output<T>>::output(batch, reason, weight, first)
+    }
+
+    fn output(
+        batch: Vec<T>,
+        reason: FlushReason,
+        weight: Option<usize>,
+        first: Option<Instant>,
+    ) -> (Vec<T>, BatchInfo) {
+        let age = match first {
             Some(first) => Instant::now().saturating_duration_since(first),
             None => Duration::ZERO,
         };

@@ -15,7 +15,6 @@ pub(crate) mod upstream;
 
 pub use info::{BatchInfo, BatchOutput, FlushReason, NoInfo, WithInfo};
 pub use limiter::{MaxWeight, NoWeight, Weigh};
-pub use trace::TracedKey;
 
 pub(crate) use limiter::Limiter;
 pub(crate) use state::BatchState;

@@ -118,7 +118,7 @@ impl<T, W: Weigh<T>, I: BatchOutput<T>> BatchState<T, W, I> {
         let items = mem::take(&mut self.items);
         self.reserve = self.limiter.reserve_after(reason, items.len());
         #[cfg(feature = "tracing")]
-        super::trace::flushed::<()>(reason, items.len(), weight, self.opened.take(), None);
+        super::trace::flushed(reason, items.len(), weight, self.opened.take(), None);
         self.output.finish(items, reason, weight)
     }
 }

@@ -1,29 +1,26 @@
 //! The `tracing` feature's one event per flushed batch: target `result_stream::batch`,
 //! level `DEBUG`, fields `reason`, `len`, `weight` (with a weight cap), `age_ms` (when the
-//! batch's first arrival was timed) and `key` (`Debug`, for keyed batches). Without the
-//! feature every function here is empty and inlined away.
+//! batch's first arrival was timed) and `key` (for keyed batches given a key formatter).
+//! Without the feature every function here is empty and inlined away.
 
-#[cfg(feature = "tracing")]
-use core::fmt::Debug;
+use core::fmt;
 
 use tokio::time::Instant;
 
 use super::FlushReason;
 
-/// What a per-key batcher needs of its keys for the `tracing` feature's events: `Debug`
-/// with the feature on, nothing with it off (so, with the feature on, keys must be `Debug`,
-/// as `String`, integers and tuples of them are).
-#[cfg(feature = "tracing")]
-pub trait TracedKey: Debug {}
-#[cfg(feature = "tracing")]
-impl<K: Debug + ?Sized> TracedKey for K {}
+/// How a per-key batcher shows a key in its events: a user-supplied formatter, so that no
+/// bound on the key depends on the feature.
+pub(crate) type KeyFormatter<K> = fn(&K, &mut fmt::Formatter<'_>) -> fmt::Result;
 
-/// What a per-key batcher needs of its keys for the `tracing` feature's events: `Debug`
-/// with the feature on, nothing with it off.
-#[cfg(not(feature = "tracing"))]
-pub trait TracedKey {}
-#[cfg(not(feature = "tracing"))]
-impl<K: ?Sized> TracedKey for K {}
+/// A key with its formatter, for the event's `key` field.
+pub(crate) struct Shown<'a, K>(pub(crate) &'a K, pub(crate) KeyFormatter<K>);
+
+impl<K> fmt::Debug for Shown<'_, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.1)(self.0, f)
+    }
+}
 
 /// Whether a subscriber wants batch events: the first value of a batch is then timed, for
 /// the event's `age_ms`.
@@ -34,15 +31,15 @@ pub(crate) fn enabled() -> bool {
 }
 
 /// Emits the event of a batch of `len` values closed for `reason`, whose first value
-/// arrived at `opened` (if timed), with its key if it has one.
+/// arrived at `opened` (if timed), with its key if it is shown.
 #[inline(always)]
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
-pub(crate) fn flushed<K: TracedKey + ?Sized>(
+pub(crate) fn flushed(
     reason: FlushReason,
     len: usize,
     weight: Option<usize>,
     opened: Option<Instant>,
-    key: Option<&K>,
+    key: Option<&dyn fmt::Debug>,
 ) {
     #[cfg(feature = "tracing")]
     {

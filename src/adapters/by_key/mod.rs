@@ -13,26 +13,16 @@ use futures_core::stream::TryStream;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-#[cfg(doc)]
-use super::batch::WithInfo;
-use super::batch::{
-    BatchOutput, FlushReason, Limiter, MaxWeight, NoInfo, NoWeight, Timer, Upstream, Weigh,
-};
+use super::batch::trace::KeyFormatter;
+use super::batch::{FlushReason, Limiter, MaxWeight, NoInfo, NoWeight, Timer, Upstream, Weigh};
 use open::OpenBatches;
 
 pin_project! {
-    /// Stream for [`ResultStreamExt::chunks_timeout_by_key_result`](crate::ResultStreamExt::chunks_timeout_by_key_result):
-    /// the method states the rules. [`max_open_keys`](Self::max_open_keys) bounds the open
-    /// batches, [`max_weight`](Self::max_weight) adds a weight cap per batch and
-    /// [`with_batch_info`](Self::with_batch_info) tags each batch (`W` and `I` are the
-    /// type-state parameters of [`crate::batch`] that they set, as on
-    /// [`ChunksTimeoutResult`](crate::ChunksTimeoutResult); with [`WithInfo`] the item is
-    /// `(K, (Vec<T>, BatchInfo))`).
-    ///
-    /// # Cancellation safety
-    ///
-    /// Dropping the adapter drops its buffered values;
-    /// [`take_remainder`](Self::take_remainder) takes them out of a pinned adapter first.
+    /// Stream for [`ResultStreamExt::chunks_timeout_by_key_result`](crate::ResultStreamExt::chunks_timeout_by_key_result),
+    /// which states the rules and shows the builders. `W` and `I` are the type-state
+    /// parameters of [`crate::batch`] set by [`max_weight`](Self::max_weight) and
+    /// [`with_batch_info`](Self::with_batch_info). Dropping the adapter drops its buffered
+    /// values; [`take_remainder`](Self::take_remainder) takes them out first.
     #[must_use = "streams do nothing unless polled"]
     #[project = Proj]
     pub struct ChunksTimeoutByKeyResult<St: TryStream, K, F, W: Weigh<St::Ok> = NoWeight, I = NoInfo> {
@@ -43,8 +33,8 @@ pin_project! {
         key: F,
         state: OpenBatches<K, St::Ok, W>,
         pending_error: Option<St::Error>,
+        trace_key: Option<KeyFormatter<K>>,
         output: PhantomData<fn() -> I>,
-        timeout: Duration,
     }
 }
 
@@ -53,7 +43,7 @@ where
     St: TryStream + fmt::Debug,
     St::Ok: fmt::Debug,
     St::Error: fmt::Debug,
-    K: fmt::Debug + Hash + Eq + Clone,
+    K: fmt::Debug + Hash + Eq,
     W: Weigh<St::Ok> + fmt::Debug,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -63,17 +53,12 @@ where
             .field("pending_error", &self.pending_error)
             .field("limits", &self.state.limiter)
             .field("max_open_keys", &self.state.max_open_keys)
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.state.timeout)
             .finish_non_exhaustive()
     }
 }
 
-impl<St, K, F> ChunksTimeoutByKeyResult<St, K, F>
-where
-    St: TryStream,
-    F: FnMut(&St::Ok) -> K,
-    K: Hash + Eq + Clone,
-{
+impl<St: TryStream, K: Hash + Eq, F> ChunksTimeoutByKeyResult<St, K, F> {
     #[track_caller]
     pub(crate) fn new(stream: St, key: F, max_items: usize, timeout: Duration) -> Self {
         assert!(
@@ -84,51 +69,21 @@ where
             stream: Upstream::new(stream),
             timer: Timer::new(),
             key,
-            state: OpenBatches::new(Limiter::new(max_items, NoWeight), usize::MAX),
+            state: OpenBatches::new(Limiter::new(max_items, NoWeight), timeout, usize::MAX),
             pending_error: None,
+            trace_key: None,
             output: PhantomData,
-            timeout,
         }
     }
 }
 
-impl<St: TryStream, K, F, I> ChunksTimeoutByKeyResult<St, K, F, NoWeight, I> {
-    /// Adds a weight cap per key: each value is weighed once by `weigh`, and each key's
-    /// batch holds at most `max_weight` in total.
-    ///
-    /// The rules of [`ChunksTimeoutResult::max_weight`](crate::ChunksTimeoutResult::max_weight),
-    /// per key:
-    /// - a value that would push its key's batch past `max_weight` (or overflow `usize`)
-    ///   closes that batch ([`FlushReason::Weight`]) and starts the key's next one, with a
-    ///   deadline of its own;
-    /// - a batch that reaches `max_weight` is yielded at once;
-    /// - a value heavier than `max_weight` is yielded alone, at once, and evicts nothing;
-    /// - other keys' batches are not affected.
-    ///
-    /// # Panics
-    ///
-    /// Panics, at the caller's location, if `max_weight` is zero.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use futures::{StreamExt, stream};
-    /// use result_stream::ResultStreamExt;
-    ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let rows = stream::iter([("a", 4), ("b", 5), ("a", 3), ("b", 9), ("a", 1)].map(Ok::<_, ()>));
-    /// let batches: Vec<_> = rows
-    ///     .chunks_timeout_by_key_result(|row| row.0, 100, Duration::from_secs(1))
-    ///     .max_weight(8, |row| row.1)
-    ///     .collect()
-    ///     .await;
-    /// assert_eq!(batches, vec![
-    ///     Ok(("b", vec![("b", 5)])),           // ("b", 9) would push b past 8,
-    ///     Ok(("b", vec![("b", 9)])),           // and is heavier than 8 on its own
-    ///     Ok(("a", vec![("a", 4), ("a", 3), ("a", 1)])), // 8: full by weight
-    /// ]);
-    /// # }
-    /// ```
+impl<St: TryStream, K: Hash + Eq, F, I> ChunksTimeoutByKeyResult<St, K, F, NoWeight, I> {
+    /// Adds a weight cap per key, with the rules of
+    /// [`ChunksTimeoutResult::max_weight`](crate::ChunksTimeoutResult::max_weight) for each
+    /// key's batch alone: a value that would push it past `max_weight` closes it
+    /// ([`FlushReason::Weight`]) and opens the key's next batch, with a deadline of its own;
+    /// a value heavier than `max_weight` is yielded alone and evicts nothing. Panics, at the
+    /// caller's location, if `max_weight` is zero.
     #[track_caller]
     pub fn max_weight<G>(
         self,
@@ -138,38 +93,13 @@ impl<St: TryStream, K, F, I> ChunksTimeoutByKeyResult<St, K, F, NoWeight, I> {
     where
         G: FnMut(&St::Ok) -> usize,
     {
-        self.weighed(MaxWeight::new(
-            "chunks_timeout_by_key_result",
-            max_weight,
-            weigh,
-        ))
+        let weigher = MaxWeight::new("chunks_timeout_by_key_result", max_weight, weigh);
+        self.retyped(|state| state.with_weigher(weigher))
     }
 
-    /// [`max_weight`](Self::max_weight) for a cap known only at run time: `Some(max_weight)`
-    /// applies its rules, `None` weighs nothing (`weigh` is never called) and caps nothing;
-    /// both give the same type, so one chain serves both.
-    ///
-    /// # Panics
-    ///
-    /// Panics, at the caller's location, if `max_weight` is `Some(0)`.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use futures::{StreamExt, stream};
-    /// use result_stream::ResultStreamExt;
-    ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let cap_from_flags: Option<usize> = None;
-    /// let rows = stream::iter([("a", 4), ("a", 9)].map(Ok::<_, ()>));
-    /// let batches: Vec<_> = rows
-    ///     .chunks_timeout_by_key_result(|row| row.0, 100, Duration::from_secs(1))
-    ///     .max_weight_opt(cap_from_flags, |row| row.1)
-    ///     .collect()
-    ///     .await;
-    /// assert_eq!(batches, vec![Ok(("a", vec![("a", 4), ("a", 9)]))]);
-    /// # }
-    /// ```
+    /// [`max_weight`](Self::max_weight) for a cap known only at run time: `None` weighs
+    /// nothing (`weigh` is never called) and caps nothing. Panics, at the caller's location,
+    /// if `max_weight` is `Some(0)`.
     #[track_caller]
     pub fn max_weight_opt<G>(
         self,
@@ -185,104 +115,42 @@ impl<St: TryStream, K, F, I> ChunksTimeoutByKeyResult<St, K, F, NoWeight, I> {
             Some(max) => Some(MaxWeight::new("chunks_timeout_by_key_result", max, weigh)),
             None => None,
         };
-        self.weighed(weigher)
-    }
-
-    fn weighed<V: Weigh<St::Ok>>(self, weigher: V) -> ChunksTimeoutByKeyResult<St, K, F, V, I> {
-        let limiter = self.state.limiter.with_weigher(weigher);
-        ChunksTimeoutByKeyResult {
-            stream: self.stream,
-            timer: self.timer,
-            key: self.key,
-            state: self.state.with_limiter(limiter),
-            pending_error: self.pending_error,
-            output: PhantomData,
-            timeout: self.timeout,
-        }
+        self.retyped(|state| state.with_weigher(weigher))
     }
 }
 
-impl<St: TryStream, K, F, W: Weigh<St::Ok>> ChunksTimeoutByKeyResult<St, K, F, W, NoInfo> {
-    /// Yields each batch with a [`BatchInfo`](crate::BatchInfo): `Ok((key, (batch, info)))`.
-    ///
-    /// - `info.reason()`: why the batch closed ([`FlushReason`], including
-    ///   [`Eviction`](FlushReason::Eviction) for a batch closed by
-    ///   [`max_open_keys`](Self::max_open_keys));
-    /// - `info.weight()`: its total weight, `None` without a weight cap;
-    /// - `info.age()`: from its first value's arrival (the poll that took it) to its
-    ///   closing; the clock is read once more per batch for it, and only in this mode;
-    /// - errors pass through as before.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use futures::{SinkExt, StreamExt};
-    /// use result_stream::{FlushReason, ResultStreamExt};
-    ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let (mut tx, rx) = futures::channel::mpsc::unbounded::<Result<(char, u32), String>>();
-    /// let mut batches = std::pin::pin!(
-    ///     rx.chunks_timeout_by_key_result(|v| v.0, 10, Duration::from_secs(5))
-    ///         .max_open_keys(1)
-    ///         .with_batch_info()
-    /// );
-    /// tx.send(Ok(('a', 1))).await.unwrap();
-    /// tx.send(Ok(('b', 1))).await.unwrap();
-    ///
-    /// let (key, (batch, info)) = batches.next().await.unwrap().unwrap();
-    /// assert_eq!((key, batch, info.reason()), ('a', vec![('a', 1)], FlushReason::Eviction));
-    ///
-    /// let (key, (_, info)) = batches.next().await.unwrap().unwrap(); // b's deadline
-    /// assert_eq!((key, info.reason(), info.age()), ('b', FlushReason::Deadline, Duration::from_secs(5)));
-    /// # }
-    /// ```
+impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>> ChunksTimeoutByKeyResult<St, K, F, W> {
+    /// Yields `Ok((key, (batch, info)))`: the [`BatchInfo`](crate::BatchInfo) tells why the
+    /// batch closed (including [`FlushReason::Eviction`]), its weight and its age, from its
+    /// first value's arrival (the poll that took it) to its closing.
     pub fn with_batch_info(self) -> ChunksTimeoutByKeyResult<St, K, F, W, crate::batch::WithInfo> {
-        ChunksTimeoutByKeyResult {
-            stream: self.stream,
-            timer: self.timer,
-            key: self.key,
-            state: self.state,
-            pending_error: self.pending_error,
-            output: PhantomData,
-            timeout: self.timeout,
-        }
+        self.retyped(|state| state)
     }
 }
 
-impl<St: TryStream, K, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResult<St, K, F, W, I> {
+impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResult<St, K, F, W, I> {
     delegate_access_inner!(stream, St, (.));
 
-    /// Bounds the number of open batches (keys with buffered values) to `max_open_keys`.
-    ///
-    /// - a value of a key with no open batch, when `max_open_keys` batches are open, first
-    ///   closes the oldest open batch, which is yielded at once
-    ///   ([`FlushReason::Eviction`]), then opens its own;
-    /// - a value that closes its batch by itself (`max_items == 1`, or heavier than
-    ///   `max_weight`) opens nothing and evicts nothing;
-    /// - without this call the number of open batches is unbounded: one per distinct key
-    ///   seen within a `timeout`.
-    ///
-    /// # Panics
-    ///
-    /// Panics, at the caller's location, if `max_open_keys` is zero.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use futures::{StreamExt, stream};
-    /// use result_stream::ResultStreamExt;
-    ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let values = stream::iter([1, 2, 1, 3].map(Ok::<u32, ()>));
-    /// let batches: Vec<_> = values
-    ///     .chunks_timeout_by_key_result(|&v| v, 10, Duration::from_secs(1))
-    ///     .max_open_keys(2)
-    ///     .collect()
-    ///     .await;
-    /// // 3 evicts 1 (the oldest), then the end flushes 2 and 3.
-    /// assert_eq!(batches, vec![Ok((1, vec![1, 1])), Ok((2, vec![2])), Ok((3, vec![3]))]);
-    /// # }
-    /// ```
+    /// The same adapter (never polled) with other limits or output.
+    fn retyped<V: Weigh<St::Ok>, J>(
+        self,
+        state: impl FnOnce(OpenBatches<K, St::Ok, W>) -> OpenBatches<K, St::Ok, V>,
+    ) -> ChunksTimeoutByKeyResult<St, K, F, V, J> {
+        ChunksTimeoutByKeyResult {
+            stream: self.stream,
+            timer: self.timer,
+            key: self.key,
+            state: state(self.state),
+            pending_error: self.pending_error,
+            trace_key: self.trace_key,
+            output: PhantomData,
+        }
+    }
+
+    /// Bounds the open batches to `max_open_keys` (unbounded by default): a new key's value,
+    /// when that many are open, first closes the oldest one ([`FlushReason::Eviction`]),
+    /// unless it closes its own batch by itself (`max_items == 1`, or too heavy). Panics, at
+    /// the caller's location, if `max_open_keys` is zero.
     #[track_caller]
     pub fn max_open_keys(mut self, max_open_keys: usize) -> Self {
         assert!(
@@ -293,49 +161,46 @@ impl<St: TryStream, K, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResult<St, K, F
         self
     }
 
+    /// With the `tracing` feature, gives each batch's event a `key` field written by `show`
+    /// (`std::fmt::Debug::fmt` for a `Debug` key); without it, the events have no `key`.
+    pub fn trace_key_with(mut self, show: fn(&K, &mut fmt::Formatter<'_>) -> fmt::Result) -> Self {
+        self.trace_key = Some(show);
+        self
+    }
+
     /// The number of open batches (keys with buffered values).
     pub fn open_keys(&self) -> usize {
-        self.state.len()
+        self.state.open
     }
 
     /// The deadline of the oldest open batch: the next one the timer waits for.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.state.oldest().map(|batch| batch.deadline)
+        self.state.queue.front().map(|batch| batch.deadline)
     }
 
     /// The open batches' keys, oldest batch first.
     pub fn open_keys_oldest_first(&self) -> impl Iterator<Item = &K> {
-        self.state.nodes().map(|node| &node.key)
+        self.state.iter().map(|(key, _)| key)
     }
 
     /// Why the most recent batch was yielded, or `None` before the first batch.
     pub fn last_flush_reason(&self) -> Option<FlushReason> {
         self.state.last_flush
     }
-}
 
-impl<St, K, F, W, I> ChunksTimeoutByKeyResult<St, K, F, W, I>
-where
-    St: TryStream,
-    K: Hash + Eq + Clone,
-    W: Weigh<St::Ok>,
-    I: BatchOutput<St::Ok>,
-{
     /// The values buffered for `key`, oldest first (empty when it has no open batch).
     pub fn buffered_values(&self, key: &K) -> &[St::Ok] {
-        self.state.values_of(key)
+        self.state.index.get(key).map_or(&[], |entry| &entry.items)
     }
 
-    /// The number of buffered values, over every key. O(number of open batches).
+    /// The number of buffered values, over every key.
     pub fn buffered_len(&self) -> usize {
-        self.state.iter().map(|(_, values)| values.len()).sum()
+        self.state.index.values().map(|e| e.items.len()).sum()
     }
 
-    /// Takes every key's buffered values (oldest batch first, each batch's values in
-    /// arrival order) and the error held back behind them out of a pinned adapter, leaving
-    /// it empty with its timer dropped: nothing already pulled from the upstream is lost
-    /// when the adapter is abandoned (say, in a lost `tokio::select!` race). The error, if
-    /// present, came after every returned value. The next value opens a new batch.
+    /// Takes every key's buffered values (oldest batch first) and the error held back
+    /// behind them out of a pinned adapter, leaving it empty with its timer dropped: nothing
+    /// pulled is lost when it is abandoned (say, in a lost `tokio::select!` race).
     #[doc(alias = "into_remainder")]
     #[allow(clippy::type_complexity)]
     pub fn take_remainder(self: Pin<&mut Self>) -> (Vec<(K, Vec<St::Ok>)>, Option<St::Error>) {
