@@ -383,8 +383,9 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   are given back (the index keeps only the remembered keys);
     /// - cost per value: the key function and a push, after one key comparison when the
     ///   value has the same key as the previous one, otherwise after one hash lookup. Per
-    ///   batch: at most one clone of the key (none for a key whose last batch filled up to
-    ///   a cap), one allocation for a key whose last batch filled (else one per doubling),
+    ///   batch: at most one clone of the key (none for a key whose last batch filled, by
+    ///   count or to exactly `max_weight`; one for a batch that a value opens by splitting
+    ///   its key's batch, since both batches need the key), one allocation for a key whose last batch filled (else one per doubling),
     ///   and one clock read for all the batches opened in the same poll;
     /// - with the crate's `tracing` feature, each batch is one `DEBUG` event, target
     ///   `result_stream::batch`, fields `reason`, `len`, `weight` (with a weight cap),

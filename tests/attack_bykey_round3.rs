@@ -518,13 +518,11 @@ impl Clone for Tenant {
 }
 
 /// The rule ("cost per value ... Per batch: at most one clone of the key (none for a key
-/// whose last batch filled up to a cap)"), and the memory rule that a batch closed by
-/// weight counts as filled (its key reserves that batch's length). Batches that fill by
-/// count reopen without a clone (passes); batches that close by a weight split clone the
-/// key once each (`split` closes `Which::Key(key.clone())`), 100 clones for 100 batches
-/// of a key whose every batch but the first follows one that filled up to its weight cap.
+/// whose last batch filled, by count or to exactly `max_weight`; one for a batch that a
+/// value opens by splitting its key's batch)"): batches that fill by count reopen without a
+/// clone; batches that a weight split opens clone the key once each.
 #[tokio::test(start_paused = true)]
-async fn a_key_whose_batches_fill_by_count_or_weight_is_cloned_only_for_its_first_batch() {
+async fn a_key_is_cloned_for_its_first_batch_and_for_each_split_only() {
     let tenant = |v: &(u8, usize)| Tenant(v.0);
     let rows = || futures::stream::iter([(1, 6); 100].map(Ok::<_, ()>));
     let by_count = rows().chunks_timeout_by_key_result(tenant, 2, ms(10));
@@ -537,7 +535,19 @@ async fn a_key_whose_batches_fill_by_count_or_weight_is_cloned_only_for_its_firs
     let by_weight = rows().chunks_timeout_by_key_result(tenant, 100, ms(10));
     let batches = by_weight.max_weight(10, |v| v.1).collect::<Vec<_>>().await;
     let clones = CLONES.swap(0, Ordering::Relaxed);
-    assert_eq!((clones, batches.len()), (1, 100), "by weight");
+    assert_eq!(
+        (clones, batches.len()),
+        (100, 100),
+        "split by weight: one clone each"
+    );
+    let exact = rows().chunks_timeout_by_key_result(tenant, 100, ms(10));
+    let batches = exact.max_weight(12, |v| v.1).collect::<Vec<_>>().await;
+    let clones = CLONES.swap(0, Ordering::Relaxed);
+    assert_eq!(
+        (clones, batches.len()),
+        (1, 50),
+        "filled to exactly max_weight"
+    );
 }
 
 // tracing: every batch's event has `age_ms`

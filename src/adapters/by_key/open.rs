@@ -60,6 +60,9 @@ pub(super) struct OpenBatches<K, T, W: Weigh<T>> {
     /// Values that may still be taken before the passed deadlines are honoured: `BUDGET`,
     /// counting down (across polls) from the poll in which a deadline passed.
     pub(super) grace: usize,
+    /// `grace` counts from a poll that began with a deadline passed (else the next such
+    /// poll starts a full `BUDGET`).
+    pub(super) grace_after_deadline: bool,
     pub(super) last_flush: Option<FlushReason>,
     /// The open batches and the dormant entries.
     pub(super) index: HashMap<K, Entry<T, W::Weight>>,
@@ -78,6 +81,7 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
             due: false,
             expired_first: false,
             grace: BUDGET,
+            grace_after_deadline: false,
             last_flush: None,
             index: HashMap::new(),
             queue: VecDeque::new(),
@@ -192,6 +196,7 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
         }
         self.index.clear();
         (self.due, self.expired_first, self.grace) = (false, false, BUDGET);
+        self.grace_after_deadline = false;
         all
     }
 }

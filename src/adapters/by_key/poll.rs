@@ -244,11 +244,17 @@ where
             match self.state.queue.front() {
                 // Data wins: values already available are taken first, while the grace lasts.
                 Some(oldest) if oldest.deadline <= Instant::now() => {
-                    if self.state.grace == 0 {
+                    if !self.state.grace_after_deadline {
+                        // The first poll to see it passed: data wins for a full budget.
+                        (self.state.grace, self.state.grace_after_deadline) = (BUDGET, true);
+                    } else if self.state.grace == 0 {
                         return Some(self.close(Which::Oldest, FlushReason::Deadline));
                     }
                 }
-                _ => (self.state.expired_first, self.state.grace) = (false, BUDGET),
+                _ => {
+                    (self.state.expired_first, self.state.grace) = (false, BUDGET);
+                    self.state.grace_after_deadline = false;
+                }
             }
         }
         None
@@ -296,7 +302,7 @@ where
     /// Nothing ready, or the budget spent: the oldest batch's deadline is the next event.
     fn wait(&mut self, yielded: bool, cx: &mut Context<'_>) -> Polled<St, K, I> {
         let Some(deadline) = self.state.queue.front().map(|batch| batch.deadline) else {
-            self.state.grace = BUDGET;
+            (self.state.grace, self.state.grace_after_deadline) = (BUDGET, false);
             self.timer.as_mut().clear();
             return Poll::Pending;
         };
@@ -308,10 +314,10 @@ where
         }
         if self.state.timeout.is_zero() || self.timer.as_mut().poll_until(deadline, cx).is_ready() {
             // The upstream has nothing ready: every expired batch comes out now.
-            self.state.grace = 0;
+            (self.state.grace, self.state.grace_after_deadline) = (0, true);
             return self.close(Which::Oldest, FlushReason::Deadline);
         }
-        self.state.grace = BUDGET;
+        (self.state.grace, self.state.grace_after_deadline) = (BUDGET, false);
         Poll::Pending
     }
 
@@ -342,7 +348,9 @@ where
         let weight = self.state.limiter.report(total);
         let shown = self.trace_key.map(|show| Shown(&key, show));
         let shown = shown.as_ref().map(|shown| shown as &dyn core::fmt::Debug);
-        trace::flushed(reason, items.len(), weight, opened, shown);
+        // A batch closed by its only value opened now (age 0), for the event too.
+        let timed = opened.or_else(|| cfg!(feature = "tracing").then(Instant::now));
+        trace::flushed(reason, items.len(), weight, timed, shown);
         Poll::Ready(Some(Ok((key, I::output(items, reason, weight, opened)))))
     }
 }
