@@ -88,15 +88,6 @@ impl Rollback {
         }
     }
 
-    /// A rollback that has resolved (a placeholder for one moved out).
-    pub(crate) fn done() -> Self {
-        Self {
-            body: None,
-            wind_down: Arc::default(),
-            closing: None,
-        }
-    }
-
     /// Starts no further compensation: the ones in progress finish (and are reported),
     /// those not started stay in the scope.
     pub(crate) fn wind_down(&self) {

@@ -1,8 +1,8 @@
-//! [`ForEachCompensated`]: the terminal step. Its items in flight are in [`slots`], each
-//! driven by the state machine in [`item`].
+//! [`ForEachCompensated`]: the terminal step, in the shape of futures-util's
+//! `try_for_each_concurrent`. Its items in flight are in [`slots`], each driven by the
+//! state machine in [`item`].
 
 mod item;
-mod sequential;
 mod slots;
 
 use core::pin::Pin;
@@ -15,10 +15,9 @@ use pin_project_lite::pin_project;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use self::item::{Driver, ItemEnd};
-pub(super) use self::sequential::Sequential;
 pub(super) use self::slots::Slots;
 use super::config::{Callback, Config, RunScope};
-use super::stack::Take;
+use super::stack::{Stack, Take};
 use super::trace::{self, Span, Undone};
 use super::{Cause, CompensatedError, Completion, ItemScope, Rollback, RollbackReport};
 
@@ -53,8 +52,6 @@ pin_project! {
         pub(super) stream: St,
         pub(super) f: F,
         #[pin]
-        pub(super) sequential: Sequential<Fut>,
-        #[pin]
         pub(super) items: Slots<St::Ok, Fut, St::Error>,
         pub(super) run: RunScope,
         pub(super) config: Config<St::Ok, St::Error>,
@@ -83,75 +80,44 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let _span = trace::enter(this.span);
-        loop {
-            let (cause, earlier) = match this.phase {
-                Phase::Running => match if this.config.is_sequential() {
-                    poll_sequential(&mut this, cx)
-                } else {
-                    poll_running(&mut this, cx)
-                } {
-                    Poll::Ready(Ok(())) => {
-                        // The run's success commits what its rollback would have run:
-                        // what its items and its own handle registered, and what the
-                        // scope's own handles did (not what an open child of the scope
-                        // holds: that is the child's).
-                        let run = &this.run.scope.stack;
-                        run.commit(Take::Run(run.run));
-                        run.end_live();
-                        *this.phase = Phase::Done;
-                        return Poll::Ready(Ok(*this.done));
-                    }
-                    Poll::Ready(Err(stop)) => stop,
-                    Poll::Pending => return Poll::Pending,
-                },
-                Phase::RollingBack {
-                    finishing,
-                    rollback,
-                    cause,
-                    earlier,
-                } => {
-                    finishing.retain_mut(|undo| match Pin::new(undo).poll(cx) {
-                        Poll::Ready(report) => {
-                            *earlier = report.after(std::mem::take(earlier));
-                            false
-                        }
-                        Poll::Pending => true,
-                    });
-                    if !finishing.is_empty() {
-                        return Poll::Pending;
-                    }
-                    let report = ready!(Pin::new(rollback).poll(cx)).after(std::mem::take(earlier));
-                    trace::rollback(Undone::Run, &report);
-                    let cause = cause.take().expect("a rollback has a cause");
-                    this.run.scope.stack.end_live();
+        let (cause, earlier) = match this.phase {
+            Phase::Running => match ready!(if this.config.is_one_at_a_time() {
+                poll_one_at_a_time(&mut this, cx)
+            } else {
+                poll_running(&mut this, cx)
+            }) {
+                Ok(()) => {
+                    let run = &this.run.scope.stack;
+                    // The run's success commits what its rollback would have run: what its
+                    // items and its own handle registered, and what the scope's own handles
+                    // did (not what an open child of the scope holds: that is the child's).
+                    run.commit(Take::Run(run.run));
+                    run.end_live();
                     *this.phase = Phase::Done;
-                    return Poll::Ready(Err(CompensatedError::stopped(cause, report)));
+                    return Poll::Ready(Ok(*this.done));
                 }
-                Phase::Done => panic!("ForEachCompensated polled after it resolved"),
-            };
-            // Stop pulling, drop the handlers in flight (their compensations are
-            // registered), let the undos in progress finish the compensation each is
-            // running, then roll back everything the run has not committed.
-            let run = &this.run.scope.stack;
-            this.sequential.as_mut().stop();
-            *this.phase = Phase::RollingBack {
-                finishing: this.items.as_mut().stop_all(),
-                rollback: Rollback::new(
-                    run.clone(),
-                    this.config.rules.undo,
-                    Take::Run(run.run),
-                    None,
-                ),
-                cause: Some(cause),
-                earlier: earlier.unwrap_or_default(),
-            };
-        }
+                Err(stop) => stop,
+            },
+            Phase::RollingBack { .. } => return poll_rollback(this.phase, &this.run.scope.stack, cx),
+            Phase::Done => panic!("ForEachCompensated polled after it resolved"),
+        };
+        // Stop pulling, drop the handlers in flight (their compensations are registered),
+        // let the undos in progress finish the compensation each is running, then roll
+        // back everything the run has not committed.
+        let run = &this.run.scope.stack;
+        *this.phase = Phase::RollingBack {
+            finishing: this.items.as_mut().stop_all(),
+            rollback: Rollback::new(run.clone(), this.config.rules.undo, Take::Run(run.run), None),
+            cause: Some(cause),
+            earlier: earlier.unwrap_or_default(),
+        };
+        poll_rollback(this.phase, run, cx)
     }
 }
 
-/// Pulls items while there is room and drives those in flight, in the shape of
-/// futures-util's `try_for_each_concurrent`; `Ready(Ok)` once every item is done and the
-/// upstream has ended.
+/// Pulls items while there is room and drives those in flight, as futures-util's
+/// `try_for_each_concurrent` does; `Ready(Ok)` once every item is done and the upstream
+/// has ended.
 fn poll_running<St, F, Fut>(
     this: &mut ForEachProj<'_, St, F, Fut>,
     cx: &mut Context<'_>,
@@ -162,32 +128,23 @@ where
     Fut: Future<Output = Result<(), St::Error>>,
 {
     let config = &mut *this.config;
-    let mut d = Driver {
-        f: this.f,
-        run: &this.run.scope.stack,
-        rules: config.rules,
-        keep: config.keep,
-    };
-    // Checked before polling the handlers left pending (the cancellation may be what woke
-    // this task) and before each pull.
-    if config.cancelled() {
-        return Poll::Ready(Err((Cause::Cancelled, None)));
-    }
-    this.items.as_mut().enter(config.limit.get(), cx);
+    let (limit, mut d) = (config.limit.get(), Driver::new(this.f, &this.run.scope.stack, config));
+    this.items.as_mut().enter(limit, cx);
     loop {
+        // Checked before each pull and before polling the handlers left pending (the
+        // cancellation may be what woke this task).
+        if config.cancelled() {
+            return Poll::Ready(Err((Cause::Cancelled, None)));
+        }
         let mut progress = false;
-        if *this.in_flight < config.limit.get() && !*this.upstream_done {
-            if config.cancelled() {
-                return Poll::Ready(Err((Cause::Cancelled, None)));
-            }
+        if *this.in_flight < limit && !*this.upstream_done {
             match this.stream.as_mut().try_poll_next(cx) {
                 Poll::Ready(Some(Ok(value))) => {
                     progress = true;
                     *this.in_flight += 1;
                     *this.pulled += 1;
                     let index = *this.pulled - 1;
-                    let started = this.items.as_mut().start(cx, index, value, &mut d);
-                    if let Poll::Ready(end) = started {
+                    if let Poll::Ready(end) = this.items.as_mut().start(cx, index, value, &mut d) {
                         item_ended(end, this.in_flight, this.done, &mut config.on_skip)?;
                     }
                 }
@@ -199,16 +156,62 @@ where
                 Poll::Pending => {}
             }
         }
-        if let Poll::Ready(end) = this.items.as_mut().poll_woken(cx, &mut d) {
-            progress = true;
-            item_ended(end, this.in_flight, this.done, &mut config.on_skip)?;
-        }
-        if *this.in_flight == 0 && *this.upstream_done {
+        if *this.in_flight > 0 {
+            if let Poll::Ready(end) = this.items.as_mut().poll_woken(cx, &mut d) {
+                progress = true;
+                item_ended(end, this.in_flight, this.done, &mut config.on_skip)?;
+            }
+        } else if *this.upstream_done {
             return Poll::Ready(Ok(()));
         }
         if !progress {
             return pending(this.cancelled.as_mut(), cx);
         }
+    }
+}
+
+/// The fast path, one item at a time with no retry and no skip (the default): the loop of
+/// futures-util's `try_for_each`, on the same item code, without the bookkeeping of items
+/// in flight (which costs about 80 instructions per item more).
+#[inline(always)]
+fn poll_one_at_a_time<St, F, Fut>(
+    this: &mut ForEachProj<'_, St, F, Fut>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Stop<St::Error>>>
+where
+    St: TryStream,
+    F: FnMut(St::Ok, ItemScope) -> Fut,
+    Fut: Future<Output = Result<(), St::Error>>,
+{
+    let config = &mut *this.config;
+    let mut d = Driver::new(this.f, &this.run.scope.stack, config);
+    let mut slot = this.items.as_mut().first();
+    // A handler left pending is not polled again once the token fired.
+    if config.cancelled() {
+        return Poll::Ready(Err((Cause::Cancelled, None)));
+    }
+    let mut polled = slot.as_mut().poll_one(cx, &d, &mut this.done.items);
+    loop {
+        match polled {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(error)) => return Poll::Ready(Err((Cause::Handler(error), None))),
+            Poll::Pending => return pending(this.cancelled.as_mut(), cx),
+        }
+        if config.cancelled() {
+            return Poll::Ready(Err((Cause::Cancelled, None)));
+        }
+        polled = match this.stream.as_mut().try_poll_next(cx) {
+            Poll::Ready(Some(Ok(value))) => {
+                slot.as_mut().start_one(this.done.items, value, &mut d);
+                slot.as_mut().poll_one(cx, &d, &mut this.done.items)
+            }
+            Poll::Ready(Some(Err(error))) => {
+                upstream_error(config, this.done, error)?;
+                continue;
+            }
+            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            Poll::Pending => return pending(this.cancelled.as_mut(), cx),
+        };
     }
 }
 
@@ -222,6 +225,39 @@ fn pending<E>(
         Some(Poll::Ready(())) => Poll::Ready(Err((Cause::Cancelled, None))),
         _ => Poll::Pending,
     }
+}
+
+/// Lets the undos in progress finish, then runs the run's rollback; resolves to the error.
+fn poll_rollback<E>(
+    phase: &mut Phase<E>,
+    run: &Stack,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Completion, CompensatedError<E>>> {
+    let Phase::RollingBack {
+        finishing,
+        rollback,
+        cause,
+        earlier,
+    } = phase
+    else {
+        unreachable!("only a run that stopped rolls back");
+    };
+    finishing.retain_mut(|undo| match Pin::new(undo).poll(cx) {
+        Poll::Ready(report) => {
+            *earlier = report.after(std::mem::take(earlier));
+            false
+        }
+        Poll::Pending => true,
+    });
+    if !finishing.is_empty() {
+        return Poll::Pending;
+    }
+    let report = ready!(Pin::new(rollback).poll(cx)).after(std::mem::take(earlier));
+    trace::rollback(Undone::Run, &report);
+    let cause = cause.take().expect("a rollback has a cause");
+    run.end_live();
+    *phase = Phase::Done;
+    Poll::Ready(Err(CompensatedError::stopped(cause, report)))
 }
 
 /// An upstream error stops the run, or is handed to the callback of `skip_upstream_errors`.
@@ -239,6 +275,7 @@ fn upstream_error<T, E>(
 }
 
 /// Counts an item that ended; an item that failed stops the run.
+#[inline(always)]
 fn item_ended<E>(
     end: ItemEnd<E>,
     in_flight: &mut usize,
@@ -270,65 +307,5 @@ where
 {
     fn is_terminated(&self) -> bool {
         matches!(self.phase, Phase::Done)
-    }
-}
-
-/// Pulls and handles items one at a time; `Ready(Ok)` at the end of the stream.
-#[inline]
-fn poll_sequential<St, F, Fut>(
-    this: &mut ForEachProj<'_, St, F, Fut>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), Stop<St::Error>>>
-where
-    St: TryStream,
-    F: FnMut(St::Ok, ItemScope) -> Fut,
-    Fut: Future<Output = Result<(), St::Error>>,
-{
-    let run = &this.run.scope.stack;
-    let mut item = this.sequential.as_mut().project();
-    // A handler left pending is not polled again once the token fired.
-    if item.handler.is_some() && this.config.cancelled() {
-        return Poll::Ready(Err((Cause::Cancelled, None)));
-    }
-    loop {
-        if let Some(handler) = item.handler.as_mut().as_pin_mut() {
-            match trace::in_span(item.span, || handler.poll(cx)) {
-                Poll::Ready(Ok(())) => {
-                    item.handler.set(None);
-                    this.done.items += 1;
-                    if this.config.rules.commit_each {
-                        run.commit_since(*item.owner, *item.mark);
-                    } else {
-                        run.absorb_into(*item.owner, *item.mark, run);
-                    }
-                    trace::commit(this.done.items - 1);
-                }
-                Poll::Ready(Err(error)) => {
-                    item.handler.set(None);
-                    return Poll::Ready(Err((Cause::Handler(error), None)));
-                }
-                Poll::Pending => return pending(this.cancelled.as_mut(), cx),
-            }
-        }
-        if this.config.cancelled() {
-            return Poll::Ready(Err((Cause::Cancelled, None)));
-        }
-        match this.stream.as_mut().try_poll_next(cx) {
-            Poll::Ready(Some(Ok(value))) => {
-                // Every earlier item succeeded: this one's index is their count.
-                *item.owner = run.new_owner();
-                *item.mark = run.mark();
-                *item.span = trace::attempt_span(this.done.items, 1);
-                let scope = ItemScope {
-                    stack: run.as_owner(*item.owner),
-                    mark: *item.mark,
-                };
-                let handler = trace::in_span(item.span, || (this.f)(value, scope));
-                item.handler.set(Some(handler));
-            }
-            Poll::Ready(Some(Err(error))) => upstream_error(this.config, this.done, error)?,
-            Poll::Ready(None) => return Poll::Ready(Ok(())),
-            Poll::Pending => return pending(this.cancelled.as_mut(), cx),
-        }
     }
 }
