@@ -8,7 +8,7 @@ use core::fmt;
 use core::pin::Pin;
 
 use super::config::{Config, Rules, RunScope};
-use super::for_each::{Phase, Slots};
+use super::for_each::{Phase, Slot, Slots};
 use super::{CompensatedError, CompensationScope, ForEachCompensated, RetryPolicy};
 use futures_core::future::Future;
 
@@ -398,6 +398,7 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
         Self {
             stream,
             f,
+            one: Slot::new(),
             items: Slots::new(),
             run,
             config: Config {

@@ -88,6 +88,25 @@ impl Rollback {
         }
     }
 
+    /// `rest`, once the `finishing` rollbacks (polled side by side) resolved; one report,
+    /// `earlier`'s first, then theirs in the order they resolved, then `rest`'s.
+    pub(crate) fn after(finishing: Vec<Rollback>, rest: Rollback, earlier: RollbackReport) -> Self {
+        let body = async move {
+            let mut finishing: FuturesUnordered<Rollback> = finishing.into_iter().collect();
+            let mut report = earlier;
+            while let Some(done) = finishing.next().await {
+                report = done.after(report);
+            }
+            rest.await.after(report)
+        };
+        let (wind_down, closing) = (Arc::default(), None);
+        Self {
+            body: Some(Mutex::new(Box::pin(body))),
+            wind_down,
+            closing,
+        }
+    }
+
     /// Starts no further compensation: the ones in progress finish (and are reported),
     /// those not started stay in the scope.
     pub(crate) fn wind_down(&self) {

@@ -1,6 +1,6 @@
 //! [`ForEachCompensated`]: the terminal step, in the shape of futures-util's
-//! `try_for_each_concurrent`. Its items in flight are in [`slots`], each driven by the
-//! state machine in [`item`].
+//! `try_for_each_concurrent`. Each item is driven by the state machine in [`item`]; the
+//! items in flight of the general path are in [`slots`].
 
 mod item;
 mod slots;
@@ -14,24 +14,21 @@ use futures_core::stream::TryStream;
 use pin_project_lite::pin_project;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use self::item::{Driver, ItemEnd};
+use self::item::Driver;
+pub(super) use self::item::Slot;
 pub(super) use self::slots::Slots;
-use super::config::{Callback, Config, RunScope};
-use super::stack::{Stack, Take};
+use super::config::{Config, RunScope};
+use super::stack::Take;
 use super::trace::{self, Span, Undone};
 use super::{Cause, CompensatedError, Completion, ItemScope, Rollback, RollbackReport};
 
 /// Where the run is.
 pub(super) enum Phase<E> {
     Running,
-    /// Stopped by `cause`: first the undos of failed attempts that were in progress finish
-    /// the compensation each is running (`finishing`, wound down: they start no other),
-    /// then `rollback` runs what is left, newest first. `earlier` reports the undos done.
+    /// Stopped by `cause`: the rollback runs.
     RollingBack {
-        finishing: Vec<Rollback>,
         rollback: Rollback,
         cause: Option<Cause<E>>,
-        earlier: RollbackReport,
     },
     Done,
 }
@@ -51,7 +48,9 @@ pin_project! {
         #[pin]
         pub(super) stream: St,
         pub(super) f: F,
+        // The item of the fast path.
         #[pin]
+        pub(super) one: Slot<St::Ok, Fut, St::Error>,
         pub(super) items: Slots<St::Ok, Fut, St::Error>,
         pub(super) run: RunScope,
         pub(super) config: Config<St::Ok, St::Error>,
@@ -67,7 +66,7 @@ pin_project! {
 }
 
 /// Why the run stops: the cause, and the report of a failed item's own incomplete undo.
-type Stop<E> = (Cause<E>, Option<RollbackReport>);
+pub(super) type Stop<E> = (Cause<E>, Option<RollbackReport>);
 
 impl<St, F, Fut> Future for ForEachCompensated<St, F, Fut>
 where
@@ -81,43 +80,60 @@ where
         let mut this = self.project();
         let _span = trace::enter(this.span);
         let (cause, earlier) = match this.phase {
-            Phase::Running => match ready!(if this.config.is_one_at_a_time() {
-                poll_one_at_a_time(&mut this, cx)
-            } else {
-                poll_running(&mut this, cx)
-            }) {
-                Ok(()) => {
-                    let run = &this.run.scope.stack;
-                    // The run's success commits what its rollback would have run: what its
-                    // items and its own handle registered, and what the scope's own handles
-                    // did (not what an open child of the scope holds: that is the child's).
-                    run.commit(Take::Run(run.run));
-                    run.end_live();
-                    *this.phase = Phase::Done;
-                    return Poll::Ready(Ok(*this.done));
-                }
-                Err(stop) => stop,
-            },
-            Phase::RollingBack { .. } => return poll_rollback(this.phase, &this.run.scope.stack, cx),
+            Phase::Running if this.config.is_one_at_a_time() => {
+                ready!(poll_one_at_a_time(&mut this, cx)).err()
+            }
+            Phase::Running => ready!(poll_running(&mut this, cx)).err(),
+            Phase::RollingBack { .. } => None,
             Phase::Done => panic!("ForEachCompensated polled after it resolved"),
-        };
-        // Stop pulling, drop the handlers in flight (their compensations are registered),
-        // let the undos in progress finish the compensation each is running, then roll
-        // back everything the run has not committed.
+        }
+        .unzip();
         let run = &this.run.scope.stack;
-        *this.phase = Phase::RollingBack {
-            finishing: this.items.as_mut().stop_all(),
-            rollback: Rollback::new(run.clone(), this.config.rules.undo, Take::Run(run.run), None),
-            cause: Some(cause),
-            earlier: earlier.unwrap_or_default(),
+        if let Some(cause) = cause {
+            // Stop pulling and drop the handlers in flight (their compensations are
+            // registered); the undos of failed attempts in progress finish the compensation
+            // each is running (they start no other), then the run's rollback runs what is
+            // left, newest first.
+            this.one.as_mut().stop();
+            let rest = Rollback::new(
+                run.clone(),
+                this.config.rules.undo,
+                Take::Run(run.run),
+                None,
+            );
+            let rollback = Rollback::after(
+                this.items.stop_all(),
+                rest,
+                earlier.flatten().unwrap_or_default(),
+            );
+            *this.phase = Phase::RollingBack {
+                rollback,
+                cause: Some(cause),
+            };
+        } else if let Phase::Running = this.phase {
+            // The run's success commits what its rollback would have run: what its items
+            // and its own handle registered, and what the scope's own handles did (not
+            // what an open child of the scope holds: that is the child's).
+            run.commit(Take::Run(run.run));
+            run.end_live();
+            *this.phase = Phase::Done;
+            return Poll::Ready(Ok(*this.done));
+        }
+        let Phase::RollingBack { rollback, cause } = this.phase else {
+            unreachable!("the run stopped");
         };
-        poll_rollback(this.phase, run, cx)
+        let report = ready!(Pin::new(rollback).poll(cx));
+        trace::rollback(Undone::Run, &report);
+        let cause = cause.take().expect("a rollback has a cause");
+        run.end_live();
+        *this.phase = Phase::Done;
+        Poll::Ready(Err(CompensatedError::stopped(cause, report)))
     }
 }
 
-/// Pulls items while there is room and drives those in flight, as futures-util's
-/// `try_for_each_concurrent` does; `Ready(Ok)` once every item is done and the upstream
-/// has ended.
+/// The general path: pulls items while there is room and drives those in flight, as
+/// futures-util's `try_for_each_concurrent` does; `Ready(Ok)` once every item is done and
+/// the upstream has ended.
 fn poll_running<St, F, Fut>(
     this: &mut ForEachProj<'_, St, F, Fut>,
     cx: &mut Context<'_>,
@@ -127,42 +143,37 @@ where
     F: FnMut(St::Ok, ItemScope) -> Fut,
     Fut: Future<Output = Result<(), St::Error>>,
 {
-    let config = &mut *this.config;
-    let (limit, mut d) = (config.limit.get(), Driver::new(this.f, &this.run.scope.stack, config));
-    this.items.as_mut().enter(limit, cx);
+    let limit = this.config.limit.get();
+    let mut d = Driver::new(this.f, &this.run.scope.stack, this.config, this.done);
+    this.items.enter(cx);
     loop {
         // Checked before each pull and before polling the handlers left pending (the
         // cancellation may be what woke this task).
-        if config.cancelled() {
+        if d.config.cancelled() {
             return Poll::Ready(Err((Cause::Cancelled, None)));
         }
         let mut progress = false;
         if *this.in_flight < limit && !*this.upstream_done {
             match this.stream.as_mut().try_poll_next(cx) {
                 Poll::Ready(Some(Ok(value))) => {
-                    progress = true;
-                    *this.in_flight += 1;
+                    (progress, *this.in_flight) = (true, *this.in_flight + 1);
+                    this.items.start(*this.pulled, value, &mut d);
                     *this.pulled += 1;
-                    let index = *this.pulled - 1;
-                    if let Poll::Ready(end) = this.items.as_mut().start(cx, index, value, &mut d) {
-                        item_ended(end, this.in_flight, this.done, &mut config.on_skip)?;
-                    }
                 }
                 Poll::Ready(Some(Err(error))) => {
                     progress = true;
-                    upstream_error(config, this.done, error)?;
+                    upstream_error(d.config, d.done, error)?;
                 }
                 Poll::Ready(None) => *this.upstream_done = true,
                 Poll::Pending => {}
             }
         }
-        if *this.in_flight > 0 {
-            if let Poll::Ready(end) = this.items.as_mut().poll_woken(cx, &mut d) {
-                progress = true;
-                item_ended(end, this.in_flight, this.done, &mut config.on_skip)?;
-            }
-        } else if *this.upstream_done {
+        if *this.in_flight == 0 && *this.upstream_done {
             return Poll::Ready(Ok(()));
+        }
+        if let Poll::Ready(end) = this.items.poll_woken(&mut d) {
+            (progress, *this.in_flight) = (true, *this.in_flight - 1);
+            end.map_err(|stop| *stop)?;
         }
         if !progress {
             return pending(this.cancelled.as_mut(), cx);
@@ -171,8 +182,8 @@ where
 }
 
 /// The fast path, one item at a time with no retry and no skip (the default): the loop of
-/// futures-util's `try_for_each`, on the same item code, without the bookkeeping of items
-/// in flight (which costs about 80 instructions per item more).
+/// futures-util's `try_for_each` on one slot, without the bookkeeping of the general path
+/// (about 80 instructions per item).
 #[inline(always)]
 fn poll_one_at_a_time<St, F, Fut>(
     this: &mut ForEachProj<'_, St, F, Fut>,
@@ -183,30 +194,28 @@ where
     F: FnMut(St::Ok, ItemScope) -> Fut,
     Fut: Future<Output = Result<(), St::Error>>,
 {
-    let config = &mut *this.config;
-    let mut d = Driver::new(this.f, &this.run.scope.stack, config);
-    let mut slot = this.items.as_mut().first();
+    let mut d = Driver::new(this.f, &this.run.scope.stack, this.config, this.done);
     // A handler left pending is not polled again once the token fired.
-    if config.cancelled() {
+    if d.config.cancelled() {
         return Poll::Ready(Err((Cause::Cancelled, None)));
     }
-    let mut polled = slot.as_mut().poll_one(cx, &d, &mut this.done.items);
+    let mut polled = this.one.as_mut().poll_one(cx, &mut d);
     loop {
         match polled {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(error)) => return Poll::Ready(Err((Cause::Handler(error), None))),
             Poll::Pending => return pending(this.cancelled.as_mut(), cx),
         }
-        if config.cancelled() {
+        if d.config.cancelled() {
             return Poll::Ready(Err((Cause::Cancelled, None)));
         }
         polled = match this.stream.as_mut().try_poll_next(cx) {
             Poll::Ready(Some(Ok(value))) => {
-                slot.as_mut().start_one(this.done.items, value, &mut d);
-                slot.as_mut().poll_one(cx, &d, &mut this.done.items)
+                this.one.as_mut().start_one(d.done.items, value, &mut d);
+                this.one.as_mut().poll_one(cx, &mut d)
             }
             Poll::Ready(Some(Err(error))) => {
-                upstream_error(config, this.done, error)?;
+                upstream_error(d.config, d.done, error)?;
                 continue;
             }
             Poll::Ready(None) => return Poll::Ready(Ok(())),
@@ -227,39 +236,6 @@ fn pending<E>(
     }
 }
 
-/// Lets the undos in progress finish, then runs the run's rollback; resolves to the error.
-fn poll_rollback<E>(
-    phase: &mut Phase<E>,
-    run: &Stack,
-    cx: &mut Context<'_>,
-) -> Poll<Result<Completion, CompensatedError<E>>> {
-    let Phase::RollingBack {
-        finishing,
-        rollback,
-        cause,
-        earlier,
-    } = phase
-    else {
-        unreachable!("only a run that stopped rolls back");
-    };
-    finishing.retain_mut(|undo| match Pin::new(undo).poll(cx) {
-        Poll::Ready(report) => {
-            *earlier = report.after(std::mem::take(earlier));
-            false
-        }
-        Poll::Pending => true,
-    });
-    if !finishing.is_empty() {
-        return Poll::Pending;
-    }
-    let report = ready!(Pin::new(rollback).poll(cx)).after(std::mem::take(earlier));
-    trace::rollback(Undone::Run, &report);
-    let cause = cause.take().expect("a rollback has a cause");
-    run.end_live();
-    *phase = Phase::Done;
-    Poll::Ready(Err(CompensatedError::stopped(cause, report)))
-}
-
 /// An upstream error stops the run, or is handed to the callback of `skip_upstream_errors`.
 fn upstream_error<T, E>(
     config: &mut Config<T, E>,
@@ -271,31 +247,6 @@ fn upstream_error<T, E>(
     };
     done.upstream_errors += 1;
     (on_error.get_mut().unwrap_or_else(|p| p.into_inner()))(error);
-    Ok(())
-}
-
-/// Counts an item that ended; an item that failed stops the run.
-#[inline(always)]
-fn item_ended<E>(
-    end: ItemEnd<E>,
-    in_flight: &mut usize,
-    done: &mut Completion,
-    on_skip: &mut Option<Callback<(u64, CompensatedError<E>)>>,
-) -> Result<(), Stop<E>> {
-    *in_flight -= 1;
-    match end {
-        ItemEnd::Done => done.items += 1,
-        ItemEnd::Skipped(skipped) => {
-            let (index, cause, report) = *skipped;
-            done.skipped += 1;
-            let on_skip = on_skip.as_mut().expect("skips are on");
-            (on_skip.get_mut().unwrap_or_else(|p| p.into_inner()))((
-                index,
-                CompensatedError::skipped(cause, report),
-            ));
-        }
-        ItemEnd::Failed(failed) => return Err(*failed),
-    }
     Ok(())
 }
 

@@ -1,31 +1,24 @@
-//! The items in flight, polled when woken, as `FuturesUnordered` does, with no allocation
-//! per item.
+//! The items in flight on the general path, polled when woken as `FuturesUnordered` does,
+//! with no allocation per item.
 
 use core::pin::Pin;
 use core::task::{Context, Poll};
 use std::future::Future;
 
-use pin_project_lite::pin_project;
-
-use super::item::{Driver, ItemEnd, Slot};
+use super::Stop;
+use super::item::{Driver, Slot};
 use crate::compensation::wake::Woken;
 use crate::compensation::{ItemScope, Rollback};
 
-pin_project! {
-    /// The items in flight, each in a slot of its own. The first slot is inline (one item
-    /// at a time allocates nothing) and shares the run's waker: it counts as woken whenever
-    /// the run is polled. With `n > 1` items in flight the others are boxed once, when first
-    /// needed, and reused, and every slot has a waker of its own (see [`Woken`]), so that
-    /// the run polls only the slots that were woken.
-    pub(crate) struct Slots<T, Fut, E> {
-        #[pin]
-        first: Slot<T, Fut, E>,
-        extra: Vec<Pin<Box<Slot<T, Fut, E>>>>,
-        // `None` with one slot.
-        woken: Option<Woken>,
-        // The next slot to look at: a scan of the woken ones goes on across calls.
-        next: usize,
-    }
+/// The items in flight, each in a slot of its own, boxed once when first needed and reused
+/// (so no more slots than items ever in flight at once), each with a waker of its own (see
+/// [`Woken`]) so that the run polls only the slots that were woken.
+pub(crate) struct Slots<T, Fut, E> {
+    slots: Vec<Pin<Box<Slot<T, Fut, E>>>>,
+    // Made when the run first takes this path.
+    woken: Option<Woken>,
+    // The next slot a scan of the woken ones looks at: a scan goes on across calls.
+    next: usize,
 }
 
 impl<T, Fut, E> Slots<T, Fut, E>
@@ -33,92 +26,58 @@ where
     Fut: Future<Output = Result<(), E>>,
 {
     pub(crate) fn new() -> Self {
-        Self {
-            first: Slot::new(),
-            extra: Vec::new(),
-            woken: None,
-            next: 0,
-        }
+        let (slots, woken, next) = (Vec::new(), None, 0);
+        Self { slots, woken, next }
     }
 
-    /// The first slot: the only one with one item at a time.
-    #[inline(always)]
-    pub(super) fn first(self: Pin<&mut Self>) -> Pin<&mut Slot<T, Fut, E>> {
-        self.project().first
+    /// The run is polled with the waker `cx`: a new scan may start.
+    pub(super) fn enter(&mut self, cx: &Context<'_>) {
+        self.woken
+            .get_or_insert_with(Woken::new)
+            .register(cx.waker());
+        self.next = 0;
     }
 
-    /// Called when the run is polled, with its limit and waker: a scan of the woken slots
-    /// starts.
-    #[inline]
-    pub(super) fn enter(self: Pin<&mut Self>, limit: usize, cx: &Context<'_>) {
-        let this = self.project();
-        if limit > 1 {
-            let woken = this.woken.get_or_insert_with(Woken::new);
-            woken.register(cx.waker());
-        }
-        *this.next = 0;
-    }
-
-    /// Starts item number `index` in a free slot and polls it once.
-    #[inline(always)]
-    pub(super) fn start<F>(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        index: u64,
-        value: T,
-        d: &mut Driver<'_, T, F>,
-    ) -> Poll<ItemEnd<E>>
+    /// Starts item number `index` in a free slot, marked woken: the next scan polls it.
+    pub(super) fn start<F>(&mut self, index: u64, value: T, d: &mut Driver<'_, T, E, F>)
     where
         F: FnMut(T, ItemScope) -> Fut,
     {
-        let mut this = self.project();
-        let Some(woken) = this.woken else {
-            this.first.as_mut().start(index, value, d);
-            return this.first.poll_item(cx, d);
-        };
+        let woken = self.woken.get_or_insert_with(Woken::new);
         // The run starts an item only below its limit: at most `limit` slots.
         let at = woken.take_free();
-        if at > this.extra.len() {
-            this.extra.push(Box::pin(Slot::new()));
+        if at == self.slots.len() {
+            self.slots.push(Box::pin(Slot::new()));
         }
-        let mut cx = Context::from_waker(woken.waker(at));
-        let mut slot = slot(this.first, this.extra, at);
-        slot.as_mut().start(index, value, d);
-        let end = slot.poll_item(&mut cx, d);
-        if end.is_ready() {
-            woken.free(at);
-        }
-        end
+        self.slots[at].as_mut().start(index, value, d);
+        woken.mark(at);
+        self.next = self.next.min(at);
     }
 
-    /// Polls the slots woken since they were last polled, until one item ends. A slot is
-    /// polled at most once per scan: one that wakes itself waits for the next.
+    /// Polls the slots woken since they were last polled, until one item ends. A scan
+    /// polls each slot at most once: one that wakes itself waits for the next poll of the
+    /// run.
     pub(super) fn poll_woken<F>(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        d: &mut Driver<'_, T, F>,
-    ) -> Poll<ItemEnd<E>>
+        &mut self,
+        d: &mut Driver<'_, T, E, F>,
+    ) -> Poll<Result<(), Box<Stop<E>>>>
     where
         F: FnMut(T, ItemScope) -> Fut,
     {
-        let mut this = self.project();
-        let Some(woken) = this.woken else {
-            if std::mem::replace(this.next, 1) == 0 && this.first.is_busy() {
-                return this.first.poll_item(cx, d);
-            }
-            return Poll::Pending;
-        };
-        if *this.next == 0 && !woken.any() {
+        let woken = self.woken.get_or_insert_with(Woken::new);
+        if self.next == 0 && !woken.any() {
             return Poll::Pending;
         }
-        while *this.next <= this.extra.len() {
-            let at = std::mem::replace(this.next, *this.next + 1);
-            let slot = slot(this.first.as_mut(), this.extra, at);
+        while let Some(slot) = self.slots.get_mut(self.next) {
+            let at = self.next;
+            self.next += 1;
             if woken.take(at) && slot.is_busy() {
-                let mut cx = Context::from_waker(woken.waker(at));
-                if let Poll::Ready(end) = slot.poll_item(&mut cx, d) {
+                let end = slot
+                    .as_mut()
+                    .poll_item(&mut Context::from_waker(woken.waker(at)), d);
+                if end.is_ready() {
                     woken.free(at);
-                    return Poll::Ready(end);
+                    return end;
                 }
             }
         }
@@ -127,22 +86,10 @@ where
 
     /// Stops every item in flight; returns the undos of failed attempts in progress, wound
     /// down (see [`Slot::stop`]).
-    pub(super) fn stop_all(self: Pin<&mut Self>) -> Vec<Rollback> {
-        let mut this = self.project();
-        (0..=this.extra.len())
-            .filter_map(|at| slot(this.first.as_mut(), this.extra, at).stop())
+    pub(super) fn stop_all(&mut self) -> Vec<Rollback> {
+        self.slots
+            .iter_mut()
+            .filter_map(|slot| slot.as_mut().stop())
             .collect()
-    }
-}
-
-/// The slot `at` (0: the inline one).
-fn slot<'a, T, Fut, E>(
-    first: Pin<&'a mut Slot<T, Fut, E>>,
-    extra: &'a mut [Pin<Box<Slot<T, Fut, E>>>],
-    at: usize,
-) -> Pin<&'a mut Slot<T, Fut, E>> {
-    match at {
-        0 => first,
-        _ => extra[at - 1].as_mut(),
     }
 }
