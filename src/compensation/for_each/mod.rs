@@ -1,9 +1,7 @@
 //! [`ForEachCompensated`]: the terminal step, in the shape of futures-util's
-//! `try_for_each_concurrent`. Each item is driven by the state machine in [`item`]; the
-//! items in flight of the general path are in [`slots`].
+//! `try_for_each_concurrent`; its items are driven by [`item`].
 
 mod item;
-mod slots;
 
 use core::pin::Pin;
 use core::task::{Context, Poll, ready};
@@ -15,8 +13,7 @@ use pin_project_lite::pin_project;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use self::item::Driver;
-pub(super) use self::item::Slot;
-pub(super) use self::slots::Slots;
+pub(super) use self::item::{Slot, Slots};
 use super::config::{Config, RunScope};
 use super::stack::Take;
 use super::trace::{self, Span, Undone};
@@ -79,17 +76,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let _span = trace::enter(this.span);
-        let (cause, earlier) = match this.phase {
-            Phase::Running if this.config.is_one_at_a_time() => {
-                ready!(poll_one_at_a_time(&mut this, cx)).err()
-            }
-            Phase::Running => ready!(poll_running(&mut this, cx)).err(),
-            Phase::RollingBack { .. } => None,
-            Phase::Done => panic!("ForEachCompensated polled after it resolved"),
-        }
-        .unzip();
-        let run = &this.run.scope.stack;
-        if let Some(cause) = cause {
+        if let Phase::Running = this.phase {
+            let polled = match this.config.is_one_at_a_time() {
+                true => this.poll_one_at_a_time(cx),
+                false => this.poll_running(cx),
+            };
+            let run = &this.run.scope.stack;
+            let Err((cause, earlier)) = ready!(polled) else {
+                // The run's success commits what its rollback would have run: what its
+                // items and its own handle registered, and what the scope's own handles did
+                // (not what an open child of the scope holds: that is the child's).
+                run.commit(Take::Run(run.run));
+                run.end_live();
+                *this.phase = Phase::Done;
+                return Poll::Ready(Ok(*this.done));
+            };
             // Stop pulling and drop the handlers in flight (their compensations are
             // registered); the undos of failed attempts in progress finish the compensation
             // each is running (they start no other), then the run's rollback runs what is
@@ -101,126 +102,104 @@ where
                 Take::Run(run.run),
                 None,
             );
-            let rollback = Rollback::after(
-                this.items.stop_all(),
-                rest,
-                earlier.flatten().unwrap_or_default(),
-            );
+            let rollback =
+                Rollback::after(this.items.stop_all(), rest, earlier.unwrap_or_default());
             *this.phase = Phase::RollingBack {
                 rollback,
                 cause: Some(cause),
             };
-        } else if let Phase::Running = this.phase {
-            // The run's success commits what its rollback would have run: what its items
-            // and its own handle registered, and what the scope's own handles did (not
-            // what an open child of the scope holds: that is the child's).
-            run.commit(Take::Run(run.run));
-            run.end_live();
-            *this.phase = Phase::Done;
-            return Poll::Ready(Ok(*this.done));
         }
         let Phase::RollingBack { rollback, cause } = this.phase else {
-            unreachable!("the run stopped");
+            panic!("ForEachCompensated polled after it resolved");
         };
         let report = ready!(Pin::new(rollback).poll(cx));
         trace::rollback(Undone::Run, &report);
         let cause = cause.take().expect("a rollback has a cause");
-        run.end_live();
+        this.run.scope.stack.end_live();
         *this.phase = Phase::Done;
         Poll::Ready(Err(CompensatedError::stopped(cause, report)))
     }
 }
 
-/// The general path: pulls items while there is room and drives those in flight, as
-/// futures-util's `try_for_each_concurrent` does; `Ready(Ok)` once every item is done and
-/// the upstream has ended.
-fn poll_running<St, F, Fut>(
-    this: &mut ForEachProj<'_, St, F, Fut>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), Stop<St::Error>>>
+impl<St, F, Fut> ForEachProj<'_, St, F, Fut>
 where
     St: TryStream,
     F: FnMut(St::Ok, ItemScope) -> Fut,
     Fut: Future<Output = Result<(), St::Error>>,
 {
-    let limit = this.config.limit.get();
-    let mut d = Driver::new(this.f, &this.run.scope.stack, this.config, this.done);
-    this.items.enter(cx);
-    loop {
-        // Checked before each pull and before polling the handlers left pending (the
-        // cancellation may be what woke this task).
-        if d.config.cancelled() {
-            return Poll::Ready(Err((Cause::Cancelled, None)));
+    /// The general path: pulls items while there is room and drives those in flight, as
+    /// futures-util's `try_for_each_concurrent` does; `Ready(Ok)` once every item is done and
+    /// the upstream has ended.
+    fn poll_running(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Stop<St::Error>>> {
+        let limit = self.config.limit.get();
+        let run = &self.run.scope.stack;
+        let (f, cfg, done) = (&mut *self.f, &mut *self.config, &mut *self.done);
+        let mut d = Driver { f, run, cfg, done };
+        self.items.enter(cx);
+        loop {
+            // Checked before each pull and before polling the handlers left pending (the
+            // cancellation may be what woke this task).
+            d.not_cancelled()?;
+            let mut progress = false;
+            if *self.in_flight < limit && !*self.upstream_done {
+                match self.stream.as_mut().try_poll_next(cx) {
+                    Poll::Ready(Some(Ok(value))) => {
+                        (progress, *self.in_flight) = (true, *self.in_flight + 1);
+                        d.start_in(self.items, *self.pulled, value);
+                        *self.pulled += 1;
+                    }
+                    Poll::Ready(Some(Err(error))) => {
+                        progress = true;
+                        d.upstream_error(error)?;
+                    }
+                    Poll::Ready(None) => *self.upstream_done = true,
+                    Poll::Pending => {}
+                }
+            }
+            if *self.in_flight == 0 && *self.upstream_done {
+                return Poll::Ready(Ok(()));
+            }
+            if let Poll::Ready(end) = d.poll_woken(self.items) {
+                (progress, *self.in_flight) = (true, *self.in_flight - 1);
+                end.map_err(|stop| *stop)?;
+            }
+            if !progress {
+                return pending(self.cancelled.as_mut(), cx);
+            }
         }
-        let mut progress = false;
-        if *this.in_flight < limit && !*this.upstream_done {
-            match this.stream.as_mut().try_poll_next(cx) {
+    }
+
+    /// The fast path, one item at a time with no retry and no skip (the default): the loop of
+    /// futures-util's `try_for_each` on one slot, without the bookkeeping of the general path
+    /// (about 80 instructions per item).
+    #[inline(always)]
+    fn poll_one_at_a_time(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Stop<St::Error>>> {
+        let run = &self.run.scope.stack;
+        let (f, cfg, done) = (&mut *self.f, &mut *self.config, &mut *self.done);
+        let mut d = Driver { f, run, cfg, done };
+        // A handler left pending is not polled again once the token fired.
+        d.not_cancelled()?;
+        let mut polled = d.poll_one(self.one.as_mut(), cx);
+        loop {
+            match polled {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Err((Cause::Handler(error), None))),
+                Poll::Pending => return pending(self.cancelled.as_mut(), cx),
+            }
+            d.not_cancelled()?;
+            polled = match self.stream.as_mut().try_poll_next(cx) {
                 Poll::Ready(Some(Ok(value))) => {
-                    (progress, *this.in_flight) = (true, *this.in_flight + 1);
-                    this.items.start(*this.pulled, value, &mut d);
-                    *this.pulled += 1;
+                    d.start_one(self.one.as_mut(), d.done.items, value);
+                    d.poll_one(self.one.as_mut(), cx)
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    progress = true;
-                    upstream_error(d.config, d.done, error)?;
+                    d.upstream_error(error)?;
+                    continue;
                 }
-                Poll::Ready(None) => *this.upstream_done = true,
-                Poll::Pending => {}
-            }
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return pending(self.cancelled.as_mut(), cx),
+            };
         }
-        if *this.in_flight == 0 && *this.upstream_done {
-            return Poll::Ready(Ok(()));
-        }
-        if let Poll::Ready(end) = this.items.poll_woken(&mut d) {
-            (progress, *this.in_flight) = (true, *this.in_flight - 1);
-            end.map_err(|stop| *stop)?;
-        }
-        if !progress {
-            return pending(this.cancelled.as_mut(), cx);
-        }
-    }
-}
-
-/// The fast path, one item at a time with no retry and no skip (the default): the loop of
-/// futures-util's `try_for_each` on one slot, without the bookkeeping of the general path
-/// (about 80 instructions per item).
-#[inline(always)]
-fn poll_one_at_a_time<St, F, Fut>(
-    this: &mut ForEachProj<'_, St, F, Fut>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), Stop<St::Error>>>
-where
-    St: TryStream,
-    F: FnMut(St::Ok, ItemScope) -> Fut,
-    Fut: Future<Output = Result<(), St::Error>>,
-{
-    let mut d = Driver::new(this.f, &this.run.scope.stack, this.config, this.done);
-    // A handler left pending is not polled again once the token fired.
-    if d.config.cancelled() {
-        return Poll::Ready(Err((Cause::Cancelled, None)));
-    }
-    let mut polled = this.one.as_mut().poll_one(cx, &mut d);
-    loop {
-        match polled {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(error)) => return Poll::Ready(Err((Cause::Handler(error), None))),
-            Poll::Pending => return pending(this.cancelled.as_mut(), cx),
-        }
-        if d.config.cancelled() {
-            return Poll::Ready(Err((Cause::Cancelled, None)));
-        }
-        polled = match this.stream.as_mut().try_poll_next(cx) {
-            Poll::Ready(Some(Ok(value))) => {
-                this.one.as_mut().start_one(d.done.items, value, &mut d);
-                this.one.as_mut().poll_one(cx, &mut d)
-            }
-            Poll::Ready(Some(Err(error))) => {
-                upstream_error(d.config, d.done, error)?;
-                continue;
-            }
-            Poll::Ready(None) => return Poll::Ready(Ok(())),
-            Poll::Pending => return pending(this.cancelled.as_mut(), cx),
-        };
     }
 }
 
@@ -236,18 +215,24 @@ fn pending<E>(
     }
 }
 
-/// An upstream error stops the run, or is handed to the callback of `skip_upstream_errors`.
-fn upstream_error<T, E>(
-    config: &mut Config<T, E>,
-    done: &mut Completion,
-    error: E,
-) -> Result<(), Stop<E>> {
-    let Some(on_error) = config.on_upstream_error.as_mut() else {
-        return Err((Cause::Upstream(error), None));
-    };
-    done.upstream_errors += 1;
-    (on_error.get_mut().unwrap_or_else(|p| p.into_inner()))(error);
-    Ok(())
+impl<T, E, F> Driver<'_, T, E, F> {
+    /// `Err` once the cancellation token fired.
+    fn not_cancelled(&self) -> Result<(), Stop<E>> {
+        match self.cfg.cancelled() {
+            true => Err((Cause::Cancelled, None)),
+            false => Ok(()),
+        }
+    }
+
+    /// An upstream error stops the run, or is handed to `skip_upstream_errors`' callback.
+    fn upstream_error(&mut self, error: E) -> Result<(), Stop<E>> {
+        let Some(on_error) = self.cfg.on_upstream_error.as_mut() else {
+            return Err((Cause::Upstream(error), None));
+        };
+        self.done.upstream_errors += 1;
+        (on_error.get_mut().unwrap_or_else(|p| p.into_inner()))(error);
+        Ok(())
+    }
 }
 
 impl<St, F, Fut> FusedFuture for ForEachCompensated<St, F, Fut>
