@@ -317,19 +317,10 @@ where
     #[inline(always)]
     fn succeeded(&mut self, id: &u64, index: u64) {
         if self.run.len() != 0 {
-            self.commit(*id);
+            commit(self.run, self.cfg.rules.commit_each, *id);
         }
         self.done.items += 1;
         trace::commit(index);
-    }
-
-    #[inline(never)]
-    fn commit(&self, id: u64) {
-        if self.cfg.rules.commit_each {
-            self.run.commit_since(id, id + 1);
-        } else {
-            self.run.absorb_into(id, id + 1, self.run);
-        }
     }
 
     /// The time limit of each attempt.
@@ -345,5 +336,14 @@ where
             .rules
             .retry
             .map_or(1, |policy| policy.max_attempts())
+    }
+}
+
+#[inline(never)]
+fn commit(run: &Stack, commit_each: bool, id: u64) {
+    if commit_each {
+        run.commit_since(id, id + 1);
+    } else {
+        run.absorb_into(id, id + 1, run);
     }
 }
