@@ -230,7 +230,10 @@ where
                 None => ready!(self.poll_between(slot.as_mut(), cx)),
                 // The handler is polled first: one that finishes at its deadline wins.
                 Some(handler) => match trace::in_span(this.span, || handler.poll(cx)) {
-                    Poll::Ready(Ok(())) => Some(Ok(self.succeeded(this.id, *this.index))),
+                    Poll::Ready(Ok(())) => {
+                        self.succeeded(this.id, *this.index);
+                        Some(Ok(()))
+                    }
                     Poll::Ready(Err(error)) => self.failed(slot.as_mut(), Cause::Handler(error)),
                     Poll::Pending => {
                         let deadline = this.timer.as_mut().as_pin_mut();
