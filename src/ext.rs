@@ -263,14 +263,17 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   not for its item: its item's success does not commit it, the run's success does.
     ///
     /// Cost: no heap allocation per item. With nothing registered, an item costs a clone and
-    /// a drop of the scope handle (an `Arc`), an atomic increment (its id), two atomic loads
-    /// (where its registrations start, and was anything registered?) and, with a
-    /// cancellation token, one uncontended lock (tokio-util's `is_cancelled`, on a child
-    /// token of this run's own). With [`concurrency(n)`](ForEachCompensated::concurrency),
-    /// `n > 1`, the slots beyond the first are boxed once, when first needed (so no more
-    /// than the most items ever in flight at once, whatever `n`), and each slot gets a waker
-    /// of its own, once, so that only the items that were woken are polled; with
-    /// [`retry`](ForEachCompensated::retry), each item is cloned once.
+    /// a drop of the scope handle (an `Arc`), an atomic increment (its id, which also marks
+    /// where its registrations start), one atomic load (is anything registered in the
+    /// scope?) and, with a cancellation token, one uncontended lock (tokio-util's
+    /// `is_cancelled`, on a child token of this run's own). With
+    /// [`concurrency(n)`](ForEachCompensated::concurrency), `n > 1` (or with
+    /// [`retry`](ForEachCompensated::retry) or
+    /// [`skip_failed_items`](ForEachCompensated::skip_failed_items)), each slot for an item
+    /// in flight is boxed once, when first needed (so no more than the most items ever in
+    /// flight at once, whatever `n`), and gets a waker of its own, once, so that only the
+    /// items that were woken are polled; with [`retry`](ForEachCompensated::retry), each
+    /// item is cloned once.
     ///
     /// # Panics
     ///

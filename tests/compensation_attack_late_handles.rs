@@ -18,11 +18,11 @@ type Leaked = Arc<Mutex<Option<ItemScope>>>;
 /// registers is committed by the run's success and undone by its rollback" (`ItemScope`
 /// rustdoc), and an item's handle acts on its own item only, at any concurrency.
 ///
-/// At `concurrency(1)` (the one-at-a-time fast path, `sequential.rs`) every item registers
-/// as the same owner (`RunScope::items`), told apart only by a registration mark. A late
-/// registration through item 0's handle made while item 1 runs is at or above item 1's
-/// mark, so it counts as item 1's: item 1's success commits it, and the run's rollback
-/// after item 2 fails never undoes it. At `concurrency(2)` it is undone, as documented.
+/// The defect this pins: at `concurrency(1)` (the one-at-a-time fast path) an earlier
+/// engine registered every item as the same owner, told apart only by a registration mark.
+/// A late registration through item 0's handle made while item 1 runs was at or above item
+/// 1's mark, so it counted as item 1's: item 1's success committed it, and the run's
+/// rollback after item 2 failed never undid it. At `concurrency(2)` it was undone.
 #[tokio::test]
 async fn a_late_registration_through_an_ended_items_handle_is_undone_by_the_run() {
     for concurrency in [2, 1] {

@@ -59,9 +59,9 @@ impl<T, E> Config<T, E> {
             .is_some_and(CancellationToken::is_cancelled)
     }
 
-    /// One item at a time, with no retry, no skip: the fast path.
+    /// One item at a time, with no retry and no skip: the fast path.
     #[inline]
-    pub(crate) fn is_sequential(&self) -> bool {
+    pub(crate) fn is_one_at_a_time(&self) -> bool {
         self.limit.get() == 1 && self.rules.retry.is_none() && !self.rules.skip
     }
 }

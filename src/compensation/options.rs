@@ -8,7 +8,7 @@ use core::fmt;
 use core::pin::Pin;
 
 use super::config::{Config, Rules, RunScope};
-use super::for_each::{Phase, Sequential, Slots};
+use super::for_each::{Phase, Slot, Slots};
 use super::{CompensatedError, CompensationScope, ForEachCompensated, RetryPolicy};
 use futures_core::future::Future;
 
@@ -178,9 +178,10 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
     /// still in flight are dropped at once, and the compensations of every item not
     /// committed run, newest registration first; the cause is the first failure.
     ///
-    /// Each item registers through a handle of its own, at any `n`. A slot for an item in
-    /// flight beyond the first is allocated once, when first needed, and reused: a large
-    /// `n` (even `usize::MAX`, for "no limit") costs only the slots that are ever in use at
+    /// Each item registers through a handle of its own, at any `n`. With `n > 1` (or with
+    /// [`retry`](Self::retry) or [`skip_failed_items`](Self::skip_failed_items)) a slot for
+    /// an item in flight is allocated once, when first needed, and reused: a large `n`
+    /// (even `usize::MAX`, for "no limit") costs only the slots that are ever in use at
     /// once.
     ///
     /// # Panics
@@ -398,7 +399,7 @@ impl<St: TryStream, F, Fut> ForEachCompensated<St, F, Fut> {
         Self {
             stream,
             f,
-            sequential: Sequential::new(),
+            one: Slot::new(),
             items: Slots::new(),
             run,
             config: Config {

@@ -88,12 +88,22 @@ impl Rollback {
         }
     }
 
-    /// A rollback that has resolved (a placeholder for one moved out).
-    pub(crate) fn done() -> Self {
+    /// `rest`, once the `finishing` rollbacks (polled side by side) resolved; one report,
+    /// `earlier`'s first, then theirs in the order they resolved, then `rest`'s.
+    pub(crate) fn after(finishing: Vec<Rollback>, rest: Rollback, earlier: RollbackReport) -> Self {
+        let body = async move {
+            let mut finishing: FuturesUnordered<Rollback> = finishing.into_iter().collect();
+            let mut report = earlier;
+            while let Some(done) = finishing.next().await {
+                report = done.after(report);
+            }
+            rest.await.after(report)
+        };
+        let (wind_down, closing) = (Arc::default(), None);
         Self {
-            body: None,
-            wind_down: Arc::default(),
-            closing: None,
+            body: Some(Mutex::new(Box::pin(body))),
+            wind_down,
+            closing,
         }
     }
 

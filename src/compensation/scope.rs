@@ -173,9 +173,8 @@ impl CompensationScope {
 /// ```
 #[derive(Clone)]
 pub struct ItemScope {
+    /// Registers as the item's id, which is below everything registered through it.
     pub(crate) stack: Stack,
-    /// The registration number when the item started: its own are at or above it.
-    pub(crate) mark: u64,
 }
 
 impl fmt::Debug for ItemScope {
@@ -221,7 +220,7 @@ impl ItemScope {
     }
 
     fn take(&self) -> Take {
-        Take::Owner(self.stack.owner, self.mark)
+        Take::Owner(self.stack.owner, self.stack.owner)
     }
 
     /// Runs this item's pending compensations newest first under `policy`. See

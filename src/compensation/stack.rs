@@ -105,8 +105,9 @@ struct Inner {
     /// Mirrors `state.entries.len()`, written under the lock.
     len: AtomicUsize,
     /// The next registration number, so "was anything registered since mark?" is one load.
+    /// Ids (of runs, items and child scopes) are numbers of this same sequence that no
+    /// entry has: what is registered through a handle is numbered above its id.
     next_seq: AtomicU64,
-    next_id: AtomicU64,
     /// Rollbacks of one scope take turns, so none runs a compensation another is running.
     rollback_turn: tokio::sync::Mutex<()>,
 }
@@ -125,8 +126,7 @@ impl Stack {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 len: AtomicUsize::new(0),
-                next_seq: AtomicU64::new(0),
-                next_id: AtomicU64::new(ROOT + 1),
+                next_seq: AtomicU64::new(ROOT + 1),
                 rollback_turn: tokio::sync::Mutex::new(()),
             }),
             owner: ROOT,
@@ -138,7 +138,7 @@ impl Stack {
     /// or a child scope of the root): it gets a run of its own, live until
     /// [`end_live`](Self::end_live).
     pub(crate) fn child(&self) -> Self {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.new_id();
         let run = if self.owner == ROOT {
             self.lock().live.push(id);
             id
@@ -152,10 +152,19 @@ impl Stack {
         }
     }
 
-    /// A new owner id for an item of this handle's run.
+    /// A new id: for an item of this handle's run, or a child. Taken from the registration
+    /// numbers (so unique in the scope), it is below everything registered under it.
     #[inline]
-    pub(crate) fn new_owner(&self) -> u64 {
-        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    pub(crate) fn new_id(&self) -> u64 {
+        self.inner.next_seq.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// A handle for a new item of this handle's run: it registers as a new id.
+    #[inline(always)]
+    pub(crate) fn new_item(&self) -> Stack {
+        let mut item = self.clone();
+        item.owner = item.new_id();
+        item
     }
 
     /// A handle to the same stack and run that registers as `owner`.
@@ -181,6 +190,7 @@ impl Stack {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn len(&self) -> usize {
         self.inner.len.load(Ordering::Acquire)
     }
@@ -194,7 +204,8 @@ impl Stack {
     #[inline]
     pub(crate) fn push(&self, label: Option<Cow<'static, str>>, action: Box<dyn Compensation>) {
         let mut state = self.lock();
-        let seq = self.inner.next_seq.load(Ordering::Relaxed);
+        // Taken under the lock, so the stack stays in registration order.
+        let seq = self.new_id();
         state.entries.push(Registered {
             seq,
             owner: self.owner,
@@ -202,7 +213,6 @@ impl Stack {
             label,
             action: Action::Boxed(action),
         });
-        self.inner.next_seq.store(seq + 1, Ordering::Release);
         self.inner.len.store(state.entries.len(), Ordering::Release);
     }
 
@@ -217,11 +227,17 @@ impl Stack {
         committed
     }
 
-    /// Drops this handle's own entries registered since `mark`: one atomic load when
-    /// nothing was registered since.
+    /// Whether an entry may have been registered at or above `mark`: one atomic load when
+    /// the stack is empty.
+    #[inline(always)]
+    fn any_since(&self, mark: u64) -> bool {
+        self.len() != 0 && self.mark() > mark
+    }
+
+    /// Drops `owner`'s entries registered since `mark`.
     #[inline(always)]
     pub(crate) fn commit_since(&self, owner: u64, mark: u64) {
-        if self.mark() > mark {
+        if self.any_since(mark) {
             self.commit_registered_since(owner, mark);
         }
     }
@@ -255,11 +271,11 @@ impl Stack {
         }
     }
 
-    /// Relabels this handle's own entries registered since `mark` as `parent`'s, in place
-    /// (so in their order): one atomic load when nothing was registered since.
+    /// Relabels `owner`'s entries registered since `mark` as `parent`'s, in place (so in
+    /// their order).
     #[inline(always)]
     pub(crate) fn absorb_into(&self, owner: u64, mark: u64, parent: &Stack) {
-        if self.mark() > mark {
+        if self.any_since(mark) {
             self.absorb_registered_since(owner, mark, parent);
         }
     }

@@ -81,6 +81,12 @@ impl Woken {
         self.slots.len() - 1
     }
 
+    /// Marks slot `at` woken, without waking the run (which is being polled).
+    pub(crate) fn mark(&self, at: usize) {
+        self.slots[at].0.woken.store(true, Ordering::Release);
+        self.run.any.store(true, Ordering::Release);
+    }
+
     /// Slot `at` is free again.
     #[inline]
     pub(crate) fn free(&mut self, at: usize) {

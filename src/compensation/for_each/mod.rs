@@ -1,9 +1,7 @@
-//! [`ForEachCompensated`]: the terminal step. Its items in flight are in [`slots`], each
-//! driven by the state machine in [`item`].
+//! [`ForEachCompensated`]: the terminal step, in the shape of futures-util's
+//! `try_for_each_concurrent`; its items are driven by [`item`].
 
 mod item;
-mod sequential;
-mod slots;
 
 use core::pin::Pin;
 use core::task::{Context, Poll, ready};
@@ -14,10 +12,9 @@ use futures_core::stream::TryStream;
 use pin_project_lite::pin_project;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use self::item::{Driver, ItemEnd};
-pub(super) use self::sequential::Sequential;
-pub(super) use self::slots::Slots;
-use super::config::{Callback, Config, RunScope};
+use self::item::Driver;
+pub(super) use self::item::{Slot, Slots};
+use super::config::{Config, RunScope};
 use super::stack::Take;
 use super::trace::{self, Span, Undone};
 use super::{Cause, CompensatedError, Completion, ItemScope, Rollback, RollbackReport};
@@ -25,14 +22,10 @@ use super::{Cause, CompensatedError, Completion, ItemScope, Rollback, RollbackRe
 /// Where the run is.
 pub(super) enum Phase<E> {
     Running,
-    /// Stopped by `cause`: first the undos of failed attempts that were in progress finish
-    /// the compensation each is running (`finishing`, wound down: they start no other),
-    /// then `rollback` runs what is left, newest first. `earlier` reports the undos done.
+    /// Stopped by `cause`: the rollback runs.
     RollingBack {
-        finishing: Vec<Rollback>,
         rollback: Rollback,
         cause: Option<Cause<E>>,
-        earlier: RollbackReport,
     },
     Done,
 }
@@ -52,9 +45,9 @@ pin_project! {
         #[pin]
         pub(super) stream: St,
         pub(super) f: F,
+        // The item of the fast path.
         #[pin]
-        pub(super) sequential: Sequential<Fut>,
-        #[pin]
+        pub(super) one: Slot<St::Ok, Fut, St::Error>,
         pub(super) items: Slots<St::Ok, Fut, St::Error>,
         pub(super) run: RunScope,
         pub(super) config: Config<St::Ok, St::Error>,
@@ -70,7 +63,7 @@ pin_project! {
 }
 
 /// Why the run stops: the cause, and the report of a failed item's own incomplete undo.
-type Stop<E> = (Cause<E>, Option<RollbackReport>);
+pub(super) type Stop<E> = (Cause<E>, Option<RollbackReport>);
 
 impl<St, F, Fut> Future for ForEachCompensated<St, F, Fut>
 where
@@ -83,131 +76,129 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let _span = trace::enter(this.span);
-        loop {
-            let (cause, earlier) = match this.phase {
-                Phase::Running => match if this.config.is_sequential() {
-                    poll_sequential(&mut this, cx)
-                } else {
-                    poll_running(&mut this, cx)
-                } {
-                    Poll::Ready(Ok(())) => {
-                        // The run's success commits what its rollback would have run:
-                        // what its items and its own handle registered, and what the
-                        // scope's own handles did (not what an open child of the scope
-                        // holds: that is the child's).
-                        let run = &this.run.scope.stack;
-                        run.commit(Take::Run(run.run));
-                        run.end_live();
-                        *this.phase = Phase::Done;
-                        return Poll::Ready(Ok(*this.done));
-                    }
-                    Poll::Ready(Err(stop)) => stop,
-                    Poll::Pending => return Poll::Pending,
-                },
-                Phase::RollingBack {
-                    finishing,
-                    rollback,
-                    cause,
-                    earlier,
-                } => {
-                    finishing.retain_mut(|undo| match Pin::new(undo).poll(cx) {
-                        Poll::Ready(report) => {
-                            *earlier = report.after(std::mem::take(earlier));
-                            false
-                        }
-                        Poll::Pending => true,
-                    });
-                    if !finishing.is_empty() {
-                        return Poll::Pending;
-                    }
-                    let report = ready!(Pin::new(rollback).poll(cx)).after(std::mem::take(earlier));
-                    trace::rollback(Undone::Run, &report);
-                    let cause = cause.take().expect("a rollback has a cause");
-                    this.run.scope.stack.end_live();
-                    *this.phase = Phase::Done;
-                    return Poll::Ready(Err(CompensatedError::stopped(cause, report)));
-                }
-                Phase::Done => panic!("ForEachCompensated polled after it resolved"),
+        if let Phase::Running = this.phase {
+            let polled = match this.config.is_one_at_a_time() {
+                true => this.poll_one_at_a_time(cx),
+                false => this.poll_running(cx),
             };
-            // Stop pulling, drop the handlers in flight (their compensations are
-            // registered), let the undos in progress finish the compensation each is
-            // running, then roll back everything the run has not committed.
             let run = &this.run.scope.stack;
-            this.sequential.as_mut().stop();
+            let Err((cause, earlier)) = ready!(polled) else {
+                // The run's success commits what its rollback would have run: what its
+                // items and its own handle registered, and what the scope's own handles did
+                // (not what an open child of the scope holds: that is the child's).
+                run.commit(Take::Run(run.run));
+                run.end_live();
+                *this.phase = Phase::Done;
+                return Poll::Ready(Ok(*this.done));
+            };
+            // Stop pulling and drop the handlers in flight (their compensations are
+            // registered); the undos of failed attempts in progress finish the compensation
+            // each is running (they start no other), then the run's rollback runs what is
+            // left, newest first.
+            this.one.as_mut().stop();
+            let rest = Rollback::new(
+                run.clone(),
+                this.config.rules.undo,
+                Take::Run(run.run),
+                None,
+            );
+            let rollback =
+                Rollback::after(this.items.stop_all(), rest, earlier.unwrap_or_default());
             *this.phase = Phase::RollingBack {
-                finishing: this.items.as_mut().stop_all(),
-                rollback: Rollback::new(
-                    run.clone(),
-                    this.config.rules.undo,
-                    Take::Run(run.run),
-                    None,
-                ),
+                rollback,
                 cause: Some(cause),
-                earlier: earlier.unwrap_or_default(),
             };
         }
+        let Phase::RollingBack { rollback, cause } = this.phase else {
+            panic!("ForEachCompensated polled after it resolved");
+        };
+        let report = ready!(Pin::new(rollback).poll(cx));
+        trace::rollback(Undone::Run, &report);
+        let cause = cause.take().expect("a rollback has a cause");
+        this.run.scope.stack.end_live();
+        *this.phase = Phase::Done;
+        Poll::Ready(Err(CompensatedError::stopped(cause, report)))
     }
 }
 
-/// Pulls items while there is room and drives those in flight, in the shape of
-/// futures-util's `try_for_each_concurrent`; `Ready(Ok)` once every item is done and the
-/// upstream has ended.
-fn poll_running<St, F, Fut>(
-    this: &mut ForEachProj<'_, St, F, Fut>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), Stop<St::Error>>>
+impl<St, F, Fut> ForEachProj<'_, St, F, Fut>
 where
     St: TryStream,
     F: FnMut(St::Ok, ItemScope) -> Fut,
     Fut: Future<Output = Result<(), St::Error>>,
 {
-    let config = &mut *this.config;
-    let mut d = Driver {
-        f: this.f,
-        run: &this.run.scope.stack,
-        rules: config.rules,
-        keep: config.keep,
-    };
-    // Checked before polling the handlers left pending (the cancellation may be what woke
-    // this task) and before each pull.
-    if config.cancelled() {
-        return Poll::Ready(Err((Cause::Cancelled, None)));
-    }
-    this.items.as_mut().enter(config.limit.get(), cx);
-    loop {
-        let mut progress = false;
-        if *this.in_flight < config.limit.get() && !*this.upstream_done {
-            if config.cancelled() {
-                return Poll::Ready(Err((Cause::Cancelled, None)));
-            }
-            match this.stream.as_mut().try_poll_next(cx) {
-                Poll::Ready(Some(Ok(value))) => {
-                    progress = true;
-                    *this.in_flight += 1;
-                    *this.pulled += 1;
-                    let index = *this.pulled - 1;
-                    let started = this.items.as_mut().start(cx, index, value, &mut d);
-                    if let Poll::Ready(end) = started {
-                        item_ended(end, this.in_flight, this.done, &mut config.on_skip)?;
+    /// The general path: pulls items while there is room and drives those in flight, as
+    /// futures-util's `try_for_each_concurrent` does; `Ready(Ok)` once every item is done and
+    /// the upstream has ended.
+    fn poll_running(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Stop<St::Error>>> {
+        let limit = self.config.limit.get();
+        let run = &self.run.scope.stack;
+        let (f, cfg, done) = (&mut *self.f, &mut *self.config, &mut *self.done);
+        let mut d = Driver { f, run, cfg, done };
+        self.items.enter(cx);
+        loop {
+            // Checked before each pull and before polling the handlers left pending (the
+            // cancellation may be what woke this task).
+            d.not_cancelled()?;
+            let mut progress = false;
+            if *self.in_flight < limit && !*self.upstream_done {
+                match self.stream.as_mut().try_poll_next(cx) {
+                    Poll::Ready(Some(Ok(value))) => {
+                        (progress, *self.in_flight) = (true, *self.in_flight + 1);
+                        d.start_in(self.items, *self.pulled, value);
+                        *self.pulled += 1;
                     }
+                    Poll::Ready(Some(Err(error))) => {
+                        progress = true;
+                        d.upstream_error(error)?;
+                    }
+                    Poll::Ready(None) => *self.upstream_done = true,
+                    Poll::Pending => {}
+                }
+            }
+            if *self.in_flight == 0 && *self.upstream_done {
+                return Poll::Ready(Ok(()));
+            }
+            if let Poll::Ready(end) = d.poll_woken(self.items) {
+                (progress, *self.in_flight) = (true, *self.in_flight - 1);
+                end.map_err(|stop| *stop)?;
+            }
+            if !progress {
+                return pending(self.cancelled.as_mut(), cx);
+            }
+        }
+    }
+
+    /// The fast path, one item at a time with no retry and no skip (the default): the loop of
+    /// futures-util's `try_for_each` on one slot, without the bookkeeping of the general path
+    /// (about 80 instructions per item).
+    #[inline(always)]
+    fn poll_one_at_a_time(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Stop<St::Error>>> {
+        let run = &self.run.scope.stack;
+        let (f, cfg, done) = (&mut *self.f, &mut *self.config, &mut *self.done);
+        let mut d = Driver { f, run, cfg, done };
+        // A handler left pending is not polled again once the token fired.
+        d.not_cancelled()?;
+        let mut polled = d.poll_one(self.one.as_mut(), cx);
+        loop {
+            match polled {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Err((Cause::Handler(error), None))),
+                Poll::Pending => return pending(self.cancelled.as_mut(), cx),
+            }
+            d.not_cancelled()?;
+            polled = match self.stream.as_mut().try_poll_next(cx) {
+                Poll::Ready(Some(Ok(value))) => {
+                    d.start_one(self.one.as_mut(), d.done.items, value);
+                    d.poll_one(self.one.as_mut(), cx)
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    progress = true;
-                    upstream_error(config, this.done, error)?;
+                    d.upstream_error(error)?;
+                    continue;
                 }
-                Poll::Ready(None) => *this.upstream_done = true,
-                Poll::Pending => {}
-            }
-        }
-        if let Poll::Ready(end) = this.items.as_mut().poll_woken(cx, &mut d) {
-            progress = true;
-            item_ended(end, this.in_flight, this.done, &mut config.on_skip)?;
-        }
-        if *this.in_flight == 0 && *this.upstream_done {
-            return Poll::Ready(Ok(()));
-        }
-        if !progress {
-            return pending(this.cancelled.as_mut(), cx);
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return pending(self.cancelled.as_mut(), cx),
+            };
         }
     }
 }
@@ -224,42 +215,24 @@ fn pending<E>(
     }
 }
 
-/// An upstream error stops the run, or is handed to the callback of `skip_upstream_errors`.
-fn upstream_error<T, E>(
-    config: &mut Config<T, E>,
-    done: &mut Completion,
-    error: E,
-) -> Result<(), Stop<E>> {
-    let Some(on_error) = config.on_upstream_error.as_mut() else {
-        return Err((Cause::Upstream(error), None));
-    };
-    done.upstream_errors += 1;
-    (on_error.get_mut().unwrap_or_else(|p| p.into_inner()))(error);
-    Ok(())
-}
-
-/// Counts an item that ended; an item that failed stops the run.
-fn item_ended<E>(
-    end: ItemEnd<E>,
-    in_flight: &mut usize,
-    done: &mut Completion,
-    on_skip: &mut Option<Callback<(u64, CompensatedError<E>)>>,
-) -> Result<(), Stop<E>> {
-    *in_flight -= 1;
-    match end {
-        ItemEnd::Done => done.items += 1,
-        ItemEnd::Skipped(skipped) => {
-            let (index, cause, report) = *skipped;
-            done.skipped += 1;
-            let on_skip = on_skip.as_mut().expect("skips are on");
-            (on_skip.get_mut().unwrap_or_else(|p| p.into_inner()))((
-                index,
-                CompensatedError::skipped(cause, report),
-            ));
+impl<T, E, F> Driver<'_, T, E, F> {
+    /// `Err` once the cancellation token fired.
+    fn not_cancelled(&self) -> Result<(), Stop<E>> {
+        match self.cfg.cancelled() {
+            true => Err((Cause::Cancelled, None)),
+            false => Ok(()),
         }
-        ItemEnd::Failed(failed) => return Err(*failed),
     }
-    Ok(())
+
+    /// An upstream error stops the run, or is handed to `skip_upstream_errors`' callback.
+    fn upstream_error(&mut self, error: E) -> Result<(), Stop<E>> {
+        let Some(on_error) = self.cfg.on_upstream_error.as_mut() else {
+            return Err((Cause::Upstream(error), None));
+        };
+        self.done.upstream_errors += 1;
+        (on_error.get_mut().unwrap_or_else(|p| p.into_inner()))(error);
+        Ok(())
+    }
 }
 
 impl<St, F, Fut> FusedFuture for ForEachCompensated<St, F, Fut>
@@ -270,65 +243,5 @@ where
 {
     fn is_terminated(&self) -> bool {
         matches!(self.phase, Phase::Done)
-    }
-}
-
-/// Pulls and handles items one at a time; `Ready(Ok)` at the end of the stream.
-#[inline]
-fn poll_sequential<St, F, Fut>(
-    this: &mut ForEachProj<'_, St, F, Fut>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), Stop<St::Error>>>
-where
-    St: TryStream,
-    F: FnMut(St::Ok, ItemScope) -> Fut,
-    Fut: Future<Output = Result<(), St::Error>>,
-{
-    let run = &this.run.scope.stack;
-    let mut item = this.sequential.as_mut().project();
-    // A handler left pending is not polled again once the token fired.
-    if item.handler.is_some() && this.config.cancelled() {
-        return Poll::Ready(Err((Cause::Cancelled, None)));
-    }
-    loop {
-        if let Some(handler) = item.handler.as_mut().as_pin_mut() {
-            match trace::in_span(item.span, || handler.poll(cx)) {
-                Poll::Ready(Ok(())) => {
-                    item.handler.set(None);
-                    this.done.items += 1;
-                    if this.config.rules.commit_each {
-                        run.commit_since(*item.owner, *item.mark);
-                    } else {
-                        run.absorb_into(*item.owner, *item.mark, run);
-                    }
-                    trace::commit(this.done.items - 1);
-                }
-                Poll::Ready(Err(error)) => {
-                    item.handler.set(None);
-                    return Poll::Ready(Err((Cause::Handler(error), None)));
-                }
-                Poll::Pending => return pending(this.cancelled.as_mut(), cx),
-            }
-        }
-        if this.config.cancelled() {
-            return Poll::Ready(Err((Cause::Cancelled, None)));
-        }
-        match this.stream.as_mut().try_poll_next(cx) {
-            Poll::Ready(Some(Ok(value))) => {
-                // Every earlier item succeeded: this one's index is their count.
-                *item.owner = run.new_owner();
-                *item.mark = run.mark();
-                *item.span = trace::attempt_span(this.done.items, 1);
-                let scope = ItemScope {
-                    stack: run.as_owner(*item.owner),
-                    mark: *item.mark,
-                };
-                let handler = trace::in_span(item.span, || (this.f)(value, scope));
-                item.handler.set(Some(handler));
-            }
-            Poll::Ready(Some(Err(error))) => upstream_error(this.config, this.done, error)?,
-            Poll::Ready(None) => return Poll::Ready(Ok(())),
-            Poll::Pending => return pending(this.cancelled.as_mut(), cx),
-        }
     }
 }
