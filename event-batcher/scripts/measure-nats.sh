@@ -13,6 +13,8 @@
 #                   /proc/PID/stat before the instances start and after they exit (the
 #                   publish is not counted), minus its background rate (sampled for 2 s
 #                   just before, times the wall time), and the same in µs per event
+#   nats_reads    = read calls of nats-server per 1,000 events (/proc/PID/io syscr; each
+#                   wake-up by the instances costs it about two: the data, then EAGAIN)
 # then drop the table and delete the stream. A table of the rates and CPU ends the output.
 # Needs psql, bash, bc, /usr/bin/time, and nats-server on 4222 (its PID: NATS_PID, else the
 # oldest process named nats-server), or PRIVATE_NATS=/usr/sbin/nats-server: a server of this
@@ -43,6 +45,8 @@ NATS_PID=${NATS_PID:-$(pgrep -o -x nats-server)}
 delete_stream() { exec 3<>/dev/tcp/127.0.0.1/$PORT; printf 'CONNECT {"verbose":false}\r\nPUB $JS.API.STREAM.DELETE.%s 0\r\n\r\nPING\r\n' "$1" >&3; sleep 0.3; exec 3>&-; }
 # CPU seconds (user + system) of process $1 so far.
 cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"; }
+# Read calls of process $1 so far (0 when /proc/PID/io cannot be read).
+reads_of() { awk '/^syscr/ { print $2 }' "/proc/$1/io" 2>/dev/null || echo 0; }
 # CPU seconds (user + system) written by /usr/bin/time -f "%U %S" to the files given.
 cpu_sum() { cat "$@" | awk 'NF == 2 && $1 ~ /^[0-9.]+$/ { s += $1 + $2 } END { printf "%.2f", s }'; }
 per100k() { echo "scale=2; $1 * 100000 / $EVENTS" | bc; }
@@ -72,6 +76,7 @@ for n in ${COUNTS:-1 2 3}; do
   idle_before=$(cpu_of $NATS_PID 2>/dev/null || echo 0); sleep 2
   idle_cpu_per_s=$(echo "scale=4; ($(cpu_of $NATS_PID 2>/dev/null || echo 0) - $idle_before) / 2" | bc)
   nats_before=$(cpu_of $NATS_PID 2>/dev/null || echo 0)
+  reads_before=$(reads_of $NATS_PID)
   start=$(date +%s.%N)
   pids=()
   for i in $(seq 1 $n); do
@@ -85,6 +90,7 @@ for n in ${COUNTS:-1 2 3}; do
   for p in "${pids[@]}"; do wait $p || echo "instance $p failed"; done
   end=$(date +%s.%N)
   nats_after=$(cpu_of $NATS_PID 2>/dev/null || echo 0)
+  reads=$(echo "scale=1; ($(reads_of $NATS_PID) - $reads_before) * 1000 / $EVENTS" | bc)
   wall=$(echo "$end - $start" | bc); rows=$(echo "$rows_at - $start" | bc)
   rate=$(echo "$EVENTS / ($wall - 2)" | bc)
   x=${synth_rate:+$(echo "scale=2; $rate / $synth_rate" | bc)}
@@ -93,7 +99,7 @@ for n in ${COUNTS:-1 2 3}; do
   # Minus the background rate over the same wall time (never below 0).
   nats_cpu=$(echo "x = $nats_raw - $idle_cpu_per_s * $wall; if (x < 0) x = 0; x" | bc)
   nats_us=$(echo "scale=2; $nats_cpu * 1000000 / $EVENTS" | bc)
-  echo "instances=$n wall_slowest=${wall}s all_rows_visible=${rows}s rate_excl_idle=$rate rate_rows=$(echo "$EVENTS / $rows" | bc)${x:+ x_synthetic=$x} cpu_instances=$(per100k $cpu)s/100k cpu_nats=$(per100k $nats_cpu)s/100k (${nats_us} us/event; raw $(per100k $nats_raw)s/100k, idle ${idle_cpu_per_s}s/s subtracted)"
+  echo "instances=$n wall_slowest=${wall}s all_rows_visible=${rows}s rate_excl_idle=$rate rate_rows=$(echo "$EVENTS / $rows" | bc)${x:+ x_synthetic=$x} cpu_instances=$(per100k $cpu)s/100k cpu_nats=$(per100k $nats_cpu)s/100k (${nats_us} us/event; raw $(per100k $nats_raw)s/100k, idle ${idle_cpu_per_s}s/s subtracted) nats_reads=${reads}/1k"
   for i in $(seq 1 $n); do grep -E "events acknowledged|consistency check" /tmp/$tag.$i.out | cut -c1-110; done
   psql $PG -Atc "select count(*), count(distinct id) from $table"
   table_rows+=("| $n instance(s) | $rate | ${x:--} | $(per100k $cpu) | $(per100k $nats_cpu) | $nats_us |")

@@ -174,6 +174,20 @@ impl Drop for NatsAck {
     }
 }
 
+/// How long the ack task lets verdicts accumulate once one has arrived, before it sends them
+/// all, unless [`ACK_COALESCE_MAX`] are queued first (a verdict goes out at most this much
+/// later; nothing waits for it to be sent). Each write of verdicts wakes the server, and a
+/// wake-up costs nats-server about 0.1 ms of CPU on a 2-core machine, whatever it carries:
+/// a bare consumer acking 100-event messages 1, 5 or 25 at a time at the same rate cost it
+/// 1.6, 0.7 and 0.5 µs per event, 0.35 at full speed. Sent as they were queued, the
+/// verdicts of one batch went out in 2 to 3 writes; gathered, many batches share one.
+pub(super) const ACK_COALESCE: Duration = Duration::from_millis(25);
+
+/// Verdicts that end the [`ACK_COALESCE`] wait early: with one event per message a batch
+/// settles hundreds at once, and holding them would only keep more messages unacknowledged
+/// (`max_ack_pending` counts them).
+pub(super) const ACK_COALESCE_MAX: usize = 500;
+
 /// Sends the verdicts in order until every sender is gone, then flushes.
 pub(super) async fn ack_task(
     client: Client,
@@ -182,24 +196,44 @@ pub(super) async fn ack_task(
     nak_delay: Duration,
 ) {
     let stats = &*stats;
-    while let Some(op) = rx.recv().await {
-        let (kind, counter) = match op.verdict {
-            Verdict::Ack => (AckKind::Ack, &stats.acked),
-            Verdict::Nak if nak_delay.is_zero() => (AckKind::Nak(None), &stats.nacked),
-            Verdict::Nak => (AckKind::Nak(Some(nak_delay)), &stats.nacked),
-            Verdict::Reject => (AckKind::Term, &stats.rejected),
-            Verdict::GiveUp => (AckKind::Term, &stats.dead_lettered),
-            Verdict::GiveBack => (AckKind::Nak(None), &stats.dropped_nacked),
-            Verdict::Progress => (AckKind::Progress, &stats.progress_sent),
-        };
-        let failures = match op.verdict {
-            Verdict::Progress => &stats.progress_failures,
-            _ => &stats.send_failures,
-        };
-        match client.publish(op.reply, kind.into()).await {
-            Ok(()) => counter.fetch_add(1, Ordering::Relaxed),
-            Err(_) => failures.fetch_add(1, Ordering::Relaxed),
-        };
+    let mut ops = Vec::new();
+    while rx.recv_many(&mut ops, usize::MAX).await > 0 {
+        // Looked at every millisecond rather than at each verdict: waking the task for each
+        // of a batch's hundreds of verdicts would cost more than it saves.
+        let deadline = tokio::time::Instant::now() + ACK_COALESCE;
+        let mut open = true;
+        while open && ops.len() < ACK_COALESCE_MAX && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            loop {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false; // closing: send what is left now
+                        break;
+                    }
+                }
+            }
+        }
+        for op in ops.drain(..) {
+            let (kind, counter) = match op.verdict {
+                Verdict::Ack => (AckKind::Ack, &stats.acked),
+                Verdict::Nak if nak_delay.is_zero() => (AckKind::Nak(None), &stats.nacked),
+                Verdict::Nak => (AckKind::Nak(Some(nak_delay)), &stats.nacked),
+                Verdict::Reject => (AckKind::Term, &stats.rejected),
+                Verdict::GiveUp => (AckKind::Term, &stats.dead_lettered),
+                Verdict::GiveBack => (AckKind::Nak(None), &stats.dropped_nacked),
+                Verdict::Progress => (AckKind::Progress, &stats.progress_sent),
+            };
+            let failures = match op.verdict {
+                Verdict::Progress => &stats.progress_failures,
+                _ => &stats.send_failures,
+            };
+            match client.publish(op.reply, kind.into()).await {
+                Ok(()) => counter.fetch_add(1, Ordering::Relaxed),
+                Err(_) => failures.fetch_add(1, Ordering::Relaxed),
+            };
+        }
     }
     let _ = client.flush().await;
 }

@@ -29,8 +29,11 @@
 //!   NOTHING`) that is one row per event. Redeliveries can carry delivery count 1 again after a
 //!   broker crash (measured): never use the count for deduplication.
 //! * Acks are sent in the background, in order, by one task per source: `ack()` returns once the
-//!   ack is queued, not once the server has it. An ack that gets lost only causes a redelivery.
-//!   [`NatsSource::close`] waits for the queue and flushes the connection.
+//!   ack is queued, not once the server has it. The task gathers verdicts for up to 25 ms (or
+//!   until 500 are queued) and sends them in one write: each write wakes the server, and its
+//!   wake-ups, not the acks' bytes, were most of its CPU at 100 events per message. An ack
+//!   that gets lost only causes a redelivery. [`NatsSource::close`] waits for the queue and
+//!   flushes the connection.
 //!
 //! # Keep-alive (why `ack_wait` can be short)
 //!
