@@ -109,12 +109,7 @@ impl<St: TryStream, K: Hash + Eq, F, I> ChunksTimeoutByKeyResult<St, K, F, NoWei
     where
         G: FnMut(&St::Ok) -> usize,
     {
-        // A `match`, not `Option::map`: `#[track_caller]` does not reach into a closure.
-        #[allow(clippy::manual_map)]
-        let weigher = match max_weight {
-            Some(max) => Some(MaxWeight::new("chunks_timeout_by_key_result", max, weigh)),
-            None => None,
-        };
+        let weigher = MaxWeight::new_opt("chunks_timeout_by_key_result", max_weight, weigh);
         self.retyped(|state| state.with_weigher(weigher))
     }
 }
