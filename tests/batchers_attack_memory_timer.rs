@@ -116,8 +116,8 @@ fn panic_file(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
 
 /// Rule: "`max_weight == 0` panics at the caller as `max_items == 0` does", and the rustdoc
 /// of `max_weight_opt` promises "Panics, at the caller's location, if `max_weight` is
-/// `Some(0)`". The check runs inside `Option::map`'s closure, which `#[track_caller]` does
-/// not reach, so the panic points at `src/adapters/.../builders.rs` and `by_key/mod.rs`.
+/// `Some(0)`". (A check inside an `Option::map` closure, which `#[track_caller]` does not
+/// reach, would point the panic at the crate's own files.)
 #[test]
 fn max_weight_opt_some_zero_panics_at_the_caller() {
     let empty = stream::empty::<Result<usize, E>>;
