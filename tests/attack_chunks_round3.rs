@@ -430,7 +430,7 @@ fn every_poll_takes_at_most_the_budget_and_every_pending_wakes() {
     assert_eq!(out + s.buffered_values().len(), last_taken, "a value lost");
 }
 
-/// Rule (liveness, SPEC §9): on an endless ready upstream the batch's deadline is honoured
+/// Rule (liveness): on an endless ready upstream the batch's deadline is honoured
 /// after a bounded amount of work, with reason `Deadline` (real clock: a paused one does not
 /// move while the task is busy). Passes.
 #[test]

@@ -10,12 +10,16 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::Stop;
 use crate::compensation::config::Config;
 use crate::compensation::stack::{Stack, Take};
 use crate::compensation::trace::{self, Span, Undone};
 use crate::compensation::wake::Woken;
-use crate::compensation::{Cause, CompensatedError, Completion, ItemScope, Rollback};
+use crate::compensation::{
+    Cause, CompensatedError, Completion, ItemScope, Rollback, RollbackReport,
+};
+
+/// Why the run stops: the cause, and the report of a failed item's own incomplete undo.
+pub(super) type Stop<E> = (Cause<E>, Option<RollbackReport>);
 
 /// How an item ended: `Ok` when it succeeded or was skipped (`on_skip` has it), `Err` when
 /// the run stops.

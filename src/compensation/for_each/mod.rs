@@ -12,12 +12,12 @@ use futures_core::stream::TryStream;
 use pin_project_lite::pin_project;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use self::item::Driver;
+use self::item::{Driver, Stop};
 pub(super) use self::item::{Slot, Slots};
 use super::config::{Config, RunScope};
 use super::stack::Take;
 use super::trace::{self, Span, Undone};
-use super::{Cause, CompensatedError, Completion, ItemScope, Rollback, RollbackReport};
+use super::{Cause, CompensatedError, Completion, ItemScope, Rollback};
 
 /// Where the run is.
 pub(super) enum Phase<E> {
@@ -61,9 +61,6 @@ pin_project! {
         pub(super) span: Span,
     }
 }
-
-/// Why the run stops: the cause, and the report of a failed item's own incomplete undo.
-pub(super) type Stop<E> = (Cause<E>, Option<RollbackReport>);
 
 impl<St, F, Fut> Future for ForEachCompensated<St, F, Fut>
 where
