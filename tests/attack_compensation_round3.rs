@@ -1,0 +1,554 @@
+//! Round-3 attack on the rewritten engine of `for_each_compensated` (one item state machine
+//! for the fast and the general path, ids from the registration counter). The strongest
+//! check is a model: random schedules of items (register, sleep, commit, roll back, child
+//! scopes, registrations through the run's handle, ok or fail, retries, skips, upstream
+//! errors, cancellation) at concurrency 1..4, on a paused clock, and every compensation must
+//! be run exactly once or committed (dropped unrun), as the rustdoc rules say.
+
+mod compensation_common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use compensation_common::lock;
+use futures::stream;
+use proptest::prelude::*;
+use result_stream::{
+    Backoff, Cause, Compensation, CompensationScope, ItemScope, ResultStreamExt, RetryPolicy,
+};
+use tokio_util::sync::CancellationToken;
+
+type Err = String;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+// ---------------------------------------------------------------------------------------
+// The ledger: what each compensation is, who owns it in the model, and how often it ran.
+// ---------------------------------------------------------------------------------------
+
+/// Where a compensation stands in the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Registered by an attempt that never finished (dropped by a stop).
+    Pending,
+    /// Committed through the item's handle or a child's `commit`: never runs.
+    Committed,
+    /// Run by the handler's own `rollback` (item or child): ran once, then.
+    RolledBack,
+    /// Its attempt returned `Ok`: committed with the item (or, all or nothing, the run's).
+    AttemptOk,
+    /// Its attempt returned `Err`: the attempt's undo or the run's rollback runs it.
+    AttemptFailed,
+    /// Registered through the run's own handle: the run's.
+    Run,
+}
+
+struct Record {
+    item: u32,
+    fate: Fate,
+    started: usize,
+    ran: usize,
+    dropped: bool,
+}
+
+#[derive(Default)]
+struct Ledger {
+    records: Mutex<Vec<Record>>,
+    /// Completed compensations in order, and `u64::MAX` when the run was told to stop.
+    log: Mutex<Vec<u64>>,
+}
+
+/// Marks its compensation dropped (committed, or done with after running).
+struct Dropped(Arc<Ledger>, usize);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        lock(&self.0.records)[self.1].dropped = true;
+    }
+}
+
+impl Ledger {
+    /// A new compensation of `item`, recorded as `fate`; it sleeps `sleep` ms when run.
+    fn undo(self: &Arc<Self>, item: u32, fate: Fate, sleep: u64) -> (usize, impl Compensation + use<>) {
+        let id = {
+            let mut records = lock(&self.records);
+            records.push(Record {
+                item,
+                fate,
+                started: 0,
+                ran: 0,
+                dropped: false,
+            });
+            records.len() - 1
+        };
+        let guard = Dropped(self.clone(), id);
+        let ledger = self.clone();
+        let action = move || {
+            let _keep = &guard;
+            let ledger = ledger.clone();
+            async move {
+                lock(&ledger.records)[id].started += 1;
+                if sleep > 0 {
+                    tokio::time::sleep(ms(sleep)).await;
+                }
+                lock(&ledger.records)[id].ran += 1;
+                lock(&ledger.log).push(id as u64);
+                Ok::<(), std::io::Error>(())
+            }
+        };
+        (id, action)
+    }
+
+    fn set(&self, ids: &[usize], fate: Fate) {
+        let mut records = lock(&self.records);
+        ids.iter().for_each(|&id| records[id].fate = fate);
+    }
+
+    fn stop_marker(&self) {
+        lock(&self.log).push(u64::MAX);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The plan of a run.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Register `k` compensations through the item's handle.
+    Reg(u8),
+    Sleep(u8),
+    Yield,
+    /// `ItemScope::commit`: drops exactly what this item registered and did not end.
+    Commit,
+    /// `ItemScope::rollback`: runs exactly that.
+    Rollback,
+    /// A child of the item: register `k` (a sleep between each), then commit (0), roll back
+    /// (1) or absorb (2).
+    Child(u8, u8),
+    /// Register through a clone of the run's own handle.
+    RunReg,
+}
+
+#[derive(Debug, Clone)]
+struct Attempt {
+    steps: Vec<Step>,
+    ok: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Plan {
+    items: Vec<Vec<Attempt>>,
+    concurrency: usize,
+    attempts: u32,
+    backoff: u8,
+    skip: bool,
+    all_or_nothing: bool,
+    cancel_at: Option<u16>,
+    undo_sleep: u8,
+    undo_concurrent: bool,
+    /// An upstream `Err` before this item, and whether it is handed to a callback.
+    upstream_err: Option<(usize, bool)>,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (1..4u8).prop_map(Step::Reg),
+        3 => (0..20u8).prop_map(Step::Sleep),
+        1 => Just(Step::Yield),
+        1 => Just(Step::Commit),
+        1 => Just(Step::Rollback),
+        1 => (0..3u8, 0..3u8).prop_map(|(k, end)| Step::Child(k, end)),
+        1 => Just(Step::RunReg),
+    ]
+}
+
+fn attempt() -> impl Strategy<Value = Attempt> {
+    (prop::collection::vec(step(), 0..6), prop::bool::weighted(0.75))
+        .prop_map(|(steps, ok)| Attempt { steps, ok })
+}
+
+fn plan() -> impl Strategy<Value = Plan> {
+    (
+        prop::collection::vec(prop::collection::vec(attempt(), 1..3), 0..9),
+        1..5usize,
+        1..4u32,
+        0..5u8,
+        (any::<bool>(), any::<bool>()),
+        prop::option::weighted(0.3, 0..80u16),
+        (prop_oneof![Just(0u8), 1..4u8], any::<bool>()),
+        prop::option::weighted(0.2, (0..9usize, any::<bool>())),
+    )
+        .prop_map(
+            |(items, concurrency, attempts, backoff, (skip, aon), cancel_at, undo, upstream_err)| {
+                Plan {
+                    items,
+                    concurrency,
+                    attempts,
+                    backoff,
+                    skip,
+                    all_or_nothing: aon && !skip,
+                    cancel_at,
+                    undo_sleep: undo.0,
+                    undo_concurrent: undo.1,
+                    upstream_err,
+                }
+            },
+        )
+}
+
+/// One attempt of one item, as the plan says; keeps the model in the ledger.
+async fn handle(
+    ledger: Arc<Ledger>,
+    plan: Arc<Plan>,
+    run: CompensationScope,
+    item: u32,
+    attempt: usize,
+    scope: ItemScope,
+) -> Result<(), Err> {
+    let script = &plan.items[item as usize];
+    let Attempt { steps, ok } = &script[attempt.min(script.len() - 1)];
+    let sleep = u64::from(plan.undo_sleep);
+    // What this attempt registered through its handle and has not ended.
+    let mut mine = Vec::new();
+    for step in steps {
+        match *step {
+            Step::Reg(k) => {
+                for _ in 0..k {
+                    let (id, undo) = ledger.undo(item, Fate::Pending, sleep);
+                    scope.register(undo);
+                    mine.push(id);
+                }
+            }
+            Step::Sleep(n) => tokio::time::sleep(ms(u64::from(n))).await,
+            Step::Yield => tokio::task::yield_now().await,
+            Step::Commit => {
+                let committed = scope.commit();
+                assert_eq!(committed, mine.len(), "item {item}: commit took others'");
+                ledger.set(&mine, Fate::Committed);
+                mine.clear();
+            }
+            Step::Rollback => {
+                let report = scope.rollback(RetryPolicy::default()).await;
+                assert_eq!(report.ran(), mine.len(), "item {item}: rollback ran others'");
+                ledger.set(&mine, Fate::RolledBack);
+                mine.clear();
+            }
+            Step::Child(k, end) => {
+                let child = scope.child();
+                let mut its = Vec::new();
+                for _ in 0..k {
+                    let (id, undo) = ledger.undo(item, Fate::Pending, sleep);
+                    child.register(undo);
+                    its.push(id);
+                    // Dropped here by a stop, the child is absorbed into the item.
+                    mine.push(id);
+                    tokio::time::sleep(ms(1)).await;
+                }
+                mine.truncate(mine.len() - its.len());
+                match end {
+                    0 => {
+                        assert_eq!(child.commit(), its.len(), "item {item}: child commit");
+                        ledger.set(&its, Fate::Committed);
+                    }
+                    1 => {
+                        let report = child.rollback(RetryPolicy::default()).await;
+                        assert_eq!(report.ran(), its.len(), "item {item}: child rollback");
+                        ledger.set(&its, Fate::RolledBack);
+                    }
+                    _ => {
+                        child.absorb();
+                        mine.extend(its);
+                    }
+                }
+            }
+            Step::RunReg => {
+                let (_, undo) = ledger.undo(item, Fate::Run, sleep);
+                run.register(undo);
+            }
+        }
+    }
+    if *ok {
+        ledger.set(&mine, Fate::AttemptOk);
+        Ok(())
+    } else {
+        ledger.set(&mine, Fate::AttemptFailed);
+        let last = attempt + 1 >= plan.attempts as usize;
+        if last && !plan.skip {
+            // The run stops in this very poll: no handler code runs after this.
+            ledger.stop_marker();
+        }
+        Err(format!("item {item} attempt {attempt}"))
+    }
+}
+
+/// Runs `plan` on a paused clock and checks every compensation against the model.
+fn check(plan: Plan) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let plan = Arc::new(plan);
+        let ledger = Arc::new(Ledger::default());
+        let scope = CompensationScope::new();
+        let run_handle = Arc::new(OnceLock::<CompensationScope>::new());
+        let tries = Arc::new(Mutex::new(BTreeMap::<u32, usize>::new()));
+        let skipped = Arc::new(Mutex::new(Vec::new()));
+        let mut values: Vec<Result<u32, Err>> = (0..plan.items.len() as u32).map(Ok).collect();
+        if let Some((at, _)) = plan.upstream_err {
+            values.insert(at.min(values.len()), Err("upstream".to_owned()));
+        }
+        let (l, p, r, t) = (ledger.clone(), plan.clone(), run_handle.clone(), tries.clone());
+        let mut fut = stream::iter(values)
+            .for_each_compensated(scope.clone(), move |item: u32, scope| {
+                let attempt = {
+                    let mut tries = lock(&t);
+                    let n = tries.entry(item).or_default();
+                    *n += 1;
+                    *n - 1
+                };
+                let run = r.get().expect("set before the first poll").clone();
+                handle(l.clone(), p.clone(), run, item, attempt, scope)
+            })
+            .concurrency(plan.concurrency)
+            .rollback_policy(match plan.undo_concurrent {
+                true => RetryPolicy::default().concurrent(3),
+                false => RetryPolicy::default(),
+            });
+        if plan.attempts > 1 {
+            let backoff = Backoff::Fixed(ms(u64::from(plan.backoff)));
+            fut = fut.retry(RetryPolicy::default().attempts(plan.attempts).backoff(backoff));
+        }
+        if plan.skip {
+            let skipped = skipped.clone();
+            fut = fut.skip_failed_items(move |index, error| {
+                assert!(error.is_rolled_back_cleanly());
+                lock(&skipped).push(index);
+            });
+        }
+        if plan.all_or_nothing {
+            fut = fut.all_or_nothing();
+        }
+        if let Some((_, true)) = plan.upstream_err {
+            fut = fut.skip_upstream_errors(|_| {});
+        }
+        if let Some(at) = plan.cancel_at {
+            let token = CancellationToken::new();
+            fut = fut.with_cancellation(token.clone());
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ms(u64::from(at))).await;
+                ledger.stop_marker();
+                token.cancel();
+            });
+        }
+        run_handle.set(fut.scope().clone()).ok().unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(3600), fut)
+            .await
+            .expect("the run hung");
+        let failed = result.is_err();
+        // What each item did, in the model.
+        let tries = lock(&tries).clone();
+        let final_ok = |item: u32| {
+            let script = &plan.items[item as usize];
+            let n = tries.get(&item).copied().unwrap_or(0);
+            n > 0 && script[(n - 1).min(script.len() - 1)].ok
+        };
+        match &result {
+            Ok(done) => {
+                let ok = (0..plan.items.len() as u32).filter(|&i| final_ok(i)).count();
+                assert_eq!(done.items(), ok as u64, "items");
+                assert_eq!(done.skipped() as usize, lock(&skipped).len(), "skipped");
+                assert!(plan.skip || ok == plan.items.len(), "a failed item did not stop");
+            }
+            Err(error) => {
+                assert!(error.is_rolled_back_cleanly(), "{error}");
+                match error.cause() {
+                    Cause::Cancelled => assert!(plan.cancel_at.is_some()),
+                    Cause::Upstream(_) => assert!(matches!(plan.upstream_err, Some((_, false)))),
+                    Cause::Handler(_) => assert!(!plan.skip),
+                    other => panic!("unexpected cause {other:?}"),
+                }
+            }
+        }
+        let records = lock(&ledger.records);
+        for (id, r) in records.iter().enumerate() {
+            let expect = match r.fate {
+                Fate::Committed => 0,
+                Fate::RolledBack | Fate::AttemptFailed => 1,
+                Fate::AttemptOk => usize::from(plan.all_or_nothing && failed),
+                Fate::Pending | Fate::Run => usize::from(failed),
+            };
+            assert_eq!(
+                r.ran, expect,
+                "compensation {id} of item {} ({:?}) ran {} times (failed run: {failed})",
+                r.item, r.fate, r.ran
+            );
+            assert!(r.dropped, "compensation {id} ({:?}) is still held", r.fate);
+        }
+        assert!(scope.is_empty(), "{} left in the scope", scope.len());
+        // Newest first: with no undo of its own in progress, the run's rollback runs what is
+        // left in registration order reversed.
+        let log = lock(&ledger.log);
+        if failed && plan.attempts == 1 && !plan.skip && !plan.undo_concurrent {
+            if let Some(stop) = log.iter().position(|&id| id == u64::MAX) {
+                let after: Vec<u64> = log[stop + 1..]
+                    .iter()
+                    .copied()
+                    .filter(|&id| id != u64::MAX)
+                    .collect();
+                let mut newest_first = after.clone();
+                newest_first.sort_unstable_by(|a, b| b.cmp(a));
+                assert_eq!(after, newest_first, "the run's rollback is not newest first");
+            }
+        }
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+    /// Rules: every compensation runs exactly once or is committed; an item's handle
+    /// commits and rolls back only its own; the run's rollback runs every uncommitted one
+    /// (failed or in-flight items, the run's handle), newest first; all or nothing absorbs;
+    /// retries undo their attempt; skips roll back alone; nothing is left in the scope.
+    #[test]
+    fn every_compensation_runs_exactly_once_or_is_committed(plan in plan()) {
+        check(plan);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Wakers: a slot's waker outlives its item.
+// ---------------------------------------------------------------------------------------
+
+/// Rule (`for_each_compensated` rustdoc, Cost): with `concurrency(n)`, `n > 1`, each slot
+/// "gets a waker of its own, once, so that only the items that were woken are polled"; and
+/// a handler that sleeps once is polled at most 3 times.
+///
+/// Defect: the waker belongs to the slot, not to the item. A waker that an ended item left
+/// with a waker-keeping resource (an `AtomicWaker`-style "register, then check" that found
+/// the resource ready) is now the next item's: every wake of it polls an item that was
+/// never woken. `FuturesUnordered`, which the doc compares itself to, makes a task per
+/// future, so a stale wake of an ended future is ignored.
+#[tokio::test(start_paused = true)]
+async fn a_stale_wake_of_an_ended_items_slot_never_polls_the_next_item() {
+    let gate = Arc::new(Mutex::new(None::<std::task::Waker>));
+    let polls = Arc::new(Mutex::new(0usize));
+    let ringer = gate.clone();
+    tokio::spawn(async move {
+        for _ in 0..3 {
+            tokio::time::sleep(ms(2)).await;
+            if let Some(waker) = lock(&ringer).as_ref() {
+                waker.wake_by_ref();
+            }
+        }
+    });
+    let (g, p) = (gate.clone(), polls.clone());
+    let done = stream::iter((0..2u32).map(Ok::<u32, Err>))
+        .for_each_compensated(CompensationScope::new(), move |item, _scope| {
+            let (gate, polls) = (g.clone(), p.clone());
+            async move {
+                if item == 0 {
+                    // Register interest, find the resource ready, and end.
+                    std::future::poll_fn(|cx| {
+                        *lock(&gate) = Some(cx.waker().clone());
+                        std::task::Poll::Ready(())
+                    })
+                    .await;
+                    return Ok(());
+                }
+                // Item 1 reuses item 0's slot: it sleeps once.
+                let mut sleep = std::pin::pin!(tokio::time::sleep(ms(10)));
+                std::future::poll_fn(|cx| {
+                    *lock(&polls) += 1;
+                    sleep.as_mut().poll(cx)
+                })
+                .await;
+                Ok(())
+            }
+        })
+        .concurrency(2)
+        .await
+        .unwrap();
+    assert_eq!(done.items(), 2);
+    let polls = *lock(&polls);
+    assert!(
+        polls <= 3,
+        "item 1 slept once and was polled {polls} times: woken through item 0's waker"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Tracing: "a span per item attempt" for a subscriber that wants spans.
+// ---------------------------------------------------------------------------------------
+
+#[cfg(feature = "tracing")]
+mod spans {
+    use super::*;
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::subscriber::Interest;
+    use tracing::{Event, Metadata, Subscriber};
+
+    /// A subscriber that wants spans, every span, and no events (a span exporter).
+    #[derive(Clone, Default)]
+    struct SpansOnly(Arc<Mutex<Vec<&'static str>>>);
+
+    impl Subscriber for SpansOnly {
+        fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+            match metadata.is_span() {
+                true => Interest::always(),
+                false => Interest::never(),
+            }
+        }
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            metadata.is_span()
+        }
+        fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+            let mut names = lock(&self.0);
+            names.push(attrs.metadata().name());
+            Id::from_u64(names.len() as u64)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, _: &Event<'_>) {}
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    /// Rule (SPEC §10, `trace::attempt_span`): a span per item attempt, skipped only "when
+    /// no subscriber wants it".
+    ///
+    /// Defect: whether a subscriber wants the item span is asked with
+    /// `tracing::enabled!(target, DEBUG)`, a *hint* callsite, not a span's: a subscriber
+    /// (or a per-layer filter) that enables spans and not events, such as a span exporter
+    /// filtered with `metadata.is_span()`, gets the run's span and no item span at all.
+    #[test]
+    fn a_subscriber_that_wants_spans_gets_one_per_item_attempt() {
+        for concurrency in [1, 2] {
+            let spans = SpansOnly::default();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let done = tracing::subscriber::with_default(spans.clone(), || {
+                rt.block_on(
+                    stream::iter((0..3u32).map(Ok::<u32, Err>))
+                        .for_each_compensated(CompensationScope::new(), |_, _| async { Ok(()) })
+                        .concurrency(concurrency),
+                )
+            })
+            .unwrap();
+            assert_eq!(done.items(), 3);
+            let names = lock(&spans.0).clone();
+            assert!(names.contains(&"for_each_compensated"), "{names:?}");
+            let items = names.iter().filter(|name| **name == "item").count();
+            assert_eq!(items, 3, "concurrency {concurrency}: spans {names:?}");
+        }
+    }
+}
