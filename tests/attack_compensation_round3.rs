@@ -44,6 +44,11 @@ enum Fate {
     AttemptFailed,
     /// Registered through the run's own handle: the run's.
     Run,
+    /// Registered through a kept clone of an ended item's handle while the run is live:
+    /// the run's.
+    Late,
+    /// The same, after the run resolved: the scope's, for its own handles.
+    AfterRun,
 }
 
 struct Record {
@@ -59,6 +64,10 @@ struct Ledger {
     records: Mutex<Vec<Record>>,
     /// Completed compensations in order, and `u64::MAX` when the run was told to stop.
     log: Mutex<Vec<u64>>,
+    /// Set as soon as the run resolved.
+    resolved: std::sync::atomic::AtomicBool,
+    /// The tasks that register through kept handles.
+    late: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Marks its compensation dropped (committed, or done with after running).
@@ -72,7 +81,7 @@ impl Drop for Dropped {
 
 impl Ledger {
     /// A new compensation of `item`, recorded as `fate`; it sleeps `sleep` ms when run.
-    fn undo(self: &Arc<Self>, item: u32, fate: Fate, sleep: u64) -> (usize, impl Compensation + use<>) {
+    fn undo(self: &Arc<Self>, item: u32, fate: Fate, sleep: (u64, bool)) -> (usize, impl Compensation + use<>) {
         let id = {
             let mut records = lock(&self.records);
             records.push(Record {
@@ -91,8 +100,8 @@ impl Ledger {
             let ledger = ledger.clone();
             async move {
                 lock(&ledger.records)[id].started += 1;
-                if sleep > 0 {
-                    tokio::time::sleep(ms(sleep)).await;
+                if sleep.0 > 0 {
+                    pause(sleep.0, sleep.1).await;
                 }
                 lock(&ledger.records)[id].ran += 1;
                 lock(&ledger.log).push(id as u64);
@@ -131,6 +140,9 @@ enum Step {
     Child(u8, u8),
     /// Register through a clone of the run's own handle.
     RunReg,
+    /// Keep a clone of the handle: once the handler's future is dropped, a task registers
+    /// `k` through it (only with one attempt and no skip: the item then has one end).
+    Late(u8),
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +164,21 @@ struct Plan {
     undo_concurrent: bool,
     /// An upstream `Err` before this item, and whether it is handed to a callback.
     upstream_err: Option<(usize, bool)>,
+    /// On a multi-threaded runtime, every wait woken from another OS thread (real time).
+    threads: bool,
+}
+
+/// Waits `n` units: `n` ms of the paused clock, or `20 * n` µs woken from an OS thread.
+async fn pause(n: u64, threads: bool) {
+    if !threads {
+        return tokio::time::sleep(ms(n)).await;
+    }
+    let (tx, rx) = futures::channel::oneshot::channel();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_micros(20 * n));
+        let _ = tx.send(());
+    });
+    rx.await.unwrap();
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -163,6 +190,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Rollback),
         1 => (0..3u8, 0..3u8).prop_map(|(k, end)| Step::Child(k, end)),
         1 => Just(Step::RunReg),
+        1 => (1..3u8).prop_map(Step::Late),
     ]
 }
 
@@ -195,6 +223,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                     undo_sleep: undo.0,
                     undo_concurrent: undo.1,
                     upstream_err,
+                    threads: false,
                 }
             },
         )
@@ -211,9 +240,11 @@ async fn handle(
 ) -> Result<(), Err> {
     let script = &plan.items[item as usize];
     let Attempt { steps, ok } = &script[attempt.min(script.len() - 1)];
-    let sleep = u64::from(plan.undo_sleep);
+    let sleep = (u64::from(plan.undo_sleep), plan.threads);
     // What this attempt registered through its handle and has not ended.
     let mut mine = Vec::new();
+    // Dropped with the handler's future: tells the kept handles' tasks the item ended.
+    let mut ended = Vec::new();
     for step in steps {
         match *step {
             Step::Reg(k) => {
@@ -223,7 +254,7 @@ async fn handle(
                     mine.push(id);
                 }
             }
-            Step::Sleep(n) => tokio::time::sleep(ms(u64::from(n))).await,
+            Step::Sleep(n) => pause(u64::from(n), plan.threads).await,
             Step::Yield => tokio::task::yield_now().await,
             Step::Commit => {
                 let committed = scope.commit();
@@ -246,7 +277,7 @@ async fn handle(
                     its.push(id);
                     // Dropped here by a stop, the child is absorbed into the item.
                     mine.push(id);
-                    tokio::time::sleep(ms(1)).await;
+                    pause(1, plan.threads).await;
                 }
                 mine.truncate(mine.len() - its.len());
                 match end {
@@ -265,6 +296,24 @@ async fn handle(
                     }
                 }
             }
+            Step::Late(k) if plan.attempts == 1 && !plan.skip && !plan.threads => {
+                let (tx, rx) = futures::channel::oneshot::channel::<()>();
+                ended.push(tx);
+                let (kept, l) = (scope.clone(), ledger.clone());
+                let task = tokio::spawn(async move {
+                    let (_, ledger) = (rx.await, l);
+                    let fate = match ledger.resolved.load(std::sync::atomic::Ordering::SeqCst) {
+                        true => Fate::AfterRun,
+                        false => Fate::Late,
+                    };
+                    for _ in 0..k {
+                        let (_, undo) = ledger.undo(item, fate, sleep);
+                        kept.register(undo);
+                    }
+                });
+                lock(&ledger.late).push(task);
+            }
+            Step::Late(_) => {}
             Step::RunReg => {
                 let (_, undo) = ledger.undo(item, Fate::Run, sleep);
                 run.register(undo);
@@ -287,12 +336,17 @@ async fn handle(
 
 /// Runs `plan` on a paused clock and checks every compensation against the model.
 fn check(plan: Plan) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    let rt = match plan.threads {
+        true => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build(),
+        false => tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build(),
+    };
+    rt.unwrap().block_on(async move {
         let plan = Arc::new(plan);
         let ledger = Arc::new(Ledger::default());
         let scope = CompensationScope::new();
@@ -340,18 +394,29 @@ fn check(plan: Plan) {
         if let Some(at) = plan.cancel_at {
             let token = CancellationToken::new();
             fut = fut.with_cancellation(token.clone());
-            let ledger = ledger.clone();
+            let (ledger, threads) = (ledger.clone(), plan.threads);
             tokio::spawn(async move {
-                tokio::time::sleep(ms(u64::from(at))).await;
+                pause(u64::from(at), threads).await;
                 ledger.stop_marker();
                 token.cancel();
             });
         }
         run_handle.set(fut.scope().clone()).ok().unwrap();
-        let result = tokio::time::timeout(Duration::from_secs(3600), fut)
+        let result = tokio::time::timeout(Duration::from_secs(60), fut)
             .await
             .expect("the run hung");
+        ledger.resolved.store(true, std::sync::atomic::Ordering::SeqCst);
         let failed = result.is_err();
+        let late = std::mem::take(&mut *lock(&ledger.late));
+        for task in late {
+            task.await.unwrap();
+        }
+        let after = lock(&ledger.records).iter().filter(|r| r.fate == Fate::AfterRun).count();
+        assert_eq!(scope.len(), after, "only what kept handles registered late is left");
+        // The run's log ends here: what follows is the scope's own rollback.
+        let logged = lock(&ledger.log).len();
+        let report = scope.rollback(RetryPolicy::default()).await;
+        assert_eq!(report.ran(), after);
         // What each item did, in the model.
         let tries = lock(&tries).clone();
         let final_ok = |item: u32| {
@@ -382,7 +447,8 @@ fn check(plan: Plan) {
                 Fate::Committed => 0,
                 Fate::RolledBack | Fate::AttemptFailed => 1,
                 Fate::AttemptOk => usize::from(plan.all_or_nothing && failed),
-                Fate::Pending | Fate::Run => usize::from(failed),
+                Fate::Pending | Fate::Run | Fate::Late => usize::from(failed),
+                Fate::AfterRun => 1,
             };
             assert_eq!(
                 r.ran, expect,
@@ -394,13 +460,16 @@ fn check(plan: Plan) {
         assert!(scope.is_empty(), "{} left in the scope", scope.len());
         // Newest first: with no undo of its own in progress, the run's rollback runs what is
         // left in registration order reversed.
-        let log = lock(&ledger.log);
-        if failed && plan.attempts == 1 && !plan.skip && !plan.undo_concurrent {
+        let log = lock(&ledger.log)[..logged].to_vec();
+        let cancel_races = plan.threads && plan.cancel_at.is_some();
+        if failed && plan.attempts == 1 && !plan.skip && !plan.undo_concurrent && !cancel_races {
             if let Some(stop) = log.iter().position(|&id| id == u64::MAX) {
                 let after: Vec<u64> = log[stop + 1..]
                     .iter()
                     .copied()
-                    .filter(|&id| id != u64::MAX)
+                    // A kept handle may register while the rollback runs: it is picked
+                    // up then, after older ones; leave those out.
+                    .filter(|&id| id != u64::MAX && records[id as usize].fate != Fate::Late)
                     .collect();
                 let mut newest_first = after.clone();
                 newest_first.sort_unstable_by(|a, b| b.cmp(a));
@@ -420,6 +489,14 @@ proptest! {
     #[test]
     fn every_compensation_runs_exactly_once_or_is_committed(plan in plan()) {
         check(plan);
+    }
+
+    /// The same on a multi-threaded runtime, every handler and compensation woken from
+    /// another OS thread, and the run polled on whichever worker: no wake is lost (the run
+    /// would hang), and the same exactly-once rules hold.
+    #[test]
+    fn every_compensation_runs_exactly_once_with_wakes_from_other_threads(plan in plan()) {
+        check(Plan { threads: true, ..plan });
     }
 }
 
