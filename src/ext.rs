@@ -272,7 +272,10 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// [`skip_failed_items`](ForEachCompensated::skip_failed_items)), each slot for an item
     /// in flight is boxed once, when first needed (so no more than the most items ever in
     /// flight at once, whatever `n`), and gets a waker of its own, once, so that only the
-    /// items that were woken are polled; with [`retry`](ForEachCompensated::retry), each
+    /// items that were woken are polled (a slot whose ended item left a clone of its waker
+    /// with some resource gets a new one, one allocation, so that a stale wake polls no
+    /// later item; one at a time, the handler shares the run's waker, as in `try_for_each`,
+    /// so a wake left by an earlier item may poll it once more); with [`retry`](ForEachCompensated::retry), each
     /// item is cloned once.
     ///
     /// # Panics

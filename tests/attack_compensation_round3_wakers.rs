@@ -24,11 +24,10 @@ fn ms(n: u64) -> Duration {
 /// "gets a waker of its own, once, so that only the items that were woken are polled"; and
 /// a handler that sleeps once is polled at most 3 times.
 ///
-/// Defect: the waker belongs to the slot, not to the item. A waker that an ended item left
-/// with a waker-keeping resource (an `AtomicWaker`-style "register, then check" that found
-/// the resource ready) is now the next item's: every wake of it polls an item that was
-/// never woken. `FuturesUnordered`, which the doc compares itself to, makes a task per
-/// future, so a stale wake of an ended future is ignored.
+/// A waker that an ended item left with a waker-keeping resource (an `AtomicWaker`-style
+/// "register, then check" that found the resource ready) must not poll the next item in
+/// that slot: the slot gets a new waker, as `FuturesUnordered` makes a task per future.
+/// (Before, the slot's one waker went to the next item, polled 5 times for one sleep.)
 #[tokio::test(start_paused = true)]
 async fn a_stale_wake_of_an_ended_items_slot_never_polls_the_next_item() {
     let gate = Arc::new(Mutex::new(None::<std::task::Waker>));
@@ -114,13 +113,10 @@ mod spans {
         fn exit(&self, _: &Id) {}
     }
 
-    /// Rule (SPEC §10, `trace::attempt_span`): a span per item attempt, skipped only "when
-    /// no subscriber wants it".
-    ///
-    /// Defect: whether a subscriber wants the item span is asked with
-    /// `tracing::enabled!(target, DEBUG)`, a *hint* callsite, not a span's: a subscriber
+    /// Rule (feature `tracing`): a span per item attempt, skipped only when no subscriber
+    /// wants it. Whether one wants it is asked for a span, not for an event: a subscriber
     /// (or a per-layer filter) that enables spans and not events, such as a span exporter
-    /// filtered with `metadata.is_span()`, gets the run's span and no item span at all.
+    /// filtered with `metadata.is_span()`, gets every item span (it once got none).
     #[test]
     fn a_subscriber_that_wants_spans_gets_one_per_item_attempt() {
         for concurrency in [1, 2] {

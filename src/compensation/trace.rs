@@ -43,7 +43,11 @@ pub(crate) fn run_span() -> Span {
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 pub(crate) fn attempt_span(index: u64, attempt: u32) -> Span {
     #[cfg(feature = "tracing")]
-    return match tracing::enabled!(target: "result_stream::for_each", tracing::Level::DEBUG) {
+    return match tracing::enabled!(
+        kind: tracing::metadata::Kind::SPAN,
+        target: "result_stream::for_each",
+        tracing::Level::DEBUG
+    ) {
         true => tracing::debug_span!(target: "result_stream::for_each", "item", index, attempt),
         false => Span::none(),
     };

@@ -73,12 +73,16 @@ impl Woken {
     #[cold]
     #[inline(never)]
     fn new_slot(&mut self) -> usize {
+        self.slots.push(Self::slot_waker(&self.run));
+        self.slots.len() - 1
+    }
+
+    fn slot_waker(run: &Arc<Run>) -> (Arc<SlotWaker>, Waker) {
         let slot = Arc::new(SlotWaker {
-            run: self.run.clone(),
+            run: run.clone(),
             woken: AtomicBool::new(false),
         });
-        self.slots.push((slot.clone(), Waker::from(slot)));
-        self.slots.len() - 1
+        (slot.clone(), Waker::from(slot))
     }
 
     /// Marks slot `at` woken, without waking the run (which is being polled).
@@ -87,10 +91,22 @@ impl Woken {
         self.run.any.store(true, Ordering::Release);
     }
 
-    /// Slot `at` is free again.
+    /// Slot `at` is free again. If its ended item left a clone of the slot's waker with
+    /// some resource, the slot gets a new waker: a stale wake then wakes the run, but polls
+    /// no item (the old waker marks only itself).
     #[inline]
     pub(crate) fn free(&mut self, at: usize) {
+        // Two references when none escaped: the `Arc` kept here and the one in the `Waker`.
+        if Arc::strong_count(&self.slots[at].0) > 2 {
+            self.renew(at);
+        }
         self.free.push(at);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn renew(&mut self, at: usize) {
+        self.slots[at] = Self::slot_waker(&self.run);
     }
 
     /// Whether some slot was woken since the last call (clears the mark).
