@@ -1,8 +1,11 @@
 //! Helpers shared by the integration tests: scheduled channels on a paused Tokio clock and
-//! collectors that record when (and why) each batch was yielded.
+//! collectors that record when (and why) each batch was yielded. The submodules hold a
+//! counting waker and a panic hook that records where a panic happened.
 #![allow(dead_code)]
 
 pub mod keyed;
+pub mod panics;
+pub mod wakers;
 
 use std::time::Duration;
 
@@ -21,6 +24,15 @@ pub fn ms(n: u64) -> Duration {
 /// `n` seconds.
 pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
+}
+
+/// A current-thread Tokio runtime with a timer, its clock paused.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
 }
 
 /// Spawns a task that sends each `(offset, item)` when `start + offset` is reached (at once,
