@@ -1,9 +1,11 @@
 //! Helpers shared by the integration tests: scheduled channels on a paused Tokio clock and
 //! collectors that record when (and why) each batch was yielded. The submodules hold a
-//! counting waker and a panic hook that records where a panic happened.
+//! counting waker, a panic hook that records where a panic happened, and what the per-key
+//! reference models share (their values and errors, and the replay of a schedule).
 #![allow(dead_code)]
 
 pub mod keyed;
+pub mod keyed_model;
 pub mod panics;
 pub mod wakers;
 
