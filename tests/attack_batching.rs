@@ -7,26 +7,17 @@
 //!
 //! The others pass and are kept as guards of rules no other test covers (each says which).
 
+mod common;
+
 use std::pin::pin;
 use std::task::{Context, Waker};
-use std::time::Duration;
 
+use common::panics::{record_panics, take_panic_location};
+use common::{paused_runtime, secs};
 use futures::channel::mpsc;
 use futures::stream::{self, FusedStream, Stream, StreamExt};
 use result_stream::{FlushReason, ResultStreamExt};
 use tokio::time::Instant;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
-}
 
 // ---------------------------------------------------------------------------------------
 // chunks_timeout_result + max_weight: the value that starts the next batch
@@ -313,16 +304,7 @@ async fn keyed_weight_split_value_keeps_its_deadline_across_a_slow_consumer() {
 /// covers `max_items` and `max_open_keys` only. Passes; guard.
 #[test]
 fn keyed_zero_max_weight_panics_at_the_caller_naming_the_parameter() {
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if let Some(at) = info.location() {
-                LAST.with(|l| *l.borrow_mut() = Some((at.file().to_owned(), at.line())));
-            }
-            previous(info);
-        }));
-    });
+    record_panics();
     let line = line!() + 3;
     let result = std::panic::catch_unwind(|| {
         let s = stream::empty::<WItem>().chunks_timeout_by_key_result(|v| v.0, 1, secs(1));
@@ -335,16 +317,10 @@ fn keyed_zero_max_weight_panics_at_the_caller_naming_the_parameter() {
         .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_default();
     assert!(message.contains("`max_weight`"), "message: {message}");
-    let at = LAST
-        .with(|l| l.borrow_mut().take())
-        .expect("hook saw the panic");
+    let at = take_panic_location().expect("hook saw the panic");
     assert!(
         at.0.ends_with("attack_batching.rs"),
         "panic located at {at:?}"
     );
     assert_eq!(at.1, line, "panic line");
-}
-
-thread_local! {
-    static LAST: std::cell::RefCell<Option<(String, u32)>> = const { std::cell::RefCell::new(None) };
 }

@@ -16,16 +16,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::scheduled;
+use common::keyed_model::{self, KeyedModel, replay};
+use common::{ms, paused_runtime, scheduled};
 use futures::{Stream, StreamExt, poll};
 use proptest::prelude::*;
 use result_stream::batch::{MaxWeight, WithInfo};
 use result_stream::{BatchInfo, ChunksTimeoutByKeyResult, FlushReason, ResultStreamExt};
 use tokio::time::Instant;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// A pseudo-random number below `n`, per call.
 fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
@@ -37,23 +34,8 @@ fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
     }
 }
 
-fn paused() -> tokio::runtime::Runtime {
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    builder.enable_time().start_paused(true).build().unwrap()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Val {
-    id: u32,
-    key: u16,
-    weight: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tok {
-    V(Val),
-    E(u32),
-}
+type Val = keyed_model::Val<u16>;
+type Tok = keyed_model::Tok<u16>;
 
 /// The limits: `max_items`, `timeout` (ms), `max_open_keys`, `max_weight`.
 #[derive(Debug, Clone)]
@@ -66,13 +48,6 @@ enum Out {
     B(u64, u16, Vec<u32>, FlushReason, Option<usize>, u64),
     /// An error: time, id.
     E(u64, u32),
-}
-
-fn item(tok: Tok) -> Result<Val, u32> {
-    match tok {
-        Tok::V(v) => Ok(v),
-        Tok::E(e) => Err(e),
-    }
 }
 
 impl Out {
@@ -110,11 +85,6 @@ impl Model<'_> {
         let (_, &key) = self.order.first_key_value()?;
         Some((key, self.open[&key].2 + self.p.1))
     }
-    fn flush_all(&mut self, at: u64, reason: FlushReason) {
-        while let Some((key, _)) = self.oldest() {
-            self.emit(at, key, reason);
-        }
-    }
     fn closes(&self, len: usize, total: usize) -> Option<FlushReason> {
         if len >= self.p.0 {
             Some(FlushReason::Full)
@@ -132,6 +102,9 @@ impl Model<'_> {
     fn total(&self, key: u16) -> Option<usize> {
         Some(self.open.get(&key)?.1.iter().map(|v| v.weight).sum())
     }
+}
+
+impl KeyedModel<u16> for Model<'_> {
     fn value(&mut self, t: u64, v: Val) {
         let max_weight = self.p.3.unwrap_or(usize::MAX);
         if self.total(v.key).is_some_and(|w| w + v.weight > max_weight) {
@@ -167,6 +140,14 @@ impl Model<'_> {
         }
         Some(())
     }
+    fn flush_all(&mut self, at: u64, reason: FlushReason) {
+        while let Some((key, _)) = self.oldest() {
+            self.emit(at, key, reason);
+        }
+    }
+    fn error(&mut self, at: u64, id: u32) {
+        self.outs.push(Out::E(at, id));
+    }
 }
 
 fn model(events: &[(u64, Tok)], end: u64, p: &Params) -> Option<Vec<Out>> {
@@ -177,23 +158,7 @@ fn model(events: &[(u64, Tok)], end: u64, p: &Params) -> Option<Vec<Out>> {
         seq: 0,
         outs: Vec::new(),
     };
-    for (i, &(t, tok)) in events.iter().enumerate() {
-        m.expire_before(t)?;
-        match tok {
-            Tok::V(v) => m.value(t, v),
-            Tok::E(id) => {
-                m.flush_all(t, FlushReason::Error);
-                m.outs.push(Out::E(t, id));
-            }
-        }
-        let burst_ends = events.get(i + 1).is_none_or(|&(next, _)| next > t);
-        let stream_ends = i + 1 == events.len() && end == t;
-        if burst_ends && !stream_ends && p.1 == 0 {
-            m.flush_all(t, FlushReason::Deadline);
-        }
-    }
-    m.expire_before(end)?;
-    m.flush_all(end, FlushReason::End);
+    replay(&mut m, events, end, p.1)?;
     Some(m.outs)
 }
 
@@ -256,9 +221,9 @@ where
 /// Runs the adapter over a schedule on a fresh paused runtime. A `Pending` with no wake
 /// coming would park the runtime for good: the outer timeout turns that into `None`.
 fn run(events: &[(u64, Tok)], end: u64, p: &Params) -> Option<(Vec<Out>, Vec<Hint>, u64)> {
-    paused().block_on(async {
+    paused_runtime().block_on(async {
         let (start, left) = (Instant::now(), events.len());
-        let schedule = events.iter().map(|&(t, tok)| (ms(t), item(tok))).collect();
+        let schedule = events.iter().map(|&(t, tok)| (ms(t), tok.item())).collect();
         let inner = scheduled(start, schedule, ms(end));
         let driven = collect(adapter(Exact { inner, left }, p), start);
         let year = Duration::from_secs(365 * 86_400);
@@ -412,7 +377,7 @@ async fn take_remainder_after_heavy_churn_is_the_models_open_batches_oldest_firs
             (0, Tok::V(Val { id, key, weight }))
         })
         .collect();
-    (events.iter()).for_each(|&(_, tok)| tx.unbounded_send(item(tok)).unwrap());
+    (events.iter()).for_each(|&(_, tok)| tx.unbounded_send(tok.item()).unwrap());
     let (mut outs, mut pendings) = (Vec::new(), 0);
     while pendings < 3 {
         // A `Pending` may be a cooperative yield (5,000 values > one poll's budget).
@@ -485,7 +450,7 @@ static ALLOCATOR: Counting = Counting;
 fn a_million_keys_each_filling_once_are_not_all_remembered() {
     let keys = 1_000_000u64;
     let values = std::iter::once(u64::MAX).chain((0..keys).flat_map(|k| [k, k]));
-    let (batches, open_at_end) = paused().block_on(async {
+    let (batches, open_at_end) = paused_runtime().block_on(async {
         let adapter = futures::stream::iter(values.map(Ok::<u64, ()>))
             .chain(futures::stream::pending())
             .chunks_timeout_by_key_result(|&v| v, 2, Duration::from_secs(3_600));
@@ -517,6 +482,13 @@ impl Clone for Tenant {
     }
 }
 
+/// Drives `batches` to its end; returns the key clones counted since the last reset (and
+/// resets the count) and the number of batches.
+async fn clones_and_batches(batches: impl Stream) -> (usize, usize) {
+    let batches = batches.collect::<Vec<_>>().await.len();
+    (CLONES.swap(0, Ordering::Relaxed), batches)
+}
+
 /// The rule ("cost per value ... Per batch: at most one clone of the key (none for a key
 /// whose last batch filled, by count or to exactly `max_weight`; one for a batch that a
 /// value opens by splitting its key's batch)"): batches that fill by count reopen without a
@@ -526,28 +498,13 @@ async fn a_key_is_cloned_for_its_first_batch_and_for_each_split_only() {
     let tenant = |v: &(u8, usize)| Tenant(v.0);
     let rows = || futures::stream::iter([(1, 6); 100].map(Ok::<_, ()>));
     let by_count = rows().chunks_timeout_by_key_result(tenant, 2, ms(10));
-    let batches = by_count.collect::<Vec<_>>().await.len();
-    assert_eq!(
-        (CLONES.swap(0, Ordering::Relaxed), batches),
-        (1, 50),
-        "by count"
-    );
+    assert_eq!(clones_and_batches(by_count).await, (1, 50), "by count");
     let by_weight = rows().chunks_timeout_by_key_result(tenant, 100, ms(10));
-    let batches = by_weight.max_weight(10, |v| v.1).collect::<Vec<_>>().await;
-    let clones = CLONES.swap(0, Ordering::Relaxed);
-    assert_eq!(
-        (clones, batches.len()),
-        (100, 100),
-        "split by weight: one clone each"
-    );
+    let by_weight = clones_and_batches(by_weight.max_weight(10, |v| v.1)).await;
+    assert_eq!(by_weight, (100, 100), "split by weight: one clone each");
     let exact = rows().chunks_timeout_by_key_result(tenant, 100, ms(10));
-    let batches = exact.max_weight(12, |v| v.1).collect::<Vec<_>>().await;
-    let clones = CLONES.swap(0, Ordering::Relaxed);
-    assert_eq!(
-        (clones, batches.len()),
-        (1, 50),
-        "filled to exactly max_weight"
-    );
+    let exact = clones_and_batches(exact.max_weight(12, |v| v.1)).await;
+    assert_eq!(exact, (1, 50), "filled to exactly max_weight");
 }
 
 // tracing: every batch's event has `age_ms`

@@ -4,14 +4,19 @@
 //!
 //! Each test names the rule of the `chunks_timeout_result` rustdoc (src/ext.rs) it checks.
 
+mod common;
+
 use std::cell::RefCell;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use common::panics::panic_at;
+use common::wakers::counting_waker;
+use common::{ms, paused_runtime};
 use futures::channel::mpsc;
 use futures::stream::{self, Stream};
 use futures::task::ArcWake;
@@ -21,42 +26,6 @@ use tokio::time::{Instant, advance};
 
 type Item = Result<u32, &'static str>;
 type Chunks = result_stream::ChunksTimeoutResult<mpsc::UnboundedReceiver<Item>>;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
-}
-
-/// A waker that counts how often it is woken.
-#[derive(Default)]
-struct Counting(AtomicUsize);
-
-impl Wake for Counting {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-impl Counting {
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-fn counting_waker() -> (Waker, Arc<Counting>) {
-    let count = Arc::new(Counting::default());
-    (Waker::from(Arc::clone(&count)), count)
-}
 
 // ---------------------------------------------------------------------------------------
 // The fast path's notion of "the same task"
@@ -554,34 +523,6 @@ async fn reservations_follow_the_previous_batch_and_stop_at_65_536() {
     assert_eq!(s.next().await.unwrap().unwrap().len(), 3);
     let batch = s.next().await.unwrap().unwrap();
     assert_eq!((batch.len(), batch.capacity()), (1, 3));
-}
-
-thread_local! {
-    static LAST_PANIC: RefCell<Option<(String, u32, String)>> = const { RefCell::new(None) };
-}
-
-fn panic_at(f: impl FnOnce() + std::panic::UnwindSafe) -> (String, u32, String) {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let message = info
-                .payload()
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            let at = info
-                .location()
-                .map(|l| (l.file().to_owned(), l.line(), message));
-            LAST_PANIC.with(|last| *last.borrow_mut() = at);
-            previous(info);
-        }));
-    });
-    assert!(std::panic::catch_unwind(f).is_err(), "no panic");
-    LAST_PANIC
-        .with(|last| last.borrow_mut().take())
-        .expect("a location")
 }
 
 /// Rule: `max_weight`/`max_weight_opt` panic "at the caller's location" for a zero cap,

@@ -4,14 +4,17 @@
 //! A counting `#[global_allocator]` keeps, per thread and only while switched on, the bytes
 //! live (allocated minus freed), for the memory rules.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::{Cell, RefCell};
-use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
-use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use common::panics::panic_file;
+use common::wakers::CountingWaker;
+use common::{ms, paused_runtime};
 use futures::channel::mpsc;
 use futures::stream::{self, Stream, StreamExt};
 use result_stream::{FlushReason, ResultStreamExt};
@@ -63,29 +66,6 @@ unsafe impl GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
-}
-
-struct Counter(AtomicUsize);
-
-impl Wake for Counter {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 fn poll<S: Stream + ?Sized>(s: Pin<&mut S>, waker: &Waker) -> Poll<Option<S::Item>> {
     s.poll_next(&mut Context::from_waker(waker))
 }
@@ -93,26 +73,6 @@ fn poll<S: Stream + ?Sized>(s: Pin<&mut S>, waker: &Waker) -> Poll<Option<S::Ite
 // ---------------------------------------------------------------------------------------
 // The zero cap of `.max_weight_opt(Some(0), ..)` panics inside the crate
 // ---------------------------------------------------------------------------------------
-
-thread_local! {
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-fn panic_file(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let at = info.location().map(|l| l.file().to_owned());
-            LAST_PANIC.with(|last| *last.borrow_mut() = at);
-            previous(info);
-        }));
-    });
-    assert!(std::panic::catch_unwind(f).is_err(), "no panic");
-    LAST_PANIC
-        .with(|last| last.borrow_mut().take())
-        .expect("a location")
-}
 
 /// Rule: "`max_weight == 0` panics at the caller as `max_items == 0` does", and the rustdoc
 /// of `max_weight_opt` promises "Panics, at the caller's location, if `max_weight` is
@@ -150,7 +110,7 @@ fn max_weight_opt_some_zero_panics_at_the_caller() {
 /// runtime the batch comes out at once, with reason `Deadline`, 100 ms early.
 #[test]
 fn single_deadline_on_a_new_runtime_with_the_same_waker_is_not_early() {
-    let waker = Waker::from(Arc::new(Counter(AtomicUsize::new(0))));
+    let waker = Waker::from(Arc::new(CountingWaker::default()));
     let (tx, rx) = mpsc::unbounded::<Result<u32, E>>();
     let mut s = Box::pin(rx.chunks_timeout_result(10, ms(100)));
     let first = paused_runtime();
@@ -176,7 +136,7 @@ fn single_deadline_on_a_new_runtime_with_the_same_waker_is_not_early() {
 /// The same rule for the per-key batcher.
 #[test]
 fn keyed_deadline_on_a_new_runtime_with_the_same_waker_is_not_early() {
-    let waker = Waker::from(Arc::new(Counter(AtomicUsize::new(0))));
+    let waker = Waker::from(Arc::new(CountingWaker::default()));
     let (tx, rx) = mpsc::unbounded::<Result<u32, E>>();
     let mut s = Box::pin(rx.chunks_timeout_by_key_result(|&v| v, 10, ms(100)));
     let first = paused_runtime();
@@ -202,7 +162,7 @@ fn keyed_deadline_on_a_new_runtime_with_the_same_waker_is_not_early() {
 /// deadline, yet the batch never comes out: the fast path asks the first runtime's `Sleep`.
 #[test]
 fn single_deadline_is_honoured_on_a_second_live_runtime_with_the_same_waker() {
-    let waker = Waker::from(Arc::new(Counter(AtomicUsize::new(0))));
+    let waker = Waker::from(Arc::new(CountingWaker::default()));
     let (tx, rx) = mpsc::unbounded::<Result<u32, E>>();
     let mut s = Box::pin(rx.chunks_timeout_result(10, ms(100)));
     let first = paused_runtime();
@@ -285,7 +245,7 @@ fn the_first_batch_holds_memory_in_proportion_to_its_values() {
 fn a_flushed_burst_of_keys_leaves_no_table_behind() {
     let runtime = paused_runtime();
     let (tx, rx) = mpsc::unbounded::<Result<u64, E>>();
-    let waker = Waker::from(Arc::new(Counter(AtomicUsize::new(0))));
+    let waker = Waker::from(Arc::new(CountingWaker::default()));
     let mut s = Box::pin(rx.chunks_timeout_by_key_result(|&v| v, 10, ms(100)));
     let held = runtime.block_on(async {
         LIVE.with(|l| l.set(0));
@@ -315,7 +275,7 @@ fn a_flushed_burst_of_keys_leaves_no_table_behind() {
 /// The same rule for the per-key batcher, whose one timer is shared by every key.
 #[test]
 fn keyed_deadline_is_honoured_on_a_second_live_runtime_with_the_same_waker() {
-    let waker = Waker::from(Arc::new(Counter(AtomicUsize::new(0))));
+    let waker = Waker::from(Arc::new(CountingWaker::default()));
     let (tx, rx) = mpsc::unbounded::<Result<u32, E>>();
     let mut s = Box::pin(rx.chunks_timeout_by_key_result(|&v| v, 10, ms(100)));
     let first = paused_runtime();
@@ -345,7 +305,7 @@ fn keyed_deadline_is_honoured_on_a_second_live_runtime_with_the_same_waker() {
 /// fills it.
 #[test]
 fn keyed_data_wins_over_an_expired_deadline_after_another_key_fills() {
-    let waker = Waker::from(Arc::new(Counter(AtomicUsize::new(0))));
+    let waker = Waker::from(Arc::new(CountingWaker::default()));
     paused_runtime().block_on(async {
         let (tx, rx) = mpsc::unbounded::<Result<(char, u32), E>>();
         let mut s = pin!(rx.chunks_timeout_by_key_result(|v| v.0, 2, ms(100)));
@@ -368,7 +328,7 @@ fn keyed_data_wins_over_an_expired_deadline_after_another_key_fills() {
 /// no poll spends its budget).
 #[test]
 fn keyed_expired_deadline_is_honoured_while_another_key_fills_every_poll() {
-    let waker = Waker::from(Arc::new(Counter(AtomicUsize::new(0))));
+    let waker = Waker::from(Arc::new(CountingWaker::default()));
     paused_runtime().block_on(async {
         let b_values = stream::iter((0..).map(|v| Ok::<_, E>(('b', v))));
         let input = stream::iter([Ok(('a', 0))]).chain(b_values);

@@ -4,13 +4,17 @@
 //! order; the budget's yield and deadline; `take_remainder`. Every test here holds
 //! (`batchers_attack_review_edges.rs` has the rest).
 
+mod common;
+
 use std::collections::HashMap;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use common::wakers::CountingWaker;
+use common::{ms, paused_runtime};
 use futures::channel::mpsc;
 use futures::stream::{self, FusedStream, Stream, StreamExt};
 use proptest::prelude::*;
@@ -19,39 +23,16 @@ use tokio::time::{Instant, advance};
 
 type E = &'static str;
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
-}
-
-struct Flag(AtomicUsize);
-
-impl Wake for Flag {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 /// A task that polls its stream only when woken, as an executor does.
 struct Task {
-    flag: Arc<Flag>,
+    flag: Arc<CountingWaker>,
     waker: Waker,
     seen: usize,
 }
 
 impl Task {
     fn new() -> Self {
-        let flag = Arc::new(Flag(AtomicUsize::new(1)));
+        let flag = Arc::new(CountingWaker(AtomicUsize::new(1)));
         let waker = Waker::from(flag.clone());
         Self {
             flag,

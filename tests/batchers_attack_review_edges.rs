@@ -2,28 +2,18 @@
 //! and `FusedStream` at every step, and the zero caps' panics at the caller. Every test here
 //! holds.
 
-use std::cell::RefCell;
+mod common;
+
 use std::pin::pin;
-use std::sync::Once;
 use std::time::Duration;
 
+use common::panics::panic_file;
+use common::{ms, paused_runtime};
 use futures::channel::mpsc;
 use futures::stream::{self, FusedStream, Stream, StreamExt};
 use result_stream::{FlushReason, ResultStreamExt};
 
 type E = &'static str;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
-}
 
 #[tokio::test(start_paused = true)]
 async fn zero_timeout_and_the_empty_stream() {
@@ -93,26 +83,6 @@ fn size_hint_bounds_hold_at_every_step_and_fused_after_the_end() {
         assert_eq!(k.next().await, None);
         check(hints, (0..=n).rev().collect());
     });
-}
-
-thread_local! {
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-fn panic_file(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let at = info.location().map(|l| l.file().to_owned());
-            LAST_PANIC.with(|last| *last.borrow_mut() = at);
-            previous(info);
-        }));
-    });
-    assert!(std::panic::catch_unwind(f).is_err(), "no panic");
-    LAST_PANIC
-        .with(|last| last.borrow_mut().take())
-        .expect("a location")
 }
 
 #[test]

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::cell::RefCell;
 use std::pin::pin;
-use std::sync::Once;
 use std::task::Poll;
 use std::time::Duration;
 
+use common::panics::{record_panics, take_panic_location};
 use common::{Out, batch, collect_tagged, error, ms, scheduled, secs};
 use futures::channel::mpsc;
 use futures::stream::{self, Stream};
@@ -128,30 +127,9 @@ fn zero_max_items_panics_naming_the_parameter() {
     let _ = stream::empty::<Item>().chunks_timeout_result(0, secs(1));
 }
 
-thread_local! {
-    static LAST_PANIC: RefCell<Option<(String, u32)>> = const { RefCell::new(None) };
-}
-
-/// Installs, once for the whole test binary, a panic hook that records the location of the
-/// current thread's last panic and then defers to the previous hook.
-fn record_panic_locations() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if let Some(location) = info.location() {
-                LAST_PANIC.with(|last| {
-                    *last.borrow_mut() = Some((location.file().to_owned(), location.line()))
-                });
-            }
-            previous(info);
-        }));
-    });
-}
-
 #[test]
 fn zero_max_items_panic_points_at_the_caller() {
-    record_panic_locations();
+    record_panics();
     let before = line!();
     let result = std::panic::catch_unwind(|| {
         let _ = stream::empty::<Item>().chunks_timeout_result(0, secs(1));
@@ -166,9 +144,7 @@ fn zero_max_items_panic_points_at_the_caller() {
         .expect("a string panic message");
     assert!(message.contains("max_items"), "message: {message}");
 
-    let (file, line) = LAST_PANIC
-        .with(|last| last.borrow_mut().take())
-        .expect("the hook saw the panic");
+    let (file, line) = take_panic_location().expect("the hook saw the panic");
     assert!(
         file.ends_with("chunks_api.rs"),
         "panic located in {file}:{line}, not in the caller"

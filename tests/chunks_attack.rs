@@ -3,38 +3,22 @@
 //! whose batches fill: values lost or reordered under random schedules, a waker left
 //! unregistered, a batch over a limit, an error overtaking values.
 
+mod common;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use common::paused_runtime;
+use common::wakers::CountingWaker;
 use futures::stream::{self, Stream, StreamExt};
 use proptest::prelude::*;
 use result_stream::ResultStreamExt;
 
 type E = &'static str;
-
-#[derive(Default)]
-struct CountingWaker(AtomicUsize);
-
-impl Wake for CountingWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
 
 /// Drains `s` by hand: every `Pending` must come with a wake of the waker it was given
 /// (the upstream here never pends, so only a cooperative yield or a timer returns

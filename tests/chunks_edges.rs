@@ -26,12 +26,15 @@
 //! (Run before this round's rewrite of the adapter; `grow` and `Limiter::closes_by_weight`,
 //! two of the survivors then, no longer exist.)
 
+mod common;
+
 use std::pin::{Pin, pin};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use common::wakers::counting_waker;
+use common::{ms, paused_runtime};
 use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::stream::{self, Stream};
@@ -39,35 +42,6 @@ use result_stream::{FlushReason, ResultStreamExt};
 use tokio::time::{Instant, advance};
 
 type Item = Result<u32, &'static str>;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
-}
-
-/// A waker that counts how often it is woken.
-struct CountingWaker(AtomicUsize);
-
-impl Wake for CountingWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counting_waker() -> (Waker, Arc<CountingWaker>) {
-    let count = Arc::new(CountingWaker(AtomicUsize::new(0)));
-    (Waker::from(count.clone()), count)
-}
 
 // ---------------------------------------------------------------------------------------
 // Bug 5: the adapter outlives the runtime that armed its timer

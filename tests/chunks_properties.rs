@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::{Out, collect_tagged};
+use common::{Out, collect_tagged, ms, paused_runtime};
 use futures::{Stream, StreamExt, stream};
 use proptest::prelude::*;
 use result_stream::{FlushReason, ResultStreamExt};
@@ -83,10 +83,6 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 type O = Out<V, u32>;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// What the model saw on its way: the rules a case exercises.
 #[derive(Debug, Default)]
@@ -198,12 +194,7 @@ impl Stream for Scripted {
 
 /// Runs the adapter over the case's schedule on a fresh paused runtime.
 fn run(case: &Case) -> (Vec<O>, Duration) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    paused_runtime().block_on(async {
         let start = Instant::now();
         let upstream = Scripted {
             events: case

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::pin::pin;
-use std::sync::Once;
 
+use common::panics::{record_panics, take_panic_location};
 use common::{batch, collect_tagged, error, ms, scheduled, secs};
 use futures::channel::mpsc;
 use futures::stream::{self, FusedStream, Stream};
@@ -265,23 +265,9 @@ fn zero_max_weight_panics_naming_the_parameter() {
         .max_weight(0, weight);
 }
 
-thread_local! {
-    static LAST_PANIC_LINE: RefCell<Option<(String, u32)>> = const { RefCell::new(None) };
-}
-
 #[test]
 fn zero_max_weight_panic_points_at_the_caller() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if let Some(at) = info.location() {
-                LAST_PANIC_LINE
-                    .with(|last| *last.borrow_mut() = Some((at.file().to_owned(), at.line())));
-            }
-            previous(info);
-        }));
-    });
+    record_panics();
     let line = line!() + 4;
     let result = std::panic::catch_unwind(|| {
         stream::empty::<Result<V, ()>>()
@@ -289,9 +275,7 @@ fn zero_max_weight_panic_points_at_the_caller() {
             .max_weight(0, weight)
     });
     assert!(result.is_err());
-    let (file, at) = LAST_PANIC_LINE
-        .with(|last| last.borrow_mut().take())
-        .unwrap();
+    let (file, at) = take_panic_location().unwrap();
     assert_eq!((file.as_str(), at), (file!(), line));
 }
 

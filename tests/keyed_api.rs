@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::cell::RefCell;
 use std::pin::pin;
-use std::sync::Once;
 
+use common::panics::{record_panics, take_panic_location};
 use common::secs;
 use futures::channel::mpsc;
 use futures::stream::{self, Stream};
@@ -43,34 +42,11 @@ fn zero_max_open_keys_panics_naming_the_parameter() {
         .max_open_keys(0);
 }
 
-thread_local! {
-    static LAST_PANIC: RefCell<Option<(String, u32)>> = const { RefCell::new(None) };
-}
-
-/// Installs, once for the whole test binary, a panic hook that records the location of the
-/// current thread's last panic and then defers to the previous hook.
-fn record_panic_locations() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if let Some(location) = info.location() {
-                LAST_PANIC.with(|last| {
-                    *last.borrow_mut() = Some((location.file().to_owned(), location.line()))
-                });
-            }
-            previous(info);
-        }));
-    });
-}
-
 /// Runs `f`, which must panic, and returns the line of the panic in this file.
 fn panic_line(f: impl FnOnce() + std::panic::UnwindSafe) -> u32 {
-    record_panic_locations();
+    record_panics();
     std::panic::catch_unwind(f).expect_err("must panic");
-    let (file, line) = LAST_PANIC
-        .with(|last| last.borrow_mut().take())
-        .expect("the hook saw the panic");
+    let (file, line) = take_panic_location().expect("the hook saw the panic");
     assert!(file.ends_with("keyed_api.rs"), "panic located in {file}");
     line
 }

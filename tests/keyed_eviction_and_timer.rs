@@ -10,11 +10,12 @@ mod common;
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 
 use common::keyed::*;
-use common::{ms, secs};
+use common::wakers::CountingWaker;
+use common::{ms, paused_runtime, secs};
 use futures::channel::mpsc;
 use futures::stream::{self, Stream};
 use futures::{StreamExt, poll};
@@ -158,23 +159,11 @@ async fn take_remainder_after_losing_a_select_race_loses_nothing() {
 // The one timer: no stale wake-ups, a second runtime
 // ---------------------------------------------------------------------------------------
 
-#[derive(Default)]
-struct CountWakes(AtomicUsize);
-
-impl Wake for CountWakes {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_batch_that_closes_before_its_deadline_leaves_no_wake_up_behind() {
     let (tx, rx) = mpsc::unbounded::<Item>();
     let mut s = pin!(rx.chunks_timeout_by_key_result(key, 2, secs(2)));
-    let wakes = Arc::new(CountWakes::default());
+    let wakes = Arc::new(CountingWaker::default());
     let waker = Waker::from(wakes.clone());
     let mut cx = Context::from_waker(&waker);
     let woken = || wakes.0.load(Ordering::SeqCst);
@@ -216,17 +205,10 @@ async fn a_batch_that_closes_before_its_deadline_leaves_no_wake_up_behind() {
 
 #[test]
 fn a_deadline_still_fires_when_polled_on_a_second_runtime_after_the_first_was_dropped() {
-    let paused = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    };
     let (tx, rx) = mpsc::unbounded::<Item>();
     let mut s = Box::pin(rx.chunks_timeout_by_key_result(key, 10, secs(2)));
 
-    let first = paused();
+    let first = paused_runtime();
     first.block_on(async {
         tx.unbounded_send(Ok(('a', 1))).unwrap();
         assert!(poll!(s.next()).is_pending()); // the timer belongs to `first`
@@ -234,7 +216,7 @@ fn a_deadline_still_fires_when_polled_on_a_second_runtime_after_the_first_was_dr
     });
     drop(first);
 
-    let second = paused();
+    let second = paused_runtime();
     second.block_on(async {
         tx.unbounded_send(Ok(('b', 1))).unwrap();
         let start = Instant::now();

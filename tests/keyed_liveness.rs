@@ -3,12 +3,16 @@
 //! and `Pending` returned), and a deadline that has passed is honoured, with reason
 //! `Deadline`, after a bounded amount of work, whatever the keys.
 
+mod common;
+
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use common::paused_runtime;
+use common::wakers::CountingWaker;
 use futures::stream::{self, Stream, StreamExt};
 use result_stream::{FlushReason, ResultStreamExt};
 
@@ -16,20 +20,6 @@ use result_stream::{FlushReason, ResultStreamExt};
 const BUDGET: u64 = 4_096;
 
 type E = std::io::Error;
-
-/// Counts its wakes.
-#[derive(Default)]
-struct CountingWaker(AtomicUsize);
-
-impl Wake for CountingWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// Values of the flood: far more than any budget (and finite, so that an adapter without a
 /// budget fails these tests instead of hanging them).
@@ -41,14 +31,6 @@ fn flood(first: u64, pulled: Arc<AtomicU64>) -> impl Stream<Item = Result<u64, E
         pulled.fetch_add(1, Ordering::Relaxed);
         Ok(v)
     })
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
 }
 
 /// Polls once with a counting waker; returns the poll and how many wakes it caused.

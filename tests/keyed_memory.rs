@@ -9,12 +9,15 @@
 //! `futures::executor::block_on`), so what is counted is the adapter, its upstream and the
 //! consumer, which drops each batch at once.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use common::paused_runtime;
 use futures::{Stream, StreamExt, stream};
 use result_stream::{FlushReason, ResultStreamExt};
 
@@ -201,11 +204,7 @@ fn batches_and_allocations(
     max_items: usize,
     timeout: Duration,
 ) -> (u64, u64) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let runtime = paused_runtime();
     let upstream = Bursty {
         next: 0,
         n,

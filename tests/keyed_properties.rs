@@ -6,28 +6,19 @@ mod common;
 
 use std::collections::HashMap;
 use std::pin::pin;
-use std::time::Duration;
 
-use common::scheduled;
+use common::keyed_model::{self, KeyedModel, replay};
+use common::{ms, paused_runtime, scheduled};
 use futures::StreamExt;
 use proptest::prelude::*;
 use result_stream::{BatchInfo, FlushReason, ResultStreamExt};
 use tokio::time::Instant;
 
 /// A value: a unique id, its key and its weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Val {
-    id: u32,
-    key: u8,
-    weight: usize,
-}
+type Val = keyed_model::Val<u8>;
 
 /// One input token: a value or an error with a unique id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tok {
-    V(Val),
-    E(u32),
-}
+type Tok = keyed_model::Tok<u8>;
 
 /// A generated case: events at absolute times (ms), the end of the stream (ms), and the
 /// adapter's parameters.
@@ -79,10 +70,6 @@ fn case() -> impl Strategy<Value = Case> {
                 }
             },
         )
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
 }
 
 /// One output: its time (ms), and a batch (key, value ids, reason, reported weight) or an
@@ -145,11 +132,6 @@ fn model(case: &Case) -> Option<Vec<Out>> {
             let open = self.open.remove(i);
             self.emit(at, open, reason);
         }
-        fn flush_all(&mut self, at: u64, reason: FlushReason) {
-            for open in std::mem::take(&mut self.open) {
-                self.emit(at, open, reason);
-            }
-        }
         fn overflows(&self, total: usize, weight: usize) -> bool {
             self.case.max_weight.is_some_and(|max| total + weight > max)
         }
@@ -162,6 +144,8 @@ fn model(case: &Case) -> Option<Vec<Out>> {
                 None
             }
         }
+    }
+    impl KeyedModel<u8> for M<'_> {
         fn value(&mut self, t: u64, v: Val) {
             let deadline = t + self.case.timeout;
             if let Some(i) = self.open.iter().position(|o| o.key == v.key) {
@@ -224,6 +208,14 @@ fn model(case: &Case) -> Option<Vec<Out>> {
             }
             Some(())
         }
+        fn flush_all(&mut self, at: u64, reason: FlushReason) {
+            for open in std::mem::take(&mut self.open) {
+                self.emit(at, open, reason);
+            }
+        }
+        fn error(&mut self, at: u64, id: u32) {
+            self.outs.push(Out::Error { at, id });
+        }
     }
 
     let mut m = M {
@@ -231,47 +223,19 @@ fn model(case: &Case) -> Option<Vec<Out>> {
         open: Vec::new(),
         outs: Vec::new(),
     };
-    let events = &case.events;
-    for (i, &(t, tok)) in events.iter().enumerate() {
-        m.expire_before(t)?;
-        match tok {
-            Tok::V(v) => m.value(t, v),
-            Tok::E(id) => {
-                m.flush_all(t, FlushReason::Error);
-                m.outs.push(Out::Error { at: t, id });
-            }
-        }
-        let burst_ends = events.get(i + 1).is_none_or(|&(next, _)| next > t);
-        let stream_ends = i + 1 == events.len() && case.end == t;
-        if burst_ends && !stream_ends && case.timeout == 0 {
-            m.flush_all(t, FlushReason::Deadline);
-        }
-    }
-    m.expire_before(case.end)?;
-    m.flush_all(case.end, FlushReason::End);
+    replay(&mut m, &case.events, case.end, case.timeout)?;
     Some(m.outs)
 }
 
 /// Runs the adapter over the case's schedule on a fresh paused runtime; also returns the
 /// most batches seen open after any output, and the time at which `None` came.
 fn run(case: &Case) -> (Vec<Out>, usize, u64) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    paused_runtime().block_on(async {
         let start = Instant::now();
         let schedule = case
             .events
             .iter()
-            .map(|&(t, tok)| {
-                let item = match tok {
-                    Tok::V(v) => Ok(v),
-                    Tok::E(e) => Err(e),
-                };
-                (ms(t), item)
-            })
+            .map(|&(t, tok)| (ms(t), tok.item()))
             .collect();
         let rx = scheduled(start, schedule, ms(case.end));
         let adapter = rx

@@ -1,11 +1,14 @@
 //! `.max_weight(..)` and `.with_batch_info()` on `chunks_timeout_by_key_result`: the rules
 //! of `chunks_timeout_result`'s weight cap and batch info, per key, on a paused Tokio clock.
 
+mod common;
+
 use std::cell::Cell;
 use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
+use common::secs;
 use futures::channel::mpsc;
 use futures::{StreamExt, poll, stream};
 use result_stream::{FlushReason, ResultStreamExt};
@@ -14,10 +17,6 @@ use tokio::time::{Instant, advance};
 /// `(key, weight)`.
 type Value = (char, usize);
 type Item = Result<Value, &'static str>;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 #[tokio::test(start_paused = true)]
 async fn each_key_has_its_own_weight_total() {

@@ -1,8 +1,13 @@
 //! Helpers shared by the integration tests: scheduled channels on a paused Tokio clock and
-//! collectors that record when (and why) each batch was yielded.
+//! collectors that record when (and why) each batch was yielded. The submodules hold a
+//! counting waker, a panic hook that records where a panic happened, and what the per-key
+//! reference models share (their values and errors, and the replay of a schedule).
 #![allow(dead_code)]
 
 pub mod keyed;
+pub mod keyed_model;
+pub mod panics;
+pub mod wakers;
 
 use std::time::Duration;
 
@@ -21,6 +26,15 @@ pub fn ms(n: u64) -> Duration {
 /// `n` seconds.
 pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
+}
+
+/// A current-thread Tokio runtime with a timer, its clock paused.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
 }
 
 /// Spawns a task that sends each `(offset, item)` when `start + offset` is reached (at once,
