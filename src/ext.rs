@@ -372,10 +372,10 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   needs a Tokio runtime with the time driver when polled with a batch open and the
     ///   upstream pending (not when constructed), a paused clock makes it deterministic, and
     ///   the adapter may be moved to another runtime between polls;
-    /// - buffered values are never lost when the adapter is abandoned:
-    ///   [`ChunksTimeoutByKeyResult::take_remainder`] takes every key's values (and a
-    ///   held-back error) out of a pinned adapter.
-    ///
+    /// - buffered values are never lost when the adapter is abandoned (say, in a lost
+    ///   `tokio::select!` race): [`ChunksTimeoutByKeyResult::take_remainder`] takes every
+    ///   key's values (oldest batch first) and a held-back error out of a pinned adapter,
+    ///   leaving it empty with its timer dropped; dropping the adapter drops its values;
     /// - memory: an open batch holds memory in proportion to its values: it starts empty
     ///   and grows by doubling, except that a key whose last batch closed by count
     ///   reserves its next batch's full size, `min(max_items, 65_536)` values, in one
@@ -396,20 +396,45 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// - with the crate's `tracing` feature, each batch is one `DEBUG` event, target
     ///   `result_stream::batch`, fields `reason`, `len`, `weight` (with a weight cap),
     ///   `age_ms`, and `key` when
-    ///   [`trace_key_with`](ChunksTimeoutByKeyResult::trace_key_with) gives a formatter:
+    ///   [`trace_key_with`](ChunksTimeoutByKeyResult::trace_key_with) gives a formatter
+    ///   (`std::fmt::Debug::fmt` for a `Debug` key; without one, the events have no `key`):
     ///   no bound on `K` depends on the feature, so enabling it never breaks a build whose
     ///   key is not `Debug`.
     ///
     /// `key` is called once per value.
-    /// [`max_weight`](ChunksTimeoutByKeyResult::max_weight) adds a weight cap per key,
-    /// [`max_open_keys`](ChunksTimeoutByKeyResult::max_open_keys) bounds the open batches and
-    /// [`with_batch_info`](ChunksTimeoutByKeyResult::with_batch_info) tags each batch with
-    /// why it closed ([`FlushReason`](crate::FlushReason), including `Eviction`), its weight
-    /// and its age, as on [`chunks_timeout_result`](Self::chunks_timeout_result).
+    ///
+    /// # Weight cap
+    ///
+    /// [`max_weight`](ChunksTimeoutByKeyResult::max_weight) adds a weight cap per key, with
+    /// the rules of [`ChunksTimeoutResult::max_weight`](crate::ChunksTimeoutResult::max_weight)
+    /// (each value weighs `weigh(&value)`, called once per value) for each key's batch alone:
+    /// a value that would push it past `max_weight` closes it
+    /// ([`FlushReason::Weight`](crate::FlushReason::Weight)) and opens the key's next batch,
+    /// with a deadline of its own; a batch whose total reaches `max_weight` closes at once
+    /// (`Weight`); a value heavier than `max_weight` is yielded alone, at once, and evicts
+    /// nothing. [`max_weight_opt`](ChunksTimeoutByKeyResult::max_weight_opt) takes the cap as
+    /// an `Option`, known only at run time: `None` weighs nothing (`weigh` is never called)
+    /// and caps nothing.
+    ///
+    /// # Eviction
+    ///
+    /// [`max_open_keys`](ChunksTimeoutByKeyResult::max_open_keys) bounds the open batches
+    /// (unbounded by default): a new key's value, when that many are open, first closes the
+    /// oldest one ([`FlushReason::Eviction`](crate::FlushReason::Eviction)), unless it closes
+    /// its own batch by itself (`max_items == 1`, or too heavy).
+    ///
+    /// # Batch info
+    ///
+    /// [`with_batch_info`](ChunksTimeoutByKeyResult::with_batch_info) yields
+    /// `Ok((key, (batch, info)))`: the [`BatchInfo`](crate::BatchInfo) tells why the batch
+    /// closed (including `Eviction`), its weight and its age, from its first value's arrival
+    /// (the poll that took it) to its closing, as on
+    /// [`chunks_timeout_result`](Self::chunks_timeout_result).
     ///
     /// # Panics
     ///
-    /// Panics, at the caller's location, if `max_items` is zero.
+    /// Panics, at the caller's location, if `max_items` is zero, if `max_weight` is zero
+    /// (`Some(0)` for `max_weight_opt`) or if `max_open_keys` is zero.
     ///
     /// ```
     /// use std::time::Duration;

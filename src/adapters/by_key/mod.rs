@@ -19,10 +19,7 @@ use open::OpenBatches;
 
 pin_project! {
     /// Stream for [`ResultStreamExt::chunks_timeout_by_key_result`](crate::ResultStreamExt::chunks_timeout_by_key_result),
-    /// which states the rules and shows the builders. `W` and `I` are the type-state
-    /// parameters of [`crate::batch`] set by [`max_weight`](Self::max_weight) and
-    /// [`with_batch_info`](Self::with_batch_info). Dropping the adapter drops its buffered
-    /// values; [`take_remainder`](Self::take_remainder) takes them out first.
+    /// which states the rules. `W` and `I`: the type-state parameters of [`crate::batch`].
     #[must_use = "streams do nothing unless polled"]
     #[project = Proj]
     pub struct ChunksTimeoutByKeyResult<St: TryStream, K, F, W: Weigh<St::Ok> = NoWeight, I = NoInfo> {
@@ -78,46 +75,31 @@ impl<St: TryStream, K: Hash + Eq, F> ChunksTimeoutByKeyResult<St, K, F> {
 }
 
 impl<St: TryStream, K: Hash + Eq, F, I> ChunksTimeoutByKeyResult<St, K, F, NoWeight, I> {
-    /// Adds a weight cap per key, with the rules of
-    /// [`ChunksTimeoutResult::max_weight`](crate::ChunksTimeoutResult::max_weight) for each
-    /// key's batch alone: a value that would push it past `max_weight` closes it
-    /// ([`FlushReason::Weight`]) and opens the key's next batch, with a deadline of its own;
-    /// a value heavier than `max_weight` is yielded alone and evicts nothing. Panics, at the
-    /// caller's location, if `max_weight` is zero.
+    /// Adds a weight cap per key: "Weight cap" in [`chunks_timeout_by_key_result`](crate::ResultStreamExt::chunks_timeout_by_key_result).
     #[track_caller]
-    pub fn max_weight<G>(
+    pub fn max_weight<G: FnMut(&St::Ok) -> usize>(
         self,
         max_weight: usize,
         weigh: G,
-    ) -> ChunksTimeoutByKeyResult<St, K, F, MaxWeight<G>, I>
-    where
-        G: FnMut(&St::Ok) -> usize,
-    {
+    ) -> ChunksTimeoutByKeyResult<St, K, F, MaxWeight<G>, I> {
         let weigher = MaxWeight::new("chunks_timeout_by_key_result", max_weight, weigh);
         self.retyped(|state| state.with_weigher(weigher))
     }
 
-    /// [`max_weight`](Self::max_weight) for a cap known only at run time: `None` weighs
-    /// nothing (`weigh` is never called) and caps nothing. Panics, at the caller's location,
-    /// if `max_weight` is `Some(0)`.
+    /// [`max_weight`](Self::max_weight) for a cap known only at run time (`None`: no cap).
     #[track_caller]
-    pub fn max_weight_opt<G>(
+    pub fn max_weight_opt<G: FnMut(&St::Ok) -> usize>(
         self,
         max_weight: Option<usize>,
         weigh: G,
-    ) -> ChunksTimeoutByKeyResult<St, K, F, Option<MaxWeight<G>>, I>
-    where
-        G: FnMut(&St::Ok) -> usize,
-    {
+    ) -> ChunksTimeoutByKeyResult<St, K, F, Option<MaxWeight<G>>, I> {
         let weigher = MaxWeight::new_opt("chunks_timeout_by_key_result", max_weight, weigh);
         self.retyped(|state| state.with_weigher(weigher))
     }
 }
 
 impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>> ChunksTimeoutByKeyResult<St, K, F, W> {
-    /// Yields `Ok((key, (batch, info)))`: the [`BatchInfo`](crate::BatchInfo) tells why the
-    /// batch closed (including [`FlushReason::Eviction`]), its weight and its age, from its
-    /// first value's arrival (the poll that took it) to its closing.
+    /// Yields `Ok((key, (batch, info)))`, with a [`BatchInfo`](crate::BatchInfo) per batch.
     pub fn with_batch_info(self) -> ChunksTimeoutByKeyResult<St, K, F, W, crate::batch::WithInfo> {
         self.retyped(|state| state)
     }
@@ -126,7 +108,6 @@ impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>> ChunksTimeoutByKeyResult<
 impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResult<St, K, F, W, I> {
     delegate_access_inner!(stream, St, (.));
 
-    /// The same adapter (never polled) with other limits or output.
     fn retyped<V: Weigh<St::Ok>, J>(
         self,
         state: impl FnOnce(OpenBatches<K, St::Ok, W>) -> OpenBatches<K, St::Ok, V>,
@@ -142,10 +123,7 @@ impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResu
         }
     }
 
-    /// Bounds the open batches to `max_open_keys` (unbounded by default): a new key's value,
-    /// when that many are open, first closes the oldest one ([`FlushReason::Eviction`]),
-    /// unless it closes its own batch by itself (`max_items == 1`, or too heavy). Panics, at
-    /// the caller's location, if `max_open_keys` is zero.
+    /// Bounds the open batches to `max_open_keys`: "Eviction" in [`chunks_timeout_by_key_result`](crate::ResultStreamExt::chunks_timeout_by_key_result).
     #[track_caller]
     pub fn max_open_keys(mut self, max_open_keys: usize) -> Self {
         assert!(
@@ -156,8 +134,7 @@ impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResu
         self
     }
 
-    /// With the `tracing` feature, gives each batch's event a `key` field written by `show`
-    /// (`std::fmt::Debug::fmt` for a `Debug` key); without it, the events have no `key`.
+    /// Gives each batch's `tracing` event a `key` field, written by `show`.
     pub fn trace_key_with(mut self, show: fn(&K, &mut fmt::Formatter<'_>) -> fmt::Result) -> Self {
         self.trace_key = Some(show);
         self
@@ -193,9 +170,7 @@ impl<St: TryStream, K: Hash + Eq, F, W: Weigh<St::Ok>, I> ChunksTimeoutByKeyResu
         self.state.index.values().map(|e| e.items.len()).sum()
     }
 
-    /// Takes every key's buffered values (oldest batch first) and the error held back
-    /// behind them out of a pinned adapter, leaving it empty with its timer dropped: nothing
-    /// pulled is lost when it is abandoned (say, in a lost `tokio::select!` race).
+    /// Takes every key's buffered values (oldest batch first) and the held-back error out.
     #[doc(alias = "into_remainder")]
     #[allow(clippy::type_complexity)]
     pub fn take_remainder(self: Pin<&mut Self>) -> (Vec<(K, Vec<St::Ok>)>, Option<St::Error>) {

@@ -1,13 +1,7 @@
-//! The open batches of a per-key batcher: an index from key to batch, and a queue of the
-//! batches in opening order. Every batch gets the same `timeout`, so that order is the order
-//! of their deadlines: the queue is the deadline queue, the eviction order and the flush
-//! order. A batch closed before its turn (full, by weight) leaves its queue entry stale (its
-//! `seq` no longer its key's); stale entries go when they reach the front (always live), or
-//! all at once when they outnumber the open batches.
-//!
-//! A key whose batch filled keeps its index entry, empty (dormant), so that its next batch
-//! reserves its full size at once: at most 1,024 or as many as open batches. When the last
-//! open batch closes, tables grown past 1,024 entries by a burst of keys shrink.
+// An index from key to batch, and a queue of the batches in opening order: (one `timeout`
+// for all) the deadline, eviction and flush order. A batch closed before its turn leaves a
+// stale queue entry (`seq` no longer its key's) until it reaches the front or the stale ones
+// outnumber the open batches. A key whose batch filled keeps an empty (dormant) index entry.
 
 use core::hash::Hash;
 use std::collections::{HashMap, VecDeque};
@@ -17,56 +11,43 @@ use tokio::time::Instant;
 
 use crate::adapters::batch::{BUDGET, FlushReason, Limiter, Weigh, deadline_after};
 
-/// The `seq` of a dormant entry.
 pub(super) const DORMANT: u64 = u64::MAX;
 
-/// Dormant entries kept while fewer batches are open; tables up to this size never shrink.
+// Dormant entries kept while fewer batches are open; tables up to this size never shrink.
 const KEEP: usize = 1_024;
 
-/// A key's batch, in the index next to its key.
 pub(super) struct Entry<T, Wt> {
     pub(super) items: Vec<T>,
     pub(super) total: Wt,
     pub(super) seq: u64,
-    /// When its first value arrived (the clock read of the poll that took it).
-    pub(super) opened: Instant,
-    /// What the key's next batch reserves (see `Limiter::reserve_after`).
-    reserve: usize,
+    pub(super) opened: Instant, // The clock read of the poll that took its first value.
+    reserve: usize, // What the key's next batch reserves: a dormant key's, its full size.
 }
 
-/// A batch's place in the queue.
 pub(super) struct Queued<K> {
     pub(super) key: K,
     pub(super) deadline: Instant,
     seq: u64,
 }
 
-/// Which open batch to close: the key's, the oldest or the newest.
 pub(super) enum Which<K> {
     Key(K),
     Oldest,
     Newest,
 }
 
-/// The open batches, the limits that close them and the poll loop's bookkeeping.
 pub(super) struct OpenBatches<K, T, W: Weigh<T>> {
     pub(super) limiter: Limiter<W>,
     pub(super) timeout: Duration,
     pub(super) max_open_keys: usize,
-    /// The newest batch holds one value heavier than `max_weight`: it is yielded next.
-    pub(super) due: bool,
-    /// Set after a yield: the next poll looks at the oldest deadline before taking values.
-    pub(super) expired_first: bool,
-    /// Values that may still be taken before the passed deadlines are honoured: `BUDGET`,
-    /// counting down (across polls) from the poll in which a deadline passed.
+    pub(super) due: bool, // The newest batch holds one value heavier than `max_weight`.
+    pub(super) expired_first: bool, // After a yield: the next poll checks deadlines first.
+    // Values that may be taken before passed deadlines are honoured, counting down across
+    // polls from `BUDGET` after a poll began with one passed (`grace_after_deadline`).
     pub(super) grace: usize,
-    /// `grace` counts from a poll that began with a deadline passed (else the next such
-    /// poll starts a full `BUDGET`).
     pub(super) grace_after_deadline: bool,
     pub(super) last_flush: Option<FlushReason>,
-    /// The open batches and the dormant entries.
-    pub(super) index: HashMap<K, Entry<T, W::Weight>>,
-    /// The open batches, oldest first, and the stale entries.
+    pub(super) index: HashMap<K, Entry<T, W::Weight>>, // Also the dormant entries.
     pub(super) queue: VecDeque<Queued<K>>,
     pub(super) open: usize,
     next_seq: u64,
@@ -90,20 +71,17 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
         }
     }
 
-    /// The same (empty) table with the weight rules of `weigher`.
     pub(super) fn with_weigher<V: Weigh<T>>(self, weigher: V) -> OpenBatches<K, T, V> {
         let limiter = self.limiter.with_weigher(weigher);
         OpenBatches::new(limiter, self.timeout, self.max_open_keys)
     }
 
-    /// The open batches, oldest first: their keys and values.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &[T])> {
         let live = move |q: &'_ Queued<K>| self.index.get(&q.key).filter(|e| e.seq == q.seq);
         (self.queue.iter()).filter_map(move |q| Some((&q.key, &live(q)?.items[..])))
     }
 
-    /// Opens a batch for `key` (which has none open) with `value`, arrived at `opened`. Its
-    /// buffer reserves the length of the key's last batch if that one filled, else nothing.
+    // Opens `key`'s batch (it has none open); see `Limiter::reserve_after` for its buffer.
     pub(super) fn open(&mut self, key: K, value: T, total: W::Weight, opened: Instant)
     where
         K: Clone,
@@ -132,8 +110,7 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
         self.queue.push_back(Queued { key, deadline, seq });
     }
 
-    /// Closes the chosen open batch for `reason`, if there is one. A batch that closed full
-    /// leaves its key's entry dormant.
+    // A batch that closed full leaves its key's entry dormant.
     pub(super) fn close(
         &mut self,
         which: Which<K>,
@@ -169,8 +146,8 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
         Some((key, batch))
     }
 
-    /// Restores the queue's front (live) and its bound (stale entries at most as many as the
-    /// open batches), and shrinks the tables once the last open batch has closed.
+    // The queue's front is live, at most as many stale entries as open batches; tables grown
+    // past `KEEP` by a burst of keys shrink once the last open batch has closed.
     fn tidy(&mut self) {
         let index = &self.index;
         let live = |q: &Queued<K>| index.get(&q.key).is_some_and(|e| e.seq == q.seq);
@@ -188,12 +165,10 @@ impl<K: Hash + Eq, T, W: Weigh<T>> OpenBatches<K, T, W> {
         }
     }
 
-    /// Takes every open batch out, oldest first, leaving the table empty.
     pub(super) fn take_all(&mut self) -> Vec<(K, Vec<T>)> {
-        let mut all = Vec::with_capacity(self.open);
-        while let Some((key, batch)) = self.close(Which::Oldest, FlushReason::End) {
-            all.push((key, batch.items));
-        }
+        let all = core::iter::from_fn(|| self.close(Which::Oldest, FlushReason::End))
+            .map(|(key, batch)| (key, batch.items))
+            .collect();
         self.index.clear();
         (self.due, self.expired_first, self.grace) = (false, false, BUDGET);
         self.grace_after_deadline = false;

@@ -1,5 +1,3 @@
-//! The `Stream` implementation of [`ChunksTimeoutByKeyResult`].
-
 use core::hash::Hash;
 use core::ops::ControlFlow;
 use core::pin::Pin;
@@ -18,7 +16,7 @@ type Item<St, K, I> =
     Result<(K, <I as Output<<St as TryStream>::Ok>>::Batch), <St as TryStream>::Error>;
 type Polled<St, K, I> = Poll<Option<Item<St, K, I>>>;
 
-/// What the upstream gave, a value with its key and weight (each computed exactly once).
+// What the upstream gave; a value's key and weight are each computed exactly once.
 enum Next<T, K, Wt, E> {
     Value(T, K, Wt),
     Err(E),
@@ -26,15 +24,13 @@ enum Next<T, K, Wt, E> {
     Pending,
 }
 
-/// Why a run of one key's values into its open batch stopped: a value that would push it
-/// past `max_weight`, the batch closed (why) or the budget spent (`None`), another item.
+// Why a run of one key's values stopped (`Stop(None)`: the budget is spent).
 enum Run<T, K, Wt, E> {
     Split(T, Wt),
     Stop(Option<FlushReason>),
     Other(Next<T, K, Wt, E>),
 }
 
-/// An upstream item, a value weighed and keyed (each exactly once).
 #[inline(always)]
 fn keyed<T, K, W: Weigh<T>, E>(
     item: Result<T, E>,
@@ -51,9 +47,7 @@ fn keyed<T, K, W: Weigh<T>, E>(
     }
 }
 
-/// Polls the upstream once; a value is keyed and weighed.
 #[inline(always)]
-#[allow(clippy::type_complexity)]
 fn pull<St: TryStream, K, W: Weigh<St::Ok>>(
     stream: Pin<&mut Upstream<St>>,
     key_of: &mut impl FnMut(&St::Ok) -> K,
@@ -67,7 +61,6 @@ fn pull<St: TryStream, K, W: Weigh<St::Ok>>(
     }
 }
 
-/// Adds a value of the run's key to its open batch, unless it splits it.
 #[inline(always)]
 fn join<T, K, W: Weigh<T>, E>(
     entry: &mut Entry<T, W::Weight>,
@@ -87,8 +80,7 @@ fn join<T, K, W: Weigh<T>, E>(
     ControlFlow::Continue(())
 }
 
-/// Adds `value` and the values of `key` that follow it on the upstream to `key`'s open batch,
-/// until a value of another key (or an error, the end, `Pending`), a split, or `stop` values.
+// Adds `value` and the values of `key` right behind it to `key`'s batch, up to `stop` values.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn run_of_key<St: TryStream, K: Eq, W: Weigh<St::Ok>>(
@@ -196,11 +188,9 @@ where
         let (open, held) = (self.state.open, usize::from(self.pending_error.is_some()));
         let (lower, upper) = self.stream.size_hint();
         let upcoming = lower.div_ceil(self.state.limiter.max_items());
-        // At least every open batch and the upcoming values packed tightly (after a held
-        // error, in batches of their own); at most one output per upstream item besides.
+        // At least the open batches and the upcoming values, packed (alone after a held error).
         let lower = (open + held).saturating_add(held * upcoming).max(upcoming);
-        let upper = upper.and_then(|upper| upper.checked_add(open + held));
-        (lower, upper)
+        (lower, upper.and_then(|n| n.checked_add(open + held)))
     }
 }
 
@@ -222,9 +212,8 @@ where
     W: Weigh<St::Ok>,
     I: BatchOutput<St::Ok>,
 {
-    /// What is owed before more values are taken: a value due alone, the open batches then
-    /// the held error or the end, and (after a yield) the batches whose deadlines passed,
-    /// once the grace that lets data win is spent.
+    // Owed before more values are taken: a value due alone, the open batches then the held
+    // error or the end, and (after a yield) the expired batches once the grace is spent.
     fn owed(&mut self) -> Option<Polled<St, K, I>> {
         if core::mem::take(&mut self.state.due) {
             return Some(self.close(Which::Newest, FlushReason::Weight));
@@ -260,8 +249,7 @@ where
         None
     }
 
-    /// Opens `key`'s batch, arrived `now` (read once per poll), evicting the oldest batch if
-    /// `max_open_keys` are open; a value that closes its batch by itself opens nothing.
+    // `now` is read once per poll; a value that closes its batch by itself opens nothing.
     fn open(
         &mut self,
         key: K,
@@ -280,8 +268,7 @@ where
         evicted
     }
 
-    /// `value` would push `key`'s batch past `max_weight`: the batch closes and the value,
-    /// taken too, starts the key's next one, with a deadline of its own.
+    // `value` would push `key`'s batch past `max_weight`: it starts the key's next batch.
     #[cold]
     fn split(
         &mut self,
@@ -299,7 +286,6 @@ where
         closed
     }
 
-    /// Nothing ready, or the budget spent: the oldest batch's deadline is the next event.
     fn wait(&mut self, yielded: bool, cx: &mut Context<'_>) -> Polled<St, K, I> {
         let Some(deadline) = self.state.queue.front().map(|batch| batch.deadline) else {
             (self.state.grace, self.state.grace_after_deadline) = (BUDGET, false);
@@ -321,8 +307,7 @@ where
         Poll::Pending
     }
 
-    /// Closes an open batch and yields it. A set timer follows the oldest deadline, or goes
-    /// with the last batch: it never wakes the task for a batch that is gone.
+    // A set timer follows the oldest deadline, or goes with the last batch.
     fn close(&mut self, which: Which<K>, reason: FlushReason) -> Polled<St, K, I> {
         let (key, batch) = self.state.close(which, reason).expect("an open batch");
         match (self.timer.deadline(), self.state.queue.front()) {
@@ -335,7 +320,7 @@ where
         self.emit(key, batch.items, batch.total, Some(batch.opened), reason)
     }
 
-    /// Yields a batch whose first value arrived at `opened` (`None`: in this poll).
+    // `opened`: `None` for a batch whose first value arrived in this poll.
     fn emit(
         &mut self,
         key: K,
