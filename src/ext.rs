@@ -275,8 +275,8 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     /// items that were woken are polled (a slot whose ended item left a clone of its waker
     /// with some resource gets a new one, one allocation, so that a stale wake polls no
     /// later item; one at a time, the handler shares the run's waker, as in `try_for_each`,
-    /// so a wake left by an earlier item may poll it once more); with [`retry`](ForEachCompensated::retry), each
-    /// item is cloned once.
+    /// so a wake left by an earlier item may poll it once more); with
+    /// [`retry`](ForEachCompensated::retry), each item is cloned once.
     ///
     /// # Panics
     ///
@@ -365,7 +365,7 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   returns `Pending`, even one that fills a batch at every poll or brings a new key
     ///   with every value, a deadline is honoured within 4,096 values;
     /// - `timeout == Duration::ZERO` yields every open batch, oldest first, as soon as the
-    ///   upstream has nothing ready;
+    ///   upstream has nothing ready or the poll's 4,096 values are spent;
     /// - the number of open batches is unbounded by default (one per key seen within a
     ///   `timeout`); [`max_open_keys`](ChunksTimeoutByKeyResult::max_open_keys) bounds it;
     /// - one timer for all keys (a `tokio::time::Sleep` at the oldest batch's deadline): it
@@ -391,8 +391,9 @@ pub trait ResultStreamExt<T, E>: Stream<Item = Result<T, E>> {
     ///   value has the same key as the previous one, otherwise after one hash lookup. Per
     ///   batch: at most one clone of the key (none for a key whose last batch filled, by
     ///   count or to exactly `max_weight`; one for a batch that a value opens by splitting
-    ///   its key's batch, since both batches need the key), one allocation for a key whose last batch filled (else one per doubling),
-    ///   and one clock read for all the batches opened in the same poll;
+    ///   its key's batch, since both batches need the key), one allocation for a key whose
+    ///   last batch filled (else one per doubling), and one clock read for all the batches
+    ///   opened in the same poll;
     /// - with the crate's `tracing` feature, each batch is one `DEBUG` event, target
     ///   `result_stream::batch`, fields `reason`, `len`, `weight` (with a weight cap),
     ///   `age_ms`, and `key` when
